@@ -1,0 +1,28 @@
+"""jrbench: robustness benchmarks for PyTorch image classifiers and Jacobian regularization.
+
+Python API (heavy imports happen on first use, so ``jrbench --help`` stays instant)::
+
+    from jrbench import RunConfig, train, load_run
+    result = train(RunConfig(), "results/runs/my-run")   # trains, writes the run directory
+    model, config = load_run("results/runs/my-run")      # eval mode, on the CPU
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["RunConfig", "train", "load_run", "UserError", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "RunConfig":
+        from .config import RunConfig
+        return RunConfig
+    if name == "train":
+        from .train import train
+        return train
+    if name == "load_run":
+        from .rundir import load_run
+        return load_run
+    if name == "UserError":
+        from .errors import UserError
+        return UserError
+    raise AttributeError(f"module 'jrbench' has no attribute {name!r}")

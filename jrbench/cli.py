@@ -1,0 +1,180 @@
+"""The command line: thin Typer commands over the library's plain functions.
+
+Each command parses options into a config, calls one library function and prints. User
+mistakes (:class:`jrbench.errors.UserError`) become one clear message and exit code 2.
+Heavy imports (torch, pandas) happen inside the commands so ``--help`` is instant.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Robustness benchmarks for PyTorch image classifiers and Jacobian regularization.")
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def friendly(command: Callable) -> Callable:
+    """Turn user errors into a message and exit code 2; Ctrl-C into a note and exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .errors import NonFiniteLoss, UserError
+
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            fail(str(e))
+        except NonFiniteLoss as e:
+            fail(str(e), code=1)
+        except KeyboardInterrupt:
+            err_console.print("interrupted. Finished epochs are kept; run the same command with "
+                              "--resume to continue.")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- train
+def _progress_callbacks(total_epochs: int):
+    """A rich progress bar fed by the training callbacks; returns (progress, on_step, on_epoch)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("epoch {task.fields[epoch]}/" + str(total_epochs)), BarColumn(),
+        MofNCompleteColumn(), TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+        console=err_console, transient=False,
+    )
+    task = progress.add_task("train", total=None, epoch=0, stats="")
+
+    def on_step(info) -> None:
+        jr = f"  R {info.jacobian:.3f}" if info.jacobian is not None else ""
+        progress.update(task, completed=info.step, total=info.steps, epoch=info.epoch,
+                        stats=f"CE {info.ce:.3f}{jr}  acc {info.accuracy:.3f}  "
+                              f"{1000 * info.seconds_per_step:.1f} ms/step")
+
+    def on_epoch(row: dict) -> None:
+        progress.console.print(
+            f"epoch {row['epoch']}: train CE {row['train_ce']:.4f}, test acc {row['test_acc']:.4f}, "
+            f"mean ||J_z||_F {row['test_jac_frob_z']:.3f}, {1000 * row['seconds_per_step']:.1f} ms/step",
+            highlight=False)
+
+    return progress, on_step, on_epoch
+
+
+def run_training(config, out: Path, resume: bool):
+    from .train import train
+
+    progress, on_step, on_epoch = _progress_callbacks(config.train.epochs)
+    with progress:
+        return train(config, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
+
+
+@app.command("train")
+@friendly
+def train_command(
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10 or synth-digits.")] = "synth-digits",
+    model: Annotated[str, typer.Option(help="mlp, lenet, ddnet or resnet18.")] = "lenet",
+    reg: Annotated[Optional[list[str]], typer.Option(help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad.")] = None,
+    lambda_jr: Annotated[float, typer.Option(help="Weight of R = 1/2 ||J_z||_F^2.")] = 0.01,
+    n_proj: Annotated[int, typer.Option(help="Random projections per sample; -1 for the exact value.")] = 1,
+    jr_subsample: Annotated[Optional[int], typer.Option(help="Compute R on this many samples of each batch.")] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay of the l2 regularizer.")] = 5e-4,
+    dropout: Annotated[float, typer.Option(help="Dropout probability of the dropout regularizer.")] = 0.5,
+    lambda_ig: Annotated[float, typer.Option(help="Weight of the input-grad penalty 1/2 ||dCE/dz||^2.")] = 0.01,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: none, step or cosine.")] = "none",
+    step_epochs: Annotated[int, typer.Option(help="step schedule: epochs between decays.")] = 5,
+    gamma: Annotated[float, typer.Option(help="step schedule: factor per decay.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of initialization, order, dropout and projections.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default $JRBENCH_DATA, else ~/.cache/jrbench).")] = None,
+    train_subset: Annotated[Optional[int], typer.Option(help="Keep this many training examples (chosen by a fixed seed).")] = None,
+    test_subset: Annotated[Optional[int], typer.Option(help="Keep this many test examples (chosen by a fixed seed).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/runs/<run-id>).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.")] = False,
+) -> None:
+    """Train a model with or without Jacobian regularization; write a run directory."""
+    from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
+
+    config = RunConfig(
+        DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
+        ModelConfig(model),
+        RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig),
+        TrainConfig(epochs, batch_size, lr, momentum, schedule, step_epochs, gamma, seed, device),
+    ).validate()
+    out = out or Path("results/runs") / config.run_id()
+    result = run_training(config, out, resume)
+    last = result.metrics.iloc[-1]
+    console.print(f"run directory: {out}")
+    console.print(f"test accuracy {last['test_acc']:.4f}, mean ||J_z||_F {last['test_jac_frob_z']:.3f} "
+                  f"(R = {last['test_R_z']:.3f}), mean ||J_x||_F (pixels) {last['test_jac_frob_pixel']:.3f}",
+                  highlight=False)
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command("demo")
+@friendly
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder of the demo's runs.")] = Path("results/demo"),
+    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 4,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Train a plain and a Jacobian-regularized lenet on synth-digits and compare them."""
+    from rich.table import Table
+
+    from .demo import demo_configs
+
+    results = []
+    for label, config in demo_configs(epochs, device):
+        console.print(f"[bold]{label}[/]: {config.run_id()}")
+        results.append((label, run_training(config, out / config.run_id(), resume=True)))
+    table = Table(title="synth-digits, lenet: plain SGD against Jacobian regularization")
+    for col in ("model", "test accuracy", "mean ||J_z||_F", "R = 1/2 mean ||J_z||_F^2",
+                "mean ||J_x||_F (pixels)", "ms/step"):
+        table.add_column(col, justify="right")
+    for label, result in results:
+        m = result.metrics.iloc[-1]
+        table.add_row(label, f"{m['test_acc']:.4f}", f"{m['test_jac_frob_z']:.3f}", f"{m['test_R_z']:.3f}",
+                      f"{m['test_jac_frob_pixel']:.3f}", f"{1000 * m['seconds_per_step']:.2f}")
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- list
+@app.command("list")
+@friendly
+def list_command() -> None:
+    """List the registered data sets, models and regularizers."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .regularizers import REGULARIZERS
+
+    console.print("[bold]datasets:[/] " + ", ".join(DATASETS.names()))
+    for name in MODELS.names():
+        console.print(f"[bold]model[/] {name}: {MODELS.get(name).description}", highlight=False)
+    for name in REGULARIZERS.names():
+        console.print(f"[bold]regularizer[/] {name}: {REGULARIZERS.get(name).description}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

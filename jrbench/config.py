@@ -1,0 +1,151 @@
+"""Config dataclasses: data -> model -> regularizers -> training; validation; run ids.
+
+A :class:`RunConfig` is everything that defines a training run. It is written in full to
+``config.json`` of the run directory and inside ``model.pt``, so a run can be rebuilt
+from its own files. Unset options are ``None`` and fall back to documented defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+from .registry import unknown_name
+
+SCHEDULES = ("none", "step", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synth-digits"
+    data_dir: str | None = None      # None: $JRBENCH_DATA, else the user cache folder
+    train_subset: int | None = None  # number of training examples kept (None: all)
+    test_subset: int | None = None   # number of test examples kept (None: all)
+    subset_seed: int = 0             # which examples a subset keeps; fixed so runs compare
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+
+
+@dataclass
+class RegConfig:
+    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad."""
+
+    names: list[str] = field(default_factory=lambda: ["none"])
+    lambda_jr: float = 0.01          # weight of R = 1/2 ||J_z||_F^2 (batch mean)
+    n_proj: int = 1                  # random projections per sample; -1: exact over all C rows
+    jr_subsample: int | None = None  # compute R on this many samples of each batch (None: all)
+    weight_decay: float = 5e-4       # l2: SGD weight decay
+    dropout: float = 0.5             # dropout: probability before each hidden fc layer
+    lambda_ig: float = 0.01          # input-grad: weight of 1/2 ||d CE / d z||^2 (batch mean)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    schedule: str = "none"           # none | step (x gamma every step_epochs) | cosine
+    step_epochs: int = 5
+    gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    jacobian_eval_examples: int = 256  # fixed test examples for mean ||J_z||_F per epoch
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        try:
+            return cls(
+                data=DataConfig(**d["data"]), model=ModelConfig(**d["model"]),
+                reg=RegConfig(**d["reg"]), train=TrainConfig(**d["train"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise UserError(f"the run configuration is incomplete or malformed ({e}).") from e
+
+    def validate(self) -> "RunConfig":
+        validate(self)
+        return self
+
+    def run_id(self) -> str:
+        """Readable and stable: same config, same id (device and data_dir do not count)."""
+        d = self.to_dict()
+        d["data"].pop("data_dir")
+        d["train"].pop("device")
+        digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+        regs = "+".join(self.reg.names)
+        return f"{self.data.dataset}-{self.model.name}-{regs}-s{self.train.seed}-{digest}"
+
+
+def _positive(name: str, value: float | int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise UserError(f"{name} must be positive, got {value}.")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise UserError(f"{name} must be zero or positive, got {value}.")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise :class:`UserError` naming the first bad field; check names against registries."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .regularizers import REGULARIZERS
+
+    DATASETS.get(cfg.data.dataset)
+    MODELS.get(cfg.model.name)
+    _positive("--train-subset", cfg.data.train_subset, allow_none=True)
+    _positive("--test-subset", cfg.data.test_subset, allow_none=True)
+
+    r = cfg.reg
+    if not r.names:
+        raise UserError("give at least one regularizer (--reg none for plain SGD).")
+    for name in r.names:
+        REGULARIZERS.get(name)
+    if len(set(r.names)) != len(r.names):
+        raise UserError(f"a regularizer is named twice: {', '.join(r.names)}.")
+    if "none" in r.names and len(r.names) > 1:
+        raise UserError("--reg none cannot be combined with other regularizers.")
+    _non_negative("--lambda-jr", r.lambda_jr)
+    _non_negative("--lambda-ig", r.lambda_ig)
+    _non_negative("--weight-decay", r.weight_decay)
+    if r.n_proj == 0 or r.n_proj < -1:
+        raise UserError(f"--n-proj must be a positive number of projections or -1 (exact), got {r.n_proj}.")
+    _positive("--jr-subsample", r.jr_subsample, allow_none=True)
+    if not 0 <= r.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {r.dropout}.")
+
+    t = cfg.train
+    _positive("--epochs", t.epochs)
+    _positive("--batch-size", t.batch_size)
+    _positive("--lr", t.lr)
+    _non_negative("--momentum", t.momentum)
+    if t.schedule not in SCHEDULES:
+        raise unknown_name("schedule", t.schedule, list(SCHEDULES))
+    if t.device not in DEVICES and not t.device.startswith("cuda:"):
+        raise unknown_name("device", t.device, list(DEVICES))
+    _positive("--step-epochs", t.step_epochs)
+    _positive("--gamma", t.gamma)
+    _positive("jacobian_eval_examples", t.jacobian_eval_examples)
+    _positive("eval_batch_size", t.eval_batch_size)

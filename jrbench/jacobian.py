@@ -1,0 +1,85 @@
+"""Jacobian Frobenius norms: the exact value and the paper's random-projection estimate.
+
+Hoffman, Roberts, Yaida, "Robust Learning with Jacobian Regularization" (2019).
+For logits f(z) in R^C of an input z in R^D (per example), J = df/dz is C x D and
+
+    ||J||_F^2 = sum_c ||e_c^T J||^2                       (exact: C vector-Jacobian products)
+    ||J||_F^2 = C E_v ||v^T J||^2,  v uniform on S^{C-1}  (one VJP per projection; E[v v^T] = I/C)
+
+Shapes: ``z`` (B, ...) with ``requires_grad``, ``logits`` (B, C) computed from it, examples
+independent of each other (no batch norm in train mode). Results are per example, (B,).
+Random vectors are drawn on ``logits``' device and dtype from the global RNG (training seeds
+it per epoch) or from ``generator``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _vjp_sq_norm(logits: torch.Tensor, z: torch.Tensor, v: torch.Tensor,
+                 create_graph: bool) -> torch.Tensor:
+    """||v_b^T J_b||^2 per example b; ``v`` is (B, C)."""
+    (g,) = torch.autograd.grad(logits, z, grad_outputs=v, create_graph=create_graph,
+                               retain_graph=True)
+    return g.reshape(g.shape[0], -1).pow(2).sum(1)
+
+
+def frobenius_sq_exact(logits: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """||J_b||_F^2 per example, exactly, by C vector-Jacobian products (cost grows with C)."""
+    n_classes = logits.shape[1]
+    total = logits.new_zeros(logits.shape[0])
+    for c in range(n_classes):
+        e_c = torch.zeros_like(logits)
+        e_c[:, c] = 1.0
+        total = total + _vjp_sq_norm(logits, z, e_c, create_graph)
+    return total
+
+
+def random_unit_vectors(shape: tuple[int, ...], like: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Vectors uniform on the unit sphere along the last dim, on ``like``'s device and dtype."""
+    v = torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
+    return v / v.norm(dim=-1, keepdim=True)
+
+
+def frobenius_sq_projected(logits: torch.Tensor, z: torch.Tensor, n_proj: int = 1,
+                           create_graph: bool = False,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unbiased estimate of ||J_b||_F^2 per example: mean over ``n_proj`` of C ||v^T J_b||^2."""
+    batch, n_classes = logits.shape
+    total = logits.new_zeros(batch)
+    for _ in range(n_proj):
+        v = random_unit_vectors((batch, n_classes), logits, generator)
+        total = total + n_classes * _vjp_sq_norm(logits, z, v, create_graph)
+    return total / n_proj
+
+
+def frobenius_sq(logits: torch.Tensor, z: torch.Tensor, n_proj: int = 1,
+                 create_graph: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n_proj`` = -1: exact; otherwise the random-projection estimate with ``n_proj`` vectors."""
+    if n_proj == -1:
+        return frobenius_sq_exact(logits, z, create_graph)
+    return frobenius_sq_projected(logits, z, n_proj, create_graph, generator)
+
+
+def jacobian_frobenius(model: nn.Module, x: torch.Tensor, wrt: str = "normalized",
+                       batch_size: int = 500) -> torch.Tensor:
+    """Exact ||J_b||_F per example of a ``Classifier`` at pixels ``x`` (B, C, H, W) -> (B,).
+
+    ``wrt="normalized"``: J = d logits / d z (the regularized one); ``"pixel"``: d logits / d x.
+    """
+    out = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        with torch.enable_grad():
+            if wrt == "normalized":
+                z = model.normalize(xb).detach().requires_grad_(True)
+                logits = model.net(z)
+            elif wrt == "pixel":
+                z = xb.detach().clone().requires_grad_(True)
+                logits = model(z)
+            else:
+                raise ValueError(f"wrt must be 'normalized' or 'pixel', got {wrt!r}")
+            out.append(frobenius_sq_exact(logits, z).detach().sqrt())
+    return torch.cat(out)

@@ -1,0 +1,238 @@
+"""The training loop: SGD with momentum, cross-entropy plus the chosen regularizers.
+
+``train(config, run_dir)`` is the one function behind ``jrbench train``: it loads the data,
+builds the model, trains epoch by epoch, evaluates after each epoch and writes the run
+directory (see ``rundir.py``). It never prints; progress goes to the ``on_step`` and
+``on_epoch`` callbacks. Everything random in epoch e (shuffle, dropout, projections) is
+seeded from (seed, e), so a resumed run ends with the same metrics as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import rundir
+from .config import RunConfig
+from .data import Data, Split, load_data, to_pixels
+from .envinfo import environment
+from .errors import NonFiniteLoss, UserError
+from .jacobian import jacobian_frobenius
+from .models import Classifier, build_model
+from .regularizers import model_dropout, step_loss, weight_decay
+
+
+@dataclass
+class StepInfo:
+    epoch: int              # 1-based
+    step: int               # 1-based within the epoch
+    steps: int
+    ce: float               # running mean of the supervised loss this epoch
+    jacobian: float | None  # running mean of R this epoch (None without jacobian)
+    accuracy: float         # running training accuracy this epoch
+    seconds_per_step: float  # running mean, data loading excluded
+
+
+@dataclass
+class TrainResult:
+    model: Classifier
+    config: RunConfig
+    metrics: pd.DataFrame
+    run_dir: Path | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _accuracy_and_loss(model: Classifier, split: Split, device: torch.device, batch: int) -> tuple[float, float]:
+    correct, loss = 0, 0.0
+    for start in range(0, len(split), batch):
+        x = to_pixels(split.images[start:start + batch], device)
+        y = split.labels[start:start + batch].to(device)
+        logits = model(x)
+        correct += int((logits.argmax(1) == y).sum())
+        loss += float(F.cross_entropy(logits.double(), y, reduction="sum"))
+    return correct / len(split), loss / len(split)
+
+
+def evaluate(model: Classifier, split: Split, device: torch.device, batch: int, n_jacobian: int) -> dict:
+    """Test accuracy and loss; exact mean ||J||_F on the first ``n_jacobian`` test examples."""
+    model.eval()
+    acc, loss = _accuracy_and_loss(model, split, device, batch)
+    x = to_pixels(split.images[:n_jacobian], device)
+    frob_z = jacobian_frobenius(model, x, "normalized", batch)
+    frob_x = jacobian_frobenius(model, x, "pixel", batch)
+    return {
+        "test_acc": acc, "test_ce": loss,
+        "test_jac_frob_z": float(frob_z.mean()),          # mean ||d logits / dz||_F
+        "test_R_z": float(0.5 * frob_z.pow(2).mean()),     # the regularizer's value, 1/2 mean ||J_z||_F^2
+        "test_jac_frob_pixel": float(frob_x.mean()),       # mean ||d logits / dx||_F, pixel space
+    }
+
+
+def _make_optimizer(model: Classifier, config: RunConfig):
+    t = config.train
+    opt = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
+                          weight_decay=weight_decay(config.reg))
+    if t.schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_epochs, gamma=t.gamma)
+    elif t.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t.epochs)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, opt,
+                device: torch.device, on_step: Callable[[StepInfo], None] | None = None) -> dict:
+    """One pass over the training split; returns the epoch's training columns."""
+    t = config.train
+    seed = _epoch_seed(t.seed, epoch)
+    torch.manual_seed(seed)  # dropout and projections (CPU and CUDA)
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
+    steps = (len(order) + t.batch_size - 1) // t.batch_size
+    model.train()
+    ce_sum, jac_sum, ig_sum, correct, seen, times = 0.0, 0.0, 0.0, 0, 0, []
+    for step in range(steps):
+        idx = order[step * t.batch_size:(step + 1) * t.batch_size]
+        x = to_pixels(data.train.images[idx], device)
+        y = data.train.labels[idx].to(device)
+        _sync(device)
+        start = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = step_loss(model, x, y, config.reg)
+        value = float(loss.total.detach())
+        if not torch.isfinite(torch.tensor(value)):
+            raise NonFiniteLoss(epoch, step + 1, value)
+        loss.total.backward()
+        opt.step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        n = int(y.shape[0])
+        seen += n
+        ce_sum += float(loss.ce) * n
+        jac_sum += float(loss.jacobian) * n if loss.jacobian is not None else 0.0
+        ig_sum += float(loss.input_grad) * n if loss.input_grad is not None else 0.0
+        correct += int((loss.logits.argmax(1) == y).sum())
+        if on_step is not None:
+            on_step(StepInfo(epoch, step + 1, steps, ce_sum / seen,
+                             jac_sum / seen if loss.jacobian is not None else None,
+                             correct / seen, sum(times) / len(times)))
+    has_jr = "jacobian" in config.reg.names
+    has_ig = "input-grad" in config.reg.names
+    return {
+        "train_ce": ce_sum / seen,
+        "train_jacobian_R": jac_sum / seen if has_jr else float("nan"),
+        "train_input_grad": ig_sum / seen if has_ig else float("nan"),
+        "train_acc": correct / seen,
+        "steps": steps,
+        "seconds_per_step": statistics.median(times),
+        "seconds_per_step_mean": sum(times) / len(times),
+    }
+
+
+def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device):
+    """Create ``run_dir`` or, with ``resume``, return its saved state (None when fresh)."""
+    exists = (run_dir / rundir.CONFIG).is_file()
+    if exists and not resume:
+        raise UserError(
+            f"{run_dir} already holds a run. Pass --resume to continue it, or choose another --out."
+        )
+    if exists:
+        saved = rundir.load_config(run_dir)
+        if saved.run_id() != config.run_id():
+            raise UserError(
+                f"{run_dir} holds a run with another configuration ({saved.run_id()}); "
+                f"--resume needs the same options (this one is {config.run_id()})."
+            )
+        if (run_dir / rundir.CHECKPOINT).is_file():
+            checkpoint = rundir.torch_load(run_dir / rundir.CHECKPOINT, device)
+            if not {"epoch", "model", "optimizer", "scheduler"} <= set(checkpoint):
+                raise UserError(f"{run_dir / rundir.CHECKPOINT} is not a jrbench checkpoint.")
+            return checkpoint
+        return None
+    rundir.atomic_write_json(run_dir / rundir.CONFIG, config.to_dict())
+    rundir.atomic_write_json(run_dir / rundir.ENV, environment(device))
+    return None
+
+
+def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
+          data: Data | None = None, on_step: Callable[[StepInfo], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``config``; write ``run_dir`` when given (resuming it with ``resume``).
+
+    Raises :class:`UserError` for bad input and :class:`NonFiniteLoss` when the loss diverges
+    (the run directory then keeps its last finished epoch).
+    """
+    config.validate()
+    device = resolve_device(config.train.device)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    data = data if data is not None else load_data(config.data)
+    state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
+    info = data.info
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
+                        info.std, model_dropout(config.reg)).to(device)
+    opt, sched = _make_optimizer(model, config)
+    rows: list[dict] = []
+    first_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        first_epoch = int(state["epoch"]) + 1
+        rows = [r for r in rundir.load_metrics(run_dir).to_dict("records") if r["epoch"] < first_epoch]
+    for epoch in range(first_epoch, config.train.epochs + 1):
+        start = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        row = {"epoch": epoch, "lr": lr}
+        row.update(train_epoch(model, data, config, epoch, opt, device, on_step))
+        sched.step()
+        row.update(evaluate(model, data.test, device, config.train.eval_batch_size,
+                            config.train.jacobian_eval_examples))
+        row["epoch_seconds"] = time.perf_counter() - start
+        rows.append(row)
+        if run_dir is not None:
+            _save_epoch(run_dir, model, opt, sched, config, epoch, rows)
+        if on_epoch is not None:
+            on_epoch(row)
+    return TrainResult(model.eval(), config, pd.DataFrame(rows), run_dir)
+
+
+def _save_epoch(run_dir: Path, model, opt, sched, config: RunConfig, epoch: int, rows: list[dict]) -> None:
+    """Metrics, then the checkpoint, then the model: each file whole.
+
+    Resuming starts after the checkpoint's epoch and drops later metrics rows, so a stop
+    between any two writes loses at most the epoch in flight, which is then trained again.
+    """
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    rundir.atomic_write_csv(run_dir / rundir.METRICS, pd.DataFrame(rows))
+    rundir.atomic_torch_save(run_dir / rundir.CHECKPOINT, {
+        "epoch": epoch, "model": state_dict, "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+    })
+    rundir.atomic_torch_save(run_dir / rundir.MODEL, {
+        "state_dict": state_dict, "config": config.to_dict(), "epoch": epoch,
+        "format": "jrbench-model-1",
+    })

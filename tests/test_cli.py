@@ -1,0 +1,66 @@
+"""The command line: thin commands, clear errors with exit code 2, no tracebacks."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from jrbench.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--reg", "jacobain"], "Did you mean 'jacobian'"),
+    (["--model", "lenett"], "Did you mean 'lenet'"),
+    (["--dataset", "fasion-mnist"], "Did you mean 'fashion-mnist'"),
+    (["--lambda-jr", "-1"], "--lambda-jr must be zero or positive"),
+    (["--n-proj", "0"], "--n-proj must be"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--epochs", "-2"], "--epochs must be positive"),
+    (["--reg", "none", "--reg", "l2"], "cannot be combined"),
+])
+def test_bad_train_options_exit_2_with_a_message(args, needle, tmp_path):
+    result = _run("train", "--out", str(tmp_path / "run"), *args)
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_missing_mnist_exits_2_without_writing(tmp_path, monkeypatch):
+    import urllib.error
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils.urllib.request, "urlopen", no_network)
+    result = _run("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+                  "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "could not be downloaded" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--train-subset", "600", "--test-subset", "200", "--epochs", "1",
+            "--reg", "jacobian", "--reg", "l2", "--device", "cpu", "--out", str(out)]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and (out / "model.pt").is_file()
+    assert json.loads((out / "config.json").read_text())["reg"]["names"] == ["jacobian", "l2"]
+    again = _run(*args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = _run(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_list_shows_registries():
+    result = _run("list")
+    assert result.exit_code == 0
+    for name in ["synth-digits", "fashion-mnist", "lenet", "ddnet", "resnet18", "input-grad"]:
+        assert name in result.output

@@ -1,0 +1,93 @@
+"""Data sets: IDX folders, the search order, missing-data messages, subsets."""
+import gzip
+import urllib.error
+
+import pytest
+import torch
+
+from jrbench import data as data_mod
+from jrbench.config import DataConfig
+from jrbench.data import Split, load_data, read_idx, to_pixels, write_idx_folder
+from jrbench.errors import UserError
+
+from conftest import tiny_data
+
+
+def _write(folder, n_train=40, n_test=20, gz=True):
+    d = tiny_data(n_train, n_test)
+    write_idx_folder(folder, d.train, d.test)
+    if not gz:
+        for f in folder.glob("*.gz"):
+            (folder / f.stem).write_bytes(gzip.decompress(f.read_bytes()))
+            f.unlink()
+    return d
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_flat_idx_folder_roundtrip(tmp_path, gz):
+    d = _write(tmp_path, gz=gz)
+    got = load_data(DataConfig("mnist", str(tmp_path)))
+    assert torch.equal(got.train.images, d.train.images) and torch.equal(got.test.labels, d.test.labels)
+    assert got.train.images.dtype == torch.uint8 and got.train.images.shape == (40, 1, 28, 28)
+    x = to_pixels(got.train.images)
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+
+
+def test_torchvision_layout_is_found(tmp_path):
+    d = _write(tmp_path / "FashionMNIST" / "raw")
+    got = load_data(DataConfig("fashion-mnist", str(tmp_path)))
+    assert torch.equal(got.test.images, d.test.images)
+
+
+def test_debian_fashion_mnist_is_found_without_being_named(tmp_path, monkeypatch):
+    _write(tmp_path / "debian")
+    monkeypatch.setattr(data_mod, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    got = load_data(DataConfig("fashion-mnist", str(tmp_path / "empty")))
+    assert len(got.train) == 40
+
+
+def test_corrupt_idx_file_is_a_user_error(tmp_path):
+    _write(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match="cannot read the IDX file"):
+        load_data(DataConfig("mnist", str(tmp_path)))
+    raw = tmp_path / "x-idx3-ubyte"
+    raw.write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 10)
+    with pytest.raises(UserError, match="expected 3920 bytes"):
+        read_idx(raw)
+
+
+def test_missing_data_and_failed_download_give_one_clear_paragraph(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tv_utils, "urlopen", no_network, raising=False)
+    monkeypatch.setattr(tv_utils.urllib.request, "urlopen", no_network)
+    with pytest.raises(UserError) as err:
+        load_data(DataConfig("mnist", str(tmp_path)))
+    msg = str(err.value)
+    assert "could not be downloaded" in msg and str(tmp_path) in msg
+    assert "train-images-idx3-ubyte" in msg and "--data-dir" in msg and "\n" not in msg
+
+
+def test_subsets_are_deterministic_and_sized():
+    split = tiny_data(200, 10).train
+    a, b = split.subset(50, 3), split.subset(50, 3)
+    assert len(a) == 50 and torch.equal(a.images, b.images)
+    assert not torch.equal(a.labels, split.subset(50, 4).labels)
+    assert split.subset(None, 0) is split and split.subset(10_000, 0) is split
+
+
+def test_synth_digits_loads_with_its_shape():
+    got = load_data(DataConfig("synth-digits", train_subset=100, test_subset=50))
+    assert got.train.images.shape == (100, 1, 28, 28) and len(got.test) == 50
+    assert got.info.num_classes == 10 and set(got.train.labels.tolist()) <= set(range(10))
+
+
+def test_bad_labels_are_rejected(tmp_path):
+    d = tiny_data(20, 10)
+    write_idx_folder(tmp_path, Split(d.train.images, d.train.labels + 10), d.test)
+    with pytest.raises(UserError, match="labels must lie"):
+        load_data(DataConfig("mnist", str(tmp_path)))
