@@ -156,6 +156,106 @@ def demo_command(
     console.print(table)
 
 
+# ----------------------------------------------------------------------------- attack
+def print_attack_table(result, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("attack", "norm", "strength", "accuracy", "95% CI", "n", "loss", "seconds"):
+        table.add_column(col, justify="right")
+    for r in result.table.itertuples():
+        table.add_row(r.attack, r.norm, f"{r.strength:g}", f"{r.accuracy:.4f}",
+                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n_examples), r.loss, f"{r.seconds:.1f}")
+    console.print(table)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"written: {result.path}")
+
+
+@app.command("attack")
+@friendly
+def attack_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'jrbench train'.")],
+    noise: Annotated[bool, typer.Option("--noise", help="White Gaussian pixel noise.")] = False,
+    pgd: Annotated[bool, typer.Option("--pgd", help="PGD (torchattacks), L-inf and/or L2.")] = False,
+    fgsm: Annotated[bool, typer.Option("--fgsm", help="FGSM (torchattacks), L-inf.")] = False,
+    n_examples: Annotated[int, typer.Option(help="Fixed test examples, chosen by --example-seed.")] = 1000,
+    example_seed: Annotated[int, typer.Option(help="Seed choosing the examples (same for every run).")] = 0,
+    sigma: Annotated[Optional[list[float]], typer.Option(help="Noise sigma (pixel units); repeat for a grid.")] = None,
+    draws: Annotated[int, typer.Option(help="Noise draws per image.")] = 5,
+    norm: Annotated[Optional[list[str]], typer.Option(help="PGD norm: linf, l2; repeat for both (default both).")] = None,
+    eps: Annotated[Optional[list[float]], typer.Option(help="PGD/FGSM radius grid for a single --norm (pixel units).")] = None,
+    eps_linf: Annotated[Optional[list[float]], typer.Option(help="L-inf radius grid (default per data set).")] = None,
+    eps_l2: Annotated[Optional[list[float]], typer.Option(help="L2 radius grid (default per data set).")] = None,
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 40,
+    alpha: Annotated[Optional[float], typer.Option(help="PGD step size (default 2.5 eps / steps).")] = None,
+    restarts: Annotated[int, typer.Option(help="PGD restarts; broken if any restart breaks it.")] = 1,
+    loss: Annotated[str, typer.Option(help="ce64 (cross-entropy from float64 logits) or ce32 (torchattacks as is).")] = "ce64",
+    seed: Annotated[int, typer.Option(help="Seed of noise draws and random starts.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+) -> None:
+    """Attack trained runs with white noise, PGD and FGSM; write RUN_DIR/attacks.csv."""
+    from .attacks import NORMS, AttackConfig, default_sigmas
+    from .errors import UserError
+    from .evaluate import attack_run
+
+    if not (noise or pgd or fgsm):
+        noise = pgd = True
+    norms = tuple(norm or NORMS)
+    if eps is not None:
+        if len(norms) != 1:
+            raise UserError("--eps needs a single --norm; use --eps-linf and --eps-l2 for both.")
+        eps_linf, eps_l2 = (eps, eps_l2) if norms[0] == "linf" else (eps_linf, eps)
+    config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, sigmas=sigma or default_sigmas(), draws=draws,
+                          norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
+                          restarts=restarts, loss=loss, batch_size=batch_size, seed=seed)
+    config.validate()
+    for run_dir in run_dirs:
+        result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
+                            device=device, data_dir=str(data_dir) if data_dir else None)
+        print_attack_table(result, f"{run_dir.name}: accuracy under attack ({n_examples} test examples)")
+
+
+# ----------------------------------------------------------------------------- margins
+def print_margins_summary(result, title: str, run_dir: Path) -> None:
+    from rich.table import Table
+
+    from .evaluate import margins_summary
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in margins_summary(result).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if len(result.margins) < result.n_requested:
+        console.print(f"[yellow]note:[/] only {len(result.margins)} test examples are classified correctly.")
+    console.print(f"written: {run_dir / 'margins.csv'}, {run_dir / 'jacobian.csv'}")
+
+
+@app.command("margins")
+@friendly
+def margins_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'jrbench train'.")],
+    n_examples: Annotated[int, typer.Option(help="The first N correctly classified test examples.")] = 500,
+    directions: Annotated[int, typer.Option(help="Random unit directions per example.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+) -> None:
+    """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example."""
+    from .evaluate import margins_run
+
+    for run_dir in run_dirs:
+        result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
+                             device=device, data_dir=str(data_dir) if data_dir else None,
+                             batch_size=batch_size)
+        print_margins_summary(result, f"{run_dir.name}: margins (pixel L2) and Jacobian", run_dir)
+
+
 # ----------------------------------------------------------------------------- list
 @app.command("list")
 @friendly

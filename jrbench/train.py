@@ -113,6 +113,7 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
     order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
     steps = (len(order) + t.batch_size - 1) // t.batch_size
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
     ce_sum, jac_sum, ig_sum, correct, seen, times = 0.0, 0.0, 0.0, 0, 0, []
     for step in range(steps):
         idx = order[step * t.batch_size:(step + 1) * t.batch_size]
@@ -125,7 +126,7 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
         value = float(loss.total.detach())
         if not torch.isfinite(torch.tensor(value)):
             raise NonFiniteLoss(epoch, step + 1, value)
-        loss.total.backward()
+        loss.total.backward(inputs=params)  # weights only: the input's gradient is not needed
         opt.step()
         _sync(device)
         times.append(time.perf_counter() - start)

@@ -1,0 +1,152 @@
+"""Training overhead of Jacobian regularization against plain SGD, timed interleaved.
+
+One model, one batch, one process: after a warm-up, each pair times one step of every
+case back to back (plain first), so machine noise hits all cases alike. We report the
+median seconds per step and the median of the per-pair ratios to the plain step.
+A step is forward, loss, backward (weights only) and an SGD update, as in ``train.py``.
+
+Cases: plain SGD; jrbench's Jacobian penalty with ``n_proj`` = 1, 3, ... or -1 (exact) and
+with ``jr_subsample`` K; and ``reference-exact``: a straightforward per-row autograd
+implementation of the exact penalty (one ``autograd.grad`` of each logit row's sum, as the
+authors' code does for n = -1), the reference point for the exact mode.
+
+Memory: ``saved_mb`` is the size of the tensors autograd saves during one step (the graph's
+activations, the dominant part of training memory, measurable per case on any device);
+on CUDA ``cuda_peak_mb`` is the allocator's peak for the case.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .config import RegConfig
+from .errors import UserError
+from .models import Classifier
+from .regularizers import step_loss
+
+
+@dataclass(frozen=True)
+class OverheadCase:
+    name: str
+    reg: RegConfig
+    reference: bool = False  # time reference_exact_loss instead of jrbench's step_loss
+
+
+def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16,),
+                  reference: bool = True) -> list[OverheadCase]:
+    cases = [OverheadCase("plain", RegConfig(["none"]))]
+    for n in n_projs:
+        label = "exact" if n == -1 else f"n{n}"
+        cases.append(OverheadCase(f"jacobian-{label}", RegConfig(["jacobian"], n_proj=n)))
+    for k in subsamples:
+        cases.append(OverheadCase(f"jacobian-n1-sub{k}", RegConfig(["jacobian"], n_proj=1, jr_subsample=k)))
+    if reference:
+        cases.append(OverheadCase("reference-exact", RegConfig(["jacobian"], n_proj=-1), reference=True))
+    return cases
+
+
+def reference_exact_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, lambda_jr: float) -> torch.Tensor:
+    """CE + lambda * 1/2 mean ||J_z||_F^2, straightforwardly: one autograd.grad per logit row."""
+    z = model.normalize(x).detach().requires_grad_(True)
+    logits = model.net(z)
+    frob_sq = torch.zeros((), device=x.device, dtype=logits.dtype)
+    for c in range(logits.shape[1]):
+        (g,) = torch.autograd.grad(logits[:, c].sum(), z, create_graph=True)
+        frob_sq = frob_sq + g.pow(2).sum()
+    return F.cross_entropy(logits, y) + lambda_jr * 0.5 * frob_sq / x.shape[0]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step(model: Classifier, opt, params, x, y, case: OverheadCase) -> None:
+    opt.zero_grad(set_to_none=True)
+    if case.reference:
+        loss = reference_exact_loss(model, x, y, case.reg.lambda_jr)
+    else:
+        loss = step_loss(model, x, y, case.reg).total
+    loss.backward(inputs=params)
+    opt.step()
+
+
+def _saved_mb(model, opt, params, x, y, case: OverheadCase) -> float:
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _step(model, opt, params, x, y, case)
+    return total / 2**20
+
+
+def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase],
+               pairs: int = 20, warmup: int = 3, lr: float = 1e-3) -> pd.DataFrame:
+    """Per-pair step times: one row per (pair, case) with ``seconds`` and ``ratio`` to plain.
+
+    ``x`` (B, C, H, W) pixels and ``y`` (B,) labels on the model's device. The first case is
+    the baseline and must be plain SGD.
+    """
+    if not cases or cases[0].reg.names != ["none"]:
+        raise UserError("the first overhead case must be plain SGD (the baseline).")
+    if pairs < 1 or warmup < 0:
+        raise UserError(f"--pairs must be at least 1 and --warmup not negative (got {pairs}, {warmup}).")
+    device = x.device
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    for _ in range(warmup):
+        for case in cases:
+            _step(model, opt, params, x, y, case)
+    rows = []
+    for pair in range(pairs):
+        baseline = None
+        for case in cases:
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, opt, params, x, y, case)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            baseline = seconds if baseline is None else baseline
+            rows.append({"pair": pair, "case": case.name, "seconds": seconds, "ratio": seconds / baseline})
+    return pd.DataFrame(rows)
+
+
+def memory_per_case(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase]) -> pd.DataFrame:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0)
+    rows = []
+    for case in cases:
+        row = {"case": case.name, "saved_mb": _saved_mb(model, opt, params, x, y, case)}
+        if x.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(x.device)
+            _step(model, opt, params, x, y, case)
+            row["cuda_peak_mb"] = torch.cuda.max_memory_allocated(x.device) / 2**20
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per case: median seconds per step, median per-pair ratio and its spread."""
+    order = list(dict.fromkeys(times["case"]))
+    grouped = times.groupby("case")
+    out = pd.DataFrame({
+        "case": order,
+        "median_seconds": [statistics.median(grouped.get_group(c)["seconds"]) for c in order],
+        "ratio_median": [statistics.median(grouped.get_group(c)["ratio"]) for c in order],
+        "ratio_q25": [grouped.get_group(c)["ratio"].quantile(0.25) for c in order],
+        "ratio_q75": [grouped.get_group(c)["ratio"].quantile(0.75) for c in order],
+        "pairs": [len(grouped.get_group(c)) for c in order],
+    })
+    if memory is not None:
+        out = out.merge(memory, on="case", how="left")
+    return out
