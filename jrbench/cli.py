@@ -136,24 +136,31 @@ def demo_command(
     epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 4,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Train a plain and a Jacobian-regularized lenet on synth-digits and compare them."""
+    """Train, attack and measure a plain and a Jacobian-regularized lenet on synth-digits."""
     from rich.table import Table
 
-    from .demo import demo_configs
+    from .demo import demo_attack_config, demo_configs, demo_table
+    from .evaluate import attack_run, margins_run
 
-    results = []
+    runs = []
     for label, config in demo_configs(epochs, device):
-        console.print(f"[bold]{label}[/]: {config.run_id()}")
-        results.append((label, run_training(config, out / config.run_id(), resume=True)))
-    table = Table(title="synth-digits, lenet: plain SGD against Jacobian regularization")
-    for col in ("model", "test accuracy", "mean ||J_z||_F", "R = 1/2 mean ||J_z||_F^2",
-                "mean ||J_x||_F (pixels)", "ms/step"):
-        table.add_column(col, justify="right")
-    for label, result in results:
-        m = result.metrics.iloc[-1]
-        table.add_row(label, f"{m['test_acc']:.4f}", f"{m['test_jac_frob_z']:.3f}", f"{m['test_R_z']:.3f}",
-                      f"{m['test_jac_frob_pixel']:.3f}", f"{1000 * m['seconds_per_step']:.2f}")
+        run_dir = out / config.run_id()
+        console.print(f"[bold]{label}[/]: {run_dir}")
+        run_training(config, run_dir, resume=True)
+        with err_console.status(f"{label}: noise and PGD attacks on 500 test examples"):
+            attack_run(run_dir, demo_attack_config(), n_examples=500, device=device)
+        with err_console.status(f"{label}: margins and Jacobian spectra of 300 test examples"):
+            margins_run(run_dir, n_examples=300, n_directions=10, device=device)
+        runs.append((label, run_dir))
+    df = demo_table(runs).set_index("model").T
+    table = Table(title="synth-digits, lenet: plain SGD against Jacobian regularization (pixel units)")
+    table.add_column("measure")
+    for label in df.columns:
+        table.add_column(label, justify="right")
+    for measure, values in df.iterrows():
+        table.add_row(measure, *[f"{v:.4g}" for v in values])
     console.print(table)
+    console.print(f"runs in {out}; next: jrbench report {out}")
 
 
 # ----------------------------------------------------------------------------- attack
@@ -254,6 +261,93 @@ def margins_command(
                              device=device, data_dir=str(data_dir) if data_dir else None,
                              batch_size=batch_size)
         print_margins_summary(result, f"{run_dir.name}: margins (pixel L2) and Jacobian", run_dir)
+
+
+# ----------------------------------------------------------------------------- report
+@app.command("report")
+@friendly
+def report_command(
+    paths: Annotated[list[Path], typer.Argument(help="Run directories or folders of runs (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Folder of the report.")] = Path("results/report"),
+    sigma: Annotated[Optional[float], typer.Option(help="Noise sigma of the table (pixel units; default per data set, 0.5 MNIST-like).")] = None,
+    eps_linf: Annotated[Optional[float], typer.Option(help="PGD L-inf radius of the table (default 0.1 MNIST-like, 8/255 CIFAR).")] = None,
+    eps_l2: Annotated[Optional[float], typer.Option(help="PGD L2 radius of the table (default 1.5 MNIST-like, 0.5 CIFAR).")] = None,
+    per_run: Annotated[bool, typer.Option("--per-run", help="One row per run instead of per group of seeds.")] = False,
+    cells: Annotated[bool, typer.Option("--cells/--no-cells", help="Draw decision-cell cross-sections (loads models and data).")] = True,
+    cell_radius: Annotated[Optional[float], typer.Option(help="Half-width of the cross-sections (pixel L2; default per data set).")] = None,
+    cell_grid: Annotated[int, typer.Option(help="Cross-section grid points a side.")] = 101,
+    cell_seed: Annotated[int, typer.Option(help="Seed of the random directions of the cross-sections.")] = 0,
+    cell_index: Annotated[Optional[int], typer.Option(help="Test example of the cross-sections (default: the first every model gets right).")] = None,
+    cell_panels: Annotated[int, typer.Option(help="At most this many runs side by side per cross-section.")] = 6,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the cross-sections).")] = "cpu",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the runs were trained with.")] = None,
+) -> None:
+    """Collect runs into summary.csv; write a paper-style table, plots and report.md."""
+    from rich.table import Table
+
+    from .report import ReportOptions, Strengths, write_report
+    from .results import collect
+
+    options = ReportOptions(Strengths(sigma, eps_linf, eps_l2), not per_run, cells, cell_radius, cell_grid,
+                            cell_seed, cell_index, cell_panels, device, str(data_dir) if data_dir else None).validate()
+    result = write_report(collect(paths), out, options)
+    rows = result.table.set_index(result.table.columns[0]).T  # one column per run or group: fits a terminal
+    table = Table(title="per run" if per_run else "per group of runs differing by seed: mean ± std across seeds")
+    table.add_column("")
+    for label in rows.columns:
+        table.add_column(str(label), justify="right")
+    for measure, values in rows.iterrows():
+        table.add_row(str(measure), *map(str, values))
+    console.print(table)
+    for gap in result.gaps:
+        console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
+    console.print(f"written: {out / 'report.md'} ({len(result.files)} files in {out})", highlight=False)
+
+
+# ----------------------------------------------------------------------------- overhead
+@app.command("overhead")
+@friendly
+def overhead_command(
+    dataset: Annotated[str, typer.Option(help="Data set the batch comes from.")] = "synth-digits",
+    model: Annotated[str, typer.Option(help="Model to time.")] = "lenet",
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
+    n_proj: Annotated[Optional[list[int]], typer.Option(help="Projections to time; repeat (default 1, 3, -1 = exact).")] = None,
+    jr_subsample: Annotated[Optional[list[int]], typer.Option(help="Sub-sample sizes K to time with n=1; repeat (default 16).")] = None,
+    pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the summary table goes.")] = Path("results/overhead.csv"),
+    check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
+) -> None:
+    """Time Jacobian-regularized training steps against plain SGD, interleaved in one process."""
+    from rich.table import Table
+
+    from .overhead import OverheadConfig, check_budget, load_budget, run_overhead
+    from .rundir import atomic_write_csv
+
+    budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
+    cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16,)),
+                         True, pairs, warmup, 0, device, str(data_dir) if data_dir else None)
+    summary = run_overhead(cfg)
+    atomic_write_csv(out, summary)
+    table = Table(title=f"{model}, batch {batch_size}, {summary['device'].iloc[0]}, "
+                        f"{summary['threads'].iloc[0]} threads: seconds per training step")
+    for col in ("case", "ms/step", "x plain (median of pairs)", "IQR", "saved MB", "x reference"):
+        table.add_column(col, justify="right")
+    for r in summary.itertuples():
+        ref = "" if r.ratio_to_reference != r.ratio_to_reference else f"{r.ratio_to_reference:.2f}"
+        table.add_row(r.case, f"{1000 * r.median_seconds:.2f}", f"{r.ratio_median:.2f}",
+                      f"{r.ratio_q25:.2f}-{r.ratio_q75:.2f}", f"{r.saved_mb:.1f}", ref)
+    console.print(table)
+    console.print(f"written: {out}")
+    if budgets is not None:
+        failures = check_budget(summary, budgets)
+        for failure in failures:
+            err_console.print(f"[bold red]over budget:[/] {failure}", highlight=False)
+        if failures:
+            raise typer.Exit(1)
+        console.print(f"all {len(budgets)} overhead budgets hold ({check})")
 
 
 # ----------------------------------------------------------------------------- list

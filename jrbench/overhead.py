@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -150,3 +151,117 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
     if memory is not None:
         out = out.merge(memory, on="case", how="left")
     return out
+
+
+# ----------------------------------------------------------------------------- whole runs
+@dataclass
+class OverheadConfig:
+    dataset: str = "synth-digits"
+    model: str = "lenet"
+    batch_size: int = 64
+    n_projs: tuple[int, ...] = (1, 3, -1)
+    subsamples: tuple[int, ...] = (16,)
+    reference: bool = True
+    pairs: int = 20
+    warmup: int = 3
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+
+
+def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
+    """Time every case on one real training batch; one summary row per case with provenance."""
+    from .config import DataConfig, RunConfig
+    from .data import load_data, to_pixels
+    from .envinfo import package_versions
+    from .models import build_model
+    from .train import resolve_device
+
+    probe = RunConfig()
+    probe.data.dataset, probe.model.name = cfg.dataset, cfg.model
+    probe.train.batch_size = cfg.batch_size
+    probe.validate()
+    for n in cfg.n_projs:
+        RunConfig(reg=RegConfig(["jacobian"], n_proj=n)).validate()
+    for k in cfg.subsamples:
+        RunConfig(reg=RegConfig(["jacobian"], jr_subsample=k)).validate()
+    device = resolve_device(cfg.device)
+    data = load_data(DataConfig(cfg.dataset, cfg.data_dir, train_subset=cfg.batch_size))
+    info = data.info
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
+    x = to_pixels(data.train.images[:cfg.batch_size], device)
+    y = data.train.labels[:cfg.batch_size].to(device)
+    cases = default_cases(cfg.n_projs, cfg.subsamples, cfg.reference)
+    summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup), memory_per_case(model, x, y, cases))
+    summary["ratio_to_reference"] = float("nan")
+    if cfg.reference and -1 in cfg.n_projs:
+        ref = summary.loc[summary["case"] == "reference-exact", "median_seconds"].iloc[0]
+        summary.loc[summary["case"] == "jacobian-exact", "ratio_to_reference"] = (
+            summary.loc[summary["case"] == "jacobian-exact", "median_seconds"] / ref)
+    versions = package_versions()
+    summary = summary.assign(dataset=cfg.dataset, model=cfg.model, batch_size=cfg.batch_size,
+                             device=str(device), threads=torch.get_num_threads(),
+                             torch=versions["torch"], jrbench=versions["jrbench"])
+    return summary
+
+
+# ----------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
+class Budget:
+    case: str
+    max_ratio: float
+    against: str  # "plain" or another case, e.g. "reference-exact"
+    line: int
+
+
+def load_budget(path: str | Path) -> list[Budget]:
+    """Read a budget file: ``[[case]]`` tables with ``name``, ``max_ratio`` and optional ``against``."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UserError(f"cannot read the budget file {path}: {e}") from e
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from e
+    entries = doc.get("case")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected one or more [[case]] tables with fields name and max_ratio.")
+    lines = text.splitlines()
+    budgets = []
+    for i, entry in enumerate(entries):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        line = next((n + 1 for n, s in enumerate(lines) if name and f'"{name}"' in s), 0)
+        where = f"{path}, line {line}" if line else f"{path}, [[case]] number {i + 1}"
+        if not isinstance(name, str):
+            raise UserError(f"{where}: field 'name' must be a case name such as \"jacobian-n1\".")
+        ratio = entry.get("max_ratio")
+        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
+            raise UserError(f"{where}: field 'max_ratio' of case '{name}' must be a positive number, got {ratio!r}.")
+        against = entry.get("against", "plain")
+        if not isinstance(against, str):
+            raise UserError(f"{where}: field 'against' of case '{name}' must be a case name.")
+        unknown = set(entry) - {"name", "max_ratio", "against", "measured", "note"}
+        if unknown:
+            raise UserError(f"{where}: unknown field(s) {sorted(unknown)} in case '{name}'.")
+        budgets.append(Budget(name, float(ratio), against, line))
+    return budgets
+
+
+def check_budget(summary: pd.DataFrame, budgets: list[Budget]) -> list[str]:
+    """Messages for every budget exceeded (empty when all hold)."""
+    medians = dict(zip(summary["case"], summary["median_seconds"]))
+    ratios = dict(zip(summary["case"], summary["ratio_median"]))
+    failures = []
+    for b in budgets:
+        if b.case not in medians or b.against not in medians:
+            missing = b.case if b.case not in medians else b.against
+            raise UserError(f"the budget names case '{missing}', which this overhead run did not time.")
+        ratio = ratios[b.case] if b.against == "plain" else medians[b.case] / medians[b.against]
+        if ratio > b.max_ratio:
+            failures.append(f"{b.case}: {ratio:.2f}x {b.against}, over its budget of {b.max_ratio:.2f}x")
+    return failures

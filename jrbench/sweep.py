@@ -1,0 +1,211 @@
+"""Sweeps: a study described as a grid in TOML, run cell by cell, resumable.
+
+A spec (see ``benchmarks/*.toml``)::
+
+    name = "lambda-sweep"                 # runs go to <out>/<name>/<run-id>
+    out = "results/sweeps"                # optional
+    [base]                                # RunConfig fields shared by every cell
+    dataset = "synth-digits"; model = "lenet"; epochs = 4; batch_size = 64; lr = 0.05
+    [grid]                                # the product of these lists makes the cells
+    regularizers = [["none"], ["jacobian"]]
+    lambda_jr = [0.01, 0.05]
+    seed = [0, 1]
+    [attack]                              # jrbench attack options (omit the table: no attacks)
+    n_examples = 500; steps = 20; sigmas = [0.0, 0.2, 0.4]
+    [margins]                             # jrbench margins options (omit the table: no margins)
+    n_examples = 300; directions = 10
+
+Keys of ``[base]`` and ``[grid]`` are the ``jrbench train`` option names with ``_``:
+dataset, data_dir, train_subset, test_subset, model, regularizers, lambda_jr, n_proj,
+jr_subsample, weight_decay, dropout, lambda_ig, epochs, batch_size, lr, momentum,
+schedule, step_epochs, gamma, seed. Cells whose lambda_jr would not matter (no jacobian)
+collapse into one. A finished step of a cell (trained, attacked, measured) is skipped, so
+re-running a sweep resumes it.
+"""
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
+from .errors import UserError
+
+FIELDS: dict[str, tuple[str, str]] = {
+    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
+    "train_subset": ("data", "train_subset"), "test_subset": ("data", "test_subset"),
+    "model": ("model", "name"), "regularizers": ("reg", "names"), "lambda_jr": ("reg", "lambda_jr"),
+    "n_proj": ("reg", "n_proj"), "jr_subsample": ("reg", "jr_subsample"),
+    "weight_decay": ("reg", "weight_decay"), "dropout": ("reg", "dropout"), "lambda_ig": ("reg", "lambda_ig"),
+    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
+    "momentum": ("train", "momentum"), "schedule": ("train", "schedule"),
+    "step_epochs": ("train", "step_epochs"), "gamma": ("train", "gamma"), "seed": ("train", "seed"),
+}
+ATTACK_FIELDS = {"noise", "pgd", "fgsm", "n_examples", "example_seed", "sigmas", "draws", "norms",
+                 "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
+MARGIN_FIELDS = {"n_examples", "directions", "seed", "batch_size"}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    path: Path
+    out: Path
+    cells: list[RunConfig]
+    attack: dict[str, Any] | None = None
+    margins: dict[str, Any] | None = None
+    description: str = ""
+    report_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.out / self.name
+
+
+def _line_of(text: str, key: str) -> str:
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith(key):
+            return f"line {n}"
+    return "somewhere"
+
+
+def _apply(config: RunConfig, key: str, value: Any) -> None:
+    section, attr = FIELDS[key]
+    if key == "regularizers" and isinstance(value, str):
+        value = [value]
+    setattr(getattr(config, section), attr, value)
+
+
+def load_spec(path: str | Path, out: str | Path | None = None) -> SweepSpec:
+    """Parse and validate a sweep spec; every error names the line and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        doc = tomllib.loads(text)
+    except OSError as e:
+        raise UserError(f"cannot read the sweep spec {path}: {e}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from e
+
+    def bad(key: str, why: str) -> UserError:
+        return UserError(f"{path}, {_line_of(text, key)}: field '{key}' {why}")
+
+    name = doc.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise bad("name", "must be a non-empty name without '/'.")
+    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report"}
+    if unknown_top:
+        key = sorted(unknown_top)[0]
+        raise bad(key, f"is not a sweep field (expected name, description, out, base, grid, attack, margins, report).")
+    base, grid = doc.get("base", {}), doc.get("grid", {})
+    for section, table in (("base", base), ("grid", grid)):
+        if not isinstance(table, dict):
+            raise bad(section, "must be a table.")
+        for key in table:
+            if key not in FIELDS:
+                from .registry import did_you_mean
+
+                raise bad(key, f"is not a training option.{did_you_mean(key, list(FIELDS))}")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise bad(key, "in [grid] must be a non-empty list of values.")
+    cells, seen = [], set()
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        config = RunConfig(DataConfig(), ModelConfig(), RegConfig(), TrainConfig())
+        try:
+            for key, value in list(base.items()) + list(zip(keys, combo)):
+                _apply(config, key, value)
+            if "jacobian" not in config.reg.names:
+                config.reg.lambda_jr = RegConfig.lambda_jr  # lambda does not matter: one cell
+            config.validate()
+        except UserError as e:
+            culprit = next((k for k in keys + list(base) if f"--{k.replace('_', '-')}" in str(e)), keys[0] if keys else "base")
+            raise bad(culprit, f"gives an invalid cell: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{path}: a value of the wrong type in [base] or [grid]: {e}") from e
+        if config.run_id() not in seen:
+            seen.add(config.run_id())
+            cells.append(config)
+    attack, margins = doc.get("attack"), doc.get("margins")
+    for section, table, allowed in (("attack", attack, ATTACK_FIELDS), ("margins", margins, MARGIN_FIELDS)):
+        if table is not None:
+            if not isinstance(table, dict):
+                raise bad(section, "must be a table.")
+            for key in table:
+                if key not in allowed:
+                    raise bad(key, f"is not a {section} option (expected one of {sorted(allowed)}).")
+    out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
+    return SweepSpec(name, path, out_dir, cells, attack, margins, str(doc.get("description", "")),
+                     dict(doc.get("report", {})))
+
+
+def attack_config(options: dict[str, Any]):
+    from .attacks import AttackConfig
+
+    kwargs = {k: v for k, v in options.items() if k not in ("n_examples", "example_seed")}
+    if "norms" in kwargs:
+        kwargs["norms"] = tuple(kwargs["norms"])
+    config = AttackConfig(**kwargs)
+    config.validate()
+    return config
+
+
+@dataclass
+class CellStatus:
+    run_dir: Path
+    trained: bool
+    attacked: bool
+    measured: bool
+
+
+def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
+    import torch
+
+    run_dir = spec.folder / config.run_id()
+    trained = False
+    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "model.pt").is_file():
+        try:
+            epoch = torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
+            trained = epoch >= config.train.epochs
+        except Exception:
+            trained = False
+    return CellStatus(run_dir, trained, (run_dir / "attacks.csv").is_file(),
+                      (run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file())
+
+
+def run_sweep(spec: SweepSpec, *, device: str = "auto",
+              train_cell: Callable[[RunConfig, Path], Any] | None = None,
+              on_cell: Callable[[int, int, str, str], None] | None = None) -> list[CellStatus]:
+    """Train, attack and measure every cell that is not done yet; return the final statuses.
+
+    ``train_cell(config, run_dir)`` trains one cell (the CLI passes one with a progress bar);
+    ``on_cell(i, n, run_id, step)`` reports overall progress.
+    """
+    from .evaluate import attack_run, margins_run
+    from .train import train
+
+    attack = attack_config(spec.attack) if spec.attack is not None else None
+    train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))
+    statuses = []
+    for i, config in enumerate(spec.cells, 1):
+        config.train.device = device
+        status = cell_status(spec, config)
+        report = (lambda step: on_cell(i, len(spec.cells), config.run_id(), step)) if on_cell else (lambda step: None)
+        if not status.trained:
+            report("train")
+            train_cell(config, status.run_dir)
+        if attack is not None and not status.attacked:
+            report("attack")
+            attack_run(status.run_dir, attack, n_examples=spec.attack.get("n_examples", 1000),
+                       example_seed=spec.attack.get("example_seed", 0), device=device)
+        if spec.margins is not None and not status.measured:
+            report("margins")
+            m = spec.margins
+            margins_run(status.run_dir, n_examples=m.get("n_examples", 500), n_directions=m.get("directions", 10),
+                        seed=m.get("seed", 0), device=device, batch_size=m.get("batch_size", 500))
+        report("done")
+        statuses.append(cell_status(spec, config))
+    return statuses
