@@ -129,30 +129,34 @@ def train_command(
 
 
 # ----------------------------------------------------------------------------- demo
+def run_sweep_with_progress(spec, device: str):
+    """Run a sweep, one progress bar per training, a line per step of every cell."""
+    from .sweep import run_sweep
+
+    def on_cell(i: int, n: int, run_id: str, step: str) -> None:
+        if step != "done":
+            console.print(f"[bold][{i}/{n}][/] {run_id}: {step}", highlight=False)
+
+    def train_cell(config, run_dir):
+        return run_training(config, run_dir, resume=True)
+
+    return run_sweep(spec, device=device, train_cell=train_cell, on_cell=on_cell)
+
+
 @app.command("demo")
 @friendly
 def demo_command(
-    out: Annotated[Path, typer.Option(help="Folder of the demo's runs.")] = Path("results/demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs per model.")] = 4,
+    out: Annotated[Path, typer.Option(help="Folder of the demo's runs and report.")] = Path("results/demo"),
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """Train, attack and measure a plain and a Jacobian-regularized lenet on synth-digits."""
+    """The quick profile: a plain and a Jacobian-regularized lenet on synth-digits, end to end."""
     from rich.table import Table
 
-    from .demo import demo_attack_config, demo_configs, demo_table
-    from .evaluate import attack_run, margins_run
+    from .demo import demo_table, quick_spec
 
-    runs = []
-    for label, config in demo_configs(epochs, device):
-        run_dir = out / config.run_id()
-        console.print(f"[bold]{label}[/]: {run_dir}")
-        run_training(config, run_dir, resume=True)
-        with err_console.status(f"{label}: noise and PGD attacks on 500 test examples"):
-            attack_run(run_dir, demo_attack_config(), n_examples=500, device=device)
-        with err_console.status(f"{label}: margins and Jacobian spectra of 300 test examples"):
-            margins_run(run_dir, n_examples=300, n_directions=10, device=device)
-        runs.append((label, run_dir))
-    df = demo_table(runs).set_index("model").T
+    spec = quick_spec(out)
+    statuses = run_sweep_with_progress(spec, device)
+    df = demo_table([s.run_dir for s in statuses])
     table = Table(title="synth-digits, lenet: plain SGD against Jacobian regularization (pixel units)")
     table.add_column("measure")
     for label in df.columns:
@@ -160,7 +164,30 @@ def demo_command(
     for measure, values in df.iterrows():
         table.add_row(measure, *[f"{v:.4g}" for v in values])
     console.print(table)
-    console.print(f"runs in {out}; next: jrbench report {out}")
+    finish_sweep_report(spec.folder, spec.folder / "report")
+
+
+@app.command("sweep")
+@friendly
+def sweep_command(
+    spec_path: Annotated[Path, typer.Argument(help="A study as a grid in TOML (see benchmarks/*.toml).")],
+    out: Annotated[Optional[Path], typer.Option(help="Parent folder of the sweep's runs (default: the spec's 'out').")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
+) -> None:
+    """Train, attack and measure every cell of a study; skip finished cells; then report."""
+    from .sweep import load_spec
+
+    spec = load_spec(spec_path, out)
+    console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}")
+    run_sweep_with_progress(spec, device)
+    if report:
+        finish_sweep_report(spec.folder, spec.folder / "report")
+
+
+def finish_sweep_report(runs: Path, out: Path) -> None:
+    """Write the report of a finished sweep (see the report command)."""
+    report_command([runs], out=out)
 
 
 # ----------------------------------------------------------------------------- attack

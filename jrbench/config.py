@@ -86,10 +86,17 @@ class RunConfig:
         return self
 
     def run_id(self) -> str:
-        """Readable and stable: same config, same id (device and data_dir do not count)."""
+        """Readable and stable: same config, same id (device, data_dir and the options of
+        regularizers not in use do not count)."""
         d = self.to_dict()
         d["data"].pop("data_dir")
         d["train"].pop("device")
+        names = self.reg.names
+        unused = {"lambda_jr": "jacobian", "n_proj": "jacobian", "jr_subsample": "jacobian",
+                  "weight_decay": "l2", "dropout": "dropout", "lambda_ig": "input-grad"}
+        for key, owner in unused.items():
+            if owner not in names:  # an option of an unused regularizer changes nothing
+                d["reg"].pop(key)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
         regs = "+".join(self.reg.names)
         return f"{self.data.dataset}-{self.model.name}-{regs}-s{self.train.seed}-{digest}"

@@ -18,8 +18,8 @@ A spec (see ``benchmarks/*.toml``)::
 Keys of ``[base]`` and ``[grid]`` are the ``jrbench train`` option names with ``_``:
 dataset, data_dir, train_subset, test_subset, model, regularizers, lambda_jr, n_proj,
 jr_subsample, weight_decay, dropout, lambda_ig, epochs, batch_size, lr, momentum,
-schedule, step_epochs, gamma, seed. Cells whose lambda_jr would not matter (no jacobian)
-collapse into one. A finished step of a cell (trained, attacked, measured) is skipped, so
+schedule, step_epochs, gamma, seed. Cells that differ only in options of regularizers they
+do not use (lambda_jr without jacobian) have the same run id and collapse into one. A finished step of a cell (trained, attacked, measured) is skipped, so
 re-running a sweep resumes it.
 """
 from __future__ import annotations
@@ -79,13 +79,19 @@ def _apply(config: RunConfig, key: str, value: Any) -> None:
 
 
 def load_spec(path: str | Path, out: str | Path | None = None) -> SweepSpec:
-    """Parse and validate a sweep spec; every error names the line and the field."""
+    """Read, parse and validate a sweep spec file; every error names the line and the field."""
     path = Path(path)
     try:
         text = path.read_text()
-        doc = tomllib.loads(text)
     except OSError as e:
         raise UserError(f"cannot read the sweep spec {path}: {e}") from e
+    return parse_spec(text, path, out)
+
+
+def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpec:
+    """Parse and validate the TOML ``text`` of a spec (``path`` names it in messages)."""
+    try:
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML: {e}") from e
 
@@ -118,8 +124,6 @@ def load_spec(path: str | Path, out: str | Path | None = None) -> SweepSpec:
         try:
             for key, value in list(base.items()) + list(zip(keys, combo)):
                 _apply(config, key, value)
-            if "jacobian" not in config.reg.names:
-                config.reg.lambda_jr = RegConfig.lambda_jr  # lambda does not matter: one cell
             config.validate()
         except UserError as e:
             culprit = next((k for k in keys + list(base) if f"--{k.replace('_', '-')}" in str(e)), keys[0] if keys else "base")

@@ -1,0 +1,93 @@
+"""Overhead timing: the reference implementation, summaries, budgets and the CI gate."""
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jrbench.cli import app
+from jrbench.config import RegConfig
+from jrbench.errors import UserError
+from jrbench.models import build_model
+from jrbench.overhead import (Budget, check_budget, default_cases, load_budget, reference_exact_loss,
+                              summarize, time_steps)
+from jrbench.regularizers import step_loss
+
+
+def test_reference_equals_jrbench_exact_penalty():
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10, [0.13], [0.31]).double()
+    x, y = torch.rand(6, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (6,))
+    ours = step_loss(model, x, y, RegConfig(["jacobian"], lambda_jr=0.3, n_proj=-1)).total
+    assert torch.allclose(ours, reference_exact_loss(model, x, y, 0.3))
+
+
+def test_time_steps_interleaves_and_summarizes():
+    model = build_model("mlp", (1, 28, 28), 10, [0.13], [0.31])
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    cases = default_cases(n_projs=(1,), subsamples=(4,))
+    times = time_steps(model, x, y, cases, pairs=3, warmup=1)
+    assert list(times["case"][:4]) == ["plain", "jacobian-n1", "jacobian-n1-sub4", "reference-exact"]
+    assert (times.loc[times["case"] == "plain", "ratio"] == 1.0).all()
+    summary = summarize(times)
+    assert list(summary["case"]) == [c.name for c in cases] and (summary["pairs"] == 3).all()
+    row = summary.set_index("case").loc["jacobian-n1"]
+    assert row["ratio_median"] == pytest.approx(times[times["case"] == "jacobian-n1"]["ratio"].median())
+
+
+def _summary(**ratios):
+    cases = ["plain", *ratios]
+    return pd.DataFrame({"case": cases, "median_seconds": [1.0, *ratios.values()],
+                         "ratio_median": [1.0, *ratios.values()]})
+
+
+def test_check_budget_names_the_case_over_budget():
+    budgets = [Budget("jacobian-n1", 2.2, "plain", 3), Budget("jacobian-exact", 1.1, "reference-exact", 7)]
+    assert check_budget(_summary(**{"jacobian-n1": 2.0, "jacobian-exact": 9.0, "reference-exact": 9.5}), budgets) == []
+    failures = check_budget(_summary(**{"jacobian-n1": 2.5, "jacobian-exact": 12.0, "reference-exact": 9.0}), budgets)
+    assert len(failures) == 2 and failures[0].startswith("jacobian-n1: 2.50x plain")
+    assert "jacobian-exact: 1.33x reference-exact" in failures[1]
+    with pytest.raises(UserError, match="did not time"):
+        check_budget(_summary(**{"jacobian-n1": 2.0}), [Budget("jacobian-n3", 3.0, "plain", 1)])
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = "two"\n', "line 2: field 'max_ratio' of case 'jacobian-n1'"),
+    ('[[case]]\nmax_ratio = 2.0\n', "field 'name'"),
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = 2.0\nmax = 3\n', "unknown field(s) ['max']"),
+    ('[[case]\n', "not valid TOML"),
+    ('title = "x"\n', "expected one or more [[case]] tables"),
+])
+def test_malformed_budget_names_line_and_field(tmp_path, text, needle):
+    path = tmp_path / "budget.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_budget(path)
+    assert needle in str(err.value), str(err.value)
+
+
+def test_repository_budget_file_parses():
+    from pathlib import Path
+
+    budgets = load_budget(Path(__file__).resolve().parents[1] / "benchmarks" / "overhead_budget.toml")
+    assert {b.case for b in budgets} >= {"jacobian-n1", "jacobian-n1-sub16", "jacobian-exact"}
+
+
+def test_cli_exits_1_naming_the_case_over_budget(tmp_path):
+    budget = tmp_path / "budget.toml"
+    budget.write_text('[[case]]\nname = "jacobian-n1"\nmax_ratio = 0.01\n')
+    out = tmp_path / "overhead.csv"
+    result = CliRunner().invoke(app, ["overhead", "--model", "mlp", "--n-proj", "1", "--jr-subsample", "8",
+                                      "--pairs", "2", "--warmup", "0", "--device", "cpu", "--out", str(out),
+                                      "--check", str(budget)])
+    assert result.exit_code == 1, result.output
+    assert "over budget" in result.output and "jacobian-n1" in result.output
+    table = pd.read_csv(out)
+    assert set(table["case"]) == {"plain", "jacobian-n1", "jacobian-n1-sub8", "reference-exact"} and (table["saved_mb"] > 0).all()
+
+
+def test_cli_bad_budget_file_exits_2_before_timing(tmp_path):
+    budget = tmp_path / "budget.toml"
+    budget.write_text('[[case]]\nname = "jacobian-n1"\n')
+    result = CliRunner().invoke(app, ["overhead", "--check", str(budget), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and "max_ratio" in result.output
+    assert not (tmp_path / "o.csv").exists()

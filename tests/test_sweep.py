@@ -1,0 +1,97 @@
+"""Sweep specs: parsing, errors that name line and field, the suites, resuming."""
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from jrbench.cli import app
+from jrbench.demo import quick_spec
+from jrbench.errors import UserError
+from jrbench.sweep import cell_status, load_spec, parse_spec, run_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["quick", "paper-mnist", "paper-cifar10", "lambda-sweep"])
+def test_suites_parse_into_valid_cells(name):
+    spec = load_spec(REPO / "benchmarks" / f"{name}.toml")
+    assert spec.cells and len({c.run_id() for c in spec.cells}) == len(spec.cells)
+
+
+def test_demo_is_the_quick_suite():
+    spec = quick_spec(Path("x/demo"))
+    suite = load_spec(REPO / "benchmarks" / "quick.toml")
+    assert [c.run_id() for c in spec.cells] == [c.run_id() for c in suite.cells]
+    assert spec.folder == Path("x/demo")
+
+
+def test_grid_product_and_collapsed_cells():
+    spec = parse_spec('''name = "t"
+[base]
+epochs = 1
+[grid]
+regularizers = [["none"], ["jacobian"]]
+lambda_jr = [0.01, 0.1]
+seed = [0, 1]
+''', Path("t.toml"))
+    # none x 2 lambdas collapses to one cell per seed: 2 + 2 * 2 = 6
+    assert len(spec.cells) == 6
+    assert {c.reg.lambda_jr for c in spec.cells if c.reg.names == ["jacobian"]} == {0.01, 0.1}
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('name = "t"\n[grid]\nlamda_jr = [0.1]\n', "line 3: field 'lamda_jr' is not a training option. Did you mean 'lambda_jr'"),
+    ('name = "t"\n[base]\nepochs = 1\n[grid]\nlambda_jr = 0.1\n', "line 5: field 'lambda_jr' in [grid] must be a non-empty list"),
+    ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nregularizers = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
+    ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not a attack option"),
+    ('name = "t"\n[base\n', "not valid TOML"),
+    ('[base]\nepochs = 1\n', "field 'name'"),
+])
+def test_malformed_specs_name_line_and_field(text, needle):
+    with pytest.raises(UserError) as err:
+        parse_spec(text, Path("bad.toml"))
+    assert needle in str(err.value), str(err.value)
+
+
+def test_cli_malformed_spec_exits_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "t"\n[grid]\nepoch = [1]\n')
+    result = CliRunner().invoke(app, ["sweep", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "line 3" in result.output and "epoch" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_sweep_runs_cells_skips_finished_ones_and_resumes(tmp_path):
+    text = '''name = "mini"
+[base]
+dataset = "synth-digits"
+train_subset = 400
+test_subset = 200
+epochs = 1
+batch_size = 50
+[grid]
+regularizers = [["none"], ["jacobian"]]
+[attack]
+n_examples = 50
+sigmas = [0.0, 0.3]
+draws = 1
+eps_linf = [0.05]
+eps_l2 = [0.5]
+steps = 3
+[margins]
+n_examples = 20
+directions = 2
+'''
+    spec = parse_spec(text, Path("mini.toml"), tmp_path)
+    steps = []
+    statuses = run_sweep(spec, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
+    assert all(s.trained and s.attacked and s.measured for s in statuses)
+    assert steps.count("train") == 2 and steps.count("attack") == 2 and steps.count("margins") == 2
+    # a second run skips everything finished; a missing table is redone alone
+    (statuses[1].run_dir / "margins.csv").unlink()
+    steps.clear()
+    run_sweep(spec, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
+    assert steps == ["done", "margins", "done"]
+    assert cell_status(spec, spec.cells[1]).measured
