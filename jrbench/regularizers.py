@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import RegConfig
-from .jacobian import frobenius_sq
+from .jacobian import conv_input_adjoint, frobenius_sq
 from .models import Classifier
 from .registry import Registry
 
@@ -60,6 +60,15 @@ class StepLoss:
     input_grad: torch.Tensor | None = None  # before lambda
 
 
+def _split_first_conv(model: Classifier):
+    """(first conv, the rest, its input adjoint) when ``model.net`` starts with a stride-1 conv."""
+    net = model.net
+    if not isinstance(net, torch.nn.Sequential) or len(net) < 2:
+        return None, None, None
+    adjoint = conv_input_adjoint(net[0])
+    return (net[0], net[1:], adjoint) if adjoint is not None else (None, None, None)
+
+
 def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig) -> StepLoss:
     """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,)."""
     use_jr = "jacobian" in reg.names and reg.lambda_jr > 0
@@ -67,7 +76,20 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     z = model.normalize(x)
     batch = x.shape[0]
     k = batch if not use_jr or reg.jr_subsample is None else min(reg.jr_subsample, batch)
-    if use_jr and k < batch and not use_ig:
+    first, rest, adjoint = _split_first_conv(model) if use_jr and not use_ig else (None, None, None)
+    if adjoint is not None:
+        # J_z^T v = A^T (J_h^T v) for the first conv h = A z + b: the VJP stops at h and A^T
+        # runs as a forward conv (jacobian.conv_input_adjoint); z itself needs no gradient.
+        h = first(z)
+        logits = rest(h)
+        if k < batch:
+            h_jr = first(z[:k])
+            logits_jr = rest(h_jr)
+            logits = torch.cat([logits_jr, rest(h[k:])])
+        else:
+            h_jr, logits_jr = h, logits
+        z_jr = h_jr
+    elif use_jr and k < batch and not use_ig:
         # Two forwards so that the double backward runs over the K sub-sampled rows only.
         z_jr = z[:k].detach().requires_grad_(True)
         logits_jr = model.net(z_jr)
@@ -79,7 +101,8 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     total = ce
     out = StepLoss(total, ce.detach(), logits.detach())
     if use_jr:
-        r = 0.5 * frobenius_sq(logits_jr[:k], z_jr, reg.n_proj, create_graph=True)[:k].mean()
+        r = 0.5 * frobenius_sq(logits_jr[:k], z_jr, reg.n_proj, create_graph=True,
+                               input_adjoint=adjoint)[:k].mean()
         total = total + reg.lambda_jr * r
         out.jacobian = r.detach()
     if use_ig:

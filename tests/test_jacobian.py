@@ -64,3 +64,36 @@ def test_random_vectors_follow_input_device_and_dtype():
     logits = z @ torch.rand(5, 4, dtype=torch.float64)
     est = frobenius_sq_projected(logits, z, 2)
     assert est.dtype == torch.float64 and est.shape == (3,)
+
+
+@pytest.mark.parametrize("kernel, padding", [(5, 2), (3, 0), (3, 1)])
+def test_conv_input_adjoint_is_the_input_gradient_and_differentiates_right(kernel, padding):
+    from jrbench.jacobian import _ConvAdjoint, conv_input_adjoint
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel, padding=padding).double()
+    z = torch.rand(2, 2, 9, 9, dtype=torch.float64, requires_grad=True)
+    h = conv(z)
+    u = torch.rand_like(h)
+    (want,) = torch.autograd.grad(h, z, u)
+    assert torch.allclose(conv_input_adjoint(conv)(u), want)
+    w = conv.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda uu, ww: _ConvAdjoint.apply(uu, ww, (padding, padding)),
+                                    (u.clone().requires_grad_(True), w))
+    assert conv_input_adjoint(nn.Conv2d(2, 3, 3, stride=2)) is None
+
+
+def test_training_gradients_equal_the_plain_autograd_route():
+    """The first-conv shortcut changes speed, not the gradient of CE + lambda R."""
+    from jrbench.config import RegConfig
+    from jrbench.overhead import reference_exact_loss
+    from jrbench.regularizers import step_loss
+
+    torch.manual_seed(0)
+    model = build_model("lenet", (1, 28, 28), 10, [0.13], [0.31]).double()
+    x, y = torch.rand(5, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (5,))
+    params = list(model.parameters())
+    ours = torch.autograd.grad(step_loss(model, x, y, RegConfig(["jacobian"], lambda_jr=0.5, n_proj=-1)).total, params)
+    ref = torch.autograd.grad(reference_exact_loss(model, x, y, 0.5), params)
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
