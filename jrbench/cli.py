@@ -306,7 +306,7 @@ def report_command(
     cell_seed: Annotated[int, typer.Option(help="Seed of the random directions of the cross-sections.")] = 0,
     cell_index: Annotated[Optional[int], typer.Option(help="Test example of the cross-sections (default: the first every model gets right).")] = None,
     cell_panels: Annotated[int, typer.Option(help="At most this many runs side by side per cross-section.")] = 6,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the cross-sections).")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the cross-sections).")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the runs were trained with.")] = None,
 ) -> None:
     """Collect runs into summary.csv; write a paper-style table, plots and report.md."""

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from jrbench.attacks import AttackConfig
-from jrbench.demo import demo_configs
+from jrbench.demo import quick_spec
 from jrbench.evaluate import attack_run, margins_run
 from jrbench.train import train
 
@@ -17,8 +17,11 @@ from jrbench.train import train
 def demo_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     runs = {}
-    for label, config in demo_configs(epochs=4, device="cpu"):
+    for config in quick_spec(root / "quick").cells:
+        config.train.device = "cpu"
+        label = "jacobian" if "jacobian" in config.reg.names else "plain"
         runs[label] = (root / label, train(config, root / label).metrics.iloc[-1])
+    assert set(runs) == {"plain", "jacobian"}
     return runs
 
 

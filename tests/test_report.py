@@ -1,0 +1,317 @@
+"""jrbench report: collect run directories into a tidy table, aggregate, plot, cross-section.
+
+Three tiny runs trained on the toy data of conftest (plain seeds 0 and 1, Jacobian seed 0),
+attacked and measured with tiny settings; the Jacobian run has no margins (a gap).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from conftest import tiny_config, tiny_data
+from jrbench import cli
+from jrbench.attacks import AttackConfig
+from jrbench.cells import (adversarial_direction, choose_point, make_plane,
+                           orthonormal_directions, predict_plane, run_cross_sections)
+from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
+from jrbench.data import write_idx_folder
+from jrbench.evaluate import attack_run, margins_run
+from jrbench.report import (ReportOptions, format_wide, group_table, nearest_strength,
+                            run_table, write_report)
+from jrbench.results import TIDY_COLUMNS, collect, median_ci, train_command
+from jrbench.rundir import load_run
+from jrbench.train import train
+
+runner = CliRunner()
+RUNS = {"plain-s0": (("none",), 0), "plain-s1": (("none",), 1), "jr-s0": (("jacobian",), 0)}
+PNGS = ["accuracy_noise.png", "accuracy_pgd_linf.png", "accuracy_pgd_l2.png", "margins_ecdf.png",
+        "spectra.png", "cells_random.png", "cells_adversarial.png"]
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    data = tiny_data()
+    data_dir = write_idx_folder(root / "data", data.train, data.test)
+    attacks = AttackConfig(noise=True, pgd=True, fgsm=False, sigmas=[0.0, 0.5], draws=2, norms=("linf", "l2"),
+                           eps_linf=[0.0, 0.1], eps_l2=[1.0, 2.0], steps=2, batch_size=64)
+    for name, (regs, seed) in RUNS.items():
+        config = tiny_config(regs, epochs=2, seed=seed)
+        config.data.data_dir = str(data_dir)
+        run_dir = root / "runs" / name
+        train(config, run_dir, data=data)
+        attack_run(run_dir, attacks, n_examples=32, device="cpu")
+        if name != "jr-s0":
+            margins_run(run_dir, n_examples=12, n_directions=2, device="cpu")
+    return root
+
+
+@pytest.fixture(scope="module")
+def collection(runs_root):
+    return collect([runs_root / "runs"])
+
+
+def _last(runs_root, name, column):
+    return float(pd.read_csv(runs_root / "runs" / name / "metrics.csv")[column].iloc[-1])
+
+
+def _value(summary, run_id, table, quantity, statistic, **kw):
+    sel = summary[(summary["run_id"] == run_id) & (summary["table"] == table)
+                  & (summary["quantity"] == quantity) & (summary["statistic"] == statistic)]
+    for key, value in kw.items():
+        sel = sel[sel[key] == value]
+    assert len(sel) == 1, (run_id, table, quantity, kw, len(sel))
+    return float(sel["value"].iloc[0])
+
+
+# ----------------------------------------------------------------------------- the tidy table
+def test_tidy_table_has_every_measurement_with_provenance(runs_root, collection):
+    s = collection.summary
+    assert list(s.columns) == TIDY_COLUMNS
+    assert sorted(s["run_id"].unique()) == sorted(RUNS)
+    for name, (regs, seed) in RUNS.items():
+        run_dir = runs_root / "runs" / name
+        rows = s[s["run_id"] == name]
+        env = json.loads((run_dir / "env.json").read_text())
+        first = rows.iloc[0]
+        assert (first["dataset"], first["model"], first["regularizers"], first["seed"]) == ("mnist", "lenet", regs[0], seed)
+        assert first["lambda_jr"] == (0.01 if regs == ("jacobian",) else 0.0)
+        assert first["torch_version"] == env["packages"]["torch"] and first["jrbench_version"] == env["packages"]["jrbench"]
+        assert (rows["git_commit"].astype(str) == str(env["git_commit"])).all()
+        assert _value(s, name, "metrics", "test_acc", "last_epoch") == pytest.approx(_last(runs_root, name, "test_acc"))
+        assert _value(s, name, "metrics", "test_R_z", "last_epoch") == pytest.approx(_last(runs_root, name, "test_R_z"))
+        attacks = pd.read_csv(run_dir / "attacks.csv")
+        got = rows[rows["table"] == "attacks"]
+        assert len(got) == len(attacks) == 2 + 2 + 2
+        for a in attacks.itertuples():
+            v = _value(s, name, "attacks", "accuracy", "mean", attack=a.attack, norm=a.norm, strength=a.strength)
+            assert v == pytest.approx(a.accuracy)
+    # margins and Jacobian: statistics of the per-example files
+    m = pd.read_csv(runs_root / "runs" / "plain-s0" / "margins.csv")
+    j = pd.read_csv(runs_root / "runs" / "plain-s0" / "jacobian.csv")
+    assert _value(s, "plain-s0", "margins", "margin_adv_l2", "median") == pytest.approx(m["margin_adv_l2"].median())
+    assert _value(s, "plain-s0", "jacobian", "R_z", "mean") == pytest.approx(0.5 * (j["frobenius_z"] ** 2).mean())
+    sv = s[(s["run_id"] == "plain-s0") & (s["quantity"] == "singular_value_pixel")]
+    assert sorted(sv["k"]) == list(range(10))
+    assert sv.set_index("k")["value"][0.0] == pytest.approx(j["sv_0_pixel"].mean())
+    # groups: the plain seeds share one, the Jacobian run has its own
+    gid = s.drop_duplicates("run_id").set_index("run_id")["group_id"]
+    assert gid["plain-s0"] == gid["plain-s1"] != gid["jr-s0"]
+    ex = collection.examples
+    assert len(ex[(ex["run_id"] == "plain-s0") & (ex["quantity"] == "margin_adv_l2")]) == len(m)
+
+
+def test_seed_groups_give_mean_std_and_count(runs_root, collection):
+    runs = run_table(collection.summary)
+    wide = group_table(runs).set_index("group_label")
+    acc = [_last(runs_root, n, "test_acc") for n in ("plain-s0", "plain-s1")]
+    jac = [_last(runs_root, n, "test_jac_frob_z") for n in ("plain-s0", "plain-s1")]
+    plain = wide.loc["lenet none"]
+    assert plain["n_seeds"] == 2 and plain["seeds"] == "0,1"
+    assert plain["clean_acc"] == pytest.approx(np.mean(acc))
+    assert plain["clean_acc_std"] == pytest.approx(np.std(acc, ddof=1))
+    assert plain["jac_frob_z"] == pytest.approx(np.mean(jac))
+    assert plain["jac_frob_z_std"] == pytest.approx(np.std(jac, ddof=1))
+    jr = wide.loc["lenet jacobian λ_JR=0.01 n_proj=1"]
+    assert jr["n_seeds"] == 1 and math.isnan(jr["clean_acc_std"]) and math.isnan(jr["margin_adv"])
+    text = format_wide(group_table(runs)).set_index("run")
+    assert "±" in text.loc["lenet none", "clean acc %"]
+    assert text.loc["lenet jacobian λ_JR=0.01 n_proj=1", "median adv. margin (DeepFool)"] == "–"
+    assert len(group_table(runs, by_seed_group=False)) == 3
+
+
+def test_nearest_strength_is_picked_and_marked():
+    rows = pd.DataFrame({"table": "attacks", "attack": "pgd", "norm": "l2", "loss": ["ce64", "ce64", "ce32"],
+                         "strength": [1.0, 2.0, 1.5], "value": [0.6, 0.3, 0.9]})
+    assert nearest_strength(rows, "pgd", "l2", 1.5) == (0.6, 1.0)  # ce64 preferred; tie -> the smaller
+    assert nearest_strength(rows, "pgd", "l2", 1.9) == (0.3, 2.0)
+    assert all(math.isnan(v) for v in nearest_strength(rows, "pgd", "linf", 0.1))
+
+
+def test_overhead_is_the_ratio_to_the_plain_runs_median(runs_root, collection):
+    spp = {n: pd.read_csv(runs_root / "runs" / n / "metrics.csv")["seconds_per_step"].min() for n in RUNS}
+    expected = spp["jr-s0"] / ((spp["plain-s0"] + spp["plain-s1"]) / 2)  # median of two
+    s = collection.summary
+    assert _value(s, "jr-s0", "overhead", "seconds_per_step_ratio", "min_over_epochs") == pytest.approx(expected)
+    assert _value(s, "plain-s0", "overhead", "seconds_per_step_ratio", "min_over_epochs") == pytest.approx(
+        spp["plain-s0"] / np.median([spp["plain-s0"], spp["plain-s1"]]))
+    alone = collect([runs_root / "runs" / "jr-s0"])
+    assert math.isnan(_value(alone.summary, "jr-s0", "overhead", "seconds_per_step_ratio", "min_over_epochs"))
+    assert any(g.item == "overhead" and "no plain" in g.reason for g in alone.gaps)
+
+
+def test_median_ci_covers_the_true_median_about_95_percent():
+    rng = np.random.default_rng(0)
+    hits = [lo <= math.log(2) <= hi for lo, hi in (median_ci(rng.exponential(size=60)) for _ in range(2000))]
+    assert 0.93 <= np.mean(hits) <= 0.99
+
+
+# ----------------------------------------------------------------------------- gaps and errors
+def test_missing_and_corrupt_tables_are_gaps(runs_root, tmp_path):
+    shutil.copytree(runs_root / "runs" / "plain-s0", tmp_path / "broken")
+    (tmp_path / "broken" / "attacks.csv").write_text("not,a\nrun,table\n")
+    (tmp_path / "unfinished").mkdir()
+    shutil.copy(runs_root / "runs" / "plain-s0" / "config.json", tmp_path / "unfinished")
+    c = collect([runs_root / "runs" / "jr-s0", tmp_path])
+    items = {(g.run_id, g.item) for g in c.gaps}
+    assert {("jr-s0", "margins.csv"), ("jr-s0", "jacobian.csv"), ("broken", "attacks.csv"),
+            ("unfinished", "model.pt")} <= items
+    assert sorted(c.summary["run_id"].unique()) == ["broken", "jr-s0"]
+    assert not (c.summary["run_id"] == "broken").loc[c.summary["table"] == "attacks"].any()
+    result = write_report(c, tmp_path / "out", ReportOptions(cells=False))
+    report = (tmp_path / "out" / "report.md").read_text()
+    gaps = report.split("## Gaps")[1]
+    assert "jr-s0: margins.csv: missing" in gaps and "broken: attacks.csv" in gaps
+    assert any("jr-s0: margins.csv" in g for g in result.gaps)
+
+
+def test_cli_empty_or_unreadable_folder_exits_2(tmp_path):
+    result = runner.invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no run directories" in result.output, result.output
+    result = runner.invoke(cli.app, ["report", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "is not a folder" in result.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (bad / "model.pt").write_bytes(b"")
+    result = runner.invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "could be read" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the whole report
+def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
+    out = tmp_path / "report"
+    result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(out), "--cell-grid", "21",
+                                     "--cell-radius", "4"])
+    assert result.exit_code == 0, result.output
+    assert "clean acc %" in result.output and "gap:" in result.output and "jr-s0" in result.output
+    for name in PNGS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for name in ["summary.csv", "examples.csv", "summary.md", "report.md"]:
+        assert (out / name).stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    report = (out / "report.md").read_text()
+    for name in PNGS:
+        assert f"]({name})" in report
+    assert report.count("jrbench train --dataset mnist") == 3 and "NOT clipped" in report
+    assert "jrbench report" in report and str(runs_root / "runs" / "plain-s0" / "attacks.csv") in report
+    assert pd.read_csv(out / "summary.csv").shape[0] > 100
+
+
+def test_library_never_prints(collection, tmp_path, capsys):
+    write_report(collection, tmp_path / "out", ReportOptions(cells=False))
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+# ----------------------------------------------------------------------------- train commands
+@pytest.mark.parametrize("config", [
+    tiny_config(("none",)),
+    tiny_config(("jacobian",), lambda_jr=0.05, n_proj=-1, jr_subsample=8),
+    RunConfig(DataConfig("synth-digits", "/data here", 500, 100), ModelConfig("mlp"),
+              RegConfig(["l2", "dropout", "input-grad"], weight_decay=1e-3, dropout=0.25, lambda_ig=0.1),
+              TrainConfig(epochs=3, batch_size=100, lr=0.1, momentum=0.5, schedule="step", step_epochs=2,
+                          gamma=0.5, seed=7, device="cpu")),
+])
+def test_train_command_rebuilds_the_config(config, monkeypatch, tmp_path):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(cfg, out, resume):
+        seen["config"], seen["out"] = cfg, out
+        raise Stop
+
+    monkeypatch.setattr(cli, "run_training", capture)
+    command = train_command(config, tmp_path / "run")
+    line, _, comment = command.partition("  # ")
+    result = runner.invoke(cli.app, shlex.split(line)[1:])
+    assert isinstance(result.exception, Stop), result.output
+    rebuilt = seen["config"].to_dict()
+    for key, value in (p.split("=") for p in comment.removeprefix("Python API only: ").split(", ") if p):
+        section = "data" if key == "subset_seed" else "train"
+        rebuilt[section][key] = int(value)
+    assert rebuilt == config.to_dict() and seen["out"] == tmp_path / "run"
+
+
+# ----------------------------------------------------------------------------- cross-sections
+def test_cross_sections_share_point_and_directions(runs_root, collection):
+    labels = {r.run_id: r.run_id for r in collection.runs}
+    figs = run_cross_sections(collection.runs, labels, radius=2.0, n_grid=9, seed=3, device="cpu")
+    assert [f.section.plane.kind for f in figs] == ["random", "adversarial"]
+    models = {n: load_run(runs_root / "runs" / n)[0] for n in ("plain-s0", "jr-s0")}
+    data = tiny_data()
+    x, y = data.test.images.float() / 255, data.test.labels
+    for f in figs:
+        plane = f.section.plane
+        assert list(f.section.predictions) == ["plain-s0", "jr-s0"]  # one run per group, plain first
+        assert torch.equal(plane.point, x[plane.index]) and plane.index == choose_point(models, x, y)
+        gram = plane.directions.flatten(1) @ plane.directions.flatten(1).T
+        assert torch.allclose(gram, torch.eye(2), atol=1e-5)
+        for name, model in models.items():  # each panel is that model on this very plane
+            assert np.array_equal(f.section.predictions[name], predict_plane(model, plane, 9))
+            assert f.section.predictions[name][4, 4] == plane.label  # the centre is the point itself
+    adv = figs[1].section.plane
+    assert adv.reference == "plain-s0"
+    assert torch.allclose(adv.directions[0], adversarial_direction(models["plain-s0"], adv.point, adv.label))
+
+
+def test_random_directions_are_seeded_and_orthogonal_to_a_given_one():
+    a = orthonormal_directions((1, 4, 4), 2, seed=5, device="cpu", dtype=torch.float32)
+    assert torch.equal(a, orthonormal_directions((1, 4, 4), 2, seed=5, device="cpu", dtype=torch.float32))
+    u = a[0]
+    b = orthonormal_directions((1, 4, 4), 3, seed=6, device="cpu", dtype=torch.float32, against=u)
+    assert (b.flatten(1) @ u.flatten()).abs().max() < 1e-6
+
+
+class Linear(nn.Module):
+    """f(x) = W vec(x) + b on (1, 4, 4) pixels: a closed-form decision boundary."""
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.w, self.b = w, b
+
+    def forward(self, x):
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def test_linear_cross_section_boundary_is_where_the_closed_form_says():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(2, 16, generator=g, dtype=torch.float64), torch.tensor([0.3, -0.2], dtype=torch.float64)
+    model = Linear(w, b)
+    x0 = torch.rand(1, 4, 4, generator=g, dtype=torch.float64)
+    label = int(model(x0.unsqueeze(0)).argmax())
+    dw, db = w[1 - label] - w[label], b[1 - label] - b[label]  # other class wins where dw.x + db > 0
+    n, radius = 81, 4.0
+    t = np.linspace(-radius, radius, n)
+    step = t[1] - t[0]
+
+    plane = make_plane("random", x0, label, 0, radius=radius, seed=1)
+    preds = predict_plane(model, plane, n)
+    a, c = float(dw @ plane.directions[0].flatten()), float(dw @ plane.directions[1].flatten())
+    offset = float(dw @ x0.flatten() + db)
+    t2, t1 = np.meshgrid(t, t, indexing="ij")  # rows: t2, columns: t1
+    level = a * t1 + c * t2 + offset
+    expected = np.where(level > 0, 1 - label, label)
+    assert (preds == 1 - label).any() and (preds == label).any(), "the boundary should cross the square"
+    assert np.array_equal(preds, expected)
+
+    # adversarial plane: the boundary is the line t1 = gap / ||dw||, whatever t2
+    plane = make_plane("adversarial", x0, label, 0, radius=radius, seed=1, reference=("linear", model))
+    preds = predict_plane(model, plane, n)
+    margin = -offset / float(dw.norm())
+    assert 0 < margin < radius - step
+    assert (preds == preds[0]).all()  # independent of t2: d2 is orthogonal to the gradient
+    crossing = t[np.argmax(preds[0] != label)]
+    assert margin <= crossing < margin + step + 1e-12
