@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import RegConfig
-from .jacobian import conv_input_adjoint, frobenius_sq
+from . import vjp_tape
+from .jacobian import autograd_vjp, frobenius_sq, frobenius_sq_from_vjp
 from .models import Classifier
 from .registry import Registry
 
@@ -60,49 +61,38 @@ class StepLoss:
     input_grad: torch.Tensor | None = None  # before lambda
 
 
-def _split_first_conv(model: Classifier):
-    """(first conv, the rest, its input adjoint) when ``model.net`` starts with a stride-1 conv."""
-    net = model.net
-    if not isinstance(net, torch.nn.Sequential) or len(net) < 2:
-        return None, None, None
-    adjoint = conv_input_adjoint(net[0])
-    return (net[0], net[1:], adjoint) if adjoint is not None else (None, None, None)
-
-
 def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig) -> StepLoss:
-    """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,)."""
+    """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,).
+
+    The Jacobian penalty takes the explicit-VJP route of :mod:`jrbench.vjp_tape` when the net
+    allows it (all the registry's sequential models), else autograd's double backward; both
+    give the same value and gradients (tests/test_vjp_tape.py).
+    """
     use_jr = "jacobian" in reg.names and reg.lambda_jr > 0
     use_ig = "input-grad" in reg.names and reg.lambda_ig > 0
     z = model.normalize(x)
     batch = x.shape[0]
     k = batch if not use_jr or reg.jr_subsample is None else min(reg.jr_subsample, batch)
-    first, rest, adjoint = _split_first_conv(model) if use_jr and not use_ig else (None, None, None)
-    if adjoint is not None:
-        # J_z^T v = A^T (J_h^T v) for the first conv h = A z + b: the VJP stops at h and A^T
-        # runs as a forward conv (jacobian.conv_input_adjoint); z itself needs no gradient.
-        h = first(z)
-        logits = rest(h)
-        if k < batch:
-            h_jr = first(z[:k])
-            logits_jr = rest(h_jr)
-            logits = torch.cat([logits_jr, rest(h[k:])])
-        else:
-            h_jr, logits_jr = h, logits
-        z_jr = h_jr
+    n_classes = model.num_classes
+    if use_jr and not use_ig and vjp_tape.supports(model.net):
+        logits, vjp = vjp_tape.forward(model.net, z.detach(), k)
+        r_rows = lambda: frobenius_sq_from_vjp(vjp, k, n_classes, logits, reg.n_proj)  # noqa: E731
     elif use_jr and k < batch and not use_ig:
         # Two forwards so that the double backward runs over the K sub-sampled rows only.
         z_jr = z[:k].detach().requires_grad_(True)
         logits_jr = model.net(z_jr)
         logits = torch.cat([logits_jr, model.net(z[k:])])
+        r_rows = lambda: frobenius_sq(logits_jr, z_jr, reg.n_proj, create_graph=True)  # noqa: E731
     else:
-        z_jr = z = z.detach().requires_grad_(use_jr or use_ig)
-        logits = logits_jr = model.net(z)
+        z = z.detach().requires_grad_(use_jr or use_ig)
+        logits = model.net(z)
+        full = autograd_vjp(logits[:k], z, create_graph=True)  # rows k: of its result are zero
+        r_rows = lambda: frobenius_sq_from_vjp(lambda v: full(v)[:k], k, n_classes, logits, reg.n_proj)  # noqa: E731
     ce = F.cross_entropy(logits, y)
     total = ce
     out = StepLoss(total, ce.detach(), logits.detach())
     if use_jr:
-        r = 0.5 * frobenius_sq(logits_jr[:k], z_jr, reg.n_proj, create_graph=True,
-                               input_adjoint=adjoint)[:k].mean()
+        r = 0.5 * r_rows().mean()
         total = total + reg.lambda_jr * r
         out.jacobian = r.detach()
     if use_ig:
