@@ -148,6 +148,21 @@ def write_idx_folder(folder: Path, train: Split, test: Split) -> Path:
     return folder
 
 
+def split_test_set(source: Path, out: Path, n_train: int) -> Path:
+    """An MNIST-style folder from a folder holding only the t10k IDX pair (e.g. mnist-t10k).
+
+    The first ``n_train`` test examples become the train split, the rest the test split (the
+    order of the file: no shuffling, so the split is the same everywhere).
+    """
+    if _find(source, IDX_FILES[False][0]) is None or _find(source, IDX_FILES[False][1]) is None:
+        raise UserError(f"no t10k-images-idx3-ubyte / t10k-labels-idx1-ubyte (gzipped or not) in {source}.")
+    test = read_idx_split(source, train=False)
+    if not 0 < n_train < len(test.labels):
+        raise UserError(f"the train part must keep at least one example on each side: 0 < {n_train} < {len(test.labels)}.")
+    return write_idx_folder(out, Split(test.images[:n_train], test.labels[:n_train]),
+                            Split(test.images[n_train:], test.labels[n_train:]))
+
+
 def _missing_data(name: str, looked_in: list[Path], error: Exception, how: str) -> UserError:
     places = "; ".join(str(p) for p in looked_in)
     return UserError(

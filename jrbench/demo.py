@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-DEMO_SIGMA, DEMO_EPS_LINF, DEMO_EPS_L2 = 0.4, 0.1, 1.5
+DEMO_SIGMA, DEMO_EPS_LINF, DEMO_EPS_L2 = 0.5, 0.1, 1.5
 
 
 def quick_spec(out: Path = Path("results/demo")):

@@ -93,6 +93,13 @@ def is_run_dir(path: Path) -> bool:
     return (path / rundir.CONFIG).is_file() and (path / rundir.MODEL).is_file()
 
 
+def shown_path(path: Path) -> Path:
+    """``path`` relative to the working folder when inside it (tables and reports made in a
+    checkout then name files the same way on every machine), else absolute."""
+    resolved, here = path.resolve(), Path.cwd().resolve()
+    return resolved.relative_to(here) if resolved.is_relative_to(here) else resolved
+
+
 def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
     """Run directories named by ``paths`` (each a run directory or a folder searched
     recursively), sorted and without repeats; gaps for unfinished runs (no model.pt)."""
@@ -108,7 +115,7 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
         except OSError as e:
             raise UserError(f"{p} cannot be read ({e}).") from e
         for config_path in configs:
-            run = config_path.parent.resolve()
+            run = shown_path(config_path.parent)
             (found if is_run_dir(run) else unfinished).add(run)
     gaps = [Gap(run.name, rundir.MODEL, f"missing in {run}: the run has not finished an epoch; skipped "
                 "(resume it with 'jrbench train ... --resume')") for run in sorted(unfinished)]

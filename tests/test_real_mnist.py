@@ -8,31 +8,15 @@ from typer.testing import CliRunner
 
 from jrbench.cli import app
 from jrbench.config import DataConfig
-from jrbench.data import load_data, write_idx_folder
+from jrbench.data import load_data, split_test_set
 
 from conftest import require_real_mnist
 
 
 @pytest.fixture(scope="module")
 def real_mnist_folder(tmp_path_factory):
-    source = require_real_mnist()
-    full = load_data(DataConfig("mnist", str(source_folder(source, tmp_path_factory))))
-    digits = full.test  # the 10,000 real test digits
-    from jrbench.data import Split
-
-    train = Split(digits.images[:8000], digits.labels[:8000])
-    test = Split(digits.images[8000:], digits.labels[8000:])
-    return write_idx_folder(tmp_path_factory.mktemp("mnist-8k-2k"), train, test)
-
-
-def source_folder(source, tmp_path_factory):
-    """mnist-t10k holds only the t10k files: pair them with themselves as a 'train' split."""
-    folder = tmp_path_factory.mktemp("t10k")
-    for stem in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        data = (source / f"t10k-{stem}.gz").read_bytes()
-        (folder / f"t10k-{stem}.gz").write_bytes(data)
-        (folder / f"train-{stem}.gz").write_bytes(data)
-    return folder
+    """The 10,000 real test digits as 8,000 train and 2,000 test (file order)."""
+    return split_test_set(require_real_mnist(), tmp_path_factory.mktemp("mnist-8k-2k"), 8000)
 
 
 @pytest.mark.slow
