@@ -17,7 +17,7 @@ def __getattr__(name: str):
         from .config import RunConfig
         return RunConfig
     if name == "train":
-        from .train import train
+        from .training import train
         return train
     if name == "load_run":
         from .rundir import load_run

@@ -76,7 +76,7 @@ def _progress_callbacks(total_epochs: int):
 
 
 def run_training(config, out: Path, resume: bool):
-    from .train import train
+    from .training import train
 
     progress, on_step, on_epoch = _progress_callbacks(config.train.epochs)
     with progress:

@@ -71,7 +71,7 @@ def upsert_rows(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def resolve_device(name: str) -> torch.device:
-    from .train import resolve_device as _resolve
+    from .training import resolve_device as _resolve
 
     return _resolve(name)
 

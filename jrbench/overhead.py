@@ -3,7 +3,7 @@
 One model, one batch, one process: after a warm-up, each pair times one step of every
 case back to back (plain first), so machine noise hits all cases alike. We report the
 median seconds per step and the median of the per-pair ratios to the plain step.
-A step is forward, loss, backward (weights only) and an SGD update, as in ``train.py``.
+A step is forward, loss, backward (weights only) and an SGD update, as in ``training.py``.
 
 Cases: plain SGD; jrbench's Jacobian penalty with ``n_proj`` = 1, 3, ... or -1 (exact) and
 with ``jr_subsample`` K; and ``reference-exact``: a straightforward per-row autograd
@@ -175,7 +175,7 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
     from .data import load_data, to_pixels
     from .envinfo import package_versions
     from .models import build_model
-    from .train import resolve_device
+    from .training import resolve_device
 
     probe = RunConfig()
     probe.data.dataset, probe.model.name = cfg.dataset, cfg.model

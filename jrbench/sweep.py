@@ -189,7 +189,7 @@ def run_sweep(spec: SweepSpec, *, device: str = "auto",
     ``on_cell(i, n, run_id, step)`` reports overall progress.
     """
     from .evaluate import attack_run, margins_run
-    from .train import train
+    from .training import train
 
     attack = attack_config(spec.attack) if spec.attack is not None else None
     train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))

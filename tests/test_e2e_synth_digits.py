@@ -10,7 +10,7 @@ import pytest
 from jrbench.attacks import AttackConfig
 from jrbench.demo import quick_spec
 from jrbench.evaluate import attack_run, margins_run
-from jrbench.train import train
+from jrbench.training import train
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from jrbench.report import (ReportOptions, format_wide, group_table, nearest_str
                             run_table, write_report)
 from jrbench.results import TIDY_COLUMNS, collect, median_ci, train_command
 from jrbench.rundir import load_run
-from jrbench.train import train
+from jrbench.training import train
 
 runner = CliRunner()
 RUNS = {"plain-s0": (("none",), 0), "plain-s1": (("none",), 1), "jr-s0": (("jacobian",), 0)}

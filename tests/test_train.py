@@ -7,7 +7,7 @@ import torch
 
 from jrbench import load_run
 from jrbench.errors import NonFiniteLoss, UserError
-from jrbench.train import train
+from jrbench.training import train
 from jrbench.rundir import CHECKPOINT, CONFIG, ENV, METRICS, MODEL
 
 from conftest import tiny_config, tiny_data
@@ -126,3 +126,11 @@ def test_corrupt_or_missing_run_files_are_user_errors(tmp_path):
     (tmp_path / "run" / MODEL).unlink()
     with pytest.raises(UserError, match="model.pt is missing"):
         load_run(tmp_path / "run")
+
+
+def test_top_level_api_names_are_the_functions_whatever_was_imported_first():
+    import jrbench.training  # noqa: F401  (a submodule named like the function would shadow it)
+    from jrbench import RunConfig, load_run, train as train_fn
+
+    assert callable(train_fn) and train_fn.__name__ == "train"
+    assert callable(load_run) and isinstance(RunConfig(), RunConfig)
