@@ -558,7 +558,7 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, with "
-             "provenance), `examples.csv` (per-example margins), `summary.md` (the table below).", "",
+             "provenance), `examples.csv` (per-example margins, a row per run and example), `summary.md` (the table below).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
              "## Figures", ""]
     titles = {"accuracy_noise.png": "Accuracy under white noise", "accuracy_pgd_linf.png": "Accuracy under PGD-L∞",
@@ -612,6 +612,15 @@ def _cell_figures(collection, options: ReportOptions) -> tuple[list, list[str]]:
     return out, []
 
 
+def examples_wide(examples: pd.DataFrame) -> pd.DataFrame:
+    """Per-example margins as one row per (run, example), one column per quantity (the group
+    labels live in summary.csv)."""
+    if examples.empty:
+        return examples
+    wide = examples.pivot(index=["run_id", "index"], columns="quantity", values="value")
+    return wide.reset_index().rename_axis(columns=None)
+
+
 def write_report(collection, out: str | Path, options: ReportOptions | None = None,
                  command: str | None = None) -> ReportResult:
     """Write summary.csv, examples.csv, summary.md, the PNGs and report.md into ``out``.
@@ -641,7 +650,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
         atomic_write_bytes(out / name, data)
         files.append(out / name)
     atomic_write_csv(out / "summary.csv", collection.summary)
-    atomic_write_csv(out / "examples.csv", collection.examples)
+    atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
     atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n")
     atomic_write_text(out / "report.md", markdown)
     files += [out / n for n in ("summary.csv", "examples.csv", "summary.md", "report.md")]

@@ -206,6 +206,9 @@ def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     assert report.count("jrbench train --dataset mnist") == 3 and "NOT clipped" in report
     assert "jrbench report" in report and str(runs_root / "runs" / "plain-s0" / "attacks.csv") in report
     assert pd.read_csv(out / "summary.csv").shape[0] > 100
+    examples = pd.read_csv(out / "examples.csv")  # wide: a row per run and example
+    assert {"run_id", "index", "margin_adv_l2", "margin_random_median"} <= set(examples.columns)
+    assert not examples.duplicated(["run_id", "index"]).any()
 
 
 def test_library_never_prints(collection, tmp_path, capsys):
