@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .models import eval_mode
 from .registry import unknown_name
 
 NORMS = ("linf", "l2")
@@ -198,18 +199,6 @@ def attack_model(model: nn.Module, loss: str) -> nn.Module:
     if loss not in LOSSES:
         raise unknown_name("loss", loss, list(LOSSES))
     return Float64Logits(model) if loss == "ce64" else model
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode and restore its training flags (every module's) after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .spectra import eval_mode
+from .models import eval_mode
 
 KINDS = ("random", "adversarial")
 
@@ -65,7 +65,7 @@ def orthonormal_directions(shape: tuple[int, ...], n: int, seed: int, device: to
     (the same on every device), orthonormalized by QR, then moved to ``device``/``dtype``."""
     dim = int(np.prod(shape))
     g = torch.Generator().manual_seed(int(seed))
-    draws = torch.randn(dim, n, generator=g, dtype=torch.float64)
+    draws = torch.randn(dim, n, generator=g, dtype=torch.float64, device="cpu")
     if against is not None:
         a = against.detach().reshape(dim, 1).to("cpu", torch.float64)
         a = a / a.norm()

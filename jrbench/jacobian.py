@@ -97,30 +97,23 @@ def conv_input_adjoint(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor
 
 
 Vjp = Callable[[torch.Tensor], torch.Tensor]
-Adjoint = Vjp | None
 
 
-def autograd_vjp(logits: torch.Tensor, z: torch.Tensor, create_graph: bool,
-                 input_adjoint: Adjoint = None) -> Vjp:
-    """v (B, C) -> v_b^T J_b (B, ...) by autograd through the graph from ``z`` to ``logits``.
-
-    With ``input_adjoint``, ``z`` is the output of a first linear layer A and the gradient
-    reaching it is mapped back to the input by A^T (see :func:`conv_input_adjoint`).
-    """
+def autograd_vjp(logits: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> Vjp:
+    """v (B, C) -> v_b^T J_b (B, ...) by autograd through the graph from ``z`` to ``logits``."""
     def vjp(v: torch.Tensor) -> torch.Tensor:
-        if input_adjoint is None:
-            with cpu_input_gradient_kernels(z):
-                (g,) = torch.autograd.grad(logits, z, grad_outputs=v, create_graph=create_graph,
-                                           retain_graph=True)
-            return g
-        (g,) = torch.autograd.grad(logits, z, grad_outputs=v, create_graph=create_graph,
-                                   retain_graph=True)
-        return input_adjoint(g)
+        with cpu_input_gradient_kernels(z):
+            (g,) = torch.autograd.grad(logits, z, grad_outputs=v, create_graph=create_graph,
+                                       retain_graph=True)
+        return g
     return vjp
 
 
-def _sq_norm(g: torch.Tensor) -> torch.Tensor:
-    return g.reshape(g.shape[0], -1).pow(2).sum(1)
+def random_unit_vectors(shape: tuple[int, ...], like: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Vectors uniform on the unit sphere along the last dim, on ``like``'s device and dtype."""
+    v = torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
+    return v / v.norm(dim=-1, keepdim=True)
 
 
 def frobenius_sq_from_vjp(vjp: Vjp, batch: int, n_classes: int, like: torch.Tensor, n_proj: int = 1,
@@ -131,55 +124,40 @@ def frobenius_sq_from_vjp(vjp: Vjp, batch: int, n_classes: int, like: torch.Tens
     estimate, the mean over ``n_proj`` of C ||v^T J_b||^2 with v uniform on the unit sphere,
     drawn on ``like``'s device and dtype.
     """
-    if n_proj == 1:  # the training default: no accumulator
-        return n_classes * _sq_norm(vjp(random_unit_vectors((batch, n_classes), like, generator)))
+    def sq_norm(g: torch.Tensor) -> torch.Tensor:
+        return g.reshape(g.shape[0], -1).pow(2).sum(1)
+
     total = like.new_zeros(batch)
     if n_proj == -1:
         for c in range(n_classes):
             e_c = like.new_zeros(batch, n_classes)
             e_c[:, c] = 1.0
-            total = total + _sq_norm(vjp(e_c))
+            total = total + sq_norm(vjp(e_c))
         return total
     for _ in range(n_proj):
         v = random_unit_vectors((batch, n_classes), like, generator)
-        total = total + n_classes * _sq_norm(vjp(v))
+        total = total + n_classes * sq_norm(vjp(v))
     return total / n_proj
 
 
-def frobenius_sq_exact(logits: torch.Tensor, z: torch.Tensor, create_graph: bool = False,
-                       input_adjoint: Adjoint = None) -> torch.Tensor:
-    """||J_b||_F^2 per example, exactly, by C vector-Jacobian products (cost grows with C)."""
+def frobenius_sq(logits: torch.Tensor, z: torch.Tensor, n_proj: int = 1, create_graph: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """||J_b||_F^2 per example of ``logits`` (B, C) with respect to ``z`` (B, ...): exact when
+    ``n_proj`` = -1, else the random-projection estimate with ``n_proj`` vectors."""
     batch, n_classes = logits.shape
-    return frobenius_sq_from_vjp(autograd_vjp(logits, z, create_graph, input_adjoint), batch, n_classes,
-                                 logits, -1)
+    return frobenius_sq_from_vjp(autograd_vjp(logits, z, create_graph), batch, n_classes, logits, n_proj,
+                                 generator)
 
 
-def random_unit_vectors(shape: tuple[int, ...], like: torch.Tensor,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Vectors uniform on the unit sphere along the last dim, on ``like``'s device and dtype."""
-    v = torch.randn(shape, device=like.device, dtype=like.dtype, generator=generator)
-    return v / v.norm(dim=-1, keepdim=True)
+def frobenius_sq_exact(logits: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """||J_b||_F^2 per example, exactly, by C vector-Jacobian products (cost grows with C)."""
+    return frobenius_sq(logits, z, -1, create_graph)
 
 
 def frobenius_sq_projected(logits: torch.Tensor, z: torch.Tensor, n_proj: int = 1,
-                           create_graph: bool = False, generator: torch.Generator | None = None,
-                           input_adjoint: Adjoint = None) -> torch.Tensor:
+                           create_graph: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """Unbiased estimate of ||J_b||_F^2 per example: mean over ``n_proj`` of C ||v^T J_b||^2."""
-    batch, n_classes = logits.shape
-    return frobenius_sq_from_vjp(autograd_vjp(logits, z, create_graph, input_adjoint), batch, n_classes,
-                                 logits, n_proj, generator)
-
-
-def frobenius_sq(logits: torch.Tensor, z: torch.Tensor, n_proj: int = 1,
-                 create_graph: bool = False, generator: torch.Generator | None = None,
-                 input_adjoint: Adjoint = None) -> torch.Tensor:
-    """``n_proj`` = -1: exact; otherwise the random-projection estimate with ``n_proj`` vectors.
-
-    ``input_adjoint``: ``z`` is a first layer's output; see :func:`autograd_vjp`.
-    """
-    if n_proj == -1:
-        return frobenius_sq_exact(logits, z, create_graph, input_adjoint)
-    return frobenius_sq_projected(logits, z, n_proj, create_graph, generator, input_adjoint)
+    return frobenius_sq(logits, z, n_proj, create_graph, generator)
 
 
 def jacobian_frobenius(model: nn.Module, x: torch.Tensor, wrt: str = "normalized",

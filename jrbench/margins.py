@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .spectra import _check_batch_size, eval_mode, logits_and_jacobian, top2_gap
+from .models import eval_mode
+from .spectra import _check_batch_size, logits_and_jacobian, top2_gap
 
 
 # ---------------------------------------------------------------- predictions

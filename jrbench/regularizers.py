@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import RegConfig
 from . import vjp_tape
-from .jacobian import autograd_vjp, frobenius_sq, frobenius_sq_from_vjp
+from .jacobian import autograd_vjp, frobenius_sq_from_vjp
 from .models import Classifier
 from .registry import Registry
 
@@ -73,26 +73,26 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     z = model.normalize(x)
     batch = x.shape[0]
     k = batch if not use_jr or reg.jr_subsample is None else min(reg.jr_subsample, batch)
-    n_classes = model.num_classes
+    vjp = None  # v (k, C) -> J_z^T v for the first k rows
     if use_jr and not use_ig and vjp_tape.supports(model.net):
         logits, vjp = vjp_tape.forward(model.net, z.detach(), k)
-        r_rows = lambda: frobenius_sq_from_vjp(vjp, k, n_classes, logits, reg.n_proj)  # noqa: E731
     elif use_jr and k < batch and not use_ig:
         # Two forwards so that the double backward runs over the K sub-sampled rows only.
         z_jr = z[:k].detach().requires_grad_(True)
         logits_jr = model.net(z_jr)
         logits = torch.cat([logits_jr, model.net(z[k:])])
-        r_rows = lambda: frobenius_sq(logits_jr, z_jr, reg.n_proj, create_graph=True)  # noqa: E731
+        vjp = autograd_vjp(logits_jr, z_jr, create_graph=True)
     else:
         z = z.detach().requires_grad_(use_jr or use_ig)
         logits = model.net(z)
-        full = autograd_vjp(logits[:k], z, create_graph=True)  # rows k: of its result are zero
-        r_rows = lambda: frobenius_sq_from_vjp(lambda v: full(v)[:k], k, n_classes, logits, reg.n_proj)  # noqa: E731
+        if use_jr:
+            full = autograd_vjp(logits[:k], z, create_graph=True)
+            vjp = lambda v: full(v)[:k]  # noqa: E731  (rows k: of the gradient are zero)
     ce = F.cross_entropy(logits, y)
     total = ce
     out = StepLoss(total, ce.detach(), logits.detach())
     if use_jr:
-        r = 0.5 * r_rows().mean()
+        r = 0.5 * frobenius_sq_from_vjp(vjp, k, model.num_classes, logits, reg.n_proj).mean()
         total = total + reg.lambda_jr * r
         out.jacobian = r.detach()
     if use_ig:

@@ -20,29 +20,18 @@ model in eval mode and restores its mode afterwards. Tensors live on x's device 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator, Union
+from typing import Callable, Union
 
 import pandas as pd
 import torch
 from torch import nn
 
 from .errors import UserError
+from .models import eval_mode
 from .registry import unknown_name
 
 SPACES = ("pixel", "normalized")
 Std = Union[float, torch.Tensor, None]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (dropout off, batch norm on running stats), then restore."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _check_batch_size(batch_size: int) -> None:

@@ -172,7 +172,7 @@ def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
     trained = False
     if (run_dir / "checkpoint.pt").is_file() and (run_dir / "model.pt").is_file():
         try:
-            epoch = torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
+            epoch = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
             trained = epoch >= config.train.epochs
         except Exception:
             trained = False

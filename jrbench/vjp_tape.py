@@ -21,44 +21,42 @@ Shapes: ``z`` (B, ...) the normalized input, v (K, C), g (K, ...) like ``z[:K]``
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .jacobian import conv_input_adjoint
+from .jacobian import Vjp, conv_input_adjoint
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
-Vjp = Callable[[torch.Tensor], torch.Tensor]
+
+def _conv_padding(layer: nn.Conv2d) -> tuple[int, ...] | None:
+    """The conv's symmetric zero padding, or None where it has no plain adjoint here
+    (reflect/replicate/circular padding; 'same' with an odd total, padded asymmetrically)."""
+    if layer.padding_mode != "zeros":
+        return None
+    if not isinstance(layer.padding, str):
+        return tuple(layer.padding)
+    total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
+    if layer.padding == "valid":
+        return (0,) * len(total)
+    return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
 
 
 def supports(net: nn.Module) -> bool:
-    """True for an ``nn.Sequential`` made only of the layer types this module knows."""
+    """True for an ``nn.Sequential`` made only of layers this module has an explicit VJP for."""
     return (isinstance(net, nn.Sequential) and len(net) > 0
             and all(type(layer) in SUPPORTED for layer in net)
-            and not any(isinstance(layer, nn.ReLU) and layer.inplace for layer in net))
+            and not any(isinstance(layer, nn.ReLU) and layer.inplace for layer in net)
+            and all(_conv_padding(layer) is not None for layer in net if isinstance(layer, nn.Conv2d)))
 
 
 def _conv_vjp(layer: nn.Conv2d, inp: torch.Tensor) -> Vjp:
     """u -> A^T u for a conv's linear part, ``inp`` its (detached) input rows for the shape."""
-    if layer.padding_mode != "zeros":
-        raise ValueError(f"{layer}: only zero padding has a plain adjoint here")
-    padding = layer.padding if not isinstance(layer.padding, str) else _same_padding(layer)
+    padding = _conv_padding(layer)
     return lambda u: torch.ops.aten.convolution_backward(
         u, inp, layer.weight, None, layer.stride, padding, layer.dilation, False,
         (0,) * len(layer.stride), layer.groups, (True, False, False))[0]
-
-
-def _same_padding(layer: nn.Conv2d) -> tuple[int, ...]:
-    # torch accepts 'same' only for stride 1 and pads symmetrically when the total is even
-    total = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
-    if layer.padding == "valid":
-        return (0,) * len(total)
-    if any(t % 2 for t in total):
-        raise ValueError(f"{layer}: asymmetric 'same' padding has no plain adjoint here")
-    return tuple(t // 2 for t in total)
 
 
 def forward(net: nn.Sequential, z: torch.Tensor, k: int) -> tuple[torch.Tensor, Vjp]:

@@ -78,3 +78,7 @@ def test_unsupported_nets_fall_back():
     assert not vjp_tape.supports(nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3)))
     assert not vjp_tape.supports(nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True)))
     assert not vjp_tape.supports(nn.Sequential())
+    # convs without a symmetric zero-padding adjoint take autograd's route too
+    assert not vjp_tape.supports(nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")))
+    assert not vjp_tape.supports(nn.Sequential(nn.Conv2d(1, 2, 4, padding="same")))
+    assert vjp_tape.supports(nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten()))
