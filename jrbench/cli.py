@@ -246,6 +246,10 @@ def attack_command(
                           norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
                           restarts=restarts, loss=loss, batch_size=batch_size, seed=seed)
     config.validate()
+    from .rundir import check_run_dir
+
+    for run_dir in run_dirs:  # every directory is checked before any table is written
+        check_run_dir(run_dir)
     for run_dir in run_dirs:
         result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
                             device=device, data_dir=str(data_dir) if data_dir else None)
@@ -283,6 +287,10 @@ def margins_command(
     """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example."""
     from .evaluate import margins_run
 
+    from .rundir import check_run_dir
+
+    for run_dir in run_dirs:  # every directory is checked before any table is written
+        check_run_dir(run_dir)
     for run_dir in run_dirs:
         result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
                              device=device, data_dir=str(data_dir) if data_dir else None,
@@ -339,7 +347,7 @@ def overhead_command(
     model: Annotated[str, typer.Option(help="Model to time.")] = "lenet",
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     n_proj: Annotated[Optional[list[int]], typer.Option(help="Projections to time; repeat (default 1, 3, -1 = exact).")] = None,
-    jr_subsample: Annotated[Optional[list[int]], typer.Option(help="Sub-sample sizes K to time with n=1; repeat (default 16).")] = None,
+    jr_subsample: Annotated[Optional[list[int]], typer.Option(help="Sub-sample sizes K to time with n=1; repeat (default 16 and 32).")] = None,
     pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -350,12 +358,14 @@ def overhead_command(
     """Time Jacobian-regularized training steps against plain SGD, interleaved in one process."""
     from rich.table import Table
 
-    from .overhead import OverheadConfig, check_budget, load_budget, run_overhead
+    from .overhead import OverheadConfig, check_budget, check_budget_cases, default_cases, load_budget, run_overhead
     from .rundir import atomic_write_csv
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
-    cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16,)),
+    cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
                          True, pairs, warmup, 0, device, str(data_dir) if data_dir else None)
+    if budgets is not None:
+        check_budget_cases(budgets, default_cases(cfg.n_projs, cfg.subsamples, cfg.reference))
     summary = run_overhead(cfg)
     atomic_write_csv(out, summary)
     table = Table(title=f"{model}, batch {batch_size}, {summary['device'].iloc[0]}, "

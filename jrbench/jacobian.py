@@ -127,6 +127,8 @@ def frobenius_sq_from_vjp(vjp: Vjp, batch: int, n_classes: int, like: torch.Tens
     def sq_norm(g: torch.Tensor) -> torch.Tensor:
         return g.reshape(g.shape[0], -1).pow(2).sum(1)
 
+    if n_proj == 1:  # the training default, without an accumulator
+        return n_classes * sq_norm(vjp(random_unit_vectors((batch, n_classes), like, generator)))
     total = like.new_zeros(batch)
     if n_proj == -1:
         for c in range(n_classes):

@@ -38,7 +38,7 @@ class OverheadCase:
     reference: bool = False  # time reference_exact_loss instead of jrbench's step_loss
 
 
-def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16,),
+def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True) -> list[OverheadCase]:
     cases = [OverheadCase("plain", RegConfig(["none"]))]
     for n in n_projs:
@@ -160,7 +160,7 @@ class OverheadConfig:
     model: str = "lenet"
     batch_size: int = 64
     n_projs: tuple[int, ...] = (1, 3, -1)
-    subsamples: tuple[int, ...] = (16,)
+    subsamples: tuple[int, ...] = (16, 32)
     reference: bool = True
     pairs: int = 20
     warmup: int = 3
@@ -250,6 +250,16 @@ def load_budget(path: str | Path) -> list[Budget]:
             raise UserError(f"{where}: unknown field(s) {sorted(unknown)} in case '{name}'.")
         budgets.append(Budget(name, float(ratio), against, line))
     return budgets
+
+
+def check_budget_cases(budgets: list[Budget], cases: list[OverheadCase]) -> None:
+    """Fail before any timing when a budget names a case this run will not time."""
+    names = {c.name for c in cases} | {"plain"}
+    for b in budgets:
+        for name in (b.case, b.against):
+            if name not in names:
+                raise UserError(f"the budget on line {b.line} names case '{name}', which this overhead run "
+                                f"does not time (it times: {', '.join(sorted(names))}).")
 
 
 def check_budget(summary: pd.DataFrame, budgets: list[Budget]) -> list[str]:

@@ -71,6 +71,32 @@ def _line_of(text: str, key: str) -> str:
     return "somewhere"
 
 
+_OPTIONAL_TYPES = {"data_dir": (str,), "train_subset": (int,), "test_subset": (int,), "jr_subsample": (int,)}
+
+
+def _type_error(key: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the training option ``key`` (judged by the default's type), or None."""
+    section, attr = FIELDS[key]
+    default = getattr(getattr(RunConfig(), section), attr)
+    if key == "regularizers":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        return None if ok else f"must be a regularizer name or a list of names, got {value!r}."
+    if default is None:
+        expected = _OPTIONAL_TYPES.get(key, (str, int, float))
+    elif isinstance(default, bool):
+        expected = (bool,)
+    elif isinstance(default, int):
+        expected = (int,)
+    elif isinstance(default, float):
+        expected = (int, float)
+    else:
+        expected = (type(default),)
+    if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
+        names = " or ".join(t.__name__ for t in expected)
+        return f"must be of type {names}, got {value!r}."
+    return None
+
+
 def _apply(config: RunConfig, key: str, value: Any) -> None:
     section, attr = FIELDS[key]
     if key == "regularizers" and isinstance(value, str):
@@ -117,6 +143,10 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise bad(key, "in [grid] must be a non-empty list of values.")
+    for key, value in list(base.items()) + [(k, v) for k, vs in grid.items() for v in vs]:
+        why = _type_error(key, value)
+        if why:
+            raise bad(key, why)
     cells, seen = [], set()
     keys = list(grid)
     for combo in itertools.product(*(grid[k] for k in keys)):
@@ -141,6 +171,12 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
             for key in table:
                 if key not in allowed:
                     raise bad(key, f"is not a {section} option (expected one of {sorted(allowed)}).")
+    if attack is not None:
+        try:
+            attack_config(attack)
+        except (UserError, TypeError, ValueError) as e:
+            culprit = next((k for k in attack if k.rstrip("s") in str(e)), "attack")
+            raise bad(culprit, f"gives invalid attack settings: {e}") from e
     out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
     return SweepSpec(name, path, out_dir, cells, attack, margins, str(doc.get("description", "")),
                      dict(doc.get("report", {})))

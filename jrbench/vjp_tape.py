@@ -14,8 +14,8 @@ its first K rows, and returns a function v -> g built from ordinary differentiab
 One first-order backward of CE + lambda R then gives the same weight gradients as the double
 backward (the masks have zero derivative almost everywhere, as autograd treats them too) at
 a lower cost: no second forward over K rows, no create_graph bookkeeping. Measured with
-``jrbench overhead`` (lenet, batch 64, 2-core CPU): ``--jr-subsample 16`` 1.44-1.50x plain
-against 1.75-1.81x by autograd; n = 1 on the whole batch 1.91-1.98x against 2.06-2.11x.
+``jrbench overhead`` (lenet, batch 64, 2-core CPU): ``--jr-subsample 16`` 1.46-1.48x plain
+against 1.75-1.81x by autograd; n = 1 on the whole batch 1.92-1.96x against 2.06-2.11x.
 
 Shapes: ``z`` (B, ...) the normalized input, v (K, C), g (K, ...) like ``z[:K]``.
 """
@@ -68,14 +68,13 @@ def forward(net: nn.Sequential, z: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     steps: list[Vjp] = []
     a = z
     for i, layer in enumerate(net):
-        rows = a[:k].detach()
         if isinstance(layer, nn.Linear):
             out = layer(a)
             steps.append(lambda g, w=layer.weight: g @ w)
         elif isinstance(layer, nn.Conv2d):
             out = layer(a)
             adjoint = conv_input_adjoint(layer) if i == 0 else None
-            steps.append(adjoint or _conv_vjp(layer, rows))
+            steps.append(adjoint or _conv_vjp(layer, a[:k].detach()))
         elif isinstance(layer, nn.ReLU):
             out = torch.relu(a)
             kept = out[:k].detach()
@@ -83,12 +82,13 @@ def forward(net: nn.Sequential, z: torch.Tensor, k: int) -> tuple[torch.Tensor, 
         elif isinstance(layer, nn.MaxPool2d):
             out, idx = F.max_pool2d(a, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                                     layer.ceil_mode, return_indices=True)
-            steps.append(lambda g, p=layer, rows=rows, idx=idx[:k]: torch.ops.aten.max_pool2d_with_indices_backward(
-                g, rows, _pair(p.kernel_size), _pair(p.stride or p.kernel_size), _pair(p.padding),
-                _pair(p.dilation), p.ceil_mode, idx))
+            steps.append(lambda g, p=layer, rows=a[:k].detach(), idx=idx[:k]:
+                         torch.ops.aten.max_pool2d_with_indices_backward(
+                             g, rows, _pair(p.kernel_size), _pair(p.stride or p.kernel_size), _pair(p.padding),
+                             _pair(p.dilation), p.ceil_mode, idx))
         elif isinstance(layer, nn.Flatten):
             out = layer(a)
-            steps.append(lambda g, shape=rows.shape: g.reshape(shape))
+            steps.append(lambda g, shape=(k, *a.shape[1:]): g.reshape(shape))
         elif isinstance(layer, nn.Dropout):
             if layer.training and layer.p > 0:
                 mask = F.dropout(torch.ones_like(a), layer.p, True)  # scaled keep-mask, one draw

@@ -58,6 +58,17 @@ def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
     resumed = _run(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
 
+    # attack / margins: every run directory is checked before any table is written
+    missing = str(tmp_path / "no-such-run")
+    for command in (["attack", str(out), missing, "--noise", "--sigma", "0.1", "--n-examples", "20"],
+                    ["margins", str(out), missing, "--n-examples", "10"]):
+        bad = _run(*command, "--device", "cpu")
+        assert bad.exit_code == 2 and "no-such-run" in bad.output and "Traceback" not in bad.output, bad.output
+    for bad_option in (["--noise", "--sigma", "-0.1"], ["--pgd", "--norm", "l3"], ["--n-examples", "100000"]):
+        bad = _run("attack", str(out), *bad_option, "--device", "cpu")
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+    assert not (out / "attacks.csv").exists() and not (out / "margins.csv").exists()
+
 
 def test_list_shows_registries():
     result = _run("list")

@@ -91,3 +91,13 @@ def test_cli_bad_budget_file_exits_2_before_timing(tmp_path):
     result = CliRunner().invoke(app, ["overhead", "--check", str(budget), "--out", str(tmp_path / "o.csv")])
     assert result.exit_code == 2 and "max_ratio" in result.output
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_budget_naming_an_untimed_case_fails_before_timing(tmp_path):
+    budget = tmp_path / "budget.toml"
+    budget.write_text('[[case]]\nname = "jacobian-n1-sub99"\nmax_ratio = 2\n')
+    out = tmp_path / "o.csv"
+    out.write_text("kept\n")
+    result = CliRunner().invoke(app, ["overhead", "--check", str(budget), "--out", str(out)])
+    assert result.exit_code == 2 and "jacobian-n1-sub99" in result.output and "line 2" in result.output
+    assert out.read_text() == "kept\n"

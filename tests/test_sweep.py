@@ -47,6 +47,9 @@ seed = [0, 1]
     ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not a attack option"),
     ('name = "t"\n[base\n', "not valid TOML"),
     ('[base]\nepochs = 1\n', "field 'name'"),
+    ('name = "t"\n[base]\nepochs = "ten"\n', "line 3: field 'epochs' must be of type int"),
+    ('name = "t"\n[grid]\nlr = [0.1, "fast"]\n', "line 3: field 'lr' must be of type int or float"),
+    ('name = "t"\n[attack]\nsteps = 3\nsigmas = [-1.0]\n', "line 4: field 'sigmas' gives invalid attack settings"),
 ])
 def test_malformed_specs_name_line_and_field(text, needle):
     with pytest.raises(UserError) as err:
