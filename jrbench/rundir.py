@@ -93,7 +93,10 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu") -> dict:
     except FileNotFoundError as e:
         raise UserError(f"{path} is missing: the run has not finished an epoch yet.") from e
     except Exception as e:  # pickle, zip and unpickling errors all mean a corrupt file
-        raise UserError(f"{path} cannot be loaded ({type(e).__name__}: {e}); the checkpoint is corrupt.") from e
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+        first = first.split(" Re-running")[0]  # torch's hint about weights_only=False does not apply
+        raise UserError(f"{path} cannot be loaded ({type(e).__name__}: {first}); the file is corrupt. "
+                        "Delete the run directory and train it again.") from e
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not a jrbench checkpoint.")
     return obj
