@@ -369,13 +369,14 @@ def overhead_command(
     summary = run_overhead(cfg)
     atomic_write_csv(out, summary)
     table = Table(title=f"{model}, batch {batch_size}, {summary['device'].iloc[0]}, "
-                        f"{summary['threads'].iloc[0]} threads: seconds per training step")
-    for col in ("case", "ms/step", "x plain (median of pairs)", "IQR", "saved MB", "x reference"):
-        table.add_column(col, justify="right")
+                        f"{summary['threads'].iloc[0]} threads: seconds per training step; x plain: median of per-pair ratios")
+    table.add_column("case", no_wrap=True)
+    for col in ("ms/step", "x plain", "IQR", "peak MB", "x ref."):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in summary.itertuples():
         ref = "" if r.ratio_to_reference != r.ratio_to_reference else f"{r.ratio_to_reference:.2f}"
         table.add_row(r.case, f"{1000 * r.median_seconds:.2f}", f"{r.ratio_median:.2f}",
-                      f"{r.ratio_q25:.2f}-{r.ratio_q75:.2f}", f"{r.saved_mb:.1f}", ref)
+                      f"{r.ratio_q25:.2f}-{r.ratio_q75:.2f}", f"{r.peak_mb:.1f}", ref)
     console.print(table)
     console.print(f"written: {out}")
     if budgets is not None:

@@ -10,9 +10,10 @@ with ``jr_subsample`` K; and ``reference-exact``: a straightforward per-row auto
 implementation of the exact penalty (one ``autograd.grad`` of each logit row's sum, as the
 authors' code does for n = -1), the reference point for the exact mode.
 
-Memory: ``saved_mb`` is the size of the tensors autograd saves during one step (the graph's
-activations, the dominant part of training memory, measurable per case on any device);
-on CUDA ``cuda_peak_mb`` is the allocator's peak for the case.
+Memory: ``peak_mb`` is the peak of the tensor memory live during one step (parameters,
+momentum, the batch, gradients, activations and temporaries), counted storage by storage
+(:class:`_LiveTensorBytes`, on any device); ``saved_mb`` is the size of the tensors autograd saves for the backward
+(the graph's activations); on CUDA ``cuda_peak_mb`` is the allocator's peak for the case.
 """
 from __future__ import annotations
 
@@ -122,12 +123,75 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
     return pd.DataFrame(rows)
 
 
+class _LiveTensorBytes:
+    """Bytes of tensor storage alive on one device type, and their peak, while active.
+
+    A ``TorchDispatchMode`` sees every tensor an op returns (below autograd, so the graph's
+    saved tensors, gradients and temporaries all count); each new storage is added once and
+    taken off when it is freed. ``known`` tensors (parameters, optimizer state, the batch)
+    count from the start.
+    """
+
+    def __init__(self, device_type: str, known: list[torch.Tensor]):
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.device_type = device_type
+        self.storages = WeakIdKeyDictionary()
+        self.live = self.peak = 0
+        for t in known:
+            self._add(t)
+
+    def _add(self, t: torch.Tensor) -> None:
+        import weakref
+
+        if t.device.type != self.device_type or t.is_meta:
+            return
+        st = t.untyped_storage()
+        if st in self.storages:
+            return
+        self.storages[st] = st.nbytes()
+        self.live += st.nbytes()
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(st, self._free, st.nbytes())
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def mode(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        tracker._add(t)
+                return out
+
+        return Mode()
+
+
+def _peak_mb(model, opt, params, x, y, case: OverheadCase) -> float:
+    """Peak MB of tensor memory during one training step of ``case`` (parameters included)."""
+    _step(model, opt, params, x, y, case)  # optimizer state exists before the measured step
+    opt.zero_grad(set_to_none=True)
+    state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    tracker = _LiveTensorBytes(x.device.type, [*params, *state, x, y])
+    with tracker.mode():
+        _step(model, opt, params, x, y, case)
+    return tracker.peak / 2**20
+
+
 def memory_per_case(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase]) -> pd.DataFrame:
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.0)
+    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9)
     rows = []
     for case in cases:
-        row = {"case": case.name, "saved_mb": _saved_mb(model, opt, params, x, y, case)}
+        row = {"case": case.name, "peak_mb": _peak_mb(model, opt, params, x, y, case),
+               "saved_mb": _saved_mb(model, opt, params, x, y, case)}
         if x.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(x.device)
             _step(model, opt, params, x, y, case)

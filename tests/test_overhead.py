@@ -83,6 +83,8 @@ def test_cli_exits_1_naming_the_case_over_budget(tmp_path):
     assert "over budget" in result.output and "jacobian-n1" in result.output
     table = pd.read_csv(out)
     assert set(table["case"]) == {"plain", "jacobian-n1", "jacobian-n1-sub8", "reference-exact"} and (table["saved_mb"] > 0).all()
+    peak = table.set_index("case")["peak_mb"]
+    assert (peak > 0).all() and peak["reference-exact"] > peak["plain"]
 
 
 def test_cli_bad_budget_file_exits_2_before_timing(tmp_path):
@@ -101,3 +103,19 @@ def test_budget_naming_an_untimed_case_fails_before_timing(tmp_path):
     result = CliRunner().invoke(app, ["overhead", "--check", str(budget), "--out", str(out)])
     assert result.exit_code == 2 and "jacobian-n1-sub99" in result.output and "line 2" in result.output
     assert out.read_text() == "kept\n"
+
+
+def test_live_tensor_bytes_counts_storages_once_and_frees_them():
+    from jrbench.overhead import _LiveTensorBytes
+
+    known = torch.zeros(256)  # 1 KiB, counted from the start
+    tracker = _LiveTensorBytes("cpu", [known])
+    with tracker.mode():
+        a = torch.ones(1024, 256)          # 1 MiB
+        view = a[:10]                      # same storage: not counted again
+        a.mul_(2)                          # in place: no new storage
+        del a, view
+        b = torch.ones(512, 256)           # 0.5 MiB after the first is freed
+    assert tracker.peak == 1024 + 2**20
+    assert tracker.live == 1024 + 2**19
+    del b
