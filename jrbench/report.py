@@ -19,9 +19,11 @@ returns what it wrote; it never prints.
 from __future__ import annotations
 
 import io
+import os
 import math
 import shlex
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -471,7 +473,10 @@ def report_command(paths: list, out: Path, options: ReportOptions) -> str:
 
 
 # ----------------------------------------------------------------------------- report.md
-def _attack_sources(record, summary: pd.DataFrame) -> list[str]:
+Where = Callable[[Path], str]  # a path as the report shows it (relative to the report's folder)
+
+
+def _attack_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
     """One line per attack setting of a run: what attacks.csv holds."""
     rows = summary[(summary["run_id"] == record.run_id) & (summary["table"] == "attacks")]
     if rows.empty:
@@ -484,20 +489,21 @@ def _attack_sources(record, summary: pd.DataFrame) -> list[str]:
         n = int(sel["n"].max()) if sel["n"].notna().any() else "?"
         loss_text = f", loss {loss}" if isinstance(loss, str) and loss != "none" else ""
         lines.append(f"{attack} {norm}: {sym} ∈ {{{grid}}}, {n} test examples{loss_text}, {s}")
-    return [f"`{record.path / 'attacks.csv'}`: " + "; ".join(lines)]
+    return [f"[attacks.csv]({where(record.path / 'attacks.csv')}): " + "; ".join(lines)]
 
 
-def _margin_sources(record, summary: pd.DataFrame) -> list[str]:
+def _margin_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
     rows = summary[(summary["run_id"] == record.run_id) & (summary["table"] == "margins")
                    & (summary["quantity"] == "margin_random_median") & (summary["statistic"] == "median")]
     if rows.empty:
         return []
     r = rows.iloc[0]
-    return [f"`{record.path / 'margins.csv'}` and `jacobian.csv`: {int(r['n'])} correctly classified test "
+    return [f"[margins.csv]({where(record.path / 'margins.csv')}) and "
+            f"[jacobian.csv]({where(record.path / 'jacobian.csv')}): {int(r['n'])} correctly classified test "
             f"examples, {r['settings']}"]
 
 
-def runs_section(collection) -> list[str]:
+def runs_section(collection, where: Where) -> list[str]:
     """Provenance table, train commands and the files the attack and margin numbers came from."""
     from .results import train_command
 
@@ -507,14 +513,15 @@ def runs_section(collection) -> list[str]:
         p = collection.summary[collection.summary["run_id"] == r.run_id]
         first = p.iloc[0] if len(p) else {}
         get = (lambda k: first.get(k) if len(p) else None)
-        lines.append(f"| {r.run_id} | {get('group_label')} | {r.config.train.seed} | {r.config.train.epochs} | "
+        lines.append(f"| [{r.run_id}]({where(r.path)}) | {get('group_label')} | {r.config.train.seed} | {r.config.train.epochs} | "
                      f"{get('torch_version')} | {get('jrbench_version')} | {get('device')} | {get('git_commit')} |")
-    lines += ["", "Train commands, reconstructed from each run's config.json:", "", "```bash"]
-    lines += [train_command(r.config, r.path) for r in collection.runs]
+    lines += ["", "Links are relative to this report's folder. Train commands, reconstructed from each "
+              "run's config.json (add `--out FOLDER` to choose the run directory):", "", "```bash"]
+    lines += [train_command(r.config) for r in collection.runs]
     lines += ["```", "", "Attack and margin tables (read from these files; re-run `jrbench attack` / "
               "`jrbench margins` on a run directory to refresh them):", ""]
     for r in collection.runs:
-        sources = _attack_sources(r, collection.summary) + _margin_sources(r, collection.summary)
+        sources = _attack_sources(r, collection.summary, where) + _margin_sources(r, collection.summary, where)
         lines += [f"- {r.run_id}: " + ("; ".join(sources) if sources else "no attack or margin tables")]
     return lines + [""]
 
@@ -554,7 +561,7 @@ def cells_caption(fig) -> str:
 
 
 def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cell_figs: list,
-                    gaps: list[str], command: str, by_seed_group: bool) -> str:
+                    gaps: list[str], command: str, by_seed_group: bool, where: Where = str) -> str:
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, with "
@@ -570,7 +577,7 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
     for png, fig in cell_figs:
         kind = "random plane" if fig.section.plane.kind == "random" else "adversarial plane"
         lines += figure_section(f"Decision cells, {fig.dataset}, {kind}", png, cells_caption(fig))
-    lines += runs_section(collection)
+    lines += runs_section(collection, where)
     lines += ["## Gaps", ""]
     lines += [f"- {g}" for g in gaps] if gaps else ["None: every run has metrics, attacks, margins and Jacobian tables."]
     return "\n".join(lines) + "\n"
@@ -643,13 +650,20 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     cells, cell_gaps = _cell_figures(collection, options)
     gaps += figure_gaps + cell_gaps
     command = command or report_command(collection.paths, out, options)
+    here = out.resolve()
+
+    def where(path: Path) -> str:  # paths in the report's files: relative to its folder
+        return Path(os.path.relpath(Path(path).resolve(), here)).as_posix()
+
     markdown = report_markdown(collection, table, list(pngs), [(p, f) for p, f, _ in cells], gaps, command,
-                               options.by_seed_group)
+                               options.by_seed_group, where)
+    summary = collection.summary.assign(run_dir=collection.summary["run_dir"].map(where),
+                                        source=collection.summary["source"].map(where))
     files = []
     for name, data in [*pngs.items(), *((p, b) for p, _, b in cells)]:
         atomic_write_bytes(out / name, data)
         files.append(out / name)
-    atomic_write_csv(out / "summary.csv", collection.summary)
+    atomic_write_csv(out / "summary.csv", summary)
     atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
     atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n")
     atomic_write_text(out / "report.md", markdown)

@@ -37,10 +37,10 @@ import pandas as pd
 
 from . import rundir
 from .config import DataConfig, RunConfig, TrainConfig
+from .attacks import Z_95, wilson_interval
 from .errors import UserError
 
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
-Z_95 = 1.959963984540054
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
               "jrbench_version", "git_commit", "run_dir"]
@@ -93,13 +93,6 @@ def is_run_dir(path: Path) -> bool:
     return (path / rundir.CONFIG).is_file() and (path / rundir.MODEL).is_file()
 
 
-def shown_path(path: Path) -> Path:
-    """``path`` relative to the working folder when inside it (tables and reports made in a
-    checkout then name files the same way on every machine), else absolute."""
-    resolved, here = path.resolve(), Path.cwd().resolve()
-    return resolved.relative_to(here) if resolved.is_relative_to(here) else resolved
-
-
 def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
     """Run directories named by ``paths`` (each a run directory or a folder searched
     recursively), sorted and without repeats; gaps for unfinished runs (no model.pt)."""
@@ -115,7 +108,7 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
         except OSError as e:
             raise UserError(f"{p} cannot be read ({e}).") from e
         for config_path in configs:
-            run = shown_path(config_path.parent)
+            run = config_path.parent.resolve()
             (found if is_run_dir(run) else unfinished).add(run)
     gaps = [Gap(run.name, rundir.MODEL, f"missing in {run}: the run has not finished an epoch; skipped "
                 "(resume it with 'jrbench train ... --resume')") for run in sorted(unfinished)]
@@ -328,14 +321,6 @@ def mean_ci(values: np.ndarray, z: float = Z_95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def wilson(k: float, n: int, z: float = Z_95) -> tuple[float, float]:
-    if n == 0:
-        return math.nan, math.nan
-    p, d = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _row(table: str, quantity: str, value: float, **kw) -> dict:
     return {"table": table, "quantity": quantity, "value": float(value), **kw}
 
@@ -404,7 +389,7 @@ def margins_rows(record: RunRecord) -> tuple[list[dict], pd.DataFrame]:
             examples.append(pd.DataFrame({"quantity": q, "index": np.asarray(index), "value": table[q].to_numpy(float)}))
     for q in [c for c in RATE_QUANTITIES if c in table]:
         v = table[q].astype(float).to_numpy()
-        lo, hi = wilson(v.sum(), len(v)) if q != "margin_random_found_frac" else (math.nan, math.nan)
+        lo, hi = wilson_interval(v.sum(), len(v)) if q != "margin_random_found_frac" else (math.nan, math.nan)
         rows.append(_row("margins", q, v.mean() if len(v) else math.nan, statistic="mean", ci_low=lo,
                          ci_high=hi, n=len(v), settings=settings, source=source))
     return rows, (pd.concat(examples, ignore_index=True) if examples else pd.DataFrame())

@@ -202,15 +202,17 @@ class CellStatus:
 
 
 def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
-    import torch
+    """What is done of a cell: trained (model.pt, the last file an epoch writes, holds the last
+    epoch), attacked, measured (their tables exist; after changing a study's [attack] grid, run
+    `jrbench attack` on its runs)."""
+    from . import rundir
 
     run_dir = spec.folder / config.run_id()
     trained = False
-    if (run_dir / "checkpoint.pt").is_file() and (run_dir / "model.pt").is_file():
+    if (run_dir / rundir.MODEL).is_file():
         try:
-            epoch = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"]
-            trained = epoch >= config.train.epochs
-        except Exception:
+            trained = int(rundir.torch_load(run_dir / rundir.MODEL).get("epoch", 0)) >= config.train.epochs
+        except (UserError, TypeError, ValueError):
             trained = False
     return CellStatus(run_dir, trained, (run_dir / "attacks.csv").is_file(),
                       (run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file())

@@ -5,6 +5,7 @@ attacked and measured with tiny settings; the Jacobian run has no margins (a gap
 """
 from __future__ import annotations
 
+import os
 import json
 import math
 import shlex
@@ -201,10 +202,13 @@ def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     report = (out / "report.md").read_text()
+    # paths in the report's files are relative to its folder, not to where the command ran
+    rel = os.path.relpath(runs_root / "runs" / "plain-s0", out)
+    assert str(runs_root) not in pd.read_csv(out / "summary.csv")["run_dir"].iloc[0]
     for name in PNGS:
         assert f"]({name})" in report
     assert report.count("jrbench train --dataset mnist") == 3 and "NOT clipped" in report
-    assert "jrbench report" in report and str(runs_root / "runs" / "plain-s0" / "attacks.csv") in report
+    assert "jrbench report" in report and f"]({rel}/attacks.csv)" in report
     assert pd.read_csv(out / "summary.csv").shape[0] > 100
     examples = pd.read_csv(out / "examples.csv")  # wide: a row per run and example
     assert {"run_id", "index", "margin_adv_l2", "margin_random_median"} <= set(examples.columns)
