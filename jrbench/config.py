@@ -147,7 +147,8 @@ def validate(cfg: RunConfig) -> None:
     _positive("--epochs", t.epochs)
     _positive("--batch-size", t.batch_size)
     _positive("--lr", t.lr)
-    _non_negative("--momentum", t.momentum)
+    if not 0 <= t.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {t.momentum}.")
     if t.schedule not in SCHEDULES:
         raise unknown_name("schedule", t.schedule, list(SCHEDULES))
     if t.device not in DEVICES and not t.device.startswith("cuda:"):

@@ -43,7 +43,7 @@ from .errors import UserError
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
-              "jrbench_version", "git_commit", "run_dir"]
+              "torchvision_version", "torchattacks_version", "jrbench_version", "git_commit", "run_dir"]
 MEASURE = ["table", "quantity", "attack", "norm", "strength", "loss", "k", "statistic", "value",
            "ci_low", "ci_high", "n", "settings", "source"]
 TIDY_COLUMNS = MEASURE + PROVENANCE
@@ -247,7 +247,8 @@ def provenance(record: RunRecord, label: str) -> dict:
         "jr_subsample": float(c.reg.jr_subsample) if jac and c.reg.jr_subsample else math.nan,
         "seed": c.train.seed, "batch_size": c.train.batch_size, "epochs": c.train.epochs,
         "device": device_label(record.env),
-        "torch_version": packages.get("torch"), "jrbench_version": packages.get("jrbench"),
+        "torch_version": packages.get("torch"), "torchvision_version": packages.get("torchvision"),
+        "torchattacks_version": packages.get("torchattacks"), "jrbench_version": packages.get("jrbench"),
         "git_commit": record.env.get("git_commit"), "run_dir": str(record.path),
     }
 

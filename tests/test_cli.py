@@ -24,6 +24,7 @@ def _run(*args):
     (["--batch-size", "0"], "--batch-size must be positive"),
     (["--epochs", "-2"], "--epochs must be positive"),
     (["--reg", "none", "--reg", "l2"], "cannot be combined"),
+    (["--momentum", "2"], "--momentum must be in [0, 1)"),
 ])
 def test_bad_train_options_exit_2_with_a_message(args, needle, tmp_path):
     result = _run("train", "--out", str(tmp_path / "run"), *args)

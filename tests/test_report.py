@@ -87,6 +87,7 @@ def test_tidy_table_has_every_measurement_with_provenance(runs_root, collection)
         assert (first["dataset"], first["model"], first["regularizers"], first["seed"]) == ("mnist", "lenet", regs[0], seed)
         assert first["lambda_jr"] == (0.01 if regs == ("jacobian",) else 0.0)
         assert first["torch_version"] == env["packages"]["torch"] and first["jrbench_version"] == env["packages"]["jrbench"]
+        assert first["torchattacks_version"] == env["packages"]["torchattacks"]
         assert (rows["git_commit"].astype(str) == str(env["git_commit"])).all()
         assert _value(s, name, "metrics", "test_acc", "last_epoch") == pytest.approx(_last(runs_root, name, "test_acc"))
         assert _value(s, name, "metrics", "test_R_z", "last_epoch") == pytest.approx(_last(runs_root, name, "test_R_z"))

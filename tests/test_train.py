@@ -134,3 +134,23 @@ def test_top_level_api_names_are_the_functions_whatever_was_imported_first():
 
     assert callable(train_fn) and train_fn.__name__ == "train"
     assert callable(load_run) and isinstance(RunConfig(), RunConfig)
+
+
+def test_cosine_and_step_schedules_set_each_epochs_lr():
+    import math
+
+    data = tiny_data()
+    cfg = tiny_config(epochs=4)
+    cfg.train.schedule, cfg.train.lr = "cosine", 0.1
+    lrs = list(train(cfg, data=data).metrics["lr"])
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * e / 4)) for e in range(4)])
+    cfg.train.schedule, cfg.train.step_epochs, cfg.train.gamma = "step", 2, 0.5
+    assert list(train(cfg, data=data).metrics["lr"]) == pytest.approx([0.1, 0.1, 0.05, 0.05])
+
+
+def test_a_model_refuses_inputs_of_another_data_set():
+    from jrbench.models import build_model
+
+    model = build_model("lenet", (1, 28, 28), 10, [0.1], [0.3])
+    with pytest.raises(UserError, match=r"built for inputs of shape \(1, 28, 28\).*\(3, 32, 32\)"):
+        model(torch.rand(2, 3, 32, 32))
