@@ -16,6 +16,8 @@ from .errors import UserError
 from .registry import unknown_name
 
 SCHEDULES = ("none", "step", "cosine")
+JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where the net allows it
+JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jvp: input-side, forward mode
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -44,6 +46,9 @@ class RegConfig:
     weight_decay: float = 5e-4       # l2: SGD weight decay
     dropout: float = 0.5             # dropout: probability before each hidden fc layer
     lambda_ig: float = 0.01          # input-grad: weight of 1/2 ||d CE / d z||^2 (batch mean)
+    jr_backend: str = "auto"         # auto | tape (explicit VJP, sequential ReLU nets) | autograd
+    jr_estimator: str = "vjp"        # vjp: C ||v^T J||^2, v on S^{C-1}; jvp: ||J u||^2, u ~ N(0, I_D)
+    jr_every: int = 1                # the penalty on every k-th step only, with lambda_jr x k
 
 
 @dataclass
@@ -97,6 +102,9 @@ class RunConfig:
         for key, owner in unused.items():
             if owner not in names:  # an option of an unused regularizer changes nothing
                 d["reg"].pop(key)
+        for key, default in (("jr_backend", "auto"), ("jr_estimator", "vjp"), ("jr_every", 1)):
+            if "jacobian" not in names or d["reg"][key] == default:  # ids of earlier runs stay
+                d["reg"].pop(key)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
         regs = "+".join(self.reg.names)
         return f"{self.data.dataset}-{self.model.name}-{regs}-s{self.train.seed}-{digest}"
@@ -140,6 +148,17 @@ def validate(cfg: RunConfig) -> None:
     if r.n_proj == 0 or r.n_proj < -1:
         raise UserError(f"--n-proj must be a positive number of projections or -1 (exact), got {r.n_proj}.")
     _positive("--jr-subsample", r.jr_subsample, allow_none=True)
+    if r.jr_backend not in JR_BACKENDS:
+        raise unknown_name("--jr-backend", r.jr_backend, list(JR_BACKENDS))
+    if r.jr_estimator not in JR_ESTIMATORS:
+        raise unknown_name("--jr-estimator", r.jr_estimator, list(JR_ESTIMATORS))
+    _positive("--jr-every", r.jr_every)
+    if r.jr_estimator == "jvp" and r.n_proj == -1:
+        raise UserError("--jr-estimator jvp estimates ||J||_F^2 with random input directions and has no "
+                        "exact mode; use --jr-estimator vjp with --n-proj -1 for the exact value.")
+    if r.jr_estimator == "jvp" and r.jr_backend == "tape":
+        raise UserError("--jr-backend tape computes vector-Jacobian products (--jr-estimator vjp); "
+                        "--jr-estimator jvp runs forward-mode AD (use --jr-backend auto).")
     if not 0 <= r.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {r.dropout}.")
 

@@ -35,10 +35,22 @@ def git_commit() -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name ('AMD EPYC', 'Intel(R) Xeon(R) ...'): timings depend on it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device) -> str:
+    """The GPU's name on CUDA, else the CPU's model."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def environment(device: torch.device) -> dict:
@@ -48,6 +60,7 @@ def environment(device: torch.device) -> dict:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": device_name(device),
+        "cpu": cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "git_commit": git_commit(),

@@ -34,19 +34,33 @@ from .regularizers import step_loss
 
 @dataclass(frozen=True)
 class OverheadCase:
+    """One way to train a step. With ``reg.jr_every`` k a timing covers k steps (the penalty
+    on the first only) and counts as their mean, the cost per step over a cycle."""
+
     name: str
     reg: RegConfig
     reference: bool = False  # time reference_exact_loss instead of jrbench's step_loss
 
 
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
-                  reference: bool = True) -> list[OverheadCase]:
+                  reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
+                  **reg_options) -> list[OverheadCase]:
+    """plain, then n = ``n_projs`` (-1: exact), n=1 on ``subsamples`` rows, n=1 every k-th step
+    for k in ``everys``, the forward-mode estimator n=1 (``jvp``), and the per-row reference.
+    ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
+    def jr(**kw) -> RegConfig:
+        return RegConfig(["jacobian"], **{**kw, **reg_options})
+
     cases = [OverheadCase("plain", RegConfig(["none"]))]
     for n in n_projs:
         label = "exact" if n == -1 else f"n{n}"
-        cases.append(OverheadCase(f"jacobian-{label}", RegConfig(["jacobian"], n_proj=n)))
+        cases.append(OverheadCase(f"jacobian-{label}", jr(n_proj=n)))
     for k in subsamples:
-        cases.append(OverheadCase(f"jacobian-n1-sub{k}", RegConfig(["jacobian"], n_proj=1, jr_subsample=k)))
+        cases.append(OverheadCase(f"jacobian-n1-sub{k}", jr(n_proj=1, jr_subsample=k)))
+    for k in everys:
+        cases.append(OverheadCase(f"jacobian-n1-every{k}", jr(n_proj=1, jr_every=k)))
+    if jvp:
+        cases.append(OverheadCase("jacobian-jvp-n1", jr(n_proj=1, jr_estimator="jvp")))
     if reference:
         cases.append(OverheadCase("reference-exact", RegConfig(["jacobian"], n_proj=-1), reference=True))
     return cases
@@ -69,13 +83,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _step(model: Classifier, opt, params, x, y, case: OverheadCase) -> None:
-    opt.zero_grad(set_to_none=True)
-    if case.reference:
-        loss = reference_exact_loss(model, x, y, case.reg.lambda_jr)
-    else:
-        loss = step_loss(model, x, y, case.reg).total
-    loss.backward(inputs=params)
-    opt.step()
+    """One training step of ``case`` (``jr_every`` k: a cycle of k steps, the penalty on the first)."""
+    for step in range(getattr(case.reg, "jr_every", 1)):
+        opt.zero_grad(set_to_none=True)
+        if case.reference:
+            loss = reference_exact_loss(model, x, y, case.reg.lambda_jr)
+        else:
+            loss = step_loss(model, x, y, case.reg, step).total
+        loss.backward(inputs=params)
+        opt.step()
+
+
+def steps_per_timing(case: OverheadCase) -> int:
+    return getattr(case.reg, "jr_every", 1)
 
 
 def _saved_mb(model, opt, params, x, y, case: OverheadCase) -> float:
@@ -117,7 +137,7 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
             start = time.perf_counter()
             _step(model, opt, params, x, y, case)
             _sync(device)
-            seconds = time.perf_counter() - start
+            seconds = (time.perf_counter() - start) / steps_per_timing(case)
             baseline = seconds if baseline is None else baseline
             rows.append({"pair": pair, "case": case.name, "seconds": seconds, "ratio": seconds / baseline})
     return pd.DataFrame(rows)
@@ -225,6 +245,9 @@ class OverheadConfig:
     batch_size: int = 64
     n_projs: tuple[int, ...] = (1, 3, -1)
     subsamples: tuple[int, ...] = (16, 32)
+    everys: tuple[int, ...] = ()     # n=1 on every k-th step (--jr-every)
+    jvp: bool = False                # also the forward-mode estimator (--jr-estimator jvp)
+    jr_backend: str = "auto"         # the penalty's path in every Jacobian case
     reference: bool = True
     pairs: int = 20
     warmup: int = 3
@@ -233,11 +256,16 @@ class OverheadConfig:
     data_dir: str | None = None
 
 
+def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
+    return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
+                         jr_backend=cfg.jr_backend)
+
+
 def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
     """Time every case on one real training batch; one summary row per case with provenance."""
     from .config import DataConfig, RunConfig
     from .data import load_data, to_pixels
-    from .envinfo import package_versions
+    from .envinfo import cpu_model, device_name, package_versions
     from .models import build_model
     from .training import resolve_device
 
@@ -249,6 +277,9 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
         RunConfig(reg=RegConfig(["jacobian"], n_proj=n)).validate()
     for k in cfg.subsamples:
         RunConfig(reg=RegConfig(["jacobian"], jr_subsample=k)).validate()
+    for k in cfg.everys:
+        RunConfig(reg=RegConfig(["jacobian"], jr_every=k)).validate()
+    RunConfig(reg=RegConfig(["jacobian"], jr_backend=cfg.jr_backend)).validate()
     device = resolve_device(cfg.device)
     data = load_data(DataConfig(cfg.dataset, cfg.data_dir, train_subset=cfg.batch_size))
     info = data.info
@@ -256,7 +287,7 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
     x = to_pixels(data.train.images[:cfg.batch_size], device)
     y = data.train.labels[:cfg.batch_size].to(device)
-    cases = default_cases(cfg.n_projs, cfg.subsamples, cfg.reference)
+    cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup), memory_per_case(model, x, y, cases))
     summary["ratio_to_reference"] = float("nan")
     if cfg.reference and -1 in cfg.n_projs:
@@ -265,7 +296,8 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
             summary.loc[summary["case"] == "jacobian-exact", "median_seconds"] / ref)
     versions = package_versions()
     summary = summary.assign(dataset=cfg.dataset, model=cfg.model, batch_size=cfg.batch_size,
-                             device=str(device), threads=torch.get_num_threads(),
+                             device=str(device), device_name=device_name(device), cpu=cpu_model(),
+                             jr_backend=cfg.jr_backend, threads=torch.get_num_threads(),
                              torch=versions["torch"], jrbench=versions["jrbench"])
     return summary
 
@@ -292,7 +324,11 @@ def load_budget(path: str | Path) -> list[Budget]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path} is not valid TOML: {e}") from e
-    entries = doc.get("case")
+    return parse_budgets(doc.get("case"), text, path)
+
+
+def parse_budgets(entries, text: str, path: Path) -> list[Budget]:
+    """``[[case]]`` tables (already parsed) -> budgets; a bad field is named with its line."""
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: expected one or more [[case]] tables with fields name and max_ratio.")
     lines = text.splitlines()

@@ -122,7 +122,7 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
         _sync(device)
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = step_loss(model, x, y, config.reg)
+        loss = step_loss(model, x, y, config.reg, step)
         value = float(loss.total.detach())
         if not torch.isfinite(torch.tensor(value)):
             raise NonFiniteLoss(epoch, step + 1, value)

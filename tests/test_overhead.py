@@ -65,11 +65,24 @@ def test_malformed_budget_names_line_and_field(tmp_path, text, needle):
     assert needle in str(err.value), str(err.value)
 
 
-def test_repository_budget_file_parses():
+def test_repository_gate_spec_parses():
     from pathlib import Path
 
-    budgets = load_budget(Path(__file__).resolve().parents[1] / "benchmarks" / "overhead_budget.toml")
-    assert {b.case for b in budgets} >= {"jacobian-n1", "jacobian-n1-sub16", "jacobian-exact"}
+    from jrbench.gate import load_gate_spec
+
+    spec = load_gate_spec(Path(__file__).resolve().parents[1] / "benchmarks" / "overhead_gate.toml")
+    assert {b.case for b in spec.bounds} >= {"jacobian-n1", "jacobian-n1-sub16", "jacobian-exact"}
+    assert spec.baseline == "auto" and "jrbench/vjp_tape.py" in spec.penalty_paths and 0 < spec.tolerance < 0.5
+
+
+def test_jr_every_case_times_a_cycle_of_k_steps():
+    model = build_model("mlp", (1, 28, 28), 10, [0.13], [0.31])
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    cases = default_cases(n_projs=(1,), subsamples=(), reference=False, everys=(4,), jvp=True)
+    assert [c.name for c in cases] == ["plain", "jacobian-n1", "jacobian-n1-every4", "jacobian-jvp-n1"]
+    assert cases[2].reg.jr_every == 4 and cases[3].reg.jr_estimator == "jvp"
+    times = time_steps(model, x, y, cases, pairs=2, warmup=0)
+    assert len(times) == 8 and (times["seconds"] > 0).all()
 
 
 def test_cli_exits_1_naming_the_case_over_budget(tmp_path):

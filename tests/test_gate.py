@@ -1,0 +1,123 @@
+"""The overhead regression gate: like with like (this code against a baseline), interleaved."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+
+import pandas as pd
+import pytest
+import torch
+
+import jrbench
+from jrbench.config import RunConfig
+from jrbench.data import DATASETS
+from jrbench.errors import UserError
+from jrbench.gate import (Arm, GateSpec, _decide, compare_arms, load_baseline_package, load_gate_spec,
+                          median_interval, repo_root, resolve_baseline)
+
+from conftest import REPO
+
+MNIST = DATASETS.get("mnist").info
+
+
+def _batch(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_gate_fails_for_the_autograd_path_forced_against_the_tape():
+    """--jr-backend autograd (the double backward) against the tape, the exact penalty of lenet:
+    measured 2.8x slower here (AMD EPYC) even on a loaded machine; the gate must call it a regression."""
+    spec = GateSpec(cases=["jacobian-exact"], tolerance=0.10, halfwidth=0.05, min_rounds=15, max_rounds=15,
+                    warmup=2, max_seconds=600)
+    x, y = _batch()
+    result = compare_arms(Arm("candidate", jrbench, {"jr_backend": "autograd"}), Arm("baseline", jrbench),
+                          x, y, spec, MNIST)
+    row = result.table.iloc[0]
+    assert row["verdict"] == "slower", result.table.to_dict("records")
+    assert result.failures and "jacobian-exact" in result.failures[0] and "tolerance of 10%" in result.failures[0]
+    assert row["ci_low"] > 1.10 and row["rounds"] == 15
+    both = result.rounds.groupby("arm")["case"].value_counts()
+    assert both["candidate"]["plain"] == both["baseline"]["plain"] == row["rounds"]
+
+
+def test_gate_passes_same_code_against_itself():
+    spec = GateSpec(cases=["jacobian-n1"], tolerance=0.25, halfwidth=0.05, min_rounds=15, max_rounds=15,
+                    warmup=2, max_seconds=600)
+    x, y = _batch(32)
+    result = compare_arms(Arm("candidate", jrbench), Arm("baseline", jrbench), x, y, spec, MNIST)
+    assert result.failures == [], result.table
+
+
+def _table(relative, low, high):
+    return pd.DataFrame({"case": ["jacobian-n1"], "ratio_candidate": [2.0 * relative], "ratio_baseline": [2.0],
+                         "relative": [relative], "ci_low": [low], "ci_high": [high], "rounds": [40]})
+
+
+@pytest.mark.parametrize("relative, low, high, verdict, fails", [
+    (1.30, 1.15, 1.45, "slower", True),       # the whole interval above 1 + tolerance
+    (1.12, 1.02, 1.25, "inconclusive", False),  # median above, interval reaches below: noise
+    (1.02, 0.97, 1.06, "same", False),
+    (0.70, 0.65, 0.75, "faster", False),
+])
+def test_decision_rule(relative, low, high, verdict, fails):
+    table = _table(relative, low, high)
+    failures, notes = _decide(table, GateSpec(tolerance=0.10), narrow=True)
+    assert table["verdict"].iloc[0] == verdict and bool(failures) == fails
+
+
+def test_median_interval_covers_the_median_and_narrows_with_rounds():
+    g = torch.Generator().manual_seed(1)
+    few = (1 + 0.05 * torch.randn(20, generator=g)).tolist()
+    many = (1 + 0.05 * torch.randn(400, generator=g)).tolist()
+    m1, lo1, hi1 = median_interval(few)
+    m2, lo2, hi2 = median_interval(many)
+    assert lo1 <= m1 <= hi1 and lo2 <= m2 <= hi2 and (hi2 - lo2) < (hi1 - lo1)
+    assert 0.98 < lo2 and hi2 < 1.02
+
+
+def _git_available() -> bool:
+    try:
+        repo_root()
+        return True
+    except UserError:
+        return False
+
+
+@pytest.mark.skipif(not _git_available(), reason="needs jrbench's git checkout")
+def test_baseline_auto_is_the_parent_of_the_last_penalty_change_and_imports(tmp_path):
+    root = repo_root()
+    spec = GateSpec()
+    sha, why = resolve_baseline(spec, root)
+    last = subprocess.run(["git", "log", "-1", "--format=%H", "HEAD", "--", *spec.penalty_paths], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    parent = subprocess.run(["git", "rev-parse", f"{last}^"], cwd=root, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert sha == parent and "newest commit that changed" in why
+    pkg = load_baseline_package(root, sha, tmp_path)
+    assert pkg.__name__.startswith("jrbench_base_") and pkg is not jrbench
+    import sys
+
+    assert sys.modules[f"{pkg.__name__}.overhead"].__file__.startswith(str(tmp_path))
+    with pytest.raises(UserError, match="rev-parse"):
+        resolve_baseline(dataclasses.replace(spec, baseline="no-such-commit-xyz"), root)
+
+
+def test_gate_spec_errors_name_the_field(tmp_path):
+    bad = tmp_path / "gate.toml"
+    bad.write_text('baseline = "auto"\ntolerance = "ten"\n')
+    with pytest.raises(UserError, match="line 2: field 'tolerance'"):
+        load_gate_spec(bad)
+    bad.write_text('tolerence = 0.1\n')
+    with pytest.raises(UserError, match="unknown field"):
+        load_gate_spec(bad)
+
+
+def test_cli_gate_bad_backend_exits_2():
+    from typer.testing import CliRunner
+
+    from jrbench.cli import app
+
+    result = CliRunner().invoke(app, ["overhead", "--gate", str(REPO / "benchmarks" / "overhead_gate.toml"),
+                                      "--jr-backend", "autogard"])
+    assert result.exit_code == 2 and "autograd" in result.output
