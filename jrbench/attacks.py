@@ -60,11 +60,11 @@ from torch import nn
 from .errors import UserError
 from .models import eval_mode
 from .registry import unknown_name
+from .stats import Z_95, noise_interval, wilson_interval  # noqa: F401  (scipy; re-exported)
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce64", "ce32")
 GRAD_VANISH_THRESHOLD = 1e-10  # per-example ||d CE / d x||_2 below this counts as vanished
-Z_95 = 1.959963984540054  # two-sided 95% normal quantile
 # One row per (attack, norm, strength). attack: 'noise' | 'pgd' | 'fgsm'; norm: 'gaussian' |
 # 'linf' | 'l2'; strength: sigma or eps (pixel units); accuracy = n_correct / n_trials with
 # a 95% interval [ci_low, ci_high]; n_trials = n_examples (attacks) or n_examples * draws
@@ -217,18 +217,6 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed from ``seed`` and the parts' reprs (stable across runs and machines)."""
     digest = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def wilson_interval(n_correct: float, n_trials: float, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (default 95%); counts may be real."""
-    if n_trials <= 0:
-        return math.nan, math.nan
-    p = n_correct / n_trials
-    denom = 1 + z * z / n_trials
-    centre = (p + z * z / (2 * n_trials)) / denom
-    half = z * math.sqrt(p * (1 - p) / n_trials + z * z / (4 * n_trials**2)) / denom
-    low = 0.0 if n_correct <= 0 else max(0.0, centre - half)
-    return low, 1.0 if n_correct >= n_trials else min(1.0, centre + half)
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
@@ -462,24 +450,6 @@ def noise_correct_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
                 pred = model((xb + sigma * noise).clamp(0.0, 1.0)).argmax(1)
                 counts[idx] += (pred == yb).to(x.device)
     return counts
-
-
-def noise_interval(counts: torch.Tensor, draws: int, z: float = Z_95) -> tuple[float, float]:
-    """95% Wilson interval for noise accuracy from per-image correct counts (of ``draws``).
-
-    Draws of one image are correlated, so the interval uses an effective number of trials
-    n_eff = (N * draws) / design effect, with the design effect (Kish) estimated from the
-    spread of per-image accuracies, clamped to [N, N * draws]: N when draws agree
-    (e.g. sigma = 0) or all are right (or all wrong), N * draws when they look independent."""
-    n = len(counts)
-    per_image = counts.double() / draws
-    p = float(per_image.mean())
-    var_mean = float(per_image.var(unbiased=True)) / n if n > 1 else 0.0
-    if p * (1 - p) == 0:
-        n_eff = float(n)  # all right or all wrong: no spread to go by, count images
-    else:
-        n_eff = min(max(p * (1 - p) / max(var_mean, 1e-300), n), n * draws)
-    return wilson_interval(p * n_eff, n_eff, z)
 
 
 def noise_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float], *,

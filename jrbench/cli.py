@@ -95,6 +95,9 @@ def train_command(
     weight_decay: Annotated[float, typer.Option(help="Weight decay of the l2 regularizer.")] = 5e-4,
     dropout: Annotated[float, typer.Option(help="Dropout probability of the dropout regularizer.")] = 0.5,
     lambda_ig: Annotated[float, typer.Option(help="Weight of the input-grad penalty 1/2 ||dCE/dz||^2.")] = 0.01,
+    jr_backend: Annotated[str, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")] = "auto",
+    jr_estimator: Annotated[str, typer.Option(help="vjp: C ||v^T J||^2, v on the unit sphere (the paper's); jvp: ||J u||^2, u ~ N(0, I), forward mode.")] = "vjp",
+    jr_every: Annotated[int, typer.Option(help="The penalty on every k-th step only, with lambda_jr x k.")] = 1,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
@@ -116,7 +119,8 @@ def train_command(
     config = RunConfig(
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
         ModelConfig(model),
-        RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig),
+        RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig,
+                  jr_backend, jr_estimator, jr_every),
         TrainConfig(epochs, batch_size, lr, momentum, schedule, step_epochs, gamma, seed, device),
     ).validate()
     out = out or Path("results/runs") / config.run_id()
@@ -309,7 +313,7 @@ def report_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the cross-sections).")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the runs were trained with.")] = None,
 ) -> None:
-    """Collect runs into summary.csv; write a paper-style table, plots and report.md."""
+    """Collect runs into summary.csv; write a paper-style table, verdicts against plain runs, plots and report.md."""
     from rich.table import Table
 
     from .report import ReportOptions, Strengths, write_report
@@ -326,6 +330,10 @@ def report_command(
     for measure, values in rows.iterrows():
         table.add_row(str(measure), *map(str, values))
     console.print(table)
+    if result.verdict_lines:
+        console.print("verdicts (group vs plain, 95% interval; methods in report.md):", highlight=False)
+    for line in result.verdict_lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
     for gap in result.gaps:
         console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
     console.print(f"written: {out / 'report.md'} ({len(result.files)} files in {out})", highlight=False)
@@ -340,27 +348,37 @@ def overhead_command(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     n_proj: Annotated[Optional[list[int]], typer.Option(help="Projections to time; repeat (default 1, 3, -1 = exact).")] = None,
     jr_subsample: Annotated[Optional[list[int]], typer.Option(help="Sub-sample sizes K to time with n=1; repeat (default 16 and 32).")] = None,
+    jr_every: Annotated[Optional[list[int]], typer.Option(help="Also time n=1 on every k-th step; repeat.")] = None,
+    jvp: Annotated[bool, typer.Option("--jvp", help="Also time the forward-mode estimator (--jr-estimator jvp, n=1).")] = False,
+    jr_backend: Annotated[str, typer.Option(help="Penalty path of every Jacobian case: auto, tape or autograd.")] = "auto",
     pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder.")] = None,
-    out: Annotated[Path, typer.Option(help="Where the summary table goes.")] = Path("results/overhead.csv"),
+    out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/overhead.csv without --check/--gate, else nowhere).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
+    gate: Annotated[Optional[Path], typer.Option(help="Gate spec (benchmarks/overhead_gate.toml): time this checkout against a baseline commit, interleaved; exit 1 on a regression.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="With --gate: the baseline commit (default: the spec's).")] = None,
 ) -> None:
     """Time Jacobian-regularized training steps against plain SGD, interleaved in one process."""
+    if gate is not None:
+        return run_gate_command(gate, baseline, jr_backend, device, out)
     from rich.table import Table
 
-    from .overhead import OverheadConfig, check_budget, check_budget_cases, default_cases, load_budget, run_overhead
+    from .overhead import OverheadConfig, cases_of, check_budget, check_budget_cases, load_budget, run_overhead
     from .rundir import atomic_write_csv
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
     cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
-                         True, pairs, warmup, 0, device, str(data_dir) if data_dir else None)
+                         tuple(jr_every or ()), jvp, jr_backend, True, pairs, warmup, 0, device,
+                         str(data_dir) if data_dir else None)
     if budgets is not None:
-        check_budget_cases(budgets, default_cases(cfg.n_projs, cfg.subsamples, cfg.reference))
+        check_budget_cases(budgets, cases_of(cfg))
     summary = run_overhead(cfg)
-    atomic_write_csv(out, summary)
-    table = Table(title=f"{model}, batch {batch_size}, {summary['device'].iloc[0]}, "
+    out = out if out is not None or check is not None else Path("results/overhead.csv")
+    if out is not None:
+        atomic_write_csv(out, summary)
+    table = Table(title=f"{model}, batch {batch_size}, {summary['device_name'].iloc[0]}, "
                         f"{summary['threads'].iloc[0]} threads: seconds per training step; x plain: median of per-pair ratios")
     table.add_column("case", no_wrap=True)
     for col in ("ms/step", "x plain", "IQR", "peak MB", "x ref."):
@@ -370,7 +388,8 @@ def overhead_command(
         table.add_row(r.case, f"{1000 * r.median_seconds:.2f}", f"{r.ratio_median:.2f}",
                       f"{r.ratio_q25:.2f}-{r.ratio_q75:.2f}", f"{r.peak_mb:.1f}", ref)
     console.print(table)
-    console.print(f"written: {out}")
+    if out is not None:
+        console.print(f"written: {out}")
     if budgets is not None:
         failures = check_budget(summary, budgets)
         for failure in failures:
@@ -378,6 +397,48 @@ def overhead_command(
         if failures:
             raise typer.Exit(1)
         console.print(f"all {len(budgets)} overhead budgets hold ({check})")
+
+
+def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, device: str, out: Path | None) -> None:
+    """The regression gate (jrbench/gate.py): exit 1 naming each case that regressed."""
+    from rich.table import Table
+
+    from .config import JR_BACKENDS
+    from .errors import UserError
+    from .gate import load_gate_spec, run_gate
+    from .registry import unknown_name
+    from .rundir import atomic_write_csv
+
+    if jr_backend not in JR_BACKENDS:
+        raise unknown_name("--jr-backend", jr_backend, list(JR_BACKENDS))
+    spec = load_gate_spec(spec_path)
+    options = {} if jr_backend == "auto" else {"jr_backend": jr_backend}
+    with err_console.status("timing this checkout against the baseline, interleaved") as status:
+        result = run_gate(spec, baseline=baseline, reg_options=options, device=device,
+                          on_round=lambda r, s: status.update(f"round {r}, {s:.0f} s of at most "
+                                                              f"{spec.max_seconds:.0f} s"))
+    t = result.table
+    row0 = t.iloc[0]
+    table = Table(title=f"overhead ratios (x plain), {spec.model}, batch {spec.batch_size}, {row0['device_name']}, "
+                        f"{row0['threads']} threads; baseline {row0['baseline_commit'][:10]}: {row0['baseline_rule']}")
+    table.add_column("case", no_wrap=True)
+    for col in ("this", "base", "this/base [95% CI]", "n", "verdict"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in t.itertuples():
+        table.add_row(r.case, f"{r.ratio_candidate:.2f}", f"{r.ratio_baseline:.2f}",
+                      f"{r.relative:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.rounds), r.verdict)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if out is not None:
+        atomic_write_csv(out, t)
+        console.print(f"written: {out}")
+    for failure in result.failures:
+        err_console.print(f"[bold red]regression:[/] {failure}", highlight=False)
+    if result.failures:
+        raise typer.Exit(1)
+    console.print(f"the gate holds: no case worse than the baseline by more than {spec.tolerance:.0%} beyond the "
+                  f"noise, and every loose bound holds ({result.seconds:.0f} s)")
 
 
 # ----------------------------------------------------------------------------- list

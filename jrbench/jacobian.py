@@ -33,11 +33,13 @@ def cpu_input_gradient_kernels(like: torch.Tensor) -> Iterator[None]:
     if like.device.type != "cpu":
         yield
         return
-    previous = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
+    # The ``enabled`` property alone (set_flags' signature changed across torch releases).
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
-        torch.backends.mkldnn.set_flags(previous, None, None, None)
+        torch.backends.mkldnn.enabled = previous
 
 
 class _ConvAdjoint(torch.autograd.Function):

@@ -5,12 +5,18 @@ The wide table has one row per run or per group of runs differing only by seed.
 Everything here is derived from the tidy table of :func:`jrbench.results.collect`. Columns:
 clean accuracy (metrics.csv, last epoch); mean ||J_z||_F and R = 1/2 mean ||J_z||_F^2 (J with
 respect to the normalized input z, on the run's 256 fixed test examples, metrics.csv);
-accuracy under white noise, PGD-Linf and PGD-L2 at one chosen strength each (pixel units; the
-nearest strength present in attacks.csv); median random-direction, adversarial (DeepFool) and
-first-order margins (pixel L2, margins.csv); the training overhead (seconds_per_step over the
-plain runs', fastest epoch). Groups show mean ± std (ddof=1) across seeds and the number of seeds.
+accuracy under white noise at one chosen sigma; the robust accuracy in L-inf and L2 at one chosen
+eps each: the worst case per example over every adversarial attack run there
+(attack_examples.csv, :func:`jrbench.results.worst_case_examples`), or, for runs without a
+per-example record, attacks.csv's PGD accuracy, marked and named as a gap; beside it PGD's own
+accuracy and AutoAttack's where present (pixel units; the nearest strength present); median
+random-direction, adversarial (DeepFool) and first-order margins (pixel L2, margins.csv); the
+training overhead (seconds_per_step over the plain runs', fastest epoch). Groups show mean ±
+std (ddof=1) across seeds and the number of seeds. The verdicts (:mod:`jrbench.verdicts`) go
+to verdicts.csv and to a section of summary.md and report.md.
 
-Then the plots (PNG, matplotlib Agg): accuracy against sigma, eps L-inf and eps L2; ECDFs
+Then the plots (PNG, matplotlib Agg): accuracy against sigma; robust accuracy against eps
+L-inf and eps L2 (worst case, with PGD and AutoAttack as thinner lines); ECDFs
 of the margins; mean singular-value spectra; decision-cell cross-sections (computed and drawn
 by :mod:`jrbench.cells`, which needs the models); and ``report.md`` putting them together
 with the commands that made them. :func:`write_report` writes everything atomically and
@@ -30,6 +36,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .results import WORST_CASE  # attack name of the worst case per example over every attack
+from .verdicts import VERDICT_NOTES, verdict_lines, verdicts
 
 MNIST_LIKE_STRENGTHS = {"sigma": 0.5, "eps_linf": 0.1, "eps_l2": 1.5}
 DEFAULT_STRENGTHS = {
@@ -37,14 +45,18 @@ DEFAULT_STRENGTHS = {
     "synth-digits": MNIST_LIKE_STRENGTHS,
     "cifar10": {"sigma": 0.1, "eps_linf": 8 / 255, "eps_l2": 0.5},
 }
-ATTACK_COLUMNS = [("noise_acc", "noise", "gaussian", "sigma"), ("pgd_linf_acc", "pgd", "linf", "eps_linf"),
-                  ("pgd_l2_acc", "pgd", "l2", "eps_l2")]
+ATTACK_COLUMNS = [("noise_acc", "noise", "gaussian", "sigma"),
+                  ("robust_linf_acc", WORST_CASE, "linf", "eps_linf"), ("pgd_linf_acc", "pgd", "linf", "eps_linf"),
+                  ("aa_linf_acc", "autoattack", "linf", "eps_linf"),
+                  ("robust_l2_acc", WORST_CASE, "l2", "eps_l2"), ("pgd_l2_acc", "pgd", "l2", "eps_l2"),
+                  ("aa_l2_acc", "autoattack", "l2", "eps_l2")]
+OPTIONAL_KEYS = {"aa_linf_acc", "aa_l2_acc"}  # shown only where some run has them
 MARGIN_COLUMNS = [("margin_random", "margin_random_median"), ("margin_adv", "margin_adv_l2"),
                   ("margin_first_order", "margin_first_order")]
 METRIC_COLUMNS = [("clean_acc", "test_acc"), ("jac_frob_z", "test_jac_frob_z"), ("R_z", "test_R_z")]
 VALUE_KEYS = ([k for k, _ in METRIC_COLUMNS] + [k for k, *_ in ATTACK_COLUMNS]
               + [k for k, _ in MARGIN_COLUMNS] + ["overhead"])
-PERCENT_KEYS = {"clean_acc", "noise_acc", "pgd_linf_acc", "pgd_l2_acc"}
+PERCENT_KEYS = {"clean_acc"} | {k for k, *_ in ATTACK_COLUMNS}
 
 
 @dataclass
@@ -95,6 +107,9 @@ def run_table(summary: pd.DataFrame, strengths: Strengths | None = None) -> pd.D
         for key, attack, norm, name in ATTACK_COLUMNS:
             row[f"{key}_target"] = strengths.target(first["dataset"], name)
             row[key], row[f"{key}_strength"] = nearest_strength(rows, attack, norm, row[f"{key}_target"])
+            row[f"{key}_fallback"] = attack == WORST_CASE and math.isnan(row[key])
+            if row[f"{key}_fallback"]:  # no per-example record: PGD's accuracy, an upper bound
+                row[key], row[f"{key}_strength"] = nearest_strength(rows, "pgd", norm, row[f"{key}_target"])
         for key, quantity in MARGIN_COLUMNS:
             row[key] = _lookup(rows, "margins", quantity, "median")
         row["overhead"] = _lookup(rows, "overhead", "seconds_per_step_ratio", "min_over_epochs")
@@ -121,6 +136,7 @@ def group_table(runs: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
         out[f"{k}_n"] = g[k].count()
     for k, *_ in ATTACK_COLUMNS:
         out[f"{k}_target"] = g[f"{k}_target"].first()
+        out[f"{k}_fallback"] = g[f"{k}_fallback"].sum()  # runs whose worst case is PGD only
         out[f"{k}_strengths"] = g[f"{k}_strength"].apply(lambda s: sorted(set(s.dropna().tolist())))
     return out.reset_index(drop=not by_seed_group).reset_index(drop=True)
 
@@ -148,26 +164,35 @@ def headers(wide: pd.DataFrame) -> dict[str, str]:
         "label": "run", "dataset": "data set", "n_seeds": "seeds", "clean_acc": "clean acc %",
         "jac_frob_z": "mean ‖J_z‖_F", "R_z": "R = ½ mean ‖J_z‖_F²",
         "noise_acc": f"acc % noise σ={target('noise_acc')}",
+        "robust_linf_acc": f"robust acc % L∞ ε={target('robust_linf_acc')} (worst case)",
         "pgd_linf_acc": f"acc % PGD-L∞ ε={target('pgd_linf_acc')}",
+        "aa_linf_acc": f"acc % AutoAttack-L∞ ε={target('aa_linf_acc')}",
+        "robust_l2_acc": f"robust acc % L2 ε={target('robust_l2_acc')} (worst case)",
         "pgd_l2_acc": f"acc % PGD-L2 ε={target('pgd_l2_acc')}",
+        "aa_l2_acc": f"acc % AutoAttack-L2 ε={target('aa_l2_acc')}",
         "margin_random": "median random margin", "margin_adv": "median adv. margin (DeepFool)",
         "margin_first_order": "median 1st-order margin", "overhead": "overhead × (s/step vs plain)",
     }
 
 
 def format_wide(wide: pd.DataFrame) -> pd.DataFrame:
-    """Strings for the console and markdown: mean ± std, '–' where missing, and '@s' after an
-    accuracy measured at a strength other than the one asked for."""
+    """Strings for the console and markdown: mean ± std, '–' where missing, '@s' after an
+    accuracy measured at a strength other than the one asked for, '(PGD only)' after a robust
+    accuracy of runs without a per-example record; AutoAttack columns only where some run has them."""
     names = headers(wide)
+    names = {k: v for k, v in names.items() if k not in OPTIONAL_KEYS or (len(wide) and wide[k].notna().any())}
     rows = []
     for r in wide.to_dict("records"):
         row = {names["label"]: r["label"], names["dataset"]: r["dataset"], names["n_seeds"]: str(r["n_seeds"])}
-        for k in VALUE_KEYS:
+        for k in [k for k in VALUE_KEYS if k in names]:
             text = _fmt(r[k], r[f"{k}_std"], r[f"{k}_n"], r["n_seeds"], k in PERCENT_KEYS)
             if k.endswith("_acc") and k != "clean_acc":
                 used = [s for s in r[f"{k}_strengths"] if not math.isclose(s, r[f"{k}_target"])]
                 if used and text != "–":
                     text += " @" + ",".join(f"{s:.3g}" for s in r[f"{k}_strengths"])
+                if r[f"{k}_fallback"] and text != "–":
+                    part = "" if r[f"{k}_fallback"] == r["n_seeds"] else f": {r[f'{k}_fallback']}/{r['n_seeds']} seeds"
+                    text += f" (PGD only{part})"
             row[names[k]] = text
         rows.append(row)
     return pd.DataFrame(rows, columns=list(names.values()))
@@ -188,6 +213,10 @@ TABLE_NOTES = (
     "Accuracies are percent: clean accuracy on the run's test set (last epoch); accuracy under "
     "attack on the fixed test examples of attacks.csv (pixel units in [0, 1]; PGD with the ce64 "
     "loss where present; '@s' marks a strength other than the one asked for: the nearest present). "
+    "Robust accuracy is the worst case per example: an example counts only if it is robust under every "
+    "adversarial attack run at that norm and strength (PGD, FGSM, AutoAttack and its components; "
+    "attack_examples.csv); '(PGD only)' marks runs without that per-example record, where it is "
+    "PGD's accuracy, an upper bound. PGD's and AutoAttack's own accuracies stand beside it. "
     "‖J_z‖_F is the Frobenius norm of d logits / d z, z the normalized input, averaged over the "
     "run's first jacobian_eval_examples test examples (256 by default; metrics.csv); "
     "R = ½ mean ‖J_z‖_F² is the quantity the regularizer penalizes (the paper's '32.9 vs 1.1' "
@@ -251,10 +280,22 @@ def run_styles(summary: pd.DataFrame) -> dict[str, Style]:
     return styles
 
 
+def attack_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
+    """The tidy rows of ``attack`` and ``norm``; for the worst case, PGD's rows of the runs
+    that have no worst case at that norm (no per-example record)."""
+    sel = summary[(summary["table"] == "attacks") & (summary["norm"] == norm)]
+    rows = sel[sel["attack"] == attack]
+    if attack == WORST_CASE:
+        pgd = sel[sel["attack"] == "pgd"]
+        rows = pd.concat([rows, pgd[~pgd["run_id"].isin(set(rows["run_id"]))]])
+    return rows
+
+
 def curve_table(summary: pd.DataFrame, attack: str, norm: str, by_seed_group: bool = True) -> pd.DataFrame:
     """Accuracy against strength per group (or run): value (mean over seeds), err_low/err_high
-    (std across seeds where several, else the run's 95% CI), n_runs."""
-    rows = summary[(summary["table"] == "attacks") & (summary["attack"] == attack) & (summary["norm"] == norm)]
+    (std across seeds where several, else the run's 95% CI), n_runs. The worst case falls back
+    to PGD for runs without a per-example record (:func:`attack_rows`)."""
+    rows = attack_rows(summary, attack, norm)
     if rows.empty:
         return pd.DataFrame(columns=["key", "label", "strength", "value", "err_low", "err_high", "n_runs"])
     rows = pd.concat([preferred_loss(r) for _, r in rows.groupby("run_id", sort=False)])
@@ -278,14 +319,16 @@ def curve_table(summary: pd.DataFrame, attack: str, norm: str, by_seed_group: bo
 ACCURACY_PLOTS = {
     "accuracy_noise.png": ("noise", "gaussian", "Accuracy under white Gaussian noise",
                            "σ, noise std per pixel (pixel units, images in [0, 1])"),
-    "accuracy_pgd_linf.png": ("pgd", "linf", "Accuracy under PGD, L∞ ball", "ε, L∞ radius (pixel units)"),
-    "accuracy_pgd_l2.png": ("pgd", "l2", "Accuracy under PGD, L2 ball", "ε, L2 radius (pixel units)"),
+    "accuracy_linf.png": (WORST_CASE, "linf", "Robust accuracy, L∞ ball: worst case over attacks",
+                          "ε, L∞ radius (pixel units)"),
+    "accuracy_l2.png": (WORST_CASE, "l2", "Robust accuracy, L2 ball: worst case over attacks",
+                        "ε, L2 radius (pixel units)"),
 }
 
 
 def attack_subtitle(summary: pd.DataFrame, attack: str, norm: str) -> str:
     """'\n<n> test examples, <settings>' when every run used the same, else a pointer."""
-    rows = summary[(summary["table"] == "attacks") & (summary["attack"] == attack) & (summary["norm"] == norm)]
+    rows = attack_rows(summary, attack, norm)
     settings = rows["settings"].fillna("").str.replace(r"\s*(alpha|seed|example_seed)=\S+", "", regex=True)
     described = (rows["n"].astype(str) + " test examples, " + settings.str.strip()).unique()
     if len(described) != 1:
@@ -310,10 +353,17 @@ def accuracy_figure(summary: pd.DataFrame, attack: str, norm: str, title: str, x
         ax.errorbar(c["strength"], 100 * c["value"], yerr=100 * np.vstack([c["err_low"], c["err_high"]]),
                     marker="o", ms=4, capsize=3, color=style[k].color,
                     linestyle="-" if by_seed_group else style[k].linestyle, label=label)
+    note = ""
+    if attack == WORST_CASE:  # the attacks' own curves, thinner: PGD dashed, AutoAttack dotted
+        for other, linestyle in (("pgd", "--"), ("autoattack", ":")):
+            for k, c in curve_table(summary, other, norm, by_seed_group).groupby("key", sort=False):
+                ax.plot(c["strength"], 100 * c["value"], linestyle=linestyle, lw=1, alpha=0.7, color=style[k].color)
+        note = ("solid: worst case per example over every attack (PGD\nonly for runs without attack_examples.csv); "
+                "dashed: PGD;\ndotted: AutoAttack. ")
     ax.set(title=title + attack_subtitle(summary, attack, norm), xlabel=xlabel, ylabel="accuracy (%)",
            ylim=(-2, 102))
     ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=8, loc="best", title="error bars: ± std across seeds where a line has\n"
+    legend = ax.legend(fontsize=8, loc="best", title=note + "error bars: ± std across seeds where a line has\n"
                        "several, else the run's 95% CI", title_fontsize=7)
     legend.get_title().set_color("0.35")
     return fig
@@ -426,6 +476,8 @@ class ReportResult:
     wide: pd.DataFrame
     table: pd.DataFrame
     gaps: list[str]
+    verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    verdict_lines: list[str] = field(default_factory=list)
 
 
 _COLUMN_GAPS = {
@@ -449,6 +501,11 @@ def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
             if pd.isna(r[key]) and (r["run_id"], file) not in known:
                 hint = f"; run '{fix.format(run=paths[r['run_id']])}'" if fix else ""
                 gaps.append(f"{r['run_id']}: {file}: {what}{hint}")
+        for key, _, norm, _ in ATTACK_COLUMNS:  # a fallback the missing file does not explain already
+            if (r[f"{key}_fallback"] and pd.notna(r[key]) and (r["run_id"], "attack_examples.csv") not in known):
+                gaps.append(f"{r['run_id']}: attack_examples.csv: no per-example record at {norm} "
+                            f"ε={r[f'{key}_strength']:g}; its robust accuracy is attacks.csv's PGD accuracy "
+                            f"(not the worst case over attacks); re-run 'jrbench attack {paths[r['run_id']]}'")
     return gaps
 
 
@@ -477,19 +534,26 @@ Where = Callable[[Path], str]  # a path as the report shows it (relative to the 
 
 
 def _attack_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
-    """One line per attack setting of a run: what attacks.csv holds."""
+    """One line per attack setting of a run: what attacks.csv holds; and the worst cases of
+    attack_examples.csv."""
     rows = summary[(summary["run_id"] == record.run_id) & (summary["table"] == "attacks")]
     if rows.empty:
         return []
     settings = rows["settings"].fillna("").str.replace(r"\s*alpha=\S+", "", regex=True)
-    lines = []
-    for (attack, norm, loss, s), sel in rows.assign(_s=settings).groupby(["attack", "norm", "loss", "_s"], dropna=False):
-        sym = "σ" if attack == "noise" else "ε"
-        grid = ", ".join(f"{v:g}" for v in sorted(sel["strength"].unique()))
-        n = int(sel["n"].max()) if sel["n"].notna().any() else "?"
-        loss_text = f", loss {loss}" if isinstance(loss, str) and loss != "none" else ""
-        lines.append(f"{attack} {norm}: {sym} ∈ {{{grid}}}, {n} test examples{loss_text}, {s}")
-    return [f"[attacks.csv]({where(record.path / 'attacks.csv')}): " + "; ".join(lines)]
+    out = []
+    for file, sel_rows in (("attacks.csv", rows[rows["attack"] != WORST_CASE]),
+                           ("attack_examples.csv", rows[rows["attack"] == WORST_CASE])):
+        lines = []
+        groups = sel_rows.assign(_s=settings).groupby(["attack", "norm", "loss", "_s"], dropna=False)
+        for (attack, norm, loss, s), sel in groups:
+            sym = "σ" if attack == "noise" else "ε"
+            grid = ", ".join(f"{v:g}" for v in sorted(sel["strength"].unique()))
+            n = int(sel["n"].max()) if sel["n"].notna().any() else "?"
+            loss_text = f", loss {loss}" if isinstance(loss, str) and loss != "none" else ""
+            lines.append(f"{attack} {norm}: {sym} ∈ {{{grid}}}, {n} test examples{loss_text}, {s}")
+        if lines:
+            out.append(f"[{file}]({where(record.path / file)}): " + "; ".join(lines))
+    return out
 
 
 def _margin_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
@@ -533,9 +597,14 @@ def figure_section(title: str, png: str, caption: str) -> list[str]:
 CAPTIONS = {
     "accuracy_noise.png": "Accuracy (%) under white Gaussian pixel noise of std σ (pixel units, noisy images "
                           "clipped to [0, 1]), on the fixed test examples of each run's attacks.csv.",
-    "accuracy_pgd_linf.png": "Accuracy (%) under PGD in the L∞ ball of radius ε (pixel units); an example "
-                             "counts only if clean-correct and unbroken by every restart.",
-    "accuracy_pgd_l2.png": "Accuracy (%) under PGD in the L2 ball of radius ε (pixel units).",
+    "accuracy_linf.png": "Robust accuracy (%) in the L∞ ball of radius ε (pixel units), the worst case per "
+                         "example: an example counts only if clean-correct and unbroken by every adversarial "
+                         "attack run at that ε (PGD with every restart, FGSM, AutoAttack and its components; "
+                         "attack_examples.csv). Runs without that per-example record show PGD's accuracy "
+                         "(named in the gaps). Thin lines: PGD alone (dashed) and AutoAttack (dotted).",
+    "accuracy_l2.png": "Robust accuracy (%) in the L2 ball of radius ε (pixel units), the worst case per example "
+                       "over every adversarial attack run there, as for L∞. Thin lines: PGD alone (dashed) and "
+                       "AutoAttack (dotted).",
     "margins_ecdf.png": "Empirical CDFs of the per-example margins (L2, pixel units, log scale) of the "
                         "correctly classified examples of margins.csv; a curve that stays below 1 has examples "
                         "whose class did not change within the search range (random: margin ∞) or where "
@@ -560,16 +629,27 @@ def cells_caption(fig) -> str:
             "and fragmented, a Jacobian-regularized one's large.")
 
 
+def verdicts_section(lines: list[str]) -> list[str]:
+    """'## Verdicts': one sentence per verdict, then how they were made."""
+    body = [f"- {line}" for line in lines] if lines else [
+        "None: no regularized group has a plain group of the same data set, model and recipe with the data "
+        "a test needs (see the gaps)."]
+    return ["## Verdicts", "", *body, "", VERDICT_NOTES, ""]
+
+
 def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cell_figs: list,
-                    gaps: list[str], command: str, by_seed_group: bool, where: Where = str) -> str:
+                    gaps: list[str], command: str, by_seed_group: bool, where: Where = str,
+                    verdict_lines: list[str] | None = None) -> str:
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, with "
-             "provenance), `examples.csv` (per-example margins, a row per run and example), `summary.md` (the table below).", "",
+             "provenance), `examples.csv` (per-example margins, a row per run and example), `verdicts.csv` "
+             "(each regularized group against its plain group), `summary.md` (the table below and the verdicts).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
-             "## Figures", ""]
-    titles = {"accuracy_noise.png": "Accuracy under white noise", "accuracy_pgd_linf.png": "Accuracy under PGD-L∞",
-              "accuracy_pgd_l2.png": "Accuracy under PGD-L2", "margins_ecdf.png": "Margin distributions",
+             *verdicts_section(verdict_lines or []), "## Figures", ""]
+    titles = {"accuracy_noise.png": "Accuracy under white noise",
+              "accuracy_linf.png": "Robust accuracy, L∞ (worst case over attacks)",
+              "accuracy_l2.png": "Robust accuracy, L2 (worst case over attacks)", "margins_ecdf.png": "Margin distributions",
               "spectra.png": "Jacobian singular-value spectra"}
     for png in pngs:
         if png in titles:
@@ -579,7 +659,8 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
         lines += figure_section(f"Decision cells, {fig.dataset}, {kind}", png, cells_caption(fig))
     lines += runs_section(collection, where)
     lines += ["## Gaps", ""]
-    lines += [f"- {g}" for g in gaps] if gaps else ["None: every run has metrics, attacks, margins and Jacobian tables."]
+    lines += [f"- {g}" for g in gaps] if gaps else ["None: every run has metrics, attacks, per-example attack "
+                                                     "records, margins and Jacobian tables, and every group a verdict."]
     return "\n".join(lines) + "\n"
 
 
@@ -630,7 +711,7 @@ def examples_wide(examples: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(collection, out: str | Path, options: ReportOptions | None = None,
                  command: str | None = None) -> ReportResult:
-    """Write summary.csv, examples.csv, summary.md, the PNGs and report.md into ``out``.
+    """Write summary.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
 
     Every file is rendered in memory first and written atomically; report.md comes last.
     ``command``: the command line to quote (default: :func:`report_command`).
@@ -645,6 +726,9 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     wide = group_table(runs, options.by_seed_group)
     table = format_wide(wide)
     gaps = [str(g) for g in collection.gaps] + table_gaps(runs, collection)
+    verdict_table, verdict_gaps = verdicts(collection)
+    lines = verdict_lines(verdict_table)
+    gaps += verdict_gaps
     figures, figure_gaps = _figures(collection, options.by_seed_group)
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     cells, cell_gaps = _cell_figures(collection, options)
@@ -656,7 +740,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
         return Path(os.path.relpath(Path(path).resolve(), here)).as_posix()
 
     markdown = report_markdown(collection, table, list(pngs), [(p, f) for p, f, _ in cells], gaps, command,
-                               options.by_seed_group, where)
+                               options.by_seed_group, where, lines)
     summary = collection.summary.assign(run_dir=collection.summary["run_dir"].map(where),
                                         source=collection.summary["source"].map(where))
     files = []
@@ -665,7 +749,9 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
         files.append(out / name)
     atomic_write_csv(out / "summary.csv", summary)
     atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
-    atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n")
+    atomic_write_csv(out / "verdicts.csv", verdict_table)
+    atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n\n"
+                      + "\n".join(verdicts_section(lines)))
     atomic_write_text(out / "report.md", markdown)
-    files += [out / n for n in ("summary.csv", "examples.csv", "summary.md", "report.md")]
-    return ReportResult(out, files, wide, table, gaps)
+    files += [out / n for n in ("summary.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md")]
+    return ReportResult(out, files, wide, table, gaps, verdict_table, lines)

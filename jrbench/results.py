@@ -4,8 +4,15 @@
 and ``model.pt``, searched recursively) and reads, per run, what is there:
 
 - ``metrics.csv``  the last epoch's numbers (table ``metrics``, statistic ``last_epoch``);
-- ``attacks.csv``  accuracy under noise / PGD / FGSM at each strength, with its 95% CI
-  (table ``attacks``, quantity ``accuracy``; strengths are sigma or eps in pixel units);
+- ``attacks.csv``  accuracy under noise / PGD / FGSM / AutoAttack at each strength, with its
+  95% CI (table ``attacks``, quantity ``accuracy``; strengths are sigma or eps in pixel units);
+- ``attack_examples.csv`` one row per (example, attack, norm, strength, loss): the **worst
+  case** per example, attack ``worst-case``: at each norm and strength an example counts as
+  robust only if it is robust under every adversarial attack run there (every attack but
+  ``noise``: PGD, FGSM, AutoAttack and its components, every loss), over the examples every
+  one of them covered; ``settings`` names the attacks (``attacks=pgd/ce64+fgsm/ce64+...``).
+  A run without the file (older runs) has no worst case, and a gap says so: the report falls
+  back to attacks.csv's PGD accuracy, an upper bound on the worst case;
 - ``margins.csv``  L2 margins in pixel units of the correctly classified examples:
   median (with a distribution-free 95% CI from order statistics), quartiles and mean;
   DeepFool success rates (table ``margins``);
@@ -37,10 +44,15 @@ import pandas as pd
 
 from . import rundir
 from .config import DataConfig, RunConfig, TrainConfig
-from .attacks import Z_95, wilson_interval
 from .errors import UserError
+from .stats import mean_ci, median_ci, wilson_interval  # noqa: F401  (re-exported)
 
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
+ATTACK_EXAMPLES = "attack_examples.csv"
+EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",
+                   "example_seed"]
+WORST_CASE = "worst-case"  # attack name of the worst case over every adversarial attack (tidy table)
+ATTACK_ORDER = ["pgd", "fgsm", "autoattack", "aa-apgd-ce", "aa-apgd-t", "aa-fab-t", "aa-square"]
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
               "torchvision_version", "torchattacks_version", "jrbench_version", "git_commit", "run_dir"]
@@ -169,6 +181,13 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
         table = _read_table(path / name, run_id, gaps, hint)
         if table is not None:
             tables[name] = table
+    if ATTACKS in tables or (path / ATTACK_EXAMPLES).exists():  # no attacks at all: one gap is enough
+        table = _read_table(path / ATTACK_EXAMPLES, run_id, gaps,
+                            "no per-example record: robust accuracy falls back to attacks.csv's PGD accuracy "
+                            f"(not the worst case over attacks) and one-seed verdicts cannot be tested; "
+                            f"re-run 'jrbench attack {path}'")
+        if table is not None:
+            tables[ATTACK_EXAMPLES] = table
     metrics = tables.get(rundir.METRICS)
     if metrics is not None and "epoch" in metrics and int(metrics["epoch"].max()) < config.train.epochs:
         gaps.append(Gap(run_id, rundir.METRICS, f"trained {int(metrics['epoch'].max())} of "
@@ -272,6 +291,10 @@ def train_command(config: RunConfig, out: str | Path | None = None) -> str:
         args += ["--lambda-jr", _num(r.lambda_jr), "--n-proj", str(r.n_proj)]
         if r.jr_subsample is not None:
             args += ["--jr-subsample", str(r.jr_subsample)]
+        for flag, value, default in (("--jr-estimator", r.jr_estimator, "vjp"), ("--jr-every", r.jr_every, 1),
+                                     ("--jr-backend", r.jr_backend, "auto")):
+            if value != default:
+                args += [flag, str(value)]
     if "l2" in r.names:
         args += ["--weight-decay", _num(r.weight_decay)]
     if "dropout" in r.names:
@@ -297,29 +320,6 @@ def train_command(config: RunConfig, out: str | Path | None = None) -> str:
     if extra:
         command += "  # Python API only: " + ", ".join(extra)
     return command
-
-
-# ----------------------------------------------------------------------------- statistics
-def median_ci(values: np.ndarray, z: float = Z_95) -> tuple[float, float]:
-    """Distribution-free ~95% CI of the median from order statistics (normal approximation
-    to the binomial): ranks n/2 -+ z sqrt(n)/2, clipped to the sample."""
-    v = np.sort(values)
-    n = len(v)
-    if n == 0:
-        return math.nan, math.nan
-    lo = int(math.floor((n - z * math.sqrt(n)) / 2))
-    hi = int(math.ceil(1 + (n + z * math.sqrt(n)) / 2))
-    return float(v[max(lo, 1) - 1]), float(v[min(hi, n) - 1])
-
-
-def mean_ci(values: np.ndarray, z: float = Z_95) -> tuple[float, float, float]:
-    """(mean, low, high): mean -+ z standard errors; NaN bounds for fewer than 2 values."""
-    n = len(values)
-    mean = float(np.mean(values)) if n else math.nan
-    if n < 2 or not np.isfinite(values).all():
-        return mean, math.nan, math.nan
-    half = z * float(np.std(values, ddof=1)) / math.sqrt(n)
-    return mean, mean - half, mean + half
 
 
 def _row(table: str, quantity: str, value: float, **kw) -> dict:
@@ -362,6 +362,71 @@ def attack_rows(record: RunRecord) -> list[dict]:
                          strength=float(r.strength), loss=getattr(r, "loss", None), statistic="mean",
                          ci_low=getattr(r, "ci_low", math.nan), ci_high=getattr(r, "ci_high", math.nan),
                          n=getattr(r, "n_examples", math.nan), settings=_attack_settings(r), source=source))
+    return rows
+
+
+def check_attack_examples(table: pd.DataFrame, source: str = ATTACK_EXAMPLES) -> pd.DataFrame:
+    """attack_examples.csv as read, checked: the columns of :data:`EXAMPLE_COLUMNS` (example_seed
+    and broken may be absent), adversarial ``robust`` values 0 or 1, noise shares in [0, 1]."""
+    need = set(EXAMPLE_COLUMNS) - {"example_seed", "broken"}
+    if not need <= set(table.columns):
+        raise UserError(f"{source} lacks the columns {sorted(need - set(table.columns))}.")
+    table = table.assign(loss=table["loss"].fillna("none").astype(str), strength=table["strength"].astype(float))
+    robust = pd.to_numeric(table["robust"], errors="coerce")
+    adversarial = table["attack"] != "noise"
+    if robust.isna().any() or not robust.between(0, 1).all() or not robust[adversarial].isin([0, 1]).all():
+        raise UserError(f"{source}: 'robust' must be 0 or 1 for attacks and a share in [0, 1] for noise.")
+    return table.assign(robust=robust)
+
+
+def _attack_key(name: str) -> tuple:
+    attack = name.split("/")[0]
+    return (ATTACK_ORDER.index(attack) if attack in ATTACK_ORDER else len(ATTACK_ORDER), name)
+
+
+def worst_case_examples(table: pd.DataFrame) -> pd.DataFrame:
+    """Per norm, strength and example: robust (0/1) only if robust under every adversarial
+    attack (every attack but 'noise', every loss) run at that norm and strength.
+
+    ``table``: attack_examples.csv (:func:`check_attack_examples`). Only the examples that
+    every one of those attacks covered are kept. Columns: norm, strength, example,
+    clean_correct, robust, attacks (the attacks that went into it, 'pgd/ce64+fgsm/ce64+...'),
+    n_attacks, n_left_out (examples some attack at that strength did not cover)."""
+    columns = ["norm", "strength", "example", "clean_correct", "robust", "attacks", "n_attacks", "n_left_out"]
+    adv = table[table["attack"] != "noise"]
+    if adv.empty:
+        return pd.DataFrame(columns=columns)
+    adv = adv.assign(_name=np.where(adv["loss"] == "none", adv["attack"], adv["attack"] + "/" + adv["loss"]))
+    out = []
+    for (norm, strength), sel in adv.groupby(["norm", "strength"], sort=True):
+        names = sorted(sel["_name"].unique(), key=_attack_key)
+        per = sel.groupby("example").agg(clean_correct=("clean_correct", "min"), robust=("robust", "min"),
+                                         _n=("_name", "nunique"))
+        covered = per[per["_n"] == len(names)].drop(columns="_n")
+        out.append(covered.reset_index().assign(norm=norm, strength=float(strength), attacks="+".join(names),
+                                                n_attacks=len(names), n_left_out=len(per) - len(covered)))
+    return pd.concat(out, ignore_index=True)[columns]
+
+
+def worst_case_rows(record: RunRecord) -> list[dict]:
+    """Worst-case robust accuracy (95% Wilson CI over examples) per norm and strength, attack
+    ``worst-case``; ``settings`` names the attacks that went into it."""
+    source = str(record.path / ATTACK_EXAMPLES)
+    table = check_attack_examples(record.tables[ATTACK_EXAMPLES], source)
+    worst = worst_case_examples(table)
+    seeds = table["example_seed"].dropna().unique() if "example_seed" in table else []
+    rows = []
+    for (norm, strength), sel in worst.groupby(["norm", "strength"], sort=True):
+        k, n = int(sel["robust"].sum()), len(sel)
+        settings = f"attacks={sel['attacks'].iloc[0]}"
+        if int(sel["n_left_out"].iloc[0]):
+            settings += f" left_out={int(sel['n_left_out'].iloc[0])}"
+        if len(seeds) == 1:
+            settings += f" example_seed={int(seeds[0])}"
+        lo, hi = wilson_interval(k, n)
+        rows.append(_row("attacks", "accuracy", k / n if n else math.nan, attack=WORST_CASE, norm=norm,
+                         strength=float(strength), loss="none", statistic="mean", ci_low=lo, ci_high=hi, n=n,
+                         settings=settings, source=source))
     return rows
 
 
@@ -459,8 +524,9 @@ def overhead_rows(records: list[RunRecord]) -> tuple[list[tuple[RunRecord, dict]
 
 def _run_rows(record: RunRecord, gaps: list[Gap]) -> tuple[list[dict], pd.DataFrame]:
     rows, examples = [], pd.DataFrame()
-    readers = {rundir.METRICS: metrics_rows, ATTACKS: attack_rows, JACOBIAN: jacobian_rows}
-    for name in (rundir.METRICS, ATTACKS, MARGINS, JACOBIAN):
+    readers = {rundir.METRICS: metrics_rows, ATTACKS: attack_rows, ATTACK_EXAMPLES: worst_case_rows,
+               JACOBIAN: jacobian_rows}
+    for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN):
         if name not in record.tables:
             continue
         try:

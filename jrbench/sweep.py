@@ -14,6 +14,10 @@ A spec (see ``benchmarks/*.toml``)::
     n_examples = 500; steps = 20; sigmas = [0.0, 0.2, 0.4]
     [margins]                             # jrbench margins options (omit the table: no margins)
     n_examples = 300; directions = 10
+    [[block]]                             # optional: recipes; each block's keys override [base]
+    name = "paper"; lr = 0.01; batch_size = 100; epochs = 15
+    [[block]]                             # and the grid runs once per block
+    name = "default"; lr = 0.05; batch_size = 64; epochs = 10
 
 Keys of ``[base]`` and ``[grid]`` are the ``jrbench train`` option names with ``_``:
 dataset, data_dir, train_subset, test_subset, model, regularizers, lambda_jr, n_proj,
@@ -42,6 +46,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "momentum": ("train", "momentum"), "schedule": ("train", "schedule"),
     "step_epochs": ("train", "step_epochs"), "gamma": ("train", "gamma"), "seed": ("train", "seed"),
+    "jr_backend": ("reg", "jr_backend"), "jr_estimator": ("reg", "jr_estimator"), "jr_every": ("reg", "jr_every"),
 }
 ATTACK_FIELDS = {"noise", "pgd", "fgsm", "n_examples", "example_seed", "sigmas", "draws", "norms",
                  "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
@@ -127,12 +132,17 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
     name = doc.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise bad("name", "must be a non-empty name without '/'.")
-    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report"}
+    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report", "block"}
     if unknown_top:
         key = sorted(unknown_top)[0]
-        raise bad(key, f"is not a sweep field (expected name, description, out, base, grid, attack, margins, report).")
+        raise bad(key, f"is not a sweep field (expected name, description, out, base, grid, block, attack, margins, "
+                       f"report).")
     base, grid = doc.get("base", {}), doc.get("grid", {})
-    for section, table in (("base", base), ("grid", grid)):
+    blocks = doc.get("block", [{}])
+    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
+        raise bad("[[block]]", "must be one or more [[block]] tables of training options.")
+    blocks = [{k: v for k, v in b.items() if k != "name"} for b in blocks]
+    for section, table in [("base", base), ("grid", grid)] + [("block", b) for b in blocks]:
         if not isinstance(table, dict):
             raise bad(section, "must be a table.")
         for key in table:
@@ -143,16 +153,17 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise bad(key, "in [grid] must be a non-empty list of values.")
-    for key, value in list(base.items()) + [(k, v) for k, vs in grid.items() for v in vs]:
+    for key, value in (list(base.items()) + [(k, v) for k, vs in grid.items() for v in vs]
+                       + [item for b in blocks for item in b.items()]):
         why = _type_error(key, value)
         if why:
             raise bad(key, why)
     cells, seen = [], set()
     keys = list(grid)
-    for combo in itertools.product(*(grid[k] for k in keys)):
+    for block, combo in itertools.product(blocks, itertools.product(*(grid[k] for k in keys))):
         config = RunConfig(DataConfig(), ModelConfig(), RegConfig(), TrainConfig())
         try:
-            for key, value in list(base.items()) + list(zip(keys, combo)):
+            for key, value in list(base.items()) + list(block.items()) + list(zip(keys, combo)):
                 _apply(config, key, value)
             config.validate()
         except UserError as e:

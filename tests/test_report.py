@@ -34,7 +34,7 @@ from jrbench.training import train
 
 runner = CliRunner()
 RUNS = {"plain-s0": (("none",), 0), "plain-s1": (("none",), 1), "jr-s0": (("jacobian",), 0)}
-PNGS = ["accuracy_noise.png", "accuracy_pgd_linf.png", "accuracy_pgd_l2.png", "margins_ecdf.png",
+PNGS = ["accuracy_noise.png", "accuracy_linf.png", "accuracy_l2.png", "margins_ecdf.png",
         "spectra.png", "cells_random.png", "cells_adversarial.png"]
 
 
@@ -92,7 +92,7 @@ def test_tidy_table_has_every_measurement_with_provenance(runs_root, collection)
         assert _value(s, name, "metrics", "test_acc", "last_epoch") == pytest.approx(_last(runs_root, name, "test_acc"))
         assert _value(s, name, "metrics", "test_R_z", "last_epoch") == pytest.approx(_last(runs_root, name, "test_R_z"))
         attacks = pd.read_csv(run_dir / "attacks.csv")
-        got = rows[rows["table"] == "attacks"]
+        got = rows[(rows["table"] == "attacks") & (rows["attack"] != "worst-case")]  # worst case: attack_examples.csv
         assert len(got) == len(attacks) == 2 + 2 + 2
         for a in attacks.itertuples():
             v = _value(s, name, "attacks", "accuracy", "mean", attack=a.attack, norm=a.norm, strength=a.strength)
@@ -151,6 +151,31 @@ def test_overhead_is_the_ratio_to_the_plain_runs_median(runs_root, collection):
     assert any(g.item == "overhead" and "no plain" in g.reason for g in alone.gaps)
 
 
+def test_worst_case_from_the_per_example_record_and_the_pgd_fallback(runs_root, tmp_path):
+    for name in ("with", "without"):
+        shutil.copytree(runs_root / "runs" / "plain-s0", tmp_path / name)
+    (tmp_path / "without" / "attack_examples.csv").unlink(missing_ok=True)
+    attacks = pd.read_csv(tmp_path / "with" / "attacks.csv")
+    pgd = attacks[(attacks["attack"] == "pgd") & (attacks["norm"] == "linf") & (attacks["strength"] == 0.1)].iloc[0]
+    n, k = int(pgd["n_examples"]), int(pgd["n_correct"])
+    rows = []  # PGD keeps the first k examples, FGSM breaks the first of them as well
+    for attack, robust in (("pgd", [1] * k + [0] * (n - k)), ("fgsm", [0] + [1] * (k - 1) + [0] * (n - k))):
+        rows += [{"example": i, "attack": attack, "norm": "linf", "strength": 0.1, "loss": "ce64", "clean_correct": 1,
+                  "robust": r, "broken": 1 - r, "example_seed": 0} for i, r in enumerate(robust[:n])]
+    pd.DataFrame(rows).to_csv(tmp_path / "with" / "attack_examples.csv", index=False)
+    c = collect([tmp_path])
+    runs = run_table(c.summary).set_index("run_id")
+    assert runs.loc["with", "robust_linf_acc"] == pytest.approx(max(k - 1, 0) / n)
+    assert runs.loc["with", "pgd_linf_acc"] == pytest.approx(pgd["accuracy"])
+    assert not runs.loc["with", "robust_linf_acc_fallback"] and runs.loc["without", "robust_linf_acc_fallback"]
+    assert runs.loc["without", "robust_linf_acc"] == pytest.approx(pgd["accuracy"])
+    result = write_report(c, tmp_path / "out", ReportOptions(cells=False))
+    assert any(g.startswith("without: attack_examples.csv: missing") and "falls back" in g for g in result.gaps)
+    assert any(g.startswith("with: attack_examples.csv: no per-example record at l2") for g in result.gaps)
+    assert "(PGD only" in result.table.iloc[0]["robust acc % L∞ ε=0.1 (worst case)"]
+    assert "attacks=pgd/ce64+fgsm/ce64" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_median_ci_covers_the_true_median_about_95_percent():
     rng = np.random.default_rng(0)
     hits = [lo <= math.log(2) <= hi for lo, hi in (median_ci(rng.exponential(size=60)) for _ in range(2000))]
@@ -199,8 +224,9 @@ def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     assert "clean acc %" in result.output and "gap:" in result.output and "jr-s0" in result.output
     for name in PNGS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    for name in ["summary.csv", "examples.csv", "summary.md", "report.md"]:
+    for name in ["summary.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md"]:
         assert (out / name).stat().st_size > 0
+    assert "## Verdicts" in (out / "summary.md").read_text() and "## Verdicts" in (out / "report.md").read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     report = (out / "report.md").read_text()
     # paths in the report's files are relative to its folder, not to where the command ran
@@ -226,6 +252,7 @@ def test_library_never_prints(collection, tmp_path, capsys):
 @pytest.mark.parametrize("config", [
     tiny_config(("none",)),
     tiny_config(("jacobian",), lambda_jr=0.05, n_proj=-1, jr_subsample=8),
+    tiny_config(("jacobian",), n_proj=2, jr_estimator="jvp", jr_every=4, jr_backend="autograd"),
     RunConfig(DataConfig("synth-digits", "/data here", 500, 100), ModelConfig("mlp"),
               RegConfig(["l2", "dropout", "input-grad"], weight_decay=1e-3, dropout=0.25, lambda_ig=0.1),
               TrainConfig(epochs=3, batch_size=100, lr=0.1, momentum=0.5, schedule="step", step_epochs=2,

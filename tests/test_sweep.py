@@ -98,3 +98,18 @@ directions = 2
     run_sweep(spec, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
     assert steps == ["done", "margins", "done"]
     assert cell_status(spec, spec.cells[1]).measured
+
+
+def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
+    from jrbench.sweep import parse_spec
+
+    text = ('name = "b"\n[base]\ndataset = "synth-digits"\nepochs = 1\n'
+            '[[block]]\nname = "fast"\nlr = 0.05\nbatch_size = 64\n'
+            '[[block]]\nname = "slow"\nlr = 0.01\nbatch_size = 100\nepochs = 2\n'
+            '[grid]\nregularizers = [["none"], ["jacobian"]]\nseed = [0, 1]\n')
+    spec = parse_spec(text, tmp_path / "b.toml", tmp_path)
+    assert len(spec.cells) == 8
+    recipes = {(c.train.lr, c.train.batch_size, c.train.epochs) for c in spec.cells}
+    assert recipes == {(0.05, 64, 1), (0.01, 100, 2)}
+    with pytest.raises(UserError, match="lrr"):
+        parse_spec(text.replace("lr = 0.01", "lrr = 0.01"), tmp_path / "b.toml", tmp_path)

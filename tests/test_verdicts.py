@@ -1,0 +1,271 @@
+"""Verdicts and the worst case per example, on small run directories written by hand.
+
+No training: each fake run is a config.json, an empty model.pt and the tables the report
+reads (metrics.csv, attacks.csv, attack_examples.csv, margins.csv) with chosen numbers, so
+every expected value below is computed by hand from those numbers.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from jrbench import cli, stats
+from jrbench.report import ReportOptions, format_wide, group_table, run_table, write_report
+from jrbench.results import collect, worst_case_examples
+from jrbench.verdicts import VERDICT_COLUMNS, verdict_lines, verdicts
+
+T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom
+EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",
+                   "example_seed"]
+
+
+def write_run(root, name, regs=("none",), seed=0, *, acc=0.9, R_z=10.0, attacks=(), examples=None,
+              margins=None, lr=0.05):
+    """A run directory: ``attacks`` rows (attack, norm, strength, accuracy); ``examples`` the
+    attack_examples.csv table; ``margins`` {quantity: per-example values}."""
+    config = tiny_config(regs, seed=seed)
+    config.train.lr = lr
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    (run / "model.pt").write_bytes(b"")
+    pd.DataFrame({"epoch": [1, 2], "test_acc": [0.5, acc], "test_R_z": [2 * R_z, R_z]}).to_csv(
+        run / "metrics.csv", index=False)
+    if attacks:
+        rows = [{"attack": a, "norm": n, "strength": s, "accuracy": v, "loss": "none" if a == "noise" else "ce64",
+                 "n_examples": 100} for a, n, s, v in attacks]
+        pd.DataFrame(rows).to_csv(run / "attacks.csv", index=False)
+    if examples is not None:
+        examples.to_csv(run / "attack_examples.csv", index=False)
+    if margins:
+        n = len(next(iter(margins.values())))
+        pd.DataFrame({"index": range(n), "correct": 1, **margins}).to_csv(run / "margins.csv", index=False)
+    return run
+
+
+def examples_table(clean, outcomes):
+    """attack_examples.csv from {(attack, norm, strength): per-example robust values (None:
+    no row for that example)}; loss ce64 for attacks, 'none' for noise."""
+    rows = []
+    for (attack, norm, strength), values in outcomes.items():
+        for example, robust in enumerate(values):
+            if robust is None:
+                continue
+            noise = attack == "noise"
+            rows.append({"example": example, "attack": attack, "norm": norm, "strength": strength,
+                         "loss": "none" if noise else "ce64", "clean_correct": clean[example], "robust": robust,
+                         "broken": 0 if noise else int(clean[example] and not robust), "example_seed": 0})
+    return pd.DataFrame(rows, columns=EXAMPLE_COLUMNS)
+
+
+def row(table, metric, strength=""):
+    sel = table[(table["metric"] == metric) & (table["strength"] == strength)]
+    assert len(sel) == 1, (metric, strength, table[["metric", "strength"]])
+    return sel.iloc[0]
+
+
+# ----------------------------------------------------------------------------- several seeds
+@pytest.fixture
+def three_seeds(tmp_path):
+    """Plain and Jacobian, seeds 0, 1, 2: clean, noise, PGD and R_z chosen per seed."""
+    plain = {"acc": [0.75, 0.77, 0.81], "noise": [0.80, 0.82, 0.79], "pgd": [0.40, 0.45, 0.42], "R": [30.0, 28.0, 33.0]}
+    jr = {"acc": [0.80, 0.84, 0.85], "noise": [0.82, 0.79, 0.80], "pgd": [0.30, 0.33, 0.31], "R": [1.0, 1.2, 0.9]}
+    for name, regs, v in (("plain", ("none",), plain), ("jr", ("jacobian",), jr)):
+        for seed in range(3):
+            write_run(tmp_path / "runs", f"{name}-s{seed}", regs, seed, acc=v["acc"][seed], R_z=v["R"][seed],
+                      attacks=[("noise", "gaussian", 0.5, v["noise"][seed]), ("pgd", "linf", 0.1, v["pgd"][seed])])
+    return tmp_path / "runs"
+
+
+def test_paired_t_over_seeds_matches_the_hand_computation(three_seeds):
+    table, gaps = verdicts(collect([three_seeds]))
+    clean = row(table, "clean_acc")
+    # per-seed differences in points: 5, 7, 4; mean 16/3; sample variance ((-1/3)^2 + (5/3)^2 + (-4/3)^2) / 2 = 7/3
+    mean, se = 16 / 3, math.sqrt(7 / 3 / 3)
+    t = mean / se
+    p = 1 - t / math.sqrt(2 + t * t)  # two-sided, Student t with 2 df: F(t) = 1/2 + t / (2 sqrt(2 + t^2))
+    assert clean["diff"] == pytest.approx(mean, rel=1e-9)
+    assert clean["ci_low"] == pytest.approx(mean - T_975_DF2 * se, rel=1e-9)
+    assert clean["ci_high"] == pytest.approx(mean + T_975_DF2 * se, rel=1e-9)
+    assert clean["p_value"] == pytest.approx(p, rel=1e-9) and p == pytest.approx(0.02627, abs=1e-4)
+    assert clean["n_seeds"] == 3 and clean["method"] == "paired t over seeds" and clean["verdict"] == "better"
+    assert clean["group"] == "lenet jacobian λ_JR=0.01 n_proj=1" and clean["baseline"] == "lenet none"
+
+
+def test_better_worse_and_no_difference_and_the_direction_of_R(three_seeds):
+    table, _ = verdicts(collect([three_seeds]))
+    assert row(table, "pgd_acc", "linf 0.1")["verdict"] == "worse"  # -10, -12, -11 points
+    assert row(table, "pgd_acc", "linf 0.1")["diff"] == pytest.approx(-11.0)
+    noise = row(table, "noise_acc", "sigma 0.5")  # +2, -3, +1 points
+    assert noise["verdict"] == "no significant difference" and noise["ci_low"] < 0 < noise["ci_high"]
+    r = row(table, "R_z")  # R fell from about 30 to about 1: smaller is better
+    assert r["diff"] == pytest.approx(((1.0 - 30) + (1.2 - 28) + (0.9 - 33)) / 3) and r["ci_high"] < 0
+    assert r["verdict"] == "better"
+
+
+def test_verdicts_csv_has_exactly_the_columns_and_the_report_a_section(three_seeds, tmp_path):
+    result = write_report(collect([three_seeds]), tmp_path / "out", ReportOptions(cells=False))
+    written = pd.read_csv(tmp_path / "out" / "verdicts.csv", keep_default_na=False)
+    assert list(written.columns) == VERDICT_COLUMNS == [
+        "metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "n_seeds", "method",
+        "verdict"]
+    assert set(written["verdict"]) <= {"better", "worse", "no significant difference"}
+    assert len(written) == len(result.verdicts) == 4  # clean, noise, PGD, R_z
+    line = next(v for v in result.verdict_lines if "clean accuracy" in v)
+    assert line == ("lenet jacobian λ_JR=0.01 n_proj=1 vs lenet none, clean accuracy: +5.3 points [1.5, 9.1], "
+                    "p = 0.026, 3 seeds, paired t over seeds: better")
+    for name in ("summary.md", "report.md"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "## Verdicts" in text and line in text
+    assert any("jr-s0: margins.csv: missing" in g for g in result.gaps)
+
+
+def test_no_plain_group_with_the_same_recipe_is_a_gap(tmp_path):
+    write_run(tmp_path, "plain", ("none",), 0, lr=0.05)
+    write_run(tmp_path, "jr", ("jacobian",), 0, lr=0.01)  # another recipe: no partner
+    table, gaps = verdicts(collect([tmp_path]))
+    assert table.empty and list(table.columns) == VERDICT_COLUMNS
+    assert any("no plain" in g and "recipe" in g for g in gaps)
+
+
+def test_paired_t_with_identical_differences_and_none():
+    d = stats.paired_t(np.array([0.5, 0.6]), np.array([0.5, 0.6]))
+    assert (d.diff, d.ci_low, d.ci_high, d.p_value) == (0.0, 0.0, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- one seed
+def one_seed_runs(root):
+    """Plain and Jacobian, seed 0, 40 examples: under PGD-Linf 0.1 b = 2 examples only the
+    plain model keeps, c = 10 only the Jacobian one keeps; noise shares differ on 5 examples."""
+    clean = [1] * 40
+    plain_pgd = [1] * 20 + [0] * 20
+    jr_pgd = [1] * 18 + [0] * 2 + [1] * 10 + [0] * 10
+    plain_noise = [0.8, 0.8, 0.4, 1.0, 0.6] + [1.0] * 35
+    jr_noise = [1.0, 0.8, 0.6, 0.6, 1.0] + [1.0] * 35  # up, tie, up, down, up
+    margins_plain = {"margin_random_median": 0.5 + 0.01 * np.arange(30), "margin_adv_l2": 0.2 + 0.01 * np.arange(30)}
+    margins_jr = {"margin_random_median": 1.0 + 0.01 * np.arange(30), "margin_adv_l2": 0.2 + 0.01 * np.arange(30)}
+    for name, regs, pgd, noise, margins in (("plain", ("none",), plain_pgd, plain_noise, margins_plain),
+                                            ("jr", ("jacobian",), jr_pgd, jr_noise, margins_jr)):
+        ex = examples_table(clean, {("pgd", "linf", 0.1): pgd, ("noise", "gaussian", 0.5): noise})
+        write_run(root, name, regs, 0, attacks=[("pgd", "linf", 0.1, np.mean(pgd)),
+                                                ("noise", "gaussian", 0.5, np.mean(noise))],
+                  examples=ex, margins=margins)
+    return root
+
+
+def test_one_seed_mcnemar_exact_by_hand(tmp_path):
+    table, gaps = verdicts(collect([one_seed_runs(tmp_path)]))
+    b, c, n = 2, 10, 40
+    # p = 2 P(Binom(12, 1/2) <= 2) = 2 (C(12,0) + C(12,1) + C(12,2)) / 2^12 = 2 * 79 / 4096
+    p = 2 * (1 + 12 + 66) / 4096
+    for metric in ("pgd_acc", "worst_case_acc"):  # PGD is the only attack here: the worst case is PGD's
+        r = row(table, metric, "linf 0.1")
+        assert r["diff"] == pytest.approx(100 * (c - b) / n) and r["p_value"] == pytest.approx(p)
+        assert r["n_seeds"] == 1 and r["verdict"] == "better"
+        assert r["method"].startswith("McNemar exact (40 examples, b = 2, c = 10;")
+        assert "examples only; 1 seed: training noise not covered" in r["method"]
+        # the interval is Clopper-Pearson's for theta = P(Jacobian right | discordant), mapped to
+        # (m / n)(2 theta - 1): at its ends the binomial tails are 2.5%
+        m = b + c
+        lo, hi = ((v / 100 * n / m + 1) / 2 for v in (r["ci_low"], r["ci_high"]))
+        upper_tail = sum(math.comb(m, k) * lo**k * (1 - lo) ** (m - k) for k in range(c, m + 1))
+        lower_tail = sum(math.comb(m, k) * hi**k * (1 - hi) ** (m - k) for k in range(0, c + 1))
+        assert upper_tail == pytest.approx(0.025, abs=1e-9) and lower_tail == pytest.approx(0.025, abs=1e-9)
+    clean = row(table, "clean_acc")  # both right everywhere: no discordant pair
+    assert (clean["diff"], clean["p_value"], clean["verdict"]) == (0.0, 1.0, "no significant difference")
+
+
+def test_one_seed_sign_test_for_noise_and_bootstrap_for_margins(tmp_path):
+    table, gaps = verdicts(collect([one_seed_runs(tmp_path)]))
+    noise = row(table, "noise_acc", "sigma 0.5")
+    # 3 examples up, 1 down, 1 tie: p = 2 P(Binom(4, 1/2) <= 1) = 2 (1 + 4) / 16
+    assert noise["p_value"] == pytest.approx(10 / 16) and noise["verdict"] == "no significant difference"
+    assert noise["diff"] == pytest.approx(100 * (0.2 + 0 + 0.2 - 0.4 + 0.4) / 40)
+    assert "sign test" in noise["method"] and "3 examples up, 1 down" in noise["method"]
+    random = row(table, "margin_random_median")  # every Jacobian margin 0.5 larger
+    assert random["diff"] == pytest.approx(0.5) and random["ci_low"] > 0 and random["verdict"] == "better"
+    assert "bootstrap" in random["method"] and "training noise not covered" in random["method"]
+    adv = row(table, "margin_adv_l2")  # the same values: no difference
+    assert adv["diff"] == 0 and adv["verdict"] == "no significant difference"
+    again, _ = verdicts(collect([tmp_path]))
+    pd.testing.assert_frame_equal(table, again)  # seeded
+    assert any("R_z" in g and "2 seeds" in g for g in gaps)  # one seed: R_z has no per-example values
+
+
+def test_one_seed_without_per_example_records_is_a_gap(tmp_path):
+    write_run(tmp_path, "plain", ("none",), 0, attacks=[("pgd", "linf", 0.1, 0.5)])
+    write_run(tmp_path, "jr", ("jacobian",), 0, attacks=[("pgd", "linf", 0.1, 0.6)])
+    table, gaps = verdicts(collect([tmp_path]))
+    assert table.empty
+    assert any("no per-example record" in g and "attack_examples.csv" in g for g in gaps)
+
+
+# ----------------------------------------------------------------------------- the worst case
+def worst_case_runs(root):
+    """Run 'a' has per-example records of PGD, FGSM, AutoAttack and one of its components at
+    L-inf 0.1 (FGSM lacks example 4) and of PGD alone at 0.2; run 'b' has only attacks.csv."""
+    clean = [1, 1, 0, 1, 1]
+    outcomes = {("pgd", "linf", 0.1): [1, 1, 0, 1, 1], ("fgsm", "linf", 0.1): [1, 0, 0, 1, None],
+                ("autoattack", "linf", 0.1): [1, 1, 0, 0, 1], ("aa-apgd-ce", "linf", 0.1): [1, 1, 0, 1, 1],
+                ("pgd", "linf", 0.2): [0, 0, 0, 1, 1], ("noise", "gaussian", 0.5): [0.0, 0.5, 0.0, 1.0, 1.0]}
+    attacks = [("pgd", "linf", 0.1, 0.8), ("autoattack", "linf", 0.1, 0.6), ("pgd", "linf", 0.2, 0.4)]
+    write_run(root, "a", ("none",), 0, attacks=attacks, examples=examples_table(clean, outcomes))
+    write_run(root, "b", ("none",), 1, attacks=[("pgd", "linf", 0.1, 0.7)])
+    return root
+
+
+def test_worst_case_per_example_by_hand(tmp_path):
+    worst_case_runs(tmp_path)
+    table = pd.read_csv(tmp_path / "a" / "attack_examples.csv")
+    w = worst_case_examples(table.assign(loss=table["loss"].fillna("none")))
+    at = w[w["strength"] == 0.1].set_index("example")
+    # examples 0-3 (FGSM has no row for 4): min over attacks = 1, 0 (FGSM), 0, 0 (AutoAttack)
+    assert list(at.index) == [0, 1, 2, 3] and list(at["robust"]) == [1, 0, 0, 0]
+    assert at["attacks"].iloc[0] == "pgd/ce64+fgsm/ce64+autoattack/ce64+aa-apgd-ce/ce64"
+    assert at["n_left_out"].iloc[0] == 1
+
+    c = collect([tmp_path])
+    s = c.summary
+    rows = s[(s["run_id"] == "a") & (s["attack"] == "worst-case")].set_index("strength")
+    assert rows.loc[0.1, "value"] == pytest.approx(1 / 4) and rows.loc[0.1, "n"] == 4
+    assert rows.loc[0.2, "value"] == pytest.approx(2 / 5) and rows.loc[0.2, "settings"].startswith("attacks=pgd/ce64")
+    assert "left_out=1" in rows.loc[0.1, "settings"]
+    assert any(g.run_id == "b" and g.item == "attack_examples.csv" and "falls back" in g.reason for g in c.gaps)
+
+    runs = run_table(s).set_index("run_id")
+    assert runs.loc["a", "robust_linf_acc"] == pytest.approx(0.25) and not runs.loc["a", "robust_linf_acc_fallback"]
+    assert runs.loc["a", "pgd_linf_acc"] == pytest.approx(0.8) and runs.loc["a", "aa_linf_acc"] == pytest.approx(0.6)
+    assert runs.loc["b", "robust_linf_acc"] == pytest.approx(0.7) and runs.loc["b", "robust_linf_acc_fallback"]
+    text = format_wide(group_table(runs.reset_index(), by_seed_group=False)).set_index("run")
+    assert text.loc["a", "robust acc % L∞ ε=0.1 (worst case)"] == "25.0"
+    assert text.loc["b", "robust acc % L∞ ε=0.1 (worst case)"] == "70.0 (PGD only)"
+    assert text.loc["a", "acc % AutoAttack-L∞ ε=0.1"] == "60.0" and text.loc["b", "acc % PGD-L∞ ε=0.1"] == "70.0"
+    assert "acc % AutoAttack-L2 ε=1.5" not in text.columns  # no run has it
+
+
+def test_worst_case_over_seeds_in_the_verdicts(tmp_path):
+    clean = [1, 1, 1, 1]
+    for seed, (pgd_plain, fgsm_plain, pgd_jr) in enumerate((([1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]),
+                                                            ([1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]))):
+        write_run(tmp_path, f"plain-s{seed}", ("none",), seed, examples=examples_table(
+            clean, {("pgd", "linf", 0.1): pgd_plain, ("fgsm", "linf", 0.1): fgsm_plain}))
+        write_run(tmp_path, f"jr-s{seed}", ("jacobian",), seed, examples=examples_table(
+            clean, {("pgd", "linf", 0.1): pgd_jr}))
+    table, _ = verdicts(collect([tmp_path]))
+    r = row(table, "worst_case_acc", "linf 0.1")
+    # worst case: plain 1/4 and 2/4 (FGSM breaks more than PGD), Jacobian 3/4 and 4/4: +50 points each seed
+    assert r["diff"] == pytest.approx(50.0) and r["n_seeds"] == 2 and r["method"] == "paired t over seeds"
+    line = verdict_lines(table[table["metric"] == "worst_case_acc"])[0]
+    assert "L∞ 0.1 worst case: +50.0 points [50.0, 50.0]" in line and line.endswith(": better")
+
+
+def test_cli_report_prints_the_verdicts(three_seeds, tmp_path):
+    result = CliRunner().invoke(cli.app, ["report", str(three_seeds), "--out", str(tmp_path / "out"), "--no-cells"])
+    assert result.exit_code == 0, result.output
+    assert "verdicts" in result.output and "paired t over seeds: better" in result.output
