@@ -42,6 +42,21 @@ class OverheadCase:
     reference: bool = False  # time reference_exact_loss instead of jrbench's step_loss
 
 
+def case_name(reg: RegConfig) -> str:
+    """The overhead case that times a training step of ``reg``: 'plain', 'jacobian-n1',
+    'jacobian-exact', 'jacobian-n1-sub16', 'jacobian-n1-every4', 'jacobian-jvp-n1', ... (the
+    knobs in that order when several are set)."""
+    if "jacobian" not in reg.names or reg.lambda_jr == 0:
+        return "plain"
+    name = "jacobian-" + ("jvp-" if reg.jr_estimator == "jvp" else "")
+    name += "exact" if reg.n_proj == -1 else f"n{reg.n_proj}"
+    if reg.jr_subsample is not None:
+        name += f"-sub{reg.jr_subsample}"
+    if reg.jr_every != 1:
+        name += f"-every{reg.jr_every}"
+    return name
+
+
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
                   **reg_options) -> list[OverheadCase]:

@@ -18,6 +18,8 @@ A spec (see ``benchmarks/*.toml``)::
     name = "paper"; lr = 0.01; batch_size = 100; epochs = 15
     [[block]]                             # and the grid runs once per block
     name = "default"; lr = 0.05; batch_size = 64; epochs = 10
+    [[variant]]                           # optional: named settings, crossed with the blocks
+    name = "sub16"; regularizers = ["jacobian"]; jr_subsample = 16
 
 Keys of ``[base]`` and ``[grid]`` are the ``jrbench train`` option names with ``_``:
 dataset, data_dir, train_subset, test_subset, model, regularizers, lambda_jr, n_proj,
@@ -132,16 +134,20 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
     name = doc.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise bad("name", "must be a non-empty name without '/'.")
-    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report", "block"}
+    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report", "block",
+                              "variant"}
     if unknown_top:
         key = sorted(unknown_top)[0]
         raise bad(key, f"is not a sweep field (expected name, description, out, base, grid, block, attack, margins, "
                        f"report).")
     base, grid = doc.get("base", {}), doc.get("grid", {})
-    blocks = doc.get("block", [{}])
-    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, dict) for b in blocks):
-        raise bad("[[block]]", "must be one or more [[block]] tables of training options.")
-    blocks = [{k: v for k, v in b.items() if k != "name"} for b in blocks]
+    axes = []  # [[block]] (recipes, data sets) x [[variant]] (named settings): each a list of overrides
+    for axis in ("block", "variant"):
+        tables = doc.get(axis, [{}])
+        if not isinstance(tables, list) or not tables or not all(isinstance(b, dict) for b in tables):
+            raise bad(f"[[{axis}]]", f"must be one or more [[{axis}]] tables of training options.")
+        axes.append([{k: v for k, v in b.items() if k != "name"} for b in tables])
+    blocks = [{**b, **v} for b, v in itertools.product(*axes)]
     for section, table in [("base", base), ("grid", grid)] + [("block", b) for b in blocks]:
         if not isinstance(table, dict):
             raise bad(section, "must be a table.")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -86,9 +87,12 @@ class Comparison:
     baseline_runs: dict[int, RunRecord] = field(default_factory=dict)
 
 
-def comparisons(records: list[RunRecord], labels: dict[str, str]) -> tuple[list[Comparison], list[str]]:
-    """Every regularized group against the plain group of its recipe; gaps for groups without
-    one and for seeds that occur twice in a group (the first run by id is used)."""
+def comparisons(records: list[RunRecord], labels: dict[str, str],
+                is_baseline: Callable[[object], bool] | None = None) -> tuple[list[Comparison], list[str]]:
+    """Every other group against the baseline group of its recipe (``is_baseline(config)``; by
+    default the plain group); gaps for groups without one and for seeds that occur twice in a
+    group (the first run by id is used)."""
+    is_base = is_baseline or is_plain
     groups: dict[str, list[RunRecord]] = {}
     for r in sorted(records, key=lambda r: r.run_id):
         groups.setdefault(group_id(r.config), []).append(r)
@@ -105,14 +109,15 @@ def comparisons(records: list[RunRecord], labels: dict[str, str]) -> tuple[list[
                 out[seed] = r
         return out
 
-    plain = {recipe_key(rs[0].config): gid for gid, rs in groups.items() if is_plain(rs[0].config)}
+    plain = {recipe_key(rs[0].config): gid for gid, rs in groups.items() if is_base(rs[0].config)}
     found = []
     for gid, rs in groups.items():
-        if is_plain(rs[0].config):
+        if is_base(rs[0].config):
             continue
         base = plain.get(recipe_key(rs[0].config))
         if base is None:
-            gaps.append(f"{labels[gid]}: verdicts: no plain ('--reg none') group with the same data set, model "
+            what = "plain ('--reg none')" if is_baseline is None else "baseline"
+            gaps.append(f"{labels[gid]}: verdicts: no {what} group with the same data set, model "
                         "and recipe (training settings other than the regularizers and the seed); no verdict")
             continue
         found.append(Comparison(gid, base, by_seed(gid), by_seed(base)))
@@ -286,13 +291,14 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
     return rows, gaps
 
 
-def verdicts(collection) -> tuple[pd.DataFrame, list[str]]:
+def verdicts(collection, is_baseline: Callable[[object], bool] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The verdicts of a :class:`jrbench.results.Collection` (columns :data:`VERDICT_COLUMNS`)
-    and the gaps: comparisons or metrics that could not be decided, and why."""
+    and the gaps: comparisons or metrics that could not be decided, and why. ``is_baseline``
+    picks the baseline group of each recipe (default: the plain one)."""
     labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
     for r in collection.runs:
         labels.setdefault(group_id(r.config), r.run_id)
-    found, gaps = comparisons(collection.runs, labels)
+    found, gaps = comparisons(collection.runs, labels, is_baseline)
     values = run_values(collection.summary) if len(collection.summary) else pd.DataFrame(
         columns=["run_id", "metric", "strength", "value"])
     rows = []
