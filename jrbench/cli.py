@@ -351,6 +351,8 @@ def overhead_command(
     jr_every: Annotated[Optional[list[int]], typer.Option(help="Also time n=1 on every k-th step; repeat.")] = None,
     jvp: Annotated[bool, typer.Option("--jvp", help="Also time the forward-mode estimator (--jr-estimator jvp, n=1).")] = False,
     jr_backend: Annotated[str, typer.Option(help="Penalty path of every Jacobian case: auto, tape or autograd.")] = "auto",
+    random_batch: Annotated[bool, typer.Option("--random-batch", help="Time on uniform pixels of the data set's shape (no data files needed).")] = False,
+    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time the per-row autograd reference of the exact penalty.")] = True,
     pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -370,7 +372,7 @@ def overhead_command(
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
     cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
-                         tuple(jr_every or ()), jvp, jr_backend, True, pairs, warmup, 0, device,
+                         tuple(jr_every or ()), jvp, jr_backend, random_batch, reference, pairs, warmup, 0, device,
                          str(data_dir) if data_dir else None)
     if budgets is not None:
         check_budget_cases(budgets, cases_of(cfg))
@@ -439,6 +441,45 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
         raise typer.Exit(1)
     console.print(f"the gate holds: no case worse than the baseline by more than {spec.tolerance:.0%} beyond the "
                   f"noise, and every loose bound holds ({result.seconds:.0f} s)")
+
+
+# ----------------------------------------------------------------------------- frontier
+@app.command("frontier")
+@friendly
+def frontier_command(
+    paths: Annotated[list[Path], typer.Argument(help="Folders of the study's runs (e.g. results/frontier).")],
+    overhead: Annotated[Path, typer.Option(help="A table of 'jrbench overhead --out' timing the study's settings.")],
+    out: Annotated[Path, typer.Option(help="Folder of frontier.csv and frontier.png.")] = Path("results/frontier"),
+    eps_linf: Annotated[float, typer.Option(help="L-inf radius of the robustness column (pixel units).")] = 0.1,
+    sigma: Annotated[float, typer.Option(help="Noise sigma of the noise column (pixel units).")] = 0.5,
+    goal_ratio: Annotated[float, typer.Option(help="The overhead goal (x plain).")] = 1.3,
+) -> None:
+    """Overhead against robustness of each cheap-penalty setting, with verdicts against full n=1."""
+    from rich.table import Table
+
+    from .errors import UserError
+    from .frontier import frontier, write_frontier
+    from .results import collect
+    from .rundir import read_csv
+
+    if not overhead.is_file():
+        raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
+    timing = read_csv(overhead)
+    cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
+    result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio)
+    files = write_frontier(result, out, cpu)
+    table = Table(title=f"training overhead ({cpu}) against robustness; verdicts against full-batch n=1")
+    for col in ("setting", "x plain", "R", "PGD-L∞", "noise", "vs full n=1"):
+        table.add_column(col, overflow="fold")
+    for r in result.table.itertuples():
+        table.add_row(r.setting, f"{r.overhead_ratio:.2f}", f"{r.R:.3g}", f"{100 * r.pgd_linf_acc:.1f}",
+                      f"{100 * r.noise_acc:.1f}", r.verdict_vs_full)
+    console.print(table)
+    for line in result.goal:
+        console.print(f"[bold]goal ({goal_ratio}x plain, not significantly worse):[/] {line}", highlight=False)
+    for gap in result.gaps:
+        console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
+    console.print("written: " + ", ".join(map(str, files)))
 
 
 # ----------------------------------------------------------------------------- list

@@ -263,6 +263,7 @@ class OverheadConfig:
     everys: tuple[int, ...] = ()     # n=1 on every k-th step (--jr-every)
     jvp: bool = False                # also the forward-mode estimator (--jr-estimator jvp)
     jr_backend: str = "auto"         # the penalty's path in every Jacobian case
+    random_batch: bool = False       # uniform pixels and labels of the data set's shape (no data files)
     reference: bool = True
     pairs: int = 20
     warmup: int = 3
@@ -296,12 +297,20 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
         RunConfig(reg=RegConfig(["jacobian"], jr_every=k)).validate()
     RunConfig(reg=RegConfig(["jacobian"], jr_backend=cfg.jr_backend)).validate()
     device = resolve_device(cfg.device)
-    data = load_data(DataConfig(cfg.dataset, cfg.data_dir, train_subset=cfg.batch_size))
-    info = data.info
+    if cfg.random_batch:  # step times do not depend on the pixel values of these nets
+        from .data import DATASETS
+
+        info = DATASETS.get(cfg.dataset).info
+        g = torch.Generator().manual_seed(cfg.seed)
+        x = torch.rand((cfg.batch_size, *info.input_shape), generator=g).to(device)
+        y = torch.randint(0, info.num_classes, (cfg.batch_size,), generator=g).to(device)
+    else:
+        data = load_data(DataConfig(cfg.dataset, cfg.data_dir, train_subset=cfg.batch_size))
+        info = data.info
+        x = to_pixels(data.train.images[:cfg.batch_size], device)
+        y = data.train.labels[:cfg.batch_size].to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
-    x = to_pixels(data.train.images[:cfg.batch_size], device)
-    y = data.train.labels[:cfg.batch_size].to(device)
     cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup), memory_per_case(model, x, y, cases))
     summary["ratio_to_reference"] = float("nan")
@@ -310,7 +319,8 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
         summary.loc[summary["case"] == "jacobian-exact", "ratio_to_reference"] = (
             summary.loc[summary["case"] == "jacobian-exact", "median_seconds"] / ref)
     versions = package_versions()
-    summary = summary.assign(dataset=cfg.dataset, model=cfg.model, batch_size=cfg.batch_size,
+    summary = summary.assign(dataset=cfg.dataset, batch="random" if cfg.random_batch else "data",
+                             model=cfg.model, batch_size=cfg.batch_size,
                              device=str(device), device_name=device_name(device), cpu=cpu_model(),
                              jr_backend=cfg.jr_backend, threads=torch.get_num_threads(),
                              torch=versions["torch"], jrbench=versions["jrbench"])
