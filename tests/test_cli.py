@@ -1,6 +1,8 @@
 """The command line: thin commands, clear errors with exit code 2, no tracebacks."""
 import json
 
+import pandas as pd
+
 import pytest
 from typer.testing import CliRunner
 
@@ -56,8 +58,10 @@ def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
     assert json.loads((out / "config.json").read_text())["reg"]["names"] == ["jacobian", "l2"]
     again = _run(*args)
     assert again.exit_code == 2 and "--resume" in again.output
+    model_before, metrics_before = (out / "model.pt").read_bytes(), (out / "metrics.csv").read_text()
     resumed = _run(*args, "--resume")
     assert resumed.exit_code == 0, resumed.output
+    assert (out / "model.pt").read_bytes() == model_before and (out / "metrics.csv").read_text() == metrics_before
 
     # attack / margins: every run directory is checked before any table is written
     missing = str(tmp_path / "no-such-run")
@@ -69,6 +73,18 @@ def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
         bad = _run("attack", str(out), *bad_option, "--device", "cpu")
         assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
     assert not (out / "attacks.csv").exists() and not (out / "margins.csv").exists()
+
+    # the success paths
+    ok = _run("attack", str(out), "--noise", "--sigma", "0.3", "--pgd", "--norm", "linf", "--eps", "0.1",
+              "--steps", "5", "--n-examples", "40", "--device", "cpu")
+    assert ok.exit_code == 0, ok.output
+    attacks = pd.read_csv(out / "attacks.csv")
+    assert {("noise", 0.3), ("pgd", 0.1)} <= set(zip(attacks["attack"], attacks["strength"]))
+    assert ((attacks["accuracy"] >= 0) & (attacks["accuracy"] <= 1)).all()
+    ok = _run("margins", str(out), "--n-examples", "10", "--directions", "2", "--device", "cpu")
+    assert ok.exit_code == 0, ok.output
+    margins = pd.read_csv(out / "margins.csv")
+    assert len(margins) == 10 and (margins["margin_random_min"] > 0).all()
 
 
 def test_list_shows_registries():
