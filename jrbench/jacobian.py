@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -40,62 +39,6 @@ def cpu_input_gradient_kernels(like: torch.Tensor) -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.enabled = previous
-
-
-class _ConvAdjoint(torch.autograd.Function):
-    """u -> A^T u for a stride-1 conv A with weight W (O, I, kh, kw) and padding (ph, pw).
-
-    Forward and backward are all forward convolutions:
-      A^T u        = conv2d(u, flip(W) with channels swapped, padding k - 1 - p)
-      d/du         = A g = conv2d(g, W, padding p)
-      d/dW         = the weight gradient of A itself at input g and output gradient u
-    because on the CPU oneDNN's backward-data kernel is slow when a conv has one input channel
-    (the first layer of an MNIST model): measured for lenet's conv1 at batch 64, 3.2 ms for
-    that kernel against 1.1 ms for the forward conv above; the weight gradient through A's own
-    kernel takes 0.3 ms against 1.4 ms for the same product written as a forward conv.
-    """
-
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
-        ctx.save_for_backward(u, weight)
-        ctx.padding = padding
-        kh, kw = weight.shape[-2:]
-        ctx.adjoint_padding = (kh - 1 - padding[0], kw - 1 - padding[1])
-        return F.conv2d(u, weight.flip(2, 3).transpose(0, 1), padding=ctx.adjoint_padding)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        u, weight = ctx.saved_tensors
-        grad_u = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_u = F.conv2d(grad, weight, padding=ctx.padding)
-        if ctx.needs_input_grad[1]:
-            # <grad, A^T u> = <A grad, u>: the weight gradient of the conv itself with input
-            # ``grad`` and output gradient ``u`` (the kernel plain SGD uses for that layer).
-            grad_w = torch.ops.aten.convolution_backward(
-                u, grad, weight, None, (1, 1), ctx.padding, (1, 1), False, (0, 0), 1,
-                (False, True, False))[1]
-        return grad_u, grad_w, None
-
-
-def conv_input_adjoint(conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """u -> A^T u for the linear part A of a stride-1 ``conv``: the gradient w.r.t. its input.
-
-    Lets the Jacobian VJP stop at the first conv's output and finish with :class:`_ConvAdjoint`
-    (faster on the CPU, same values). None when the conv is not of that kind (strided,
-    dilated, grouped, string or non-zero padding, or not a Conv2d).
-    """
-    if not isinstance(conv, nn.Conv2d):
-        return None
-    pad = conv.padding
-    if (conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1
-            or conv.padding_mode != "zeros" or isinstance(pad, str)):
-        return None
-    kh, kw = conv.kernel_size
-    if pad[0] > kh - 1 or pad[1] > kw - 1:
-        return None
-    return lambda u: _ConvAdjoint.apply(u, conv.weight, tuple(pad))
 
 
 Vjp = Callable[[torch.Tensor], torch.Tensor]

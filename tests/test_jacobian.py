@@ -68,7 +68,7 @@ def test_random_vectors_follow_input_device_and_dtype():
 
 @pytest.mark.parametrize("kernel, padding", [(5, 2), (3, 0), (3, 1)])
 def test_conv_input_adjoint_is_the_input_gradient_and_differentiates_right(kernel, padding):
-    from jrbench.jacobian import _ConvAdjoint, conv_input_adjoint
+    from jrbench.vjp_tape import _ConvAdjoint, conv_input_adjoint
 
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, kernel, padding=padding).double()
