@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attack_overhead.py
 	$(PY) benchmarks/bench_margins.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_autoattack.py
 
 # The training overhead against plain SGD, written to results/overhead.csv.
 overhead: $(STAMP)

@@ -77,7 +77,7 @@ def direct(model, x, y) -> float:
 def via_jrbench(model, x, y, loss: str) -> float:
     cfg = AttackConfig(noise=False, fgsm=False, norms=("linf",), eps_linf=[EPS], steps=STEPS,
                        loss=loss, batch_size=N)
-    return float(run_attacks(model, x, y, cfg).accuracy.iloc[0])
+    return float(run_attacks(model, x, y, cfg).table.accuracy.iloc[0])
 
 
 def timed(fn, *args) -> tuple[float, float]:

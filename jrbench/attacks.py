@@ -16,6 +16,14 @@ Attacks:
   correct, not yet broken examples are attacked.
 - ``fgsm``: one signed-gradient step of size eps (Goodfellow et al. 2015, arXiv:1412.6572),
   ``torchattacks.FGSM``, L-infinity.
+- ``autoattack``: standard AutoAttack (Croce and Hein 2020, arXiv:2003.01690) on PGD's norms
+  and eps grids: APGD-CE, APGD-T, FAB-T and Square from torchattacks with the paper's
+  settings, each on the examples still unbroken (``jrbench.autoattack``). One row per
+  component (``aa-apgd-ce``, ``aa-apgd-t``, ``aa-fab-t``, ``aa-square``: the accuracy after
+  it, cumulative) and one ``autoattack`` row (after the last).
+
+Besides the table, :func:`run_attacks` returns the per-example record (:data:`EXAMPLE_COLUMNS`):
+for every example and every row of the table, whether it was correct clean and robust.
 
 Numerics (``loss``): torchattacks ascends ``nn.CrossEntropyLoss`` (batch mean) on whatever
 the model returns. For a confident example (logit gap g) the gradient is about exp(-g)
@@ -70,12 +78,24 @@ GRAD_VANISH_THRESHOLD = 1e-10  # per-example ||d CE / d x||_2 below this counts 
 # a 95% interval [ci_low, ci_high]; n_trials = n_examples (attacks) or n_examples * draws
 # (noise); steps, alpha (pixel units), restarts: PGD/FGSM settings (NaN for noise); draws:
 # noise only; loss: 'ce64' | 'ce32' ('none' for noise); seconds: wall time of the row;
-# grad_vanish_frac / grad_zero_frac: see gradient_stats (NaN for noise); seed.
+# grad_vanish_frac / grad_zero_frac: see gradient_stats (NaN for noise); seed; targets:
+# target classes of AutoAttack's APGD-T and FAB-T (NaN for other rows). AutoAttack rows: attack
+# 'aa-apgd-ce' | 'aa-apgd-t' | 'aa-fab-t' | 'aa-square' | 'autoattack', steps = iterations
+# (Square: queries), loss = the loss of APGD-CE.
 ROW_COLUMNS = [
     "attack", "norm", "strength", "accuracy", "ci_low", "ci_high", "n_examples",
     "n_correct", "n_trials", "steps", "alpha", "restarts", "draws", "loss", "seconds",
-    "grad_vanish_frac", "grad_zero_frac", "seed",
+    "grad_vanish_frac", "grad_zero_frac", "seed", "targets",
 ]
+# The per-example record: one row per (example, attack, norm, strength, loss), the keys of a
+# ROW_COLUMNS row. example: the example's position (its index in the test split, when the
+# caller gives it); clean_correct: 0/1; robust: attacks and AutoAttack (and its components,
+# cumulative): 1 if correct clean and unbroken, else 0; noise: the share of draws classified
+# correctly; broken: clean-correct but made wrong (noise: 1 - robust if clean-correct, else 0);
+# example_seed: the seed that chose the examples (-1 when the caller gave none); label; seed.
+EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust",
+                   "broken", "example_seed", "label", "seed"]
+ATTACK_STRENGTH_ORDER = ("fgsm", "pgd", "autoattack")  # weaker to stronger, same norm
 _MNIST_LIKE = ("mnist", "fashion-mnist", "synth-digits")
 _EPS_GRIDS = {
     **{name: {"linf": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3], "l2": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]}
@@ -107,11 +127,19 @@ def default_sigmas() -> list[float]:
 class AttackConfig:
     """What to run. Radii and sigmas are pixel units. An eps grid of None means "the data
     set's default" and must be filled (:meth:`for_dataset`, :func:`default_eps`) before
-    :func:`run_attacks`. FGSM is L-infinity and uses ``eps_linf`` whatever ``norms`` says."""
+    :func:`run_attacks`. FGSM is L-infinity and uses ``eps_linf`` whatever ``norms`` says.
+    AutoAttack (off by default: it is slow) runs on the norms that have an AutoAttack grid
+    (``autoattack_eps_linf``, ``autoattack_eps_l2``) or, when neither is given, on ``norms``
+    with PGD's grids; ``aa_targets`` None means the standard 9 target classes (data sets of
+    at least 10 classes)."""
 
     noise: bool = True
     pgd: bool = True
     fgsm: bool = True
+    autoattack: bool = False
+    aa_targets: int | None = None   # AutoAttack's APGD-T / FAB-T target classes; None: 9
+    autoattack_eps_linf: list[float] | None = None  # AutoAttack's own grids (pixel units)
+    autoattack_eps_l2: list[float] | None = None
     sigmas: list[float] = field(default_factory=default_sigmas)
     draws: int = 5                  # noise draws per image
     norms: tuple[str, ...] = NORMS  # PGD norms
@@ -133,15 +161,28 @@ class AttackConfig:
 
     def eps_norms(self) -> list[str]:
         """The norms whose eps grid the selected attacks use."""
-        used = set(self.norms) if self.pgd else set()
+        own_aa = self.autoattack_eps_linf is not None or self.autoattack_eps_l2 is not None
+        used = set(self.norms) if (self.pgd or (self.autoattack and not own_aa)) else set()
         return [n for n in NORMS if n in used or (n == "linf" and self.fgsm)]
+
+    def autoattack_grids(self) -> dict[str, list[float] | None]:
+        """AutoAttack's norm -> eps grid: its own grids where given, else PGD's of ``norms``
+        (None until filled); empty when AutoAttack is off."""
+        if not self.autoattack:
+            return {}
+        own = {n: getattr(self, f"autoattack_eps_{n}") for n in NORMS
+               if getattr(self, f"autoattack_eps_{n}") is not None}
+        return own or {n: getattr(self, f"eps_{n}") for n in NORMS if n in self.norms}
 
     def validate(self) -> None:
         """Raise :class:`UserError` for anything out of range or unknown (None grids pass)."""
-        if not (self.noise or self.pgd or self.fgsm):
-            raise UserError("no attack selected: enable at least one of noise, pgd, fgsm.")
-        if self.pgd and len(self.norms) == 0:
-            raise UserError(f"norms is empty: PGD needs at least one of {', '.join(NORMS)}.")
+        if not (self.noise or self.pgd or self.fgsm or self.autoattack):
+            raise UserError("no attack selected: enable at least one of noise, pgd, fgsm, "
+                            "autoattack.")
+        own_aa = self.autoattack_eps_linf is not None or self.autoattack_eps_l2 is not None
+        if (self.pgd or (self.autoattack and not own_aa)) and len(self.norms) == 0:
+            raise UserError(f"norms is empty: PGD and AutoAttack need at least one of "
+                            f"{', '.join(NORMS)}.")
         for norm in self.norms:
             if norm not in NORMS:
                 raise unknown_name("norm", norm, list(NORMS))
@@ -152,9 +193,15 @@ class AttackConfig:
             if getattr(self, f"eps_{norm}") is not None:
                 _check_grid(f"eps_{norm}", getattr(self, f"eps_{norm}"),
                             upper=1.0 if norm == "linf" else None)
+        for norm in NORMS:
+            if getattr(self, f"autoattack_eps_{norm}") is not None:
+                _check_grid(f"autoattack_eps_{norm}", getattr(self, f"autoattack_eps_{norm}"),
+                            upper=1.0 if norm == "linf" else None)
         for name in ("draws", "steps", "restarts", "batch_size"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("seed", self.seed, low=0)
+        if self.aa_targets is not None:
+            _check_int("aa_targets", self.aa_targets, low=1)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
             raise UserError(f"alpha (the PGD step, pixel units) must be > 0, got {self.alpha}.")
 
@@ -410,10 +457,13 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
                 restarts: int = 1, random_start: bool = True, loss: str = "ce64",
                 seed: int = 0, batch_size: int = 500,
                 clean_correct: torch.Tensor | None = None,
-                grad_stats: dict[str, float] | None = None) -> list[dict]:
+                grad_stats: dict[str, float] | None = None,
+                record: list[pd.DataFrame] | None = None,
+                example_index: torch.Tensor | None = None) -> list[dict]:
     """One row per eps for PGD ('linf'/'l2') or FGSM ('linf'); see :func:`attack_correct`.
 
-    accuracy = n_correct / n_examples with a 95% Wilson interval (examples independent)."""
+    accuracy = n_correct / n_examples with a 95% Wilson interval (examples independent).
+    With ``record`` given, appends each eps's per-example frame (:func:`example_frame`) to it."""
     with eval_mode(model):
         clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
         stats = grad_stats or gradient_stats(model, x, y, loss, batch_size)
@@ -425,6 +475,9 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
                                 loss=loss, seed=seed, batch_size=batch_size, clean_correct=clean)
             _sync(device)
             k, n = int(ok.sum()), len(x)
+            if record is not None:
+                record.append(example_frame(attack, norm, eps, loss, clean, ok, y, seed,
+                                            example_index))
             fgsm = attack == "fgsm"
             rows.append(_row(attack, norm, eps, n, k, n, wilson_interval(k, n),
                              time.perf_counter() - start, seed, loss=loss,
@@ -453,41 +506,144 @@ def noise_correct_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sig
 
 
 def noise_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float], *,
-               draws: int = 5, seed: int = 0, batch_size: int = 500) -> list[dict]:
+               draws: int = 5, seed: int = 0, batch_size: int = 500,
+               record: list[pd.DataFrame] | None = None,
+               example_index: torch.Tensor | None = None) -> list[dict]:
     """One row per sigma: accuracy over all (image, draw) pairs, interval from
-    :func:`noise_interval`, n_trials = N * draws."""
+    :func:`noise_interval`, n_trials = N * draws. With ``record`` given, appends each
+    sigma's per-example frame (robust: the share of draws classified correctly)."""
     device, rows = _model_device(model, x.device), []
+    if record is not None:
+        with eval_mode(model):
+            clean = correct_mask(model, x, y, batch_size)
     for sigma in sigmas:
         start = time.perf_counter()
         counts = noise_correct_counts(model, x, y, sigma, draws=draws, seed=seed,
                                       batch_size=batch_size)
         _sync(device)
+        if record is not None:
+            record.append(example_frame("noise", "gaussian", sigma, "none", clean,
+                                        counts.double() / draws, y, seed, example_index))
         rows.append(_row("noise", "gaussian", sigma, len(x), int(counts.sum()), len(x) * draws,
                          noise_interval(counts, draws), time.perf_counter() - start, seed,
                          draws=draws))
     return rows
 
 
-def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                config: AttackConfig) -> pd.DataFrame:
-    """Run the attacks of ``config`` on (x, y) and return one tidy row per (attack, norm,
-    strength) with columns :data:`ROW_COLUMNS`. x: (N, C, H, W) pixels in [0, 1] on any
-    device (batches move to the model's device); y: (N,) labels."""
+def example_frame(attack: str, norm: str, strength: float, loss: str, clean: torch.Tensor,
+                  robust: torch.Tensor, y: torch.Tensor, seed: int,
+                  example_index: torch.Tensor | None = None) -> pd.DataFrame:
+    """The per-example rows (:data:`EXAMPLE_COLUMNS`) of one table row. ``clean`` bool (N,);
+    ``robust`` bool (N,) (correct clean and unbroken) or, for noise, the share of draws
+    classified correctly (N,); ``example_index`` the examples' positions (default 0..N-1)."""
+    clean_np = clean.detach().cpu().numpy().astype(np.int64)
+    robust_np = robust.detach().cpu().double().numpy()
+    if robust.dtype == torch.bool:
+        robust_np = robust_np * clean_np  # an attack never makes a wrong example right
+    index = (np.arange(len(clean_np)) if example_index is None
+             else example_index.detach().cpu().numpy().astype(np.int64))
+    return pd.DataFrame({
+        "example": index, "attack": attack, "norm": norm, "strength": float(strength),
+        "loss": loss, "clean_correct": clean_np, "robust": robust_np,
+        "broken": clean_np * (1.0 - robust_np), "example_seed": -1,
+        "label": y.detach().cpu().numpy().astype(np.int64), "seed": seed,
+    }, columns=EXAMPLE_COLUMNS)
+
+
+def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str,
+                    eps_list: Sequence[float], num_classes: int, n_targets: int | None = None,
+                    loss: str = "ce64", seed: int = 0, batch_size: int = 500,
+                    clean_correct: torch.Tensor | None = None,
+                    grad_stats: dict[str, float] | None = None,
+                    record: list[pd.DataFrame] | None = None,
+                    example_index: torch.Tensor | None = None) -> list[dict]:
+    """Per eps, one row per AutoAttack component (``aa-<component>``: the accuracy after it,
+    cumulative) and one ``autoattack`` row (after the last); see
+    :func:`jrbench.autoattack.autoattack_correct`. Intervals as :func:`attack_rows`."""
+    from . import autoattack as AA
+
+    targets = AA.resolve_targets(num_classes, n_targets)
+    with eval_mode(model):
+        clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
+        stats = grad_stats or gradient_stats(model, x, y, loss, batch_size)
+        rows, n = [], len(x)
+        settings = {"apgd-ce": (AA.APGD_STEPS, math.nan), "apgd-t": (AA.APGD_STEPS, targets),
+                    "fab-t": (AA.FAB_STEPS, targets), "square": (AA.SQUARE_QUERIES, math.nan)}
+        for eps in eps_list:
+            out = AA.autoattack_correct(model, x, y, norm=norm, eps=eps, num_classes=num_classes,
+                                        n_targets=targets, loss=loss, seed=seed,
+                                        batch_size=batch_size, clean_correct=clean)
+            named = [(AA.ATTACK_NAMES[c], out.robust_after[c], out.seconds[c], *settings[c])
+                     for c in AA.COMPONENTS]
+            named.append(("autoattack", out.robust, sum(out.seconds.values()), AA.APGD_STEPS,
+                          targets))
+            for attack, ok, seconds, steps, n_targets_row in named:
+                k = int(ok.sum())
+                rows.append(_row(attack, norm, eps, n, k, n, wilson_interval(k, n), seconds, seed,
+                                 loss=loss, steps=steps, restarts=AA.RESTARTS,
+                                 targets=n_targets_row, **stats))
+                if record is not None:
+                    record.append(example_frame(attack, norm, eps, loss, clean, ok, y, seed,
+                                                example_index))
+        return rows
+
+
+@dataclass
+class AttackTables:
+    """What :func:`run_attacks` returns: ``table``, one row per (attack, norm, strength, loss)
+    (:data:`ROW_COLUMNS`), and ``examples``, one row per example and table row
+    (:data:`EXAMPLE_COLUMNS`)."""
+
+    table: pd.DataFrame
+    examples: pd.DataFrame
+
+
+def model_num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The width of the model's logits (one forward pass on x[:1])."""
+    device, dtype = _model_device(model, x.device), _model_dtype(model)
+    with eval_mode(model), torch.no_grad():
+        return int(model(x[:1].to(device, dtype)).shape[1])
+
+
+def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig, *,
+                num_classes: int | None = None, example_index: torch.Tensor | None = None,
+                example_seed: int = -1) -> AttackTables:
+    """Run the attacks of ``config`` on (x, y); return the table (one tidy row per (attack,
+    norm, strength), columns :data:`ROW_COLUMNS`) and the per-example record
+    (:data:`EXAMPLE_COLUMNS`). x: (N, C, H, W) pixels in [0, 1] on any device (batches move
+    to the model's device); y: (N,) labels. ``num_classes`` (AutoAttack's target classes): the
+    data set's, default the width of the model's logits; ``example_index`` (N,): the examples'
+    positions in their split, written to the record's ``example`` (default 0..N-1)."""
     config.validate()
     for norm in config.eps_norms():
         if getattr(config, f"eps_{norm}") is None:
             raise UserError(f"eps_{norm} is not set: give radii or use default_eps(dataset, "
                             f"'{norm}') / AttackConfig.for_dataset().")
     check_inputs(x, y)
+    if example_index is not None and tuple(example_index.shape) != (len(x),):
+        raise UserError(f"example_index must have shape ({len(x)},), got "
+                        f"{tuple(example_index.shape)}.")
+    if config.autoattack:
+        from .autoattack import resolve_targets
+
+        width = model_num_classes(model, x)
+        if num_classes is not None and num_classes != width:
+            raise UserError(f"the model has {width} logits but the data set {num_classes} "
+                            "classes: train the model on the data set you attack it on.")
+        resolve_targets(width, config.aa_targets)  # a bad target count fails before any work
+        num_classes = width
     common = dict(seed=config.seed, batch_size=config.batch_size)
     rows: list[dict] = []
+    record: list[pd.DataFrame] = []
     with eval_mode(model):
         if config.noise:
-            rows += noise_rows(model, x, y, config.sigmas, draws=config.draws, **common)
-        if config.pgd or config.fgsm:
+            rows += noise_rows(model, x, y, config.sigmas, draws=config.draws, record=record,
+                               example_index=example_index, **common)
+        if config.pgd or config.fgsm or config.autoattack:
             clean = correct_mask(model, x, y, config.batch_size)
             stats = gradient_stats(model, x, y, config.loss, config.batch_size)
-            shared = dict(loss=config.loss, clean_correct=clean, grad_stats=stats, **common)
+            shared = dict(loss=config.loss, clean_correct=clean, grad_stats=stats, record=record,
+                          example_index=example_index, **common)
             runs = [("pgd", norm) for norm in config.norms if config.pgd]
             runs += [("fgsm", "linf")] if config.fgsm else []
             for attack, norm in runs:
@@ -495,10 +651,17 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                                     eps_list=getattr(config, f"eps_{norm}"), steps=config.steps,
                                     alpha=config.alpha, restarts=config.restarts,
                                     random_start=config.random_start, **shared)
+            for norm, eps_list in config.autoattack_grids().items():
+                rows += autoattack_rows(model, x, y, norm=norm, eps_list=eps_list,
+                                        num_classes=num_classes, n_targets=config.aa_targets,
+                                        **shared)
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
     text, ints = ("attack", "norm", "loss"), ("n_examples", "seed")
-    return df.astype({c: str if c in text else int if c in ints else float for c in ROW_COLUMNS})
-
+    df = df.astype({c: str if c in text else int if c in ints else float for c in ROW_COLUMNS})
+    examples = (pd.concat(record, ignore_index=True) if record
+                else pd.DataFrame(columns=EXAMPLE_COLUMNS))
+    examples["example_seed"] = example_seed
+    return AttackTables(df, examples)
 
 
 # ----------------------------------------------------------------------------- sanity checks
@@ -613,9 +776,70 @@ def _vanishing(df: pd.DataFrame, limit: float) -> list[str]:
     return out
 
 
+def _aa_below_pgd(df: pd.DataFrame, gap: float) -> list[str]:
+    """AutoAttack more than ``gap`` below PGD at the same norm and eps: PGD overstates."""
+    out = []
+    aa, pgd = df[(df.attack == "autoattack") & (df.strength > 0)], df[df.attack == "pgd"]
+    found: dict[tuple[str, str], list] = {}
+    for a in aa.itertuples():
+        same = pgd[(pgd.norm == a.norm) & np.isclose(pgd.strength, a.strength)]
+        for p in same.itertuples():
+            if p.accuracy - a.accuracy > gap:
+                found.setdefault((_label(a), _label(p)), []).append((a, p))
+    for (aa_label, pgd_label), pairs in found.items():
+        a, p = max(pairs, key=lambda t: t[1].accuracy - t[0].accuracy)
+        eps = ", ".join(f"{a.strength:.4g}" for a, _ in pairs)
+        out.append(
+            f"{aa_label} is more than {100 * gap:g} points below {pgd_label} at eps {eps}: e.g. "
+            f"{_pct(a.accuracy)} against {_pct(p.accuracy)} at eps {a.strength:.4g} "
+            f"({100 * (p.accuracy - a.accuracy):.1f} points): PGD under-reports what an attack "
+            "finds, so its accuracy overstates robustness (gradient masking suspected); "
+            "report AutoAttack.")
+    return out
+
+
+def _stronger_misses(examples: pd.DataFrame) -> list[str]:
+    """From the per-example record: a weaker attack (FGSM < PGD < AutoAttack, same norm)
+    breaks examples that a stronger one leaves robust at an equal or larger eps."""
+    rank = {name: i for i, name in enumerate(ATTACK_STRENGTH_ORDER)}
+    ex = examples[examples.attack.isin(rank)]
+    groups = {key: g for key, g in ex.groupby(["attack", "loss", "norm"], sort=True)}
+    out = []
+    for (weak, weak_loss, norm), wg in groups.items():
+        broken = wg.pivot_table(index="example", columns="strength", values="broken",
+                                aggfunc="max")
+        for (strong, strong_loss, strong_norm), sg in groups.items():
+            if strong_norm != norm or rank[strong] <= rank[weak]:
+                continue
+            robust = sg.pivot_table(index="example", columns="strength", values="robust",
+                                    aggfunc="min")
+            common = broken.index.intersection(robust.index)
+            found = []
+            for eps in sorted(e for e in broken.columns if e > 0):
+                larger = [e for e in robust.columns if e >= eps * (1 - 1e-9)]
+                if not larger:
+                    continue
+                missed = ((broken.loc[common, eps] > 0)
+                          & (robust.loc[common, larger] > 0).any(axis=1))
+                if missed.any():
+                    found.append((eps, int(missed.sum()), int(missed[missed].index[0])))
+            if found:
+                counts = ", ".join(f"{k} at eps {eps:.4g}" for eps, k, _ in found)
+                eps, _, example = found[0]
+                out.append(
+                    f"{weak}-{norm} ({weak_loss}) breaks examples that the stronger "
+                    f"{strong}-{norm} ({strong_loss}) leaves robust at an equal or larger eps: "
+                    f"{counts} (e.g. example {example} at eps {eps:.4g}); a stronger attack "
+                    "should find what a weaker one finds: suspect gradient masking or too few "
+                    "iterations, and count the worst case per example.")
+    return out
+
+
 def sanity_warnings(df: pd.DataFrame, *, input_dim: int | None = None,
                     dataset: str | None = None, vanish_limit: float = 0.05,
-                    huge_eps_max_accuracy: float = 0.10) -> list[str]:
+                    huge_eps_max_accuracy: float = 0.10,
+                    examples: pd.DataFrame | None = None,
+                    aa_pgd_gap: float = 0.02) -> list[str]:
     """Warnings, in the spirit of AutoAttack's checks, that an attack failed (often a sign
     of gradient masking) from a table of :data:`ROW_COLUMNS` rows:
 
@@ -627,9 +851,18 @@ def sanity_warnings(df: pd.DataFrame, *, input_dim: int | None = None,
     - more than ``vanish_limit`` of the examples have an exactly zero loss gradient, or
       (loss 'ce32') one below 1e-10. With 'ce64' the PGD steps are scale-free, so small but
       non-zero gradients do not stall them and are not reported (``grad_vanish_frac`` of
-      a plain MNIST LeNet is about 0.2 without any masking)."""
+      a plain MNIST LeNet is about 0.2 without any masking);
+    - AutoAttack's accuracy is more than ``aa_pgd_gap`` (2 points) below PGD's at the same
+      norm and eps: PGD under-reports (gradient masking suspected);
+    - with ``examples`` (the per-example record, :data:`EXAMPLE_COLUMNS`, of the same
+      examples): a weaker attack (FGSM < PGD < AutoAttack, same norm) breaks an example that
+      a stronger one leaves robust at an equal or larger eps; it names both attacks, the eps
+      and the number of examples."""
     out = _rising(df) + _pgd_vs_fgsm(df)
     if input_dim is not None:
         out += _pgd_vs_noise(df, input_dim)
     out += _huge_eps(df, huge_eps_linf(dataset), huge_eps_max_accuracy)
-    return out + _vanishing(df, vanish_limit)
+    out += _vanishing(df, vanish_limit) + _aa_below_pgd(df, aa_pgd_gap)
+    if examples is not None and len(examples):
+        out += _stronger_misses(examples)
+    return out

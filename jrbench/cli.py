@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -133,9 +134,85 @@ def train_command(
 
 
 # ----------------------------------------------------------------------------- demo
-def run_sweep_with_progress(spec, device: str):
-    """Run a sweep, one progress bar per training, a line per step of every cell."""
+class Engine(str, Enum):
+    """Where the cells of a sweep run."""
+    local = "local"  # one after another, in this process
+    ray = "ray"      # every cell a Ray task, on this machine's cores or a cluster
+
+
+class _CellTable:
+    """The live table of a Ray sweep: one row per cell, fed by jrbench.sweep_ray.CellEvent."""
+
+    def __init__(self, spec) -> None:
+        self.title = f"{spec.name}: {len(spec.cells)} cells in {spec.folder}"
+        self.rows = {i: {"cell": c.run_id(), "state": "queued", "step": "", "where": "", "try": 0,
+                         "start": None, "end": None} for i, c in enumerate(spec.cells, 1)}
+
+    def update(self, event) -> None:
+        import time
+
+        row = self.rows[event.index]
+        if event.state == "running":
+            row.update(start=time.monotonic(), end=None)
+        if event.state in ("done", "failed"):
+            row["end"] = time.monotonic()
+        if event.state in ("train", "attack", "margins"):
+            row.update(state="running", step=f"{event.state} {event.detail}".strip())
+        else:
+            row.update(state=event.state, step=event.detail)
+        if event.host:
+            row["where"] = f"{event.host} (pid {event.pid})" if event.pid else event.host
+        row["try"] = event.attempt or row["try"]
+
+    def render(self):
+        import time
+        from collections import Counter
+
+        from rich.table import Table
+
+        counts = Counter(r["state"] for r in self.rows.values())
+        table = Table(title=self.title, caption=", ".join(f"{counts[s]} {s}" for s in
+                                                           ("queued", "running", "done", "failed")))
+        for col in ("#", "cell", "state", "step", "node", "try", "s"):
+            table.add_column(col, justify="right" if col in ("#", "try", "s") else "left",
+                             overflow="ellipsis", no_wrap=col != "step", max_width=60 if col == "step" else None)
+        style = {"done": "green", "failed": "bold red", "running": "cyan", "queued": "dim"}
+        now = time.monotonic()
+        for i, r in self.rows.items():
+            seconds = "" if r["start"] is None else f"{(r['end'] or now) - r['start']:.0f}"
+            table.add_row(str(i), r["cell"], f"[{style[r['state']]}]{r['state']}[/]", r["step"], r["where"],
+                          str(r["try"] or ""), seconds)
+        return table
+
+
+def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address: str | None = None,
+                            retries: int = 2, shared_dir: bool = False, quiet: bool = False,
+                            keep_going: bool = False):
+    """Run a sweep and show its progress; return the cells' statuses.
+
+    Local engine: one progress bar per training and a line per step of every cell (a failing
+    cell is raised unless ``keep_going``). Ray engine: a live table of the cells (state, step,
+    node, try, seconds); failed cells are in the statuses. ``quiet`` shows neither."""
+    if engine == "ray":
+        from rich.live import Live
+
+        from .sweep_ray import run_sweep_ray
+
+        options = dict(device=device, address=address, retries=retries, shared_dir=shared_dir)
+        if quiet:
+            return run_sweep_ray(spec, **options)
+        table = _CellTable(spec)
+        if not err_console.is_terminal:  # a log: the table once, at the end
+            try:
+                return run_sweep_ray(spec, **options, on_event=table.update)
+            finally:
+                err_console.print(table.render())
+        with Live(get_renderable=table.render, console=err_console, refresh_per_second=2):
+            return run_sweep_ray(spec, **options, on_event=table.update)
     from .sweep import run_sweep
+
+    if quiet:
+        return run_sweep(spec, device=device, keep_going=keep_going)
 
     def on_cell(i: int, n: int, run_id: str, step: str) -> None:
         if step != "done":
@@ -144,7 +221,7 @@ def run_sweep_with_progress(spec, device: str):
     def train_cell(config, run_dir):
         return run_training(config, run_dir, resume=True)
 
-    return run_sweep(spec, device=device, train_cell=train_cell, on_cell=on_cell)
+    return run_sweep(spec, device=device, train_cell=train_cell, on_cell=on_cell, keep_going=keep_going)
 
 
 @app.command("demo")
@@ -170,15 +247,50 @@ def sweep_command(
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the sweep's runs (default: the spec's 'out').")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
+    engine: Annotated[Engine, typer.Option(help="local: cell after cell in this process; ray: every cell a Ray task (pip install 'jrbench\\[ray]').")] = Engine.local,
+    address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001 (default $RAY_ADDRESS, else start Ray on this machine's cores).")] = None,
+    retries: Annotated[int, typer.Option(help="--engine ray: run a cell again up to this many times when its worker or node is lost.")] = 2,
+    shared_dir: Annotated[bool, typer.Option("--shared-dir", help="--engine ray: workers write in place (every node sees the output folder at the same path); a retried cell resumes from its last epoch.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars, step lines or live table.")] = False,
 ) -> None:
-    """Train, attack and measure every cell of a study; skip finished cells; then report."""
+    """Train, attack and measure every cell of a study; skip finished cells; then report.
+
+    A cell that fails leaves the others running; the command then exits 1 naming it."""
+    from .errors import UserError
     from .sweep import load_spec
 
+    if engine is Engine.local and (address or shared_dir):
+        raise UserError(f"{'--address' if address else '--shared-dir'} applies to --engine ray only.")
+    if retries < 0:
+        raise UserError(f"--retries must be >= 0, got {retries}.")
     spec = load_spec(spec_path, out)
-    console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}")
-    run_sweep_with_progress(spec, device)
-    if report:
+    if engine is Engine.ray:
+        import os
+
+        cluster = address or ("$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "this machine's cores")
+        console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}, on Ray ({cluster})", highlight=False)
+    else:
+        console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}", highlight=False)
+    try:
+        statuses = run_sweep_with_progress(spec, device, engine=engine.value, address=address, retries=retries,
+                                           shared_dir=shared_dir, quiet=quiet, keep_going=True)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: every finished cell is kept (and finished epochs of the cells in this "
+                          "process or in a --shared-dir); run the same command to resume.")
+        raise typer.Exit(130)
+    failed = [s for s in statuses if s.error]
+    if report and len(failed) < len(statuses):
         finish_sweep_report(spec.folder, spec.folder / "report")
+    for status in failed:
+        err_console.print(f"[bold red]failed:[/] {status.run_dir.name}: {status.error}", highlight=False,
+                          soft_wrap=True)
+        if status.traceback:
+            err_console.print(status.traceback, markup=False, highlight=False)
+    if failed:
+        err_console.print(f"{len(failed)} of {len(statuses)} cells failed: "
+                          f"{', '.join(s.run_dir.name for s in failed)}. The others are done; fix the cause "
+                          "and run the same command to finish them.", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def finish_sweep_report(runs: Path, out: Path) -> None:
@@ -199,7 +311,7 @@ def print_attack_table(result, title: str) -> None:
     console.print(table)
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    console.print(f"written: {result.path}")
+    console.print(f"written: {result.path}" + (f", {result.examples_path}" if result.examples_path else ""))
 
 
 @app.command("attack")
@@ -209,6 +321,14 @@ def attack_command(
     noise: Annotated[bool, typer.Option("--noise", help="White Gaussian pixel noise.")] = False,
     pgd: Annotated[bool, typer.Option("--pgd", help="PGD (torchattacks), L-inf and/or L2.")] = False,
     fgsm: Annotated[bool, typer.Option("--fgsm", help="FGSM (torchattacks), L-inf.")] = False,
+    autoattack: Annotated[bool, typer.Option(
+        "--autoattack", help="Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; slow) on --norm and the eps grids.")] = False,
+    aa_targets: Annotated[Optional[int], typer.Option(
+        help="AutoAttack's target classes for APGD-T and FAB-T (default 9; required below 10 classes).")] = None,
+    autoattack_eps_linf: Annotated[Optional[list[float]], typer.Option(
+        help="AutoAttack's own L-inf radius grid (with or without --autoattack-eps-l2: AutoAttack runs on these norms only).")] = None,
+    autoattack_eps_l2: Annotated[Optional[list[float]], typer.Option(
+        help="AutoAttack's own L2 radius grid.")] = None,
     n_examples: Annotated[int, typer.Option(help="Fixed test examples, chosen by --example-seed.")] = 1000,
     example_seed: Annotated[int, typer.Option(help="Seed choosing the examples (same for every run).")] = 0,
     sigma: Annotated[Optional[list[float]], typer.Option(help="Noise sigma (pixel units); repeat for a grid.")] = None,
@@ -226,26 +346,29 @@ def attack_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
 ) -> None:
-    """Attack trained runs with white noise, PGD and FGSM; write RUN_DIR/attacks.csv."""
+    """Attack trained runs with white noise, PGD, FGSM and AutoAttack; write RUN_DIR/attacks.csv
+    and the per-example record RUN_DIR/attack_examples.csv."""
     from .attacks import NORMS, AttackConfig, default_sigmas
     from .errors import UserError
-    from .evaluate import attack_run
+    from .evaluate import attack_run, check_attack
 
-    if not (noise or pgd or fgsm):
+    if autoattack_eps_linf is not None or autoattack_eps_l2 is not None:
+        autoattack = True
+    if not (noise or pgd or fgsm or autoattack):
         noise = pgd = True
     norms = tuple(norm or NORMS)
     if eps is not None:
         if len(norms) != 1:
             raise UserError("--eps needs a single --norm; use --eps-linf and --eps-l2 for both.")
         eps_linf, eps_l2 = (eps, eps_l2) if norms[0] == "linf" else (eps_linf, eps)
-    config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, sigmas=sigma or default_sigmas(), draws=draws,
+    config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, autoattack=autoattack, aa_targets=aa_targets,
+                          autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2,
+                          sigmas=sigma or default_sigmas(), draws=draws,
                           norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
                           restarts=restarts, loss=loss, batch_size=batch_size, seed=seed)
     config.validate()
-    from .rundir import check_run_dir
-
-    for run_dir in run_dirs:  # every directory is checked before any table is written
-        check_run_dir(run_dir)
+    for run_dir in run_dirs:  # every directory (and its data set's classes) is checked before any table is written
+        check_attack(run_dir, config)
     for run_dir in run_dirs:
         result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
                             device=device, data_dir=str(data_dir) if data_dir else None)
@@ -467,7 +590,7 @@ def frontier_command(
     timing = read_csv(overhead)
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
     result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio)
-    files = write_frontier(result, out, cpu)
+    files = write_frontier(result, out, cpu, eps_linf, sigma)
     table = Table(title=f"training overhead ({cpu}) against robustness; verdicts against full-batch n=1")
     for col in ("setting", "x plain", "R", "PGD-L∞", "noise", "vs full n=1"):
         table.add_column(col, overflow="fold")

@@ -1,7 +1,9 @@
 """Evaluate trained runs: attacks and margins of a run directory -> tidy tables beside it.
 
 ``attack_run`` writes ``RUN_DIR/attacks.csv`` (one row per attack, norm, strength and loss;
-re-running replaces those rows). ``margins_run`` writes ``RUN_DIR/margins.csv`` and
+re-running replaces those rows) and ``RUN_DIR/attack_examples.csv``, the per-example record
+(one row per example and attacks.csv row, columns :data:`jrbench.attacks.EXAMPLE_COLUMNS`;
+re-running replaces the rows of the same keys, every example). ``margins_run`` writes ``RUN_DIR/margins.csv`` and
 ``RUN_DIR/jacobian.csv`` (one row per example). Units are pixel space in [0, 1].
 Every table is computed in full before it is written, atomically: a bad input or an
 interrupted run leaves the previous table as it was.
@@ -21,6 +23,7 @@ from .data import Data, load_data, to_pixels
 from .errors import UserError
 
 ATTACKS_CSV, MARGINS_CSV, JACOBIAN_CSV = "attacks.csv", "margins.csv", "jacobian.csv"
+ATTACK_EXAMPLES_CSV = "attack_examples.csv"
 ATTACK_KEYS = ["attack", "norm", "strength", "loss"]
 
 
@@ -80,40 +83,79 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class AttackResult:
     table: pd.DataFrame      # the rows of this call
-    warnings: list[str]
+    warnings: list[str]      # from the rows of attacks.csv on the same examples, this call's included
     path: Path
+    examples: pd.DataFrame | None = None  # this call's per-example record
+    examples_path: Path | None = None
+
+
+def check_attack(run_dir: str | Path, config) -> RunConfig:
+    """Check, before any work, that ``config`` can attack the run in ``run_dir``: a finished
+    run directory, valid settings and, for AutoAttack, a number of target classes that fits
+    the data set's classes. Returns the run's configuration; raises :class:`UserError`."""
+    from .autoattack import resolve_targets
+    from .data import DATASETS
+
+    config.validate()
+    run_dir = rundir.check_run_dir(Path(run_dir))
+    run_config = rundir.load_config(run_dir)
+    if config.autoattack:
+        try:
+            resolve_targets(DATASETS.get(run_config.data.dataset).info.num_classes,
+                            config.aa_targets)
+        except UserError as e:
+            raise UserError(f"{run_dir}: {e}") from e
+    return run_config
+
+
+def comparable_rows(table: pd.DataFrame, example_seed: int, n_examples: int) -> pd.DataFrame:
+    """The rows of a run's attacks.csv or attack_examples.csv made on the same examples."""
+    keep = pd.Series(True, index=table.index)
+    if "example_seed" in table.columns:
+        keep &= table["example_seed"] == example_seed
+    if "n_examples" in table.columns:
+        keep &= table["n_examples"] == n_examples
+    return table[keep]
 
 
 def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_seed: int = 0,
                device: str = "auto", data_dir: str | None = None) -> AttackResult:
-    """Attack the model of ``run_dir`` on ``n_examples`` fixed test examples; update attacks.csv.
+    """Attack the model of ``run_dir`` on ``n_examples`` fixed test examples; update
+    attacks.csv and attack_examples.csv (the per-example record, written first).
 
     ``config`` is an :class:`jrbench.attacks.AttackConfig`; eps grids left None get the
-    data set's defaults.
+    data set's defaults. The warnings (:func:`jrbench.attacks.sanity_warnings`) look at every
+    row of the run made on the same examples, earlier calls' included, so AutoAttack run
+    after PGD is compared with it.
     """
-    from .attacks import AttackConfig, run_attacks, sanity_warnings
+    from .attacks import default_eps, run_attacks, sanity_warnings
 
-    config.validate()
-    run_dir = rundir.check_run_dir(Path(run_dir))
+    check_attack(run_dir, config)
+    run_dir = Path(run_dir)
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
     dataset = run_config.data.dataset
-    defaults = AttackConfig.for_dataset(dataset)
-    filled = dataclasses.replace(
-        config,
-        eps_linf=defaults.eps_linf if config.eps_linf is None else config.eps_linf,
-        eps_l2=defaults.eps_l2 if config.eps_l2 is None else config.eps_l2,
-    )
+    # the data set's default grids, only where a used grid is left None (a data set without
+    # defaults can still be attacked with explicit radii)
+    filled = dataclasses.replace(config, **{
+        f"eps_{norm}": default_eps(dataset, norm) for norm in config.eps_norms()
+        if getattr(config, f"eps_{norm}") is None})
     data = load_test_data(run_config, data_dir)
-    images, labels, _ = fixed_examples(data, n_examples, example_seed)
+    images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, dev), labels.to(dev)
-    table = run_attacks(model, x, y, filled)
+    result = run_attacks(model, x, y, filled, num_classes=data.info.num_classes,
+                         example_index=index, example_seed=example_seed)
+    table, examples = result.table, result.examples
     for key, value in provenance(run_config, run_dir).items():
         table[key] = value
     table["example_seed"] = example_seed
-    warnings = sanity_warnings(table, input_dim=int(x[0].numel()), dataset=dataset)
-    upsert_rows(run_dir / ATTACKS_CSV, table, ATTACK_KEYS)
-    return AttackResult(table, warnings, run_dir / ATTACKS_CSV)
+    all_examples = upsert_rows(run_dir / ATTACK_EXAMPLES_CSV, examples, ATTACK_KEYS)
+    all_rows = upsert_rows(run_dir / ATTACKS_CSV, table, ATTACK_KEYS)
+    same = comparable_rows(all_rows, example_seed, n_examples)
+    warnings = sanity_warnings(same, input_dim=int(x[0].numel()), dataset=dataset,
+                               examples=comparable_rows(all_examples, example_seed, n_examples))
+    return AttackResult(table, warnings, run_dir / ATTACKS_CSV, examples,
+                        run_dir / ATTACK_EXAMPLES_CSV)
 
 
 # ----------------------------------------------------------------------------- margins

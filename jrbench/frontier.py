@@ -136,7 +136,7 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
     return FrontierResult(table, goal, gaps)
 
 
-def frontier_figure(table: pd.DataFrame, cpu: str):
+def frontier_figure(table: pd.DataFrame, cpu: str, eps_linf: float = 0.1, sigma: float = 0.5):
     """Overhead (x) against robust accuracy (y), one panel per data set; PGD filled, noise hollow."""
     from .report import new_figure
 
@@ -145,13 +145,13 @@ def frontier_figure(table: pd.DataFrame, cpu: str):
     axes = axes if hasattr(axes, "__len__") else [axes]
     for ax, dataset in zip(axes, datasets):
         part = table[table["setting"].str.startswith(dataset + ": ")]
-        ax.scatter(part["overhead_ratio"], 100 * part["pgd_linf_acc"], label="PGD-L∞ (worst case)")
+        ax.scatter(part["overhead_ratio"], 100 * part["pgd_linf_acc"], label=f"L∞ {eps_linf:g}, worst case over PGD and FGSM")
         ax.scatter(part["overhead_ratio"], 100 * part["noise_acc"], facecolors="none", edgecolors="C1",
-                   label="noise")
-        for r in part.itertuples():
+                   label=f"noise σ {sigma:g}")
+        for i, r in enumerate(part.sort_values("overhead_ratio").itertuples()):
             name = r.setting.split(": ")[1].removeprefix("jacobian-")
-            ax.annotate(name, (r.overhead_ratio, 100 * r.pgd_linf_acc), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(name, (r.overhead_ratio, 100 * r.pgd_linf_acc), fontsize=7, rotation=60,
+                        xytext=(2, 4 + 9 * (i % 2)), textcoords="offset points")
         ax.axvline(1.3, color="gray", lw=0.8, ls=":")
         ax.set_title(dataset, fontsize=9)
         ax.set_xlabel(f"training step / plain step ({cpu})", fontsize=8)
@@ -160,7 +160,8 @@ def frontier_figure(table: pd.DataFrame, cpu: str):
     return fig
 
 
-def write_frontier(result: FrontierResult, out: str | Path, cpu: str) -> list[Path]:
+def write_frontier(result: FrontierResult, out: str | Path, cpu: str, eps_linf: float = 0.1,
+                   sigma: float = 0.5) -> list[Path]:
     """frontier.csv and frontier.png into ``out``, atomically."""
     from .report import png_bytes
     from .rundir import atomic_write_bytes, atomic_write_csv
@@ -168,5 +169,5 @@ def write_frontier(result: FrontierResult, out: str | Path, cpu: str) -> list[Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "frontier.csv", result.table)
-    atomic_write_bytes(out / "frontier.png", png_bytes(frontier_figure(result.table, cpu)))
+    atomic_write_bytes(out / "frontier.png", png_bytes(frontier_figure(result.table, cpu, eps_linf, sigma)))
     return [out / "frontier.csv", out / "frontier.png"]

@@ -126,7 +126,7 @@ def test_eps_grid_none_means_default_and_must_be_filled(trained):
     with pytest.raises(UserError, match="eps_l2 is not set"):
         A.run_attacks(model, x, y, cfg)
     cfg = A.AttackConfig(norms=("linf",), eps_linf=[0.0], sigmas=[0.0], draws=1)
-    assert cfg.eps_norms() == ["linf"] and len(A.run_attacks(model, x, y, cfg)) == 3
+    assert cfg.eps_norms() == ["linf"] and len(A.run_attacks(model, x, y, cfg).table) == 3
     assert A.AttackConfig(pgd=False, fgsm=False).eps_norms() == []
 
 
@@ -168,7 +168,7 @@ def test_eps_and_sigma_zero_give_clean_accuracy(trained):
     clean = clean_accuracy(model, x, y)
     assert 0.5 < clean < 1.0  # the test needs some errors to mean something
     cfg = A.AttackConfig(sigmas=[0.0], draws=3, eps_linf=[0.0], eps_l2=[0.0], steps=5)
-    df = A.run_attacks(model, x, y, cfg)
+    df = A.run_attacks(model, x, y, cfg).table
     assert len(df) == 4 and set(df.attack) == {"noise", "pgd", "fgsm"}
     assert (df.accuracy == clean).all()
     assert (df.strength == 0).all()
@@ -241,7 +241,7 @@ def test_accuracy_non_increasing_in_eps(trained):
     model, x, y = trained
     cfg = A.AttackConfig(noise=False, eps_linf=[0, 0.02, 0.05, 0.1, 0.2],
                          eps_l2=[0, 0.2, 0.5, 1.0, 2.0], steps=20, restarts=2)
-    df = A.run_attacks(model, x, y, cfg)
+    df = A.run_attacks(model, x, y, cfg).table
     for (attack, norm), g in df.groupby(["attack", "norm"]):
         acc = g.sort_values("strength").accuracy.to_numpy()
         assert (np.diff(acc) <= 0).all(), (attack, norm, acc)
@@ -274,10 +274,10 @@ def test_deterministic_by_seed_and_leaves_global_rng_alone(trained):
     cfg = A.AttackConfig(sigmas=[0.3, 0.6], draws=4, eps_linf=[0.05], eps_l2=[0.5],
                          steps=5, seed=7, batch_size=25)
     state = torch.get_rng_state()
-    first = A.run_attacks(model, x, y, cfg).drop(columns="seconds")
+    first = A.run_attacks(model, x, y, cfg).table.drop(columns="seconds")
     assert torch.equal(state, torch.get_rng_state())
     torch.manual_seed(12345)  # the caller's RNG must not matter
-    second = A.run_attacks(model, x, y, cfg).drop(columns="seconds")
+    second = A.run_attacks(model, x, y, cfg).table.drop(columns="seconds")
     pd.testing.assert_frame_equal(first, second)
     counts = [A.noise_correct_counts(model, x, y, 0.6, draws=4, seed=s) for s in (0, 1)]
     assert not torch.equal(counts[0], counts[1])  # the seed is used
@@ -289,9 +289,9 @@ def test_model_mode_restored_and_eval_used():
     model.train()
     x, y = torch.rand(30, 1, 8, 8), torch.arange(30) % 3
     cfg = A.AttackConfig(sigmas=[0.0, 0.2], draws=2, eps_linf=[0.0, 0.05], eps_l2=[0.3], steps=3)
-    first = A.run_attacks(model, x, y, cfg).drop(columns="seconds")
+    first = A.run_attacks(model, x, y, cfg).table.drop(columns="seconds")
     assert model.training and all(m.training for m in model.modules())
-    second = A.run_attacks(model, x, y, cfg).drop(columns="seconds")
+    second = A.run_attacks(model, x, y, cfg).table.drop(columns="seconds")
     pd.testing.assert_frame_equal(first, second)  # dropout was off during the attacks
     model.eval()
     assert first.accuracy.iloc[0] == clean_accuracy(model, x, y)
@@ -328,7 +328,7 @@ def test_run_attacks_rows_are_tidy(trained):
     model, x, y = trained
     cfg = A.AttackConfig(sigmas=[0.0, 0.5], draws=2, norms=("l2",), eps_linf=[0.0, 0.1],
                          eps_l2=[0.0, 1.0], steps=4, restarts=2, alpha=0.1)
-    df = A.run_attacks(model, x, y, cfg)
+    df = A.run_attacks(model, x, y, cfg).table
     assert list(df.columns) == A.ROW_COLUMNS
     assert list(zip(df.attack, df.norm)) == [("noise", "gaussian")] * 2 + [("pgd", "l2")] * 2 \
         + [("fgsm", "linf")] * 2

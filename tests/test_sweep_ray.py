@@ -1,0 +1,238 @@
+"""The Ray engine of jrbench sweep, on a real local Ray instance (two CPUs), not a mock.
+
+Same numbers as the local engine; a worker killed mid-cell is retried; a bad cell fails alone;
+Ctrl-C keeps finished cells and a re-run resumes. Also the [resources] table and the thread rule.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from jrbench.cli import app
+from jrbench.errors import UserError
+from jrbench.sweep import cell_status, cell_threads, parse_spec, run_sweep
+
+TINY = '''name = "tiny"
+[base]
+dataset = "synth-digits"
+train_subset = {train}
+test_subset = 100
+epochs = {epochs}
+batch_size = 50
+[grid]
+regularizers = [["none"], ["jacobian"]]
+{more_grid}
+'''
+MEASURE = '''[attack]
+n_examples = 30
+sigmas = [0.0, 0.3]
+draws = 1
+eps_linf = [0.05]
+eps_l2 = [0.5]
+steps = 2
+[margins]
+n_examples = 10
+directions = 2
+'''
+
+
+def tiny_spec(out: Path, *, train: int = 300, epochs: int = 1, measure: bool = True, more_grid: str = ""):
+    text = TINY.format(train=train, epochs=epochs, more_grid=more_grid) + (MEASURE if measure else "")
+    return parse_spec(text, Path("tiny.toml"), out)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray instance with two CPUs for the whole module, shut down at its end."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is not installed; make test installs it (pip install -e '.[dev,ray]')")
+        pytest.skip("ray is not installed: pip install 'jrbench[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def run_ray(spec, events=None, **kwargs):
+    from jrbench.sweep_ray import run_sweep_ray
+
+    return run_sweep_ray(spec, device="cpu", on_event=events.append if events is not None else None, **kwargs)
+
+
+def table(path: Path) -> pd.DataFrame:
+    """A result table without its wall times (seconds_per_step, epoch_seconds, ...), which vary."""
+    df = pd.read_csv(path)
+    return df.drop(columns=[c for c in df.columns if "seconds" in c])
+
+
+# ----------------------------------------------------------------------------- no Ray needed
+def test_resources_table_is_parsed_and_checked_with_line_numbers():
+    spec = tiny_spec(Path("o"), more_grid="[resources]\nnum_cpus = 2\nnum_gpus = 0.5\n")
+    assert (spec.resources.num_cpus, spec.resources.num_gpus) == (2, 0.5)
+    assert tiny_spec(Path("o")).resources.num_cpus == 1  # one CPU by default, as Ray's tasks
+    text = TINY.format(train=300, epochs=1, more_grid="")
+    for table_text, needle in [
+        ("[resources]\nnum_cpu = 2\n", "line 12: field 'num_cpu' is not a resource (expected num_cpus or num_gpus). "
+                                       "Did you mean 'num_cpus'"),
+        ("[resources]\nnum_cpus = 0\n", "line 12: field 'num_cpus' must be > 0"),
+        ("[resources]\nnum_gpus = -1\n", "line 12: field 'num_gpus' must be >= 0"),
+        ("[resources]\nnum_cpus = \"two\"\n", "line 12: field 'num_cpus' must be a number"),
+    ]:
+        with pytest.raises(UserError) as err:
+            parse_spec(text + table_text, Path("bad.toml"))
+        assert needle in str(err.value), str(err.value)
+    with pytest.raises(UserError, match="line 1: field 'resources' must be a table"):
+        parse_spec("resources = 3\n" + text, Path("bad.toml"))
+
+
+def test_thread_rule_is_the_cells_whole_cpus():
+    assert [cell_threads(n) for n in (0.5, 1, 1.5, 2, 8)] == [1, 1, 1, 2, 8]
+
+
+def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    from jrbench.sweep_ray import run_sweep_ray
+
+    with pytest.raises(UserError, match=r"pip install 'jrbench\[ray\]'"):
+        run_sweep_ray(tiny_spec(tmp_path))
+    result = CliRunner().invoke(app, ["sweep", "x.toml", "--address", "auto"])
+    assert result.exit_code == 2 and "--engine ray only" in result.output
+
+
+# ----------------------------------------------------------------------------- on Ray
+def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
+    local = tiny_spec(tmp_path / "local")
+    assert not any(s.error for s in run_sweep(local, device="cpu", keep_going=True))
+    remote = tiny_spec(tmp_path / "ray")
+    events = []
+    statuses = run_ray(remote, events)
+    assert all(s.trained and s.attacked and s.measured and s.error is None for s in statuses)
+    assert {e.state for e in events} >= {"queued", "running", "train", "attack", "margins", "done"}
+    assert all(e.host for e in events if e.state == "running")
+    for a, b in zip(local.cells, remote.cells):
+        left, right = local.folder / a.run_id(), remote.folder / b.run_id()
+        for name in ("metrics.csv", "attacks.csv", "margins.csv"):
+            pd.testing.assert_frame_equal(table(left / name), table(right / name), check_exact=True, obj=name)
+        for run in (left, right):  # one thread each (one CPU per cell), recorded
+            assert json.loads((run / "env.json").read_text())["torch_threads"] == cell_threads(1) == 1
+        assert not list(right.glob(".*"))  # no temporary file left behind
+    # everything done: a second run starts no task
+    events.clear()
+    run_ray(remote, events)
+    assert [e.detail for e in events] == ["already done", "already done"]
+
+
+def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
+    spec = tiny_spec(tmp_path, train=3000, epochs=2, measure=False)
+    events, killed = [], []
+
+    def kill_first_training(event):
+        events.append(event)
+        if event.state == "train" and not killed:
+            killed.append(event.index)
+            os.kill(event.pid, signal.SIGKILL)  # the worker process dies in the middle of the cell
+
+    from jrbench.sweep_ray import run_sweep_ray
+
+    statuses = run_sweep_ray(spec, device="cpu", retries=2, on_event=kill_first_training)
+    assert killed and all(s.trained and s.error is None for s in statuses)
+    attempts = {e.attempt for e in events if e.index == killed[0] and e.state == "running"}
+    assert attempts == {1, 2}
+    for config in spec.cells:
+        assert list(pd.read_csv(spec.folder / config.run_id() / "metrics.csv")["epoch"]) == [1, 2]
+
+
+def test_with_a_shared_dir_a_killed_cell_resumes_from_its_last_epoch(ray_local, tmp_path):
+    spec = tiny_spec(tmp_path, train=3000, epochs=2, measure=False)
+    events, killed = [], []
+
+    def kill_after_the_first_epoch(event):
+        events.append(event)
+        if event.detail == "epoch 1/2" and not killed:
+            killed.append(event.index)
+            os.kill(event.pid, signal.SIGKILL)  # epoch 1 is in checkpoint.pt, epoch 2 is running
+
+    from jrbench.sweep_ray import run_sweep_ray
+
+    statuses = run_sweep_ray(spec, device="cpu", shared_dir=True, on_event=kill_after_the_first_epoch)
+    assert killed and all(s.trained and s.error is None for s in statuses)
+    retry = [e.detail for e in events if e.index == killed[0] and e.attempt == 2]
+    assert "epoch 2/2" in retry and "epoch 1/2" not in retry  # resumed, not started again
+    metrics = pd.read_csv(spec.folder / spec.cells[killed[0] - 1].run_id() / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+
+
+def test_a_bad_cell_fails_alone_and_the_command_names_it(ray_local, tmp_path):
+    spec = tiny_spec(tmp_path, measure=False)
+    bad = spec.folder / spec.cells[1].run_id()
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text(json.dumps(spec.cells[1].to_dict()))
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")  # a corrupt file: bad input
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(TINY.format(train=300, epochs=1, more_grid=""))
+    result = CliRunner().invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path), "--engine", "ray",
+                                      "--quiet", "--no-report", "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    assert f"1 of 2 cells failed: {bad.name}" in result.output
+    assert f"{bad / 'checkpoint.pt'} cannot be loaded" in result.output  # the driver's path, not the worker's
+    assert cell_status(spec, spec.cells[0]).trained and not cell_status(spec, spec.cells[1]).trained
+
+
+def test_ctrl_c_cancels_running_cells_keeps_finished_ones_and_rerunning_resumes(ray_local, tmp_path):
+    spec = tiny_spec(tmp_path, train=1500, measure=False, more_grid="seed = [0, 1]")  # 4 cells, 2 at a time
+    finished = []
+
+    def interrupt_after_the_first_cell(event):
+        if event.state == "done" and not finished:
+            finished.append(event.index)
+            raise KeyboardInterrupt  # as Ctrl-C would, in the driver's loop
+
+    from jrbench.sweep_ray import run_sweep_ray
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep_ray(spec, device="cpu", on_event=interrupt_after_the_first_cell)
+    done = [c for c in spec.cells if cell_status(spec, c).trained]
+    assert finished and spec.cells[finished[0] - 1] in done and len(done) < len(spec.cells)
+    for config in spec.cells:  # a cancelled cell left nothing behind, nothing half-written
+        if config not in done:
+            assert not (spec.folder / config.run_id()).exists()
+    events = []
+    statuses = run_ray(spec, events)
+    assert all(s.trained and s.error is None for s in statuses)
+    assert sum(e.detail == "already done" for e in events) == len(done)
+
+
+def test_local_engine_also_lets_a_bad_cell_fail_alone(tmp_path):
+    spec = tiny_spec(tmp_path, measure=False)
+    bad = spec.folder / spec.cells[0].run_id()
+    bad.mkdir(parents=True)
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (bad / "config.json").write_text(json.dumps(spec.cells[0].to_dict()))
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text(TINY.format(train=300, epochs=1, more_grid=""))
+    result = CliRunner().invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path), "--quiet", "--no-report",
+                                      "--device", "cpu"])
+    assert result.exit_code == 1 and f"1 of 2 cells failed: {bad.name}" in result.output, result.output
+    assert cell_status(spec, spec.cells[1]).trained
+    with pytest.raises(UserError, match="cannot be loaded"):  # the library's run_sweep still raises by default
+        run_sweep(spec, device="cpu")
+
+
+def test_a_cell_no_node_can_run_is_an_error_not_a_wait(ray_local):
+    from jrbench.sweep_ray import _check_feasible
+
+    _check_feasible(ray_local, 2, 0)
+    with pytest.raises(UserError, match="needs 1 CPUs and 1 GPUs .* Ray here has 2 CPUs and 0 GPUs"):
+        _check_feasible(ray_local, 1, 1)
+    with pytest.raises(UserError, match="needs 3 CPUs"):
+        _check_feasible(ray_local, 3, 0)
