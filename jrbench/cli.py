@@ -42,11 +42,26 @@ def friendly(command: Callable) -> Callable:
         except NonFiniteLoss as e:
             fail(str(e), code=1)
         except KeyboardInterrupt:
-            err_console.print("interrupted. Finished epochs are kept; run the same command with "
-                              "--resume to continue.")
+            err_console.print(f"interrupted. {resume_hint(command.__name__, sys.argv[1:])}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(130)
 
     return wrapper
+
+
+def resume_hint(command_name: str, argv: list[str]) -> str:
+    """What was kept and the exact command that continues, for the Ctrl-C message."""
+    import shlex
+
+    again = ["jrbench", *argv]
+    if command_name == "train_command":
+        if "--resume" not in argv:
+            again.append("--resume")
+        return f"Finished epochs are kept; to continue: {shlex.join(again)}"
+    if command_name in ("sweep_command", "demo_command"):
+        return f"Finished cells and steps are kept; to resume: {shlex.join(again)}"
+    return (f"Tables already written are kept (each is written whole, never half); to run it again: "
+            f"{shlex.join(again)}")
 
 
 # ----------------------------------------------------------------------------- train
@@ -237,7 +252,7 @@ def demo_command(
 
     spec = quick_spec(out)
     run_sweep_with_progress(spec, device)
-    finish_sweep_report(spec.folder, spec.folder / "report")
+    finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device)
 
 
 @app.command("sweep")
@@ -280,7 +295,7 @@ def sweep_command(
         raise typer.Exit(130)
     failed = [s for s in statuses if s.error]
     if report and len(failed) < len(statuses):
-        finish_sweep_report(spec.folder, spec.folder / "report")
+        finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device)
     for status in failed:
         err_console.print(f"[bold red]failed:[/] {status.run_dir.name}: {status.error}", highlight=False,
                           soft_wrap=True)
@@ -293,9 +308,9 @@ def sweep_command(
         raise typer.Exit(1)
 
 
-def finish_sweep_report(runs: Path, out: Path) -> None:
-    """Write the report of a finished sweep (see the report command)."""
-    report_command([runs], out=out)
+def finish_sweep_report(runs: Path, out: Path, options: dict | None = None, device: str = "auto") -> None:
+    """Write the report of a finished sweep (see the report command) with the spec's [report] options."""
+    report_command([runs], out=out, **{"device": device, **(options or {})})
 
 
 # ----------------------------------------------------------------------------- attack
@@ -354,8 +369,8 @@ def attack_command(
 
     if autoattack_eps_linf is not None or autoattack_eps_l2 is not None:
         autoattack = True
-    if not (noise or pgd or fgsm or autoattack):
-        noise = pgd = True
+    if not (noise or pgd or fgsm or autoattack):  # the defaults of the API's AttackConfig, AutoAttack aside
+        noise = pgd = fgsm = True
     norms = tuple(norm or NORMS)
     if eps is not None:
         if len(norms) != 1:

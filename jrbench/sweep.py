@@ -217,7 +217,7 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
     resources = _parse_resources(doc.get("resources", {}), bad)
     out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
     return SweepSpec(name, path, out_dir, cells, attack, margins, str(doc.get("description", "")),
-                     dict(doc.get("report", {})), resources)
+                     _report_options(doc.get("report", {}), bad), resources)
 
 
 def _parse_resources(table: Any, bad: Callable[[str, str], UserError]) -> Resources:
@@ -237,6 +237,27 @@ def _parse_resources(table: Any, bad: Callable[[str, str], UserError]) -> Resour
     if not resources.num_gpus >= 0:
         raise bad("num_gpus", f"must be >= 0, got {resources.num_gpus!r}.")
     return resources
+
+
+REPORT_FIELDS = {"sigma": (int, float), "eps_linf": (int, float), "eps_l2": (int, float), "per_run": (bool,),
+                 "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,), "cell_seed": (int,),
+                 "cell_index": (int,), "cell_panels": (int,)}
+
+
+def _report_options(table: Any, bad: Callable[[str, str], UserError]) -> dict[str, Any]:
+    """The ``[report]`` table: ``jrbench report`` options (with ``_``), type-checked; others refused."""
+    if not isinstance(table, dict):
+        raise bad("report", "must be a table of jrbench report options.")
+    for key, value in table.items():
+        if key not in REPORT_FIELDS:
+            from .registry import did_you_mean
+
+            raise bad(key, f"is not a report option.{did_you_mean(key, list(REPORT_FIELDS))} "
+                           f"Report options: {', '.join(sorted(REPORT_FIELDS))}.")
+        types = REPORT_FIELDS[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise bad(key, f"must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.")
+    return dict(table)
 
 
 def attack_config(options: dict[str, Any]):

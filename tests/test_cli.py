@@ -92,3 +92,17 @@ def test_list_shows_registries():
     assert result.exit_code == 0
     for name in ["synth-digits", "fashion-mnist", "lenet", "ddnet", "resnet18", "input-grad"]:
         assert name in result.output
+
+
+def test_ctrl_c_names_the_command_that_resumes(monkeypatch):
+    from jrbench import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_training", interrupted)
+    monkeypatch.setattr(cli.sys, "argv", ["jrbench", "train", "--epochs", "1", "--out", "somewhere"])
+    result = _run("train", "--epochs", "1", "--out", "somewhere")
+    assert result.exit_code == 130
+    assert "jrbench train --epochs 1 --out somewhere --resume" in result.output.replace("\n", " ")
+    assert "jrbench sweep s.toml" in cli.resume_hint("sweep_command", ["sweep", "s.toml"])

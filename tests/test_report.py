@@ -186,12 +186,13 @@ def test_median_ci_covers_the_true_median_about_95_percent():
 def test_missing_and_corrupt_tables_are_gaps(runs_root, tmp_path):
     shutil.copytree(runs_root / "runs" / "plain-s0", tmp_path / "broken")
     (tmp_path / "broken" / "attacks.csv").write_text("not,a\nrun,table\n")
+    (tmp_path / "broken" / "attack_examples.csv").write_text("not,a\nrun,table\n")
     (tmp_path / "unfinished").mkdir()
     shutil.copy(runs_root / "runs" / "plain-s0" / "config.json", tmp_path / "unfinished")
     c = collect([runs_root / "runs" / "jr-s0", tmp_path])
     items = {(g.run_id, g.item) for g in c.gaps}
     assert {("jr-s0", "margins.csv"), ("jr-s0", "jacobian.csv"), ("broken", "attacks.csv"),
-            ("unfinished", "model.pt")} <= items
+            ("broken", "attack_examples.csv"), ("unfinished", "model.pt")} <= items, items
     assert sorted(c.summary["run_id"].unique()) == ["broken", "jr-s0"]
     assert not (c.summary["run_id"] == "broken").loc[c.summary["table"] == "attacks"].any()
     result = write_report(c, tmp_path / "out", ReportOptions(cells=False))

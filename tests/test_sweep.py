@@ -113,3 +113,20 @@ def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
     assert recipes == {(0.05, 64, 1), (0.01, 100, 2)}
     with pytest.raises(UserError, match="lrr"):
         parse_spec(text.replace("lr = 0.01", "lrr = 0.01"), tmp_path / "b.toml", tmp_path)
+
+
+def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
+    from jrbench import cli
+    from jrbench.sweep import parse_spec
+
+    base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
+    spec = parse_spec(base + '[report]\nsigma = 0.25\ncells = false\n', tmp_path / "r.toml", tmp_path)
+    assert spec.report_options == {"sigma": 0.25, "cells": False}
+    with pytest.raises(UserError, match="line 5: field 'sigmaa' is not a report option"):
+        parse_spec(base + '[report]\nsigmaa = 0.25\n', tmp_path / "r.toml", tmp_path)
+    with pytest.raises(UserError, match="'cells' must be of type bool"):
+        parse_spec(base + '[report]\ncells = 1\n', tmp_path / "r.toml", tmp_path)
+    seen = {}
+    monkeypatch.setattr(cli, "report_command", lambda paths, **kw: seen.update(kw))
+    cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu")
+    assert seen == {"out": tmp_path / "report", "sigma": 0.25, "cells": False, "device": "cpu"}
