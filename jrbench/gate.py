@@ -349,23 +349,31 @@ def run_gate(spec: GateSpec, *, baseline: str | None = None, reg_options: dict |
     from .envinfo import cpu_model, device_name, git_commit
     from .training import resolve_device
 
-    if baseline is not None:
-        spec = dataclasses.replace(spec, baseline=baseline)
-    spec.cases = list(dict.fromkeys(spec.cases + [b.case for b in spec.bounds] +
-                                    [b.against for b in spec.bounds if b.against != "plain"]))
-    root = repo_root()
-    sha, why = resolve_baseline(spec, root)
+    spec = dataclasses.replace(spec, baseline=spec.baseline if baseline is None else baseline, cases=list(
+        dict.fromkeys(spec.cases + [b.case for b in spec.bounds] + [b.against for b in spec.bounds
+                                                                    if b.against != "plain"])))
     dev = resolve_device(device)
+    try:  # a checkout without the history (a shallow clone, an unpacked archive) still gets the bounds
+        root = repo_root()
+        sha, why = resolve_baseline(spec, root)
+        unavailable = None
+    except UserError as e:
+        if spec.baseline != "auto":
+            raise
+        root, sha, why, unavailable = None, "none", f"unavailable ({e})", str(e)
     data = load_data(DataConfig(spec.dataset, None, train_subset=spec.batch_size))
     x = to_pixels(data.train.images[:spec.batch_size], dev)
     y = data.train.labels[:spec.batch_size].to(dev)
     folder = Path(tempfile.mkdtemp(prefix="jrbench-gate-"))
     try:
-        base_pkg = load_baseline_package(root, sha, folder)
+        base_pkg = jrbench if unavailable else load_baseline_package(root, sha, folder)
         result = compare_arms(Arm("candidate", jrbench, dict(reg_options or {})), Arm("baseline", base_pkg),
                               x, y, spec, data.info, on_round)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if unavailable:
+        result.notes.insert(0, f"no baseline commit ({unavailable}): this checkout was timed against itself, "
+                               "so only the loose bounds were checked")
     result.failures += check_bounds(result.rounds, "candidate", spec.bounds)
     result.table = result.table.assign(
         baseline_commit=sha, baseline_rule=why, candidate_commit=git_commit(), tolerance=spec.tolerance,

@@ -121,3 +121,21 @@ def test_cli_gate_bad_backend_exits_2():
     result = CliRunner().invoke(app, ["overhead", "--gate", str(REPO / "benchmarks" / "overhead_gate.toml"),
                                       "--jr-backend", "autogard"])
     assert result.exit_code == 2 and "autograd" in result.output
+
+
+def test_without_history_the_gate_checks_the_loose_bounds_and_says_so(monkeypatch):
+    import jrbench.gate as gate
+    from jrbench.overhead import Budget
+
+    def no_git():
+        raise UserError("not in a git checkout")
+
+    monkeypatch.setattr(gate, "repo_root", no_git)
+    spec = GateSpec(cases=["jacobian-n1"], min_rounds=3, max_rounds=3, warmup=1, max_seconds=600,
+                    bounds=[Budget("jacobian-n1", 0.5, "plain", 1)])
+    result = gate.run_gate(spec)
+    assert "no baseline commit" in result.notes[0] and "loose bounds" in result.notes[0]
+    assert len(result.failures) == 1 and "over its loose bound of 0.50x" in result.failures[0]
+    assert result.table["baseline_commit"].iloc[0] == "none"
+    with pytest.raises(UserError, match="not in a git checkout"):
+        gate.run_gate(dataclasses.replace(spec, baseline="abc123"))
