@@ -5,11 +5,13 @@ Python API (heavy imports happen on first use, so ``jrbench --help`` stays insta
     from jrbench import RunConfig, train, load_run
     result = train(RunConfig(), "results/runs/my-run")   # trains, writes the run directory
     model, config = load_run("results/runs/my-run")      # eval mode, on the CPU
+    attack_model(any_module, "mnist", AttackConfig(pgd=True))  # any classifier: pixels in, logits out
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "train", "load_run", "UserError", "__version__"]
+__all__ = ["RunConfig", "train", "load_run", "attack_model", "margins_model", "load_outside_model",
+           "UserError", "__version__"]
 
 
 def __getattr__(name: str):
@@ -22,6 +24,12 @@ def __getattr__(name: str):
     if name == "load_run":
         from .rundir import load_run
         return load_run
+    if name in ("attack_model", "margins_model"):
+        from . import evaluate
+        return getattr(evaluate, name)
+    if name == "load_outside_model":
+        from .outside import load_outside_model
+        return load_outside_model
     if name == "UserError":
         from .errors import UserError
         return UserError

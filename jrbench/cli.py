@@ -332,7 +332,8 @@ def print_attack_table(result, title: str) -> None:
 @app.command("attack")
 @friendly
 def attack_command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'jrbench train'.")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories written by 'jrbench train', or outside models: a torch.export .pt2 file or a 'module:function' factory.")],
     noise: Annotated[bool, typer.Option("--noise", help="White Gaussian pixel noise.")] = False,
     pgd: Annotated[bool, typer.Option("--pgd", help="PGD (torchattacks), L-inf and/or L2.")] = False,
     fgsm: Annotated[bool, typer.Option("--fgsm", help="FGSM (torchattacks), L-inf.")] = False,
@@ -360,12 +361,18 @@ def attack_command(
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
+    input_normalized: Annotated[Optional[str], typer.Option(
+        help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
 ) -> None:
-    """Attack trained runs with white noise, PGD, FGSM and AutoAttack; write RUN_DIR/attacks.csv
-    and the per-example record RUN_DIR/attack_examples.csv."""
+    """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
+    attacks.csv and the per-example record attack_examples.csv into the run (or model) folder."""
     from .attacks import NORMS, AttackConfig, default_sigmas
     from .errors import UserError
-    from .evaluate import attack_run, check_attack
+    from .evaluate import attack_model, attack_run, check_attack
+    from .outside import resolve_sources
 
     if autoattack_eps_linf is not None or autoattack_eps_l2 is not None:
         autoattack = True
@@ -382,11 +389,19 @@ def attack_command(
                           norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
                           restarts=restarts, loss=loss, batch_size=batch_size, seed=seed)
     config.validate()
-    for run_dir in run_dirs:  # every directory (and its data set's classes) is checked before any table is written
-        check_attack(run_dir, config)
-    for run_dir in run_dirs:
-        result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
-                            device=device, data_dir=str(data_dir) if data_dir else None)
+    sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
+    for run_dir, model in sources:  # every directory and model is checked before any table is written
+        if model is None:
+            check_attack(run_dir, config)
+    for run_dir, model in sources:
+        data = str(data_dir) if data_dir else None
+        if model is None:
+            result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
+                                device=device, data_dir=data)
+        else:
+            result = attack_model(model.model, model.dataset, config, n_examples=n_examples,
+                                  example_seed=example_seed, device=device, data_dir=data, out=run_dir,
+                                  name=model.name, source=model.provenance)
         print_attack_table(result, f"{run_dir.name}: accuracy under attack ({n_examples} test examples)")
 
 
@@ -404,31 +419,47 @@ def print_margins_summary(result, title: str, run_dir: Path) -> None:
     console.print(table)
     if len(result.margins) < result.n_requested:
         console.print(f"[yellow]note:[/] only {len(result.margins)} test examples are classified correctly.")
+    for note in getattr(result, "notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"written: {run_dir / 'margins.csv'}, {run_dir / 'jacobian.csv'}")
 
 
 @app.command("margins")
 @friendly
 def margins_command(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories written by 'jrbench train'.")],
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories written by 'jrbench train', or outside models: a torch.export .pt2 file or a 'module:function' factory.")],
     n_examples: Annotated[int, typer.Option(help="The first N correctly classified test examples.")] = 500,
     directions: Annotated[int, typer.Option(help="Random unit directions per example.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
+    input_normalized: Annotated[Optional[str], typer.Option(
+        help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
 ) -> None:
-    """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example."""
-    from .evaluate import margins_run
-
+    """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example,
+    of trained runs or outside models."""
+    from .evaluate import margins_model, margins_run
+    from .outside import resolve_sources
     from .rundir import check_run_dir
 
-    for run_dir in run_dirs:  # every directory is checked before any table is written
-        check_run_dir(run_dir)
-    for run_dir in run_dirs:
-        result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
-                             device=device, data_dir=str(data_dir) if data_dir else None,
-                             batch_size=batch_size)
+    sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
+    for run_dir, model in sources:  # every directory and model is checked before any table is written
+        if model is None:
+            check_run_dir(run_dir)
+    for run_dir, model in sources:
+        data = str(data_dir) if data_dir else None
+        if model is None:
+            result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
+                                 device=device, data_dir=data, batch_size=batch_size)
+        else:
+            result = margins_model(model.model, model.dataset, n_examples=n_examples, n_directions=directions,
+                                   seed=seed, device=device, data_dir=data, out=run_dir, name=model.name,
+                                   batch_size=batch_size, source=model.provenance)
         print_margins_summary(result, f"{run_dir.name}: margins (pixel L2) and Jacobian", run_dir)
 
 

@@ -11,11 +11,12 @@ interrupted run leaves the previous table as it was.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
+from torch import nn
 
 from . import rundir
 from .config import RunConfig
@@ -84,7 +85,7 @@ def resolve_device(name: str) -> torch.device:
 class AttackResult:
     table: pd.DataFrame      # the rows of this call
     warnings: list[str]      # from the rows of attacks.csv on the same examples, this call's included
-    path: Path
+    path: Path | None  # attacks.csv, None when nothing was written
     examples: pd.DataFrame | None = None  # this call's per-example record
     examples_path: Path | None = None
 
@@ -128,34 +129,46 @@ def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_s
     row of the run made on the same examples, earlier calls' included, so AutoAttack run
     after PGD is compared with it.
     """
-    from .attacks import default_eps, run_attacks, sanity_warnings
-
     check_attack(run_dir, config)
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
-    dataset = run_config.data.dataset
+    data = load_test_data(run_config, data_dir)
+    return _attack(model, data, config, provenance(run_config, run_dir), run_dir,
+                   n_examples=n_examples, example_seed=example_seed, device=dev)
+
+
+def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, *, n_examples: int,
+            example_seed: int, device: torch.device) -> AttackResult:
+    """The attacks of attack_run and attack_model: ``model`` (pixels in, logits out, on ``device``)
+    on the fixed examples of ``data``; rows get ``prov``; tables upserted into ``out`` (None: kept
+    in memory, the warnings then read this call's rows only)."""
+    from .attacks import default_eps, run_attacks, sanity_warnings
+
+    dataset = data.info.name
     # the data set's default grids, only where a used grid is left None (a data set without
     # defaults can still be attacked with explicit radii)
     filled = dataclasses.replace(config, **{
         f"eps_{norm}": default_eps(dataset, norm) for norm in config.eps_norms()
         if getattr(config, f"eps_{norm}") is None})
-    data = load_test_data(run_config, data_dir)
     images, labels, index = fixed_examples(data, n_examples, example_seed)
-    x, y = to_pixels(images, dev), labels.to(dev)
+    x, y = to_pixels(images, device), labels.to(device)
     result = run_attacks(model, x, y, filled, num_classes=data.info.num_classes,
                          example_index=index, example_seed=example_seed)
     table, examples = result.table, result.examples
-    for key, value in provenance(run_config, run_dir).items():
+    for key, value in prov.items():
         table[key] = value
     table["example_seed"] = example_seed
-    all_examples = upsert_rows(run_dir / ATTACK_EXAMPLES_CSV, examples, ATTACK_KEYS)
-    all_rows = upsert_rows(run_dir / ATTACKS_CSV, table, ATTACK_KEYS)
+    if out is None:
+        all_examples, all_rows = examples, table
+    else:
+        all_examples = upsert_rows(out / ATTACK_EXAMPLES_CSV, examples, ATTACK_KEYS)
+        all_rows = upsert_rows(out / ATTACKS_CSV, table, ATTACK_KEYS)
     same = comparable_rows(all_rows, example_seed, n_examples)
     warnings = sanity_warnings(same, input_dim=int(x[0].numel()), dataset=dataset,
                                examples=comparable_rows(all_examples, example_seed, n_examples))
-    return AttackResult(table, warnings, run_dir / ATTACKS_CSV, examples,
-                        run_dir / ATTACK_EXAMPLES_CSV)
+    return AttackResult(table, warnings, out / ATTACKS_CSV if out else None, examples,
+                        out / ATTACK_EXAMPLES_CSV if out else None)
 
 
 # ----------------------------------------------------------------------------- margins
@@ -164,6 +177,7 @@ class MarginsResult:
     margins: pd.DataFrame   # one row per example
     jacobian: pd.DataFrame  # one row per example, both spaces side by side
     n_requested: int
+    notes: list[str] = field(default_factory=list)  # e.g. no z space for a pixel-input model
 
 
 def wide_jacobian_table(long: pd.DataFrame) -> pd.DataFrame:
@@ -181,32 +195,46 @@ def wide_jacobian_table(long: pd.DataFrame) -> pd.DataFrame:
 def margins_run(run_dir: str | Path, *, n_examples: int = 500, n_directions: int = 10, seed: int = 0,
                 device: str = "auto", data_dir: str | None = None, batch_size: int = 500) -> MarginsResult:
     """Margins and Jacobian spectra of the first ``n_examples`` correctly classified test examples."""
-    from .margins import first_correct, measure_margins
-    from .spectra import jacobian_table
-
     if n_examples < 1 or n_directions < 1 or batch_size < 1:
         raise UserError("--n-examples, --directions and --batch-size must be at least 1.")
     run_dir = rundir.check_run_dir(Path(run_dir))
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
+    return _margins(model, data, provenance(run_config, run_dir), run_dir, n_examples=n_examples,
+                    n_directions=n_directions, seed=seed, device=dev, batch_size=batch_size)
+
+
+def _margins(model: nn.Module, data: Data, prov: dict, out: Path | None, *, n_examples: int,
+             n_directions: int, seed: int, device: torch.device, batch_size: int,
+             std=None, z_space: bool = True) -> MarginsResult:
+    """The margins and spectra of margins_run and margins_model (autograd paths, any module).
+    ``z_space`` False: the Jacobian columns of the normalized input (``_z``) are NaN."""
+    from .margins import first_correct, measure_margins
+    from .spectra import jacobian_table
+
     if n_examples > len(data.test):
         raise UserError(f"--n-examples {n_examples} is more than the {len(data.test)} examples of the test set.")
-    x_all, y_all = to_pixels(data.test.images, dev), data.test.labels.to(dev)
-    index = first_correct(model, x_all, y_all, n_examples).to(dev)
+    x_all, y_all = to_pixels(data.test.images, device), data.test.labels.to(device)
+    index = first_correct(model, x_all, y_all, n_examples).to(device)
     x, y = x_all[index], y_all[index]
     margins = measure_margins(model, x, y, n_directions=n_directions, seed=seed, index=index.cpu(),
                               batch_size=batch_size)
-    jac = wide_jacobian_table(jacobian_table(model, x, y, batch_size=min(batch_size, 256)))
+    jac = wide_jacobian_table(jacobian_table(model, x, y, std=std, batch_size=min(batch_size, 256)))
     jac["index"] = index.cpu().numpy()
-    prov = provenance(run_config, run_dir)
+    notes = []
+    if not z_space:
+        jac[[c for c in jac.columns if c.endswith("_z")]] = float("nan")
+        notes.append("the model takes pixels (no input normalization given): the Jacobian with respect to "
+                     "the normalized input z is not defined; only the pixel-space J_x is reported")
     for table in (margins, jac):
         for key, value in prov.items():
             table[key] = value
     margins["n_directions"], margins["direction_seed"] = n_directions, seed
-    rundir.atomic_write_csv(run_dir / MARGINS_CSV, margins)
-    rundir.atomic_write_csv(run_dir / JACOBIAN_CSV, jac)
-    return MarginsResult(margins, jac, n_examples)
+    if out is not None:
+        rundir.atomic_write_csv(out / MARGINS_CSV, margins)
+        rundir.atomic_write_csv(out / JACOBIAN_CSV, jac)
+    return MarginsResult(margins, jac, n_examples, notes)
 
 
 def margins_summary(result: MarginsResult) -> dict:
@@ -226,3 +254,76 @@ def margins_summary(result: MarginsResult) -> dict:
         "mean stable rank": float(j["stable_rank_pixel"].mean()),
         "median first-order local radius gap/(sqrt2 ||J_x||_2)": float(j["radius_first_order_local"].median()),
     }
+
+
+# ----------------------------------------------------------------------------- outside models
+def model_provenance(name: str, dataset: str) -> dict:
+    """The provenance columns of an outside model's rows: no training, so no regularizer, weight
+    or seed (NaN); ``regularizers`` reads 'outside'."""
+    nan = float("nan")
+    return {"run_id": name, "dataset": dataset, "model": name, "regularizers": "outside",
+            "lambda_jr": nan, "n_proj": nan, "train_seed": nan}
+
+
+def _prepare_model(model: nn.Module, dataset: str, device: str, data_dir: str | None, name: str | None,
+                   out: str | Path | None, source: dict | None
+                   ) -> tuple[nn.Module, Data, torch.device, dict, Path | None]:
+    """Move ``model`` to the device, check it on one small batch of ``dataset``, then (``out``)
+    write the result folder's model.json (``source``, else the module's class) and env.json."""
+    from .config import DataConfig
+    from .outside import check_classifier, python_provenance, write_model_dir
+
+    dev = resolve_device(device)
+    model = model.to(dev)
+    data = load_data(DataConfig(dataset, str(data_dir) if data_dir else None))
+    out = Path(out) if out is not None else None
+    name = name or getattr(model, "name", None) or (out.name if out else type(model).__name__)
+    check_classifier(model, to_pixels(data.test.images[:8], dev), data.info.num_classes, name, dataset)
+    prov = model_provenance(out.name if out else name, dataset)
+    prov["model"] = name
+    if out is not None:
+        write_model_dir(out, source or python_provenance(model, name, dataset), dev)
+    return model, data, dev, prov, out
+
+
+def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int = 1000, example_seed: int = 0,
+                 device: str = "auto", data_dir: str | None = None, out: str | Path | None = None,
+                 name: str | None = None, source: dict | None = None) -> AttackResult:
+    """Attack any image classifier (pixels (N, C, H, W) in [0, 1] in, logits (N, K) out) on the
+    fixed test examples of ``dataset``, as :func:`attack_run` does a run.
+
+    ``out``: a result folder to upsert attacks.csv and attack_examples.csv into (None: nothing is
+    written; ``source``: its model.json, e.g. :attr:`jrbench.outside.OutsideModel.provenance`, else the
+    module's class). The model is first checked on one small batch (finite logits of shape (N, K)).
+    A model that expects normalized input must include its normalization (see
+    :func:`jrbench.outside.load_outside_model`), so that radii are in pixel units.
+    """
+    from .autoattack import resolve_targets
+    from .data import DATASETS
+
+    config.validate()
+    if config.autoattack:
+        resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
+    model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    return _attack(model, data, config, prov, out, n_examples=n_examples, example_seed=example_seed,
+                   device=dev)
+
+
+def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_directions: int = 10,
+                  seed: int = 0, device: str = "auto", data_dir: str | None = None,
+                  out: str | Path | None = None, name: str | None = None, batch_size: int = 500,
+                  input_std=None, source: dict | None = None) -> MarginsResult:
+    """Margins and Jacobian spectra of any image classifier (pixels in, logits out), as
+    :func:`margins_run` computes them for a run; ``out``: a folder for margins.csv and jacobian.csv.
+
+    The Jacobian with respect to the normalized input z (columns ``_z``) needs the normalization:
+    a model with a ``normalize`` layer (:class:`jrbench.models.Classifier`) or ``input_std`` (per
+    channel). Without either, the ``_z`` columns are NaN and ``notes`` says so.
+    """
+    if n_examples < 1 or n_directions < 1 or batch_size < 1:
+        raise UserError("--n-examples, --directions and --batch-size must be at least 1.")
+    model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    z_space = hasattr(model, "normalize") or input_std is not None
+    std = None if input_std is None else torch.tensor(list(input_std), device=dev).view(1, -1, 1, 1)
+    return _margins(model, data, prov, out, n_examples=n_examples, n_directions=n_directions, seed=seed,
+                    device=dev, batch_size=batch_size, std=std, z_space=z_space)

@@ -56,6 +56,24 @@ class Classifier(nn.Module):
         return self.net(self.normalize(x))
 
 
+class PixelClassifier(nn.Module):
+    """An outside ``net`` that takes pixels in [0, 1] itself (no normalization, so no z space:
+    no ``normalize`` attribute); checks the input shape like :class:`Classifier`."""
+
+    def __init__(self, net: nn.Module, input_shape: tuple[int, int, int], num_classes: int, name: str):
+        super().__init__()
+        self.net = net
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.name = name
+
+    check_input = Classifier.check_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.net(x)
+
+
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Run ``model`` in eval mode (dropout off, batch norm on running stats); restore every

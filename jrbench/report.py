@@ -128,7 +128,7 @@ def group_table(runs: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
     out = g[["group_label", "dataset", "model", "regularizers"]].first()
     out["label"] = out["group_label"] if by_seed_group else g["run_id"].first()
     out["n_seeds"] = g.size()
-    out["seeds"] = g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s)))
+    out["seeds"] = g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))  # outside models: none
     out["run_ids"] = g["run_id"].apply(lambda s: " ".join(s))
     for k in VALUE_KEYS:
         out[k] = g[k].mean()
@@ -494,11 +494,15 @@ _COLUMN_GAPS = {
 def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
     """Values missing from the wide table whose file is there (missing files are gaps already)."""
     known = {(g.run_id, g.item) for g in collection.gaps}
-    paths = {r.run_id: r.path for r in collection.runs}
+    paths = {r.run_id: r.path for r in [*collection.runs, *getattr(collection, "models", [])]}
+    outside = {r.run_id for r in getattr(collection, "models", [])}
     gaps = []
     for r in runs.to_dict("records"):
         for key, (file, what, fix) in _COLUMN_GAPS.items():
             if pd.isna(r[key]) and (r["run_id"], file) not in known:
+                if r["run_id"] in outside:  # its source must be named again: the folder's gaps say how
+                    gaps.append(f"{r['run_id']}: {file}: {what}")
+                    continue
                 hint = f"; run '{fix.format(run=paths[r['run_id']])}'" if fix else ""
                 gaps.append(f"{r['run_id']}: {file}: {what}{hint}")
         for key, _, norm, _ in ATTACK_COLUMNS:  # a fallback the missing file does not explain already
@@ -587,6 +591,20 @@ def runs_section(collection, where: Where) -> list[str]:
     for r in collection.runs:
         sources = _attack_sources(r, collection.summary, where) + _margin_sources(r, collection.summary, where)
         lines += [f"- {r.run_id}: " + ("; ".join(sources) if sources else "no attack or margin tables")]
+    models = getattr(collection, "models", [])
+    if models:
+        lines += ["", "Outside models (not trained by jrbench; provenance in each folder's model.json):", "",
+                  "| model | data set | source | SHA-256 | input normalization |", "|---|---|---|---|---|"]
+        for m in models:
+            info = m.outside
+            source = info.get("file") or info.get("factory") or info.get("class")
+            sha = info.get("sha256") or info.get("weights_sha256") or ""
+            norm = info.get("input_normalized")
+            norm = f"mean {norm['mean']}, std {norm['std']}" if norm else "none (pixels in [0, 1])"
+            lines.append(f"| [{m.run_id}]({where(m.path)}) | {info['dataset']} | `{source}` | {sha[:16]} | {norm} |")
+        for m in models:
+            sources = _attack_sources(m, collection.summary, where) + _margin_sources(m, collection.summary, where)
+            lines += [f"- {m.run_id}: " + ("; ".join(sources) if sources else "no attack or margin tables")]
     return lines + [""]
 
 

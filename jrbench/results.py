@@ -26,6 +26,10 @@ and ``model.pt``, searched recursively) and reads, per run, what is there:
   down, and the first epoch carries the warm-up, so the minimum over epochs is the least
   disturbed estimate (interleaved timing in benchmarks/ is the better measurement).
 
+Outside models' result folders (``model.json``, see :mod:`jrbench.outside`) are collected beside
+the runs (``Collection.models``): their name is the group label, ``regularizers`` reads
+``outside``, and the training columns are NaN, named in one gap.
+
 Runs whose files are missing or unreadable are kept with what is there; each missing piece
 is a :class:`Gap`. The library never prints: the CLI shows the gaps.
 """
@@ -49,6 +53,7 @@ from .stats import mean_ci, median_ci, wilson_interval  # noqa: F401  (re-export
 
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
 ATTACK_EXAMPLES = "attack_examples.csv"
+MODEL_JSON = "model.json"  # jrbench.outside.MODEL_JSON: an outside model's result folder
 EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",
                    "example_seed"]
 WORST_CASE = "worst-case"  # attack name of the worst case over every adversarial attack (tidy table)
@@ -86,6 +91,7 @@ class RunRecord:
     config: RunConfig
     env: dict
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    outside: dict | None = None  # an outside model's model.json (then ``config`` is None)
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Collection:
     examples: pd.DataFrame
     gaps: list[Gap]
     paths: list[Path]
+    models: list[RunRecord] = field(default_factory=list)  # outside models' result folders (model.json)
 
 
 # ----------------------------------------------------------------------------- finding runs
@@ -108,11 +115,29 @@ def is_run_dir(path: Path) -> bool:
 def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
     """Run directories named by ``paths`` (each a run directory or a folder searched
     recursively), sorted and without repeats; gaps for unfinished runs (no model.pt)."""
+    runs, _, gaps = find_result_dirs(paths, models=False)
+    return runs, gaps
+
+
+def is_model_dir(path: Path) -> bool:
+    """An outside model's result folder: model.json, and no config.json of a trained run."""
+    return (path / MODEL_JSON).is_file() and not (path / rundir.CONFIG).exists()
+
+
+def find_result_dirs(paths: list[str | Path], models: bool = True) -> tuple[list[Path], list[Path], list[Gap]]:
+    """(run directories, outside models' result folders, gaps) under ``paths``; at least one
+    of the two kinds must be found."""
+    from .outside import is_model_source
+
     if not paths:
         raise UserError("give at least one run directory or folder of runs.")
     found: set[Path] = set()
     unfinished: set[Path] = set()
+    outside: set[Path] = set()
     for p in map(Path, paths):
+        if not p.is_dir() and is_model_source(p):
+            raise UserError(f"{p} is an outside model: attack it first ('jrbench attack {p} --dataset NAME', "
+                            "and 'jrbench margins' likewise), then report its result folder (results/models/NAME).")
         if not p.is_dir():
             raise UserError(f"{p} is not a folder: give run directories or folders of runs.")
         try:
@@ -122,14 +147,17 @@ def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
         for config_path in configs:
             run = config_path.parent.resolve()
             (found if is_run_dir(run) else unfinished).add(run)
+        if models:
+            model_jsons = [p / MODEL_JSON] if (p / MODEL_JSON).is_file() else sorted(p.rglob(MODEL_JSON))
+            outside.update(m.parent.resolve() for m in model_jsons if is_model_dir(m.parent))
     gaps = [Gap(run.name, rundir.MODEL, f"missing in {run}: the run has not finished an epoch; skipped "
                 "(resume it with 'jrbench train ... --resume')") for run in sorted(unfinished)]
-    if not found:
+    if not found and not outside:
         where = ", ".join(str(p) for p in paths)
         note = f" ({len(unfinished)} unfinished: {rundir.CONFIG} without {rundir.MODEL})" if unfinished else ""
         raise UserError(f"no run directories (folders with {rundir.CONFIG} and {rundir.MODEL}) "
                         f"found in {where}{note}; train one with 'jrbench train'.")
-    return sorted(found), gaps
+    return sorted(found), sorted(outside), gaps
 
 
 def run_ids(dirs: list[Path]) -> list[str]:
@@ -193,6 +221,62 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
         gaps.append(Gap(run_id, rundir.METRICS, f"trained {int(metrics['epoch'].max())} of "
                         f"{config.train.epochs} epochs; numbers are of the last finished epoch"))
     return RunRecord(path, run_id, config, env, tables), gaps
+
+
+def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
+    """An outside model's result folder: model.json, env.json and the tables of a run; no
+    training, so no metrics.csv (one gap says so)."""
+    try:
+        info = rundir.read_json(path / MODEL_JSON)
+    except UserError as e:
+        return None, [Gap(run_id, MODEL_JSON, f"{e}; model skipped")]
+    if not isinstance(info, dict) or not info.get("dataset") or not info.get("name"):
+        return None, [Gap(run_id, MODEL_JSON, "lacks the model's name or data set; model skipped")]
+    gaps = [Gap(run_id, rundir.METRICS, "an outside model, not trained by jrbench: no training metrics "
+                "(clean test accuracy, R_z, overhead) and no verdict")]
+    env: dict = {}
+    if (path / rundir.ENV).is_file():
+        try:
+            env = rundir.read_json(path / rundir.ENV)
+        except UserError as e:
+            gaps.append(Gap(run_id, rundir.ENV, f"{e}; versions and device unknown"))
+    source = info.get("file") or info.get("factory") or info.get("class") or "MODEL"
+    again = f"{source} --dataset {info['dataset']} --out {path}"
+    tables = {}
+    for name, hint in ((ATTACKS, f"run 'jrbench attack {again}'"), (MARGINS, f"run 'jrbench margins {again}'"),
+                       (JACOBIAN, f"run 'jrbench margins {again}'")):
+        table = _read_table(path / name, run_id, gaps, hint)
+        if table is not None:
+            tables[name] = table
+    if ATTACKS in tables or (path / ATTACK_EXAMPLES).exists():
+        table = _read_table(path / ATTACK_EXAMPLES, run_id, gaps, f"re-run 'jrbench attack {again}'")
+        if table is not None:
+            tables[ATTACK_EXAMPLES] = table
+    return RunRecord(path, run_id, None, env, tables, outside=info), gaps
+
+
+def model_group_id(info: dict) -> str:
+    """One group per outside model: its data set, name and a digest of its identity."""
+    from .outside import IDENTITY
+
+    digest = hashlib.sha1(json.dumps({k: info.get(k) for k in IDENTITY}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:6]
+    return f"{info['dataset']}-model-{info['name']}-{digest}"
+
+
+def model_provenance(record: RunRecord) -> dict:
+    """The provenance columns of an outside model: its name as model and group label; training
+    columns (regularizers' weights, seed, batch size, epochs) NaN."""
+    info, packages = record.outside, record.env.get("packages", {}) or {}
+    return {
+        "run_id": record.run_id, "group_id": model_group_id(info), "group_label": info["name"],
+        "dataset": info["dataset"], "model": info["name"], "regularizers": "outside",
+        "lambda_jr": math.nan, "n_proj": math.nan, "jr_subsample": math.nan, "seed": math.nan,
+        "batch_size": math.nan, "epochs": math.nan, "device": device_label(record.env),
+        "torch_version": packages.get("torch"), "torchvision_version": packages.get("torchvision"),
+        "torchattacks_version": packages.get("torchattacks"), "jrbench_version": packages.get("jrbench"),
+        "git_commit": record.env.get("git_commit"), "run_dir": str(record.path),
+    }
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -546,19 +630,21 @@ def collect(paths: list[str | Path]) -> Collection:
 
     Raises :class:`UserError` when no run directory is found or none can be read.
     """
-    dirs, gaps = find_run_dirs(paths)
-    records = []
-    for path, run_id in zip(dirs, run_ids(dirs)):
-        record, run_gaps = read_run(path, run_id)
+    dirs, model_dirs, gaps = find_result_dirs(paths)
+    records, models = [], []
+    ids = run_ids(dirs + model_dirs)
+    for path, run_id in zip(dirs + model_dirs, ids):
+        record, run_gaps = (read_run if path in dirs else read_model)(path, run_id)
         gaps += run_gaps
         if record is not None:
-            records.append(record)
-    if not records:
+            (records if record.outside is None else models).append(record)
+    if not records and not models:
         raise UserError("none of the run directories could be read: " + "; ".join(map(str, gaps)))
-    labels = group_labels(records)
+    labels = group_labels(records) if records else {}
     prov = {r.run_id: provenance(r, labels[group_id(r.config)]) for r in records}
+    prov.update({m.run_id: model_provenance(m) for m in models})
     rows, examples = [], []
-    for record in records:
+    for record in records + models:
         run_rows, run_examples = _run_rows(record, gaps)
         rows += [{**row, **prov[record.run_id]} for row in run_rows]
         if len(run_examples):
@@ -572,4 +658,4 @@ def collect(paths: list[str | Path]) -> Collection:
     example_cols = ["run_id", "group_id", "group_label", "quantity", "index", "value"]
     examples_table = (pd.concat(examples, ignore_index=True)[example_cols] if examples
                       else pd.DataFrame(columns=example_cols))
-    return Collection(records, summary, examples_table, gaps, [Path(p) for p in paths])
+    return Collection(records, summary, examples_table, gaps, [Path(p) for p in paths], models)

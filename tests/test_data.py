@@ -91,3 +91,50 @@ def test_bad_labels_are_rejected(tmp_path):
     write_idx_folder(tmp_path, Split(d.train.images, d.train.labels + 10), d.test)
     with pytest.raises(UserError, match="labels must lie"):
         load_data(DataConfig("mnist", str(tmp_path)))
+
+
+def _write_cifar_folder(root, n_per_batch=3, seed=0):
+    """A tiny cifar-10-batches-py folder in CIFAR's own format: pickled dicts with 'data'
+    (N, 3072) uint8, rows of R, G, B planes of 32x32, and 'labels' (str keys, as the Python 2
+    pickles of the real files read with encoding latin1)."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
+        written[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, f)
+    return written
+
+
+def test_cifar10_is_read_from_a_written_batches_folder_without_download(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+    import torchvision.datasets.utils as tv_utils
+
+    written = _write_cifar_folder(tmp_path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", no_network)
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", no_network)
+    # torchvision checks the folder against the md5 sums of the real CIFAR files; ours are tiny fakes
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    got = load_data(DataConfig("cifar10", str(tmp_path)))
+    assert got.train.images.shape == (15, 3, 32, 32) and got.test.images.shape == (3, 3, 32, 32)
+    assert got.train.images.dtype == torch.uint8 and got.info.num_classes == 10
+    data, labels = written["test_batch"]
+    expected = torch.from_numpy(data).view(3, 3, 32, 32)  # channel planes, row-major
+    assert torch.equal(got.test.images, expected) and got.test.labels.tolist() == labels
+    first, _ = written["data_batch_1"]
+    assert torch.equal(got.train.images[:3], torch.from_numpy(first).view(3, 3, 32, 32))

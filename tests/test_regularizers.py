@@ -156,3 +156,15 @@ def test_resnet18_step_through_autograd_and_jvp():
         loss = step_loss(model, x, y, reg)
         loss.total.backward()
         assert loss.jacobian > 0 and model.net.conv1.weight.grad.abs().sum() > 0
+
+
+def test_ddnet_step_with_the_jacobian_penalty():
+    torch.manual_seed(0)
+    model = build_model("ddnet", (3, 32, 32), 10, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26])
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    loss = step_loss(model, x, y, RegConfig(["jacobian"], lambda_jr=0.01))
+    loss.total.backward()
+    assert torch.isfinite(loss.total) and loss.jacobian > 0
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert all(g.abs().sum() > 0 for g in grads)  # every layer, the first conv's included
