@@ -607,13 +607,15 @@ def model_num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig, *,
                 num_classes: int | None = None, example_index: torch.Tensor | None = None,
-                example_seed: int = -1) -> AttackTables:
+                example_seed: int = -1, on_progress=None) -> AttackTables:
     """Run the attacks of ``config`` on (x, y); return the table (one tidy row per (attack,
     norm, strength), columns :data:`ROW_COLUMNS`) and the per-example record
     (:data:`EXAMPLE_COLUMNS`). x: (N, C, H, W) pixels in [0, 1] on any device (batches move
     to the model's device); y: (N,) labels. ``num_classes`` (AutoAttack's target classes): the
     data set's, default the width of the model's logits; ``example_index`` (N,): the examples'
-    positions in their split, written to the record's ``example`` (default 0..N-1)."""
+    positions in their split, written to the record's ``example`` (default 0..N-1).
+    ``on_progress(done, total, label)`` is called before the first and after each attack and
+    strength (``total``: the number of (attack, norm, strength) runs)."""
     config.validate()
     for norm in config.eps_norms():
         if getattr(config, f"eps_{norm}") is None:
@@ -635,26 +637,45 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Atta
     common = dict(seed=config.seed, batch_size=config.batch_size)
     rows: list[dict] = []
     record: list[pd.DataFrame] = []
+    runs = [("pgd", norm) for norm in config.norms if config.pgd]
+    runs += [("fgsm", "linf")] if config.fgsm else []
+    total = (len(config.sigmas) if config.noise else 0) + sum(
+        len(getattr(config, f"eps_{norm}")) for _, norm in runs) + sum(
+        len(eps_list) for eps_list in config.autoattack_grids().values()) * bool(config.autoattack)
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total, label)
+
+    if on_progress is not None:
+        on_progress(0, total, "")
     with eval_mode(model):
         if config.noise:
-            rows += noise_rows(model, x, y, config.sigmas, draws=config.draws, record=record,
-                               example_index=example_index, **common)
+            for sigma in config.sigmas:
+                rows += noise_rows(model, x, y, [sigma], draws=config.draws, record=record,
+                                   example_index=example_index, **common)
+                step(f"noise sigma={sigma:g}")
         if config.pgd or config.fgsm or config.autoattack:
             clean = correct_mask(model, x, y, config.batch_size)
             stats = gradient_stats(model, x, y, config.loss, config.batch_size)
             shared = dict(loss=config.loss, clean_correct=clean, grad_stats=stats, record=record,
                           example_index=example_index, **common)
-            runs = [("pgd", norm) for norm in config.norms if config.pgd]
-            runs += [("fgsm", "linf")] if config.fgsm else []
             for attack, norm in runs:
-                rows += attack_rows(model, x, y, attack=attack, norm=norm,
-                                    eps_list=getattr(config, f"eps_{norm}"), steps=config.steps,
-                                    alpha=config.alpha, restarts=config.restarts,
-                                    random_start=config.random_start, **shared)
-            for norm, eps_list in config.autoattack_grids().items():
-                rows += autoattack_rows(model, x, y, norm=norm, eps_list=eps_list,
-                                        num_classes=num_classes, n_targets=config.aa_targets,
+                for eps in getattr(config, f"eps_{norm}"):
+                    rows += attack_rows(model, x, y, attack=attack, norm=norm, eps_list=[eps],
+                                        steps=config.steps, alpha=config.alpha,
+                                        restarts=config.restarts, random_start=config.random_start,
                                         **shared)
+                    step(f"{attack} {norm} eps={eps:g}")
+            for norm, eps_list in (config.autoattack_grids().items() if config.autoattack else ()):
+                for eps in eps_list:
+                    rows += autoattack_rows(model, x, y, norm=norm, eps_list=[eps],
+                                            num_classes=num_classes, n_targets=config.aa_targets,
+                                            **shared)
+                    step(f"autoattack {norm} eps={eps:g}")
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
     text, ints = ("attack", "norm", "loss"), ("n_examples", "seed")
     df = df.astype({c: str if c in text else int if c in ints else float for c in ROW_COLUMNS})

@@ -188,11 +188,12 @@ def panel_runs(records: list, max_panels: int = 6) -> dict[str, list]:
 def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[str, ...] = KINDS,
                        radius: float | None = None, n_grid: int = 101, seed: int = 0,
                        index: int | None = None, device: str = "auto", data_dir: str | None = None,
-                       max_panels: int = 6) -> list[CellFigure]:
+                       max_panels: int = 6, on_progress=None) -> list[CellFigure]:
     """Cross-sections of the runs (:class:`jrbench.results.RunRecord`) of each data set through one
     test point: ``index`` or the first test example every panel's model gets right. The
     adversarial direction comes from the first panel's model (a plain run where there is one).
-    ``labels``: run_id -> panel title. Raises UserError when data or models cannot be loaded."""
+    ``labels``: run_id -> panel title. Raises UserError when data or models cannot be loaded.
+    ``on_progress(done, total, label)`` counts runs x kinds of cross-section, after each section."""
     import dataclasses
 
     from .data import load_data, to_pixels
@@ -201,7 +202,11 @@ def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[st
 
     dev = resolve_device(device)
     figures = []
-    for dataset, runs in panel_runs(records, max_panels).items():
+    panels = panel_runs(records, max_panels)
+    total, done = sum(len(runs) for runs in panels.values()) * len(kinds), 0
+    if on_progress is not None:
+        on_progress(0, total, "loading models")
+    for dataset, runs in panels.items():
         models = {r.run_id: load_run(r.path, dev)[0] for r in runs}
         config = runs[0].config
         data = load_data(dataclasses.replace(config.data, data_dir=data_dir or config.data.data_dir))
@@ -213,6 +218,9 @@ def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[st
             plane = make_plane(kind, x[i], int(y[i]), i, radius=r, seed=seed, reference=ref)
             section = cross_section(models, plane, n_grid)
             figures.append(CellFigure(dataset, section, {k: labels[k] for k in models}, data.info.classes))
+            done += len(models)
+            if on_progress is not None:
+                on_progress(done, total, f"{dataset} {kind}")
     return figures
 
 

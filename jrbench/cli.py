@@ -23,6 +23,120 @@ err_console = Console(stderr=True)
 EXIT_USER_ERROR = 2
 
 
+# ----------------------------------------------------------------------------- shared choices and options
+class Schedule(str, Enum):
+    """Learning-rate schedules (jrbench.config.SCHEDULES)."""
+    none = "none"
+    step = "step"
+    cosine = "cosine"
+
+
+class JrBackend(str, Enum):
+    """Paths of the Jacobian penalty (jrbench.config.JR_BACKENDS)."""
+    auto = "auto"          # the explicit-VJP tape where the net allows it, else autograd
+    tape = "tape"
+    autograd = "autograd"
+
+
+class JrEstimator(str, Enum):
+    """Estimators of ||J||_F^2 (jrbench.config.JR_ESTIMATORS)."""
+    vjp = "vjp"  # output-side projections (the paper's)
+    jvp = "jvp"  # input-side, forward mode
+
+
+class Loss(str, Enum):
+    """Losses of the gradient attacks (jrbench.attacks.LOSSES)."""
+    ce64 = "ce64"  # cross-entropy from float64 logits
+    ce32 = "ce32"  # torchattacks as is
+
+
+class Norm(str, Enum):
+    """Norms of the gradient attacks (jrbench.attacks.NORMS)."""
+    linf = "linf"
+    l2 = "l2"
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def _check_device(value: str) -> str:
+    """--device: a fixed choice, or cuda:N for one GPU by number (an Enum cannot say cuda:N)."""
+    import re
+
+    if value in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise typer.BadParameter(f"{value!r} is not one of auto, cpu, cuda or cuda:N.")
+
+
+DeviceOpt = Annotated[str, typer.Option(metavar="<auto|cpu|cuda|cuda:N>", callback=_check_device,
+                                        help="auto (a GPU if there is one), cpu, cuda or cuda:N.")]
+NExamplesOpt = Annotated[int, typer.Option(
+    help="Fixed test examples, chosen by --example-seed (the same in attack and margins).")]
+ExampleSeedOpt = Annotated[int, typer.Option(help="Seed choosing the examples (the same for every run).")]
+SigmaOpt = Annotated[Optional[list[float]], typer.Option(help="Noise sigma (pixel units); repeat for a grid.")]
+EpsOpt = Annotated[Optional[list[float]], typer.Option(
+    help="PGD/FGSM radius (pixel units) for a single --norm; repeat for a grid.")]
+NProjOpt = Annotated[int, typer.Option(help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")]
+NProjGridOpt = Annotated[Optional[list[int]], typer.Option(
+    "--n-proj", help="Random projections per sample of the Jacobian penalty; -1 for the exact value. "
+                     "Repeat to time several (default 1, 3, -1).")]
+JrSubsampleOpt = Annotated[Optional[int], typer.Option(
+    help="Compute the Jacobian penalty on this many samples K of each batch (default: all).")]
+JrSubsampleGridOpt = Annotated[Optional[list[int]], typer.Option(
+    "--jr-subsample", help="Compute the Jacobian penalty on this many samples K of each batch (timed with n=1). "
+                           "Repeat to time several (default 16 and 32).")]
+JrBackendOpt = Annotated[JrBackend, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option(
+    help="Data folder (default: the one the run was trained with, else $JRBENCH_DATA, else ~/.cache/jrbench).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+class Bars:
+    """Rich progress bars with the time left, on stderr, fed by the library's callbacks
+    ``on_progress(done, total, label)``; ``quiet``: none (the callbacks are None)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = None
+
+    def _start(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TextColumn("left"),
+                                 TimeRemainingColumn(), console=err_console)
+        self.progress.start()
+
+    def callback(self, description: str) -> Callable[[int, int, str], None] | None:
+        """A new bar named ``description``, started by its first call; None when quiet."""
+        if self.quiet:
+            return None
+        task = None
+
+        def on_progress(done: int, total: int, label: str) -> None:
+            nonlocal task
+            if self.progress is None:
+                self._start()
+            if task is None:
+                task = self.progress.add_task(description, total=total, label="")
+            self.progress.update(task, completed=done, total=total, label=label)
+
+        return on_progress
+
+    def stop(self) -> None:
+        """Stop the bars (before another live display, e.g. training's, starts)."""
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def __enter__(self) -> "Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -91,9 +205,11 @@ def _progress_callbacks(total_epochs: int):
     return progress, on_step, on_epoch
 
 
-def run_training(config, out: Path, resume: bool):
+def run_training(config, out: Path, resume: bool, quiet: bool = False):
     from .training import train
 
+    if quiet:
+        return train(config, out, resume=resume)
     progress, on_step, on_epoch = _progress_callbacks(config.train.epochs)
     with progress:
         return train(config, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
@@ -106,28 +222,29 @@ def train_command(
     model: Annotated[str, typer.Option(help="mlp, lenet, ddnet or resnet18.")] = "lenet",
     reg: Annotated[Optional[list[str]], typer.Option(help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad.")] = None,
     lambda_jr: Annotated[float, typer.Option(help="Weight of R = 1/2 ||J_z||_F^2.")] = 0.01,
-    n_proj: Annotated[int, typer.Option(help="Random projections per sample; -1 for the exact value.")] = 1,
-    jr_subsample: Annotated[Optional[int], typer.Option(help="Compute R on this many samples of each batch.")] = None,
+    n_proj: NProjOpt = 1,
+    jr_subsample: JrSubsampleOpt = None,
     weight_decay: Annotated[float, typer.Option(help="Weight decay of the l2 regularizer.")] = 5e-4,
     dropout: Annotated[float, typer.Option(help="Dropout probability of the dropout regularizer.")] = 0.5,
     lambda_ig: Annotated[float, typer.Option(help="Weight of the input-grad penalty 1/2 ||dCE/dz||^2.")] = 0.01,
-    jr_backend: Annotated[str, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")] = "auto",
-    jr_estimator: Annotated[str, typer.Option(help="vjp: C ||v^T J||^2, v on the unit sphere (the paper's); jvp: ||J u||^2, u ~ N(0, I), forward mode.")] = "vjp",
+    jr_backend: JrBackendOpt = JrBackend.auto,
+    jr_estimator: Annotated[JrEstimator, typer.Option(help="vjp: C ||v^T J||^2, v on the unit sphere (the paper's); jvp: ||J u||^2, u ~ N(0, I), forward mode.")] = JrEstimator.vjp,
     jr_every: Annotated[int, typer.Option(help="The penalty on every k-th step only, with lambda_jr x k.")] = 1,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: none, step or cosine.")] = "none",
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule.")] = Schedule.none,
     step_epochs: Annotated[int, typer.Option(help="step schedule: epochs between decays.")] = 5,
     gamma: Annotated[float, typer.Option(help="step schedule: factor per decay.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of initialization, order, dropout and projections.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default $JRBENCH_DATA, else ~/.cache/jrbench).")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Keep this many training examples (chosen by a fixed seed).")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Keep this many test examples (chosen by a fixed seed).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/runs/<run-id>).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished epoch.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Train a model with or without Jacobian regularization; write a run directory."""
     from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
@@ -136,11 +253,11 @@ def train_command(
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
         ModelConfig(model),
         RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig,
-                  jr_backend, jr_estimator, jr_every),
-        TrainConfig(epochs, batch_size, lr, momentum, schedule, step_epochs, gamma, seed, device),
+                  jr_backend.value, jr_estimator.value, jr_every),
+        TrainConfig(epochs, batch_size, lr, momentum, schedule.value, step_epochs, gamma, seed, device),
     ).validate()
     out = out or Path("results/runs") / config.run_id()
-    result = run_training(config, out, resume)
+    result = run_training(config, out, resume, quiet)
     last = result.metrics.iloc[-1]
     console.print(f"run directory: {out}")
     console.print(f"test accuracy {last['test_acc']:.4f}, mean ||J_z||_F {last['test_jac_frob_z']:.3f} "
@@ -205,8 +322,8 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
                             keep_going: bool = False):
     """Run a sweep and show its progress; return the cells' statuses.
 
-    Local engine: one progress bar per training and a line per step of every cell (a failing
-    cell is raised unless ``keep_going``). Ray engine: a live table of the cells (state, step,
+    Local engine: one progress bar per training, attack and margins step and a line per step of
+    every cell (a failing cell is raised unless ``keep_going``). Ray engine: a live table of the cells (state, step,
     node, try, seconds); failed cells are in the statuses. ``quiet`` shows neither."""
     if engine == "ray":
         from rich.live import Live
@@ -229,21 +346,32 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
     if quiet:
         return run_sweep(spec, device=device, keep_going=keep_going)
 
+    bars = Bars()
+    current: dict = {}
+
     def on_cell(i: int, n: int, run_id: str, step: str) -> None:
+        bars.stop()  # the previous step's bar ends; training shows its own
+        current["progress"] = bars.callback(f"[{i}/{n}] {step}")
         if step != "done":
             console.print(f"[bold][{i}/{n}][/] {run_id}: {step}", highlight=False)
+
+    def on_progress(done: int, total: int, label: str) -> None:
+        current["progress"](done, total, label)
 
     def train_cell(config, run_dir):
         return run_training(config, run_dir, resume=True)
 
-    return run_sweep(spec, device=device, train_cell=train_cell, on_cell=on_cell, keep_going=keep_going)
+    with bars:
+        return run_sweep(spec, device=device, train_cell=train_cell, on_cell=on_cell, keep_going=keep_going,
+                         on_progress=on_progress)
 
 
 @app.command("demo")
 @friendly
 def demo_command(
     out: Annotated[Path, typer.Option(help="Folder of the demo's runs and report.")] = Path("results/demo"),
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or step lines.")] = False,
 ) -> None:
     """The quick profile: a plain and a Jacobian-regularized lenet on synth-digits, end to end.
 
@@ -251,8 +379,8 @@ def demo_command(
     from .demo import quick_spec
 
     spec = quick_spec(out)
-    run_sweep_with_progress(spec, device)
-    finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device)
+    run_sweep_with_progress(spec, device, quiet=quiet)
+    finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device, quiet)
 
 
 @app.command("sweep")
@@ -260,7 +388,7 @@ def demo_command(
 def sweep_command(
     spec_path: Annotated[Path, typer.Argument(help="A study as a grid in TOML (see benchmarks/*.toml).")],
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the sweep's runs (default: the spec's 'out').")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
     engine: Annotated[Engine, typer.Option(help="local: cell after cell in this process; ray: every cell a Ray task (pip install 'jrbench\\[ray]').")] = Engine.local,
     address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001 (default $RAY_ADDRESS, else start Ray on this machine's cores).")] = None,
@@ -295,7 +423,7 @@ def sweep_command(
         raise typer.Exit(130)
     failed = [s for s in statuses if s.error]
     if report and len(failed) < len(statuses):
-        finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device)
+        finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device, quiet)
     for status in failed:
         err_console.print(f"[bold red]failed:[/] {status.run_dir.name}: {status.error}", highlight=False,
                           soft_wrap=True)
@@ -308,9 +436,10 @@ def sweep_command(
         raise typer.Exit(1)
 
 
-def finish_sweep_report(runs: Path, out: Path, options: dict | None = None, device: str = "auto") -> None:
+def finish_sweep_report(runs: Path, out: Path, options: dict | None = None, device: str = "auto",
+                        quiet: bool = False) -> None:
     """Write the report of a finished sweep (see the report command) with the spec's [report] options."""
-    report_command([runs], out=out, **{"device": device, **(options or {})})
+    report_command([runs], out=out, **{"device": device, "quiet": quiet, **(options or {})})
 
 
 # ----------------------------------------------------------------------------- attack
@@ -345,27 +474,28 @@ def attack_command(
         help="AutoAttack's own L-inf radius grid (with or without --autoattack-eps-l2: AutoAttack runs on these norms only).")] = None,
     autoattack_eps_l2: Annotated[Optional[list[float]], typer.Option(
         help="AutoAttack's own L2 radius grid.")] = None,
-    n_examples: Annotated[int, typer.Option(help="Fixed test examples, chosen by --example-seed.")] = 1000,
-    example_seed: Annotated[int, typer.Option(help="Seed choosing the examples (same for every run).")] = 0,
-    sigma: Annotated[Optional[list[float]], typer.Option(help="Noise sigma (pixel units); repeat for a grid.")] = None,
+    n_examples: NExamplesOpt = 1000,
+    example_seed: ExampleSeedOpt = 0,
+    sigma: SigmaOpt = None,
     draws: Annotated[int, typer.Option(help="Noise draws per image.")] = 5,
-    norm: Annotated[Optional[list[str]], typer.Option(help="PGD norm: linf, l2; repeat for both (default both).")] = None,
-    eps: Annotated[Optional[list[float]], typer.Option(help="PGD/FGSM radius grid for a single --norm (pixel units).")] = None,
+    norm: Annotated[Optional[list[Norm]], typer.Option(help="PGD norm; repeat for both (default both).")] = None,
+    eps: EpsOpt = None,
     eps_linf: Annotated[Optional[list[float]], typer.Option(help="L-inf radius grid (default per data set).")] = None,
     eps_l2: Annotated[Optional[list[float]], typer.Option(help="L2 radius grid (default per data set).")] = None,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 40,
     alpha: Annotated[Optional[float], typer.Option(help="PGD step size (default 2.5 eps / steps).")] = None,
     restarts: Annotated[int, typer.Option(help="PGD restarts; broken if any restart breaks it.")] = 1,
-    loss: Annotated[str, typer.Option(help="ce64 (cross-entropy from float64 logits) or ce32 (torchattacks as is).")] = "ce64",
+    loss: Annotated[Loss, typer.Option(help="ce64: cross-entropy from float64 logits; ce32: torchattacks as is.")] = Loss.ce64,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and random starts.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
     input_normalized: Annotated[Optional[str], typer.Option(
         help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
     attacks.csv and the per-example record attack_examples.csv into the run (or model) folder."""
@@ -378,7 +508,7 @@ def attack_command(
         autoattack = True
     if not (noise or pgd or fgsm or autoattack):  # the defaults of the API's AttackConfig, AutoAttack aside
         noise = pgd = fgsm = True
-    norms = tuple(norm or NORMS)
+    norms = tuple(n.value for n in norm) if norm else NORMS
     if eps is not None:
         if len(norms) != 1:
             raise UserError("--eps needs a single --norm; use --eps-linf and --eps-l2 for both.")
@@ -387,7 +517,7 @@ def attack_command(
                           autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2,
                           sigmas=sigma or default_sigmas(), draws=draws,
                           norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
-                          restarts=restarts, loss=loss, batch_size=batch_size, seed=seed)
+                          restarts=restarts, loss=loss.value, batch_size=batch_size, seed=seed)
     config.validate()
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
     for run_dir, model in sources:  # every directory and model is checked before any table is written
@@ -395,13 +525,15 @@ def attack_command(
             check_attack(run_dir, config)
     for run_dir, model in sources:
         data = str(data_dir) if data_dir else None
-        if model is None:
-            result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
-                                device=device, data_dir=data)
-        else:
-            result = attack_model(model.model, model.dataset, config, n_examples=n_examples,
-                                  example_seed=example_seed, device=device, data_dir=data, out=run_dir,
-                                  name=model.name, source=model.provenance)
+        with Bars(quiet) as bars:
+            on_progress = bars.callback(f"{run_dir.name}: attacks")
+            if model is None:
+                result = attack_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
+                                    device=device, data_dir=data, on_progress=on_progress)
+            else:
+                result = attack_model(model.model, model.dataset, config, n_examples=n_examples,
+                                      example_seed=example_seed, device=device, data_dir=data, out=run_dir,
+                                      name=model.name, source=model.provenance, on_progress=on_progress)
         print_attack_table(result, f"{run_dir.name}: accuracy under attack ({n_examples} test examples)")
 
 
@@ -418,7 +550,8 @@ def print_margins_summary(result, title: str, run_dir: Path) -> None:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
     if len(result.margins) < result.n_requested:
-        console.print(f"[yellow]note:[/] only {len(result.margins)} test examples are classified correctly.")
+        console.print(f"[yellow]note:[/] {len(result.margins)} of the {result.n_requested} examples are classified "
+                      "correctly; only those are measured.", highlight=False)
     for note in getattr(result, "notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"written: {run_dir / 'margins.csv'}, {run_dir / 'jacobian.csv'}")
@@ -429,17 +562,20 @@ def print_margins_summary(result, title: str, run_dir: Path) -> None:
 def margins_command(
     run_dirs: Annotated[list[Path], typer.Argument(
         help="Run directories written by 'jrbench train', or outside models: a torch.export .pt2 file or a 'module:function' factory.")],
-    n_examples: Annotated[int, typer.Option(help="The first N correctly classified test examples.")] = 500,
+    n_examples: Annotated[int, typer.Option(
+        help="Fixed test examples, chosen by --example-seed (the same in attack and margins); the correctly classified ones among them are measured.")] = 500,
+    example_seed: ExampleSeedOpt = 0,
     directions: Annotated[int, typer.Option(help="Random unit directions per example.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the random directions.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the run was trained with.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
     input_normalized: Annotated[Optional[str], typer.Option(
         help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example,
     of trained runs or outside models."""
@@ -453,13 +589,17 @@ def margins_command(
             check_run_dir(run_dir)
     for run_dir, model in sources:
         data = str(data_dir) if data_dir else None
-        if model is None:
-            result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
-                                 device=device, data_dir=data, batch_size=batch_size)
-        else:
-            result = margins_model(model.model, model.dataset, n_examples=n_examples, n_directions=directions,
-                                   seed=seed, device=device, data_dir=data, out=run_dir, name=model.name,
-                                   batch_size=batch_size, source=model.provenance)
+        with Bars(quiet) as bars:
+            on_progress = bars.callback(f"{run_dir.name}: margins")
+            if model is None:
+                result = margins_run(run_dir, n_examples=n_examples, n_directions=directions, seed=seed,
+                                     example_seed=example_seed, device=device, data_dir=data,
+                                     batch_size=batch_size, on_progress=on_progress)
+            else:
+                result = margins_model(model.model, model.dataset, n_examples=n_examples, n_directions=directions,
+                                       seed=seed, example_seed=example_seed, device=device, data_dir=data,
+                                       out=run_dir, name=model.name, batch_size=batch_size,
+                                       source=model.provenance, on_progress=on_progress)
         print_margins_summary(result, f"{run_dir.name}: margins (pixel L2) and Jacobian", run_dir)
 
 
@@ -469,9 +609,9 @@ def margins_command(
 def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Run directories or folders of runs (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Folder of the report.")] = Path("results/report"),
-    sigma: Annotated[Optional[float], typer.Option(help="Noise sigma of the table (pixel units; default per data set, 0.5 MNIST-like).")] = None,
-    eps_linf: Annotated[Optional[float], typer.Option(help="PGD L-inf radius of the table (default 0.1 MNIST-like, 8/255 CIFAR).")] = None,
-    eps_l2: Annotated[Optional[float], typer.Option(help="PGD L2 radius of the table (default 1.5 MNIST-like, 0.5 CIFAR).")] = None,
+    sigma: Annotated[Optional[float], typer.Option(help="The one noise sigma the table shows (pixel units; default per data set, 0.5 MNIST-like); a single value, not a grid.")] = None,
+    eps_linf: Annotated[Optional[float], typer.Option(help="The one PGD L-inf radius the table shows (default 0.1 MNIST-like, 8/255 CIFAR); a single value, not a grid.")] = None,
+    eps_l2: Annotated[Optional[float], typer.Option(help="The one PGD L2 radius the table shows (default 1.5 MNIST-like, 0.5 CIFAR); a single value, not a grid.")] = None,
     per_run: Annotated[bool, typer.Option("--per-run", help="One row per run instead of per group of seeds.")] = False,
     cells: Annotated[bool, typer.Option("--cells/--no-cells", help="Draw decision-cell cross-sections (loads models and data).")] = True,
     cell_radius: Annotated[Optional[float], typer.Option(help="Half-width of the cross-sections (pixel L2; default per data set).")] = None,
@@ -479,8 +619,9 @@ def report_command(
     cell_seed: Annotated[int, typer.Option(help="Seed of the random directions of the cross-sections.")] = 0,
     cell_index: Annotated[Optional[int], typer.Option(help="Test example of the cross-sections (default: the first every model gets right).")] = None,
     cell_panels: Annotated[int, typer.Option(help="At most this many runs side by side per cross-section.")] = 6,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda (for the cross-sections).")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder, if not the one the runs were trained with.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Collect runs into summary.csv; write a paper-style table, verdicts against plain runs, plots and report.md."""
     from rich.table import Table
@@ -490,7 +631,8 @@ def report_command(
 
     options = ReportOptions(Strengths(sigma, eps_linf, eps_l2), not per_run, cells, cell_radius, cell_grid,
                             cell_seed, cell_index, cell_panels, device, str(data_dir) if data_dir else None).validate()
-    result = write_report(collect(paths), out, options)
+    with Bars(quiet) as bars:
+        result = write_report(collect(paths), out, options, on_progress=bars.callback("cross-sections"))
     rows = result.table.set_index(result.table.columns[0]).T  # one column per run or group: fits a terminal
     table = Table(title="per run" if per_run else "per group of runs differing by seed: mean ± std across seeds")
     table.add_column("")
@@ -515,25 +657,26 @@ def overhead_command(
     dataset: Annotated[str, typer.Option(help="Data set the batch comes from.")] = "synth-digits",
     model: Annotated[str, typer.Option(help="Model to time.")] = "lenet",
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    n_proj: Annotated[Optional[list[int]], typer.Option(help="Projections to time; repeat (default 1, 3, -1 = exact).")] = None,
-    jr_subsample: Annotated[Optional[list[int]], typer.Option(help="Sub-sample sizes K to time with n=1; repeat (default 16 and 32).")] = None,
+    n_proj: NProjGridOpt = None,
+    jr_subsample: JrSubsampleGridOpt = None,
     jr_every: Annotated[Optional[list[int]], typer.Option(help="Also time n=1 on every k-th step; repeat.")] = None,
     jvp: Annotated[bool, typer.Option("--jvp", help="Also time the forward-mode estimator (--jr-estimator jvp, n=1).")] = False,
-    jr_backend: Annotated[str, typer.Option(help="Penalty path of every Jacobian case: auto, tape or autograd.")] = "auto",
+    jr_backend: JrBackendOpt = JrBackend.auto,
     random_batch: Annotated[bool, typer.Option("--random-batch", help="Time on uniform pixels of the data set's shape (no data files needed).")] = False,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time the per-row autograd reference of the exact penalty.")] = True,
     pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder.")] = None,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/overhead.csv without --check/--gate, else nowhere).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
     gate: Annotated[Optional[Path], typer.Option(help="Gate spec (benchmarks/overhead_gate.toml): time this checkout against a baseline commit, interleaved; exit 1 on a regression.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="With --gate: the baseline commit (default: the spec's).")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Time Jacobian-regularized training steps against plain SGD, interleaved in one process."""
     if gate is not None:
-        return run_gate_command(gate, baseline, jr_backend, device, out)
+        return run_gate_command(gate, baseline, jr_backend.value, device, out)
     from rich.table import Table
 
     from .overhead import OverheadConfig, cases_of, check_budget, check_budget_cases, load_budget, run_overhead
@@ -541,11 +684,12 @@ def overhead_command(
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
     cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
-                         tuple(jr_every or ()), jvp, jr_backend, random_batch, reference, pairs, warmup, 0, device,
+                         tuple(jr_every or ()), jvp, jr_backend.value, random_batch, reference, pairs, warmup, 0, device,
                          str(data_dir) if data_dir else None)
     if budgets is not None:
         check_budget_cases(budgets, cases_of(cfg))
-    summary = run_overhead(cfg)
+    with Bars(quiet) as bars:
+        summary = run_overhead(cfg, on_progress=bars.callback(f"{model}: timing pairs"))
     out = out if out is not None or check is not None else Path("results/overhead.csv")
     if out is not None:
         atomic_write_csv(out, summary)

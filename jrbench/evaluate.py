@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -26,6 +27,7 @@ from .errors import UserError
 ATTACKS_CSV, MARGINS_CSV, JACOBIAN_CSV = "attacks.csv", "margins.csv", "jacobian.csv"
 ATTACK_EXAMPLES_CSV = "attack_examples.csv"
 ATTACK_KEYS = ["attack", "norm", "strength", "loss"]
+Progress = Callable[[int, int, str], None]  # on_progress(done, total, label): units of work finished so far
 
 
 def provenance(config: RunConfig, run_dir: Path) -> dict:
@@ -120,9 +122,11 @@ def comparable_rows(table: pd.DataFrame, example_seed: int, n_examples: int) -> 
 
 
 def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_seed: int = 0,
-               device: str = "auto", data_dir: str | None = None) -> AttackResult:
+               device: str = "auto", data_dir: str | None = None,
+               on_progress: Progress | None = None) -> AttackResult:
     """Attack the model of ``run_dir`` on ``n_examples`` fixed test examples; update
     attacks.csv and attack_examples.csv (the per-example record, written first).
+    ``on_progress(done, total, label)`` is called after each attack and strength.
 
     ``config`` is an :class:`jrbench.attacks.AttackConfig`; eps grids left None get the
     data set's defaults. The warnings (:func:`jrbench.attacks.sanity_warnings`) look at every
@@ -135,11 +139,11 @@ def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_s
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
     return _attack(model, data, config, provenance(run_config, run_dir), run_dir,
-                   n_examples=n_examples, example_seed=example_seed, device=dev)
+                   n_examples=n_examples, example_seed=example_seed, device=dev, on_progress=on_progress)
 
 
 def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, *, n_examples: int,
-            example_seed: int, device: torch.device) -> AttackResult:
+            example_seed: int, device: torch.device, on_progress: Progress | None = None) -> AttackResult:
     """The attacks of attack_run and attack_model: ``model`` (pixels in, logits out, on ``device``)
     on the fixed examples of ``data``; rows get ``prov``; tables upserted into ``out`` (None: kept
     in memory, the warnings then read this call's rows only)."""
@@ -154,7 +158,7 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, device), labels.to(device)
     result = run_attacks(model, x, y, filled, num_classes=data.info.num_classes,
-                         example_index=index, example_seed=example_seed)
+                         example_index=index, example_seed=example_seed, on_progress=on_progress)
     table, examples = result.table, result.examples
     for key, value in prov.items():
         table[key] = value
@@ -193,8 +197,11 @@ def wide_jacobian_table(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def margins_run(run_dir: str | Path, *, n_examples: int = 500, n_directions: int = 10, seed: int = 0,
-                device: str = "auto", data_dir: str | None = None, batch_size: int = 500) -> MarginsResult:
-    """Margins and Jacobian spectra of the first ``n_examples`` correctly classified test examples."""
+                example_seed: int = 0, device: str = "auto", data_dir: str | None = None, batch_size: int = 500,
+                on_progress: Progress | None = None) -> MarginsResult:
+    """Margins and Jacobian spectra of the correctly classified ones among the ``n_examples`` test
+    examples that ``example_seed`` picks (:func:`fixed_examples`, the examples :func:`attack_run`
+    attacks with the same two numbers). ``on_progress(done, total, label)``: after each batch."""
     if n_examples < 1 or n_directions < 1 or batch_size < 1:
         raise UserError("--n-examples, --directions and --batch-size must be at least 1.")
     run_dir = rundir.check_run_dir(Path(run_dir))
@@ -202,26 +209,36 @@ def margins_run(run_dir: str | Path, *, n_examples: int = 500, n_directions: int
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
     return _margins(model, data, provenance(run_config, run_dir), run_dir, n_examples=n_examples,
-                    n_directions=n_directions, seed=seed, device=dev, batch_size=batch_size)
+                    n_directions=n_directions, seed=seed, example_seed=example_seed, device=dev,
+                    batch_size=batch_size, on_progress=on_progress)
 
 
 def _margins(model: nn.Module, data: Data, prov: dict, out: Path | None, *, n_examples: int,
-             n_directions: int, seed: int, device: torch.device, batch_size: int,
-             std=None, z_space: bool = True) -> MarginsResult:
+             n_directions: int, seed: int, example_seed: int, device: torch.device, batch_size: int,
+             std=None, z_space: bool = True, on_progress: Progress | None = None) -> MarginsResult:
     """The margins and spectra of margins_run and margins_model (autograd paths, any module).
     ``z_space`` False: the Jacobian columns of the normalized input (``_z``) are NaN."""
-    from .margins import first_correct, measure_margins
+    from .margins import measure_margins, predict
     from .spectra import jacobian_table
 
-    if n_examples > len(data.test):
-        raise UserError(f"--n-examples {n_examples} is more than the {len(data.test)} examples of the test set.")
-    x_all, y_all = to_pixels(data.test.images, device), data.test.labels.to(device)
-    index = first_correct(model, x_all, y_all, n_examples).to(device)
-    x, y = x_all[index], y_all[index]
-    margins = measure_margins(model, x, y, n_directions=n_directions, seed=seed, index=index.cpu(),
-                              batch_size=batch_size)
+    images, labels, picked = fixed_examples(data, n_examples, example_seed)
+    x_all, y_all = to_pixels(images, device), labels.to(device)
+    correct = (predict(model, x_all, batch_size) == y_all).cpu()
+    index = picked[correct]
+    x, y = x_all[correct.to(device)], y_all[correct.to(device)]
+    total = [0]
+
+    def margins_progress(done: int, n: int, label: str) -> None:  # one more unit: the spectra
+        total[0] = n + 1
+        if on_progress is not None:
+            on_progress(done, n + 1, label)
+
+    margins = measure_margins(model, x, y, n_directions=n_directions, seed=seed, index=index,
+                              batch_size=batch_size, on_progress=margins_progress)
     jac = wide_jacobian_table(jacobian_table(model, x, y, std=std, batch_size=min(batch_size, 256)))
-    jac["index"] = index.cpu().numpy()
+    if on_progress is not None:
+        on_progress(total[0], total[0], "Jacobian spectra")
+    jac["index"] = index.numpy()
     notes = []
     if not z_space:
         jac[[c for c in jac.columns if c.endswith("_z")]] = float("nan")
@@ -231,6 +248,7 @@ def _margins(model: nn.Module, data: Data, prov: dict, out: Path | None, *, n_ex
         for key, value in prov.items():
             table[key] = value
     margins["n_directions"], margins["direction_seed"] = n_directions, seed
+    margins["n_examples"], margins["example_seed"] = n_examples, example_seed
     if out is not None:
         rundir.atomic_write_csv(out / MARGINS_CSV, margins)
         rundir.atomic_write_csv(out / JACOBIAN_CSV, jac)
@@ -288,7 +306,8 @@ def _prepare_model(model: nn.Module, dataset: str, device: str, data_dir: str | 
 
 def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int = 1000, example_seed: int = 0,
                  device: str = "auto", data_dir: str | None = None, out: str | Path | None = None,
-                 name: str | None = None, source: dict | None = None) -> AttackResult:
+                 name: str | None = None, source: dict | None = None,
+                 on_progress: Progress | None = None) -> AttackResult:
     """Attack any image classifier (pixels (N, C, H, W) in [0, 1] in, logits (N, K) out) on the
     fixed test examples of ``dataset``, as :func:`attack_run` does a run.
 
@@ -306,13 +325,14 @@ def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int = 10
         resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
     model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
     return _attack(model, data, config, prov, out, n_examples=n_examples, example_seed=example_seed,
-                   device=dev)
+                   device=dev, on_progress=on_progress)
 
 
 def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_directions: int = 10,
-                  seed: int = 0, device: str = "auto", data_dir: str | None = None,
+                  seed: int = 0, example_seed: int = 0, device: str = "auto", data_dir: str | None = None,
                   out: str | Path | None = None, name: str | None = None, batch_size: int = 500,
-                  input_std=None, source: dict | None = None) -> MarginsResult:
+                  input_std=None, source: dict | None = None,
+                  on_progress: Progress | None = None) -> MarginsResult:
     """Margins and Jacobian spectra of any image classifier (pixels in, logits out), as
     :func:`margins_run` computes them for a run; ``out``: a folder for margins.csv and jacobian.csv.
 
@@ -326,4 +346,5 @@ def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_di
     z_space = hasattr(model, "normalize") or input_std is not None
     std = None if input_std is None else torch.tensor(list(input_std), device=dev).view(1, -1, 1, 1)
     return _margins(model, data, prov, out, n_examples=n_examples, n_directions=n_directions, seed=seed,
-                    device=dev, batch_size=batch_size, std=std, z_space=z_space)
+                    example_seed=example_seed, device=dev, batch_size=batch_size, std=std, z_space=z_space,
+                    on_progress=on_progress)

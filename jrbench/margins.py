@@ -268,13 +268,14 @@ def _deepfool(model, x, y, overshoot, max_iter):
 
 def adversarial_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                         overshoot: float = 0.02, max_iter: int = 50, refine: bool = True,
-                        rtol: float = 1e-3, batch_size: int = 500) -> AdversarialMargins:
+                        rtol: float = 1e-3, batch_size: int = 500, on_batch=None) -> AdversarialMargins:
     """Smallest class-changing L2 perturbation (pixel units) found by DeepFool, per example.
 
     x (B, C, H, W) correctly classified as y (B,). ``refine=True`` then narrows the scale
     s in (0, 1] of the DeepFool perturbation r_df to a class change, within ``rtol`` of
     a scale without one, and reports s r_df; for an affine classifier that is the exact
     margin. ``batch_size`` examples per DeepFool batch (memory ~ batch K D floats).
+    ``on_batch(b, n)`` is called after the b-th of n DeepFool batches.
     """
     if overshoot < 0 or int(max_iter) < 1:
         raise UserError("DeepFool needs overshoot >= 0 and max_iter >= 1, "
@@ -286,6 +287,8 @@ def adversarial_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         for s in range(0, x.shape[0], batch_size):
             xb, yb = x[s:s + batch_size], y[s:s + batch_size]
             parts.append(deepfool(model, xb, yb, overshoot, max_iter))
+            if on_batch is not None:
+                on_batch(len(parts), -(-x.shape[0] // batch_size))
         r, success, iterations = (torch.cat(p) for p in zip(*parts))
         example = torch.arange(x.shape[0], device=x.device)
         ones = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
@@ -334,7 +337,7 @@ def measure_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_direct
                     seed: int = 0, index: torch.Tensor | None = None, t_start: float = 0.5,
                     t_max: float = 100.0, rtol: float = 1e-3, clip: bool = False,
                     overshoot: float = 0.02, max_iter: int = 50, refine: bool = True,
-                    batch_size: int = 500) -> pd.DataFrame:
+                    batch_size: int = 500, on_progress=None) -> pd.DataFrame:
     """All three margins, one row per example of x (B, C, H, W) with labels y (B,).
 
     Columns: index (``index`` if given, e.g. positions in a test set, else 0..B-1), label,
@@ -344,7 +347,8 @@ def measure_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_direct
     margin_first_order. Margins are L2 distances in pixel units (see the module docstring
     for each and for ``clip``); random margins are inf where no change was found.
     Only correctly classified examples are measured: the others keep NaN margins and
-    False flags. Pick them with :func:`first_correct`.
+    False flags. Pick them with :func:`first_correct`. ``on_progress(done, total, label)`` is
+    called after the random directions and after each DeepFool batch.
     """
     preds = predict(model, x, batch_size)
     correct = preds == y
@@ -355,16 +359,22 @@ def measure_margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_direct
     flags = {k: torch.zeros(n, dtype=torch.bool, device=x.device) for k in ("ok", "clipped")}
     iters = torch.zeros(n, dtype=torch.long, device=x.device)
     ok = correct.nonzero().flatten()
+    total = 1 + -(-ok.numel() // batch_size)
+    report = on_progress or (lambda done, total, label: None)
+    report(0, total, "random directions")
     if ok.numel() > 0:
         t = random_direction_margins(model, x[ok], y[ok], n_directions, seed, t_start, t_max,
                                      rtol, clip, batch_size)
         cols["random_min"][ok] = t.min(dim=1).values
         cols["random_median"][ok] = median_over_directions(t)
         cols["found_frac"][ok] = torch.isfinite(t).to(x.dtype).mean(dim=1)
-        adv = adversarial_margins(model, x[ok], y[ok], overshoot, max_iter, refine, rtol,
-                                  batch_size)
+        report(1, total, "random directions")
+        adv = adversarial_margins(model, x[ok], y[ok], overshoot, max_iter, refine, rtol, batch_size,
+                                  on_batch=lambda b, n: report(1 + b, total, f"DeepFool batch {b}/{n}"))
         cols["adv"][ok], iters[ok] = adv.norm_l2, adv.iterations
         flags["ok"][ok], flags["clipped"][ok] = adv.success, adv.success_clipped
+    else:
+        report(total, total, "no example classified correctly")
     first_order = torch.where(correct, first_order, nan)
     index = torch.arange(n) if index is None else torch.as_tensor(index)
     table = {"index": index, "label": y, "pred": preds, "correct": correct, "logit_gap": gap,

@@ -127,11 +127,11 @@ def _saved_mb(model, opt, params, x, y, case: OverheadCase) -> float:
 
 
 def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase],
-               pairs: int = 20, warmup: int = 3, lr: float = 1e-3) -> pd.DataFrame:
+               pairs: int = 20, warmup: int = 3, lr: float = 1e-3, on_progress=None) -> pd.DataFrame:
     """Per-pair step times: one row per (pair, case) with ``seconds`` and ``ratio`` to plain.
 
     ``x`` (B, C, H, W) pixels and ``y`` (B,) labels on the model's device. The first case is
-    the baseline and must be plain SGD.
+    the baseline and must be plain SGD. ``on_progress(done, total, label)`` is called after each pair.
     """
     if not cases or cases[0].reg.names != ["none"]:
         raise UserError("the first overhead case must be plain SGD (the baseline).")
@@ -155,6 +155,8 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
             seconds = (time.perf_counter() - start) / steps_per_timing(case)
             baseline = seconds if baseline is None else baseline
             rows.append({"pair": pair, "case": case.name, "seconds": seconds, "ratio": seconds / baseline})
+        if on_progress is not None:
+            on_progress(pair + 1, pairs, f"pair {pair + 1}/{pairs}")
     return pd.DataFrame(rows)
 
 
@@ -277,8 +279,9 @@ def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
                          jr_backend=cfg.jr_backend)
 
 
-def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
-    """Time every case on one real training batch; one summary row per case with provenance."""
+def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
+    """Time every case on one real training batch; one summary row per case with provenance.
+    ``on_progress(done, total, label)`` is called after each timing pair."""
     from .config import DataConfig, RunConfig
     from .data import load_data, to_pixels
     from .envinfo import cpu_model, device_name, package_versions
@@ -312,7 +315,8 @@ def run_overhead(cfg: OverheadConfig) -> pd.DataFrame:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
     cases = cases_of(cfg)
-    summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup), memory_per_case(model, x, y, cases))
+    summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup, on_progress=on_progress),
+                        memory_per_case(model, x, y, cases))
     summary["ratio_to_reference"] = float("nan")
     if cfg.reference and -1 in cfg.n_projs:
         ref = summary.loc[summary["case"] == "reference-exact", "median_seconds"].iloc[0]

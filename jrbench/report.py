@@ -696,7 +696,7 @@ def _figures(collection, by_seed_group: bool) -> tuple[dict[str, object], list[s
     return figures, gaps
 
 
-def _cell_figures(collection, options: ReportOptions) -> tuple[list, list[str]]:
+def _cell_figures(collection, options: ReportOptions, on_progress=None) -> tuple[list, list[str]]:
     from .cells import cells_figure, run_cross_sections
 
     if not options.cells:
@@ -707,7 +707,8 @@ def _cell_figures(collection, options: ReportOptions) -> tuple[list, list[str]]:
     try:
         figs = run_cross_sections(collection.runs, labels, radius=options.cell_radius, n_grid=options.cell_grid,
                                   seed=options.cell_seed, index=options.cell_index, device=options.device,
-                                  data_dir=options.data_dir, max_panels=options.max_cell_panels)
+                                  data_dir=options.data_dir, max_panels=options.max_cell_panels,
+                                  on_progress=on_progress)
     except UserError as e:
         return [], [f"all runs: decision-cell cross-sections not drawn: {e}"]
     several = len({f.dataset for f in figs}) > 1
@@ -728,11 +729,12 @@ def examples_wide(examples: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_report(collection, out: str | Path, options: ReportOptions | None = None,
-                 command: str | None = None) -> ReportResult:
+                 command: str | None = None, on_progress=None) -> ReportResult:
     """Write summary.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
 
     Every file is rendered in memory first and written atomically; report.md comes last.
     ``command``: the command line to quote (default: :func:`report_command`).
+    ``on_progress(done, total, label)``: the cross-sections' progress (runs x kinds).
     """
     from .rundir import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
@@ -749,7 +751,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     gaps += verdict_gaps
     figures, figure_gaps = _figures(collection, options.by_seed_group)
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
-    cells, cell_gaps = _cell_figures(collection, options)
+    cells, cell_gaps = _cell_figures(collection, options, on_progress)
     gaps += figure_gaps + cell_gaps
     command = command or report_command(collection.paths, out, options)
     here = out.resolve()

@@ -61,7 +61,7 @@ FIELDS: dict[str, tuple[str, str]] = {
 ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack_eps_linf",
                  "autoattack_eps_l2", "n_examples", "example_seed", "sigmas", "draws", "norms",
                  "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
-MARGIN_FIELDS = {"n_examples", "directions", "seed", "batch_size"}
+MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}
 RESOURCE_FIELDS = ("num_cpus", "num_gpus")
 
 
@@ -363,13 +363,15 @@ def failure_message(error: BaseException) -> str:
 
 def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: str = "auto", *,
              train_cell: Callable[[RunConfig, Path], Any] | None = None,
-             on_step: Callable[[str], None] | None = None) -> CellStatus:
+             on_step: Callable[[str], None] | None = None,
+             on_progress: Callable[[int, int, str], None] | None = None) -> CellStatus:
     """Train, attack and measure one cell in ``run_dir``, skipping the steps done there; return its status.
 
     Runs on :func:`cell_threads` of the spec's ``num_cpus`` torch threads (the caller's count is
     restored). ``train_cell(config, run_dir)`` trains (default: ``train(..., resume=True)``, so a
     cell stopped mid-training resumes from its last finished epoch); ``on_step(step)`` is called
-    with ``"train"``, ``"attack"`` or ``"margins"`` before each step that runs. Raises what the
+    with ``"train"``, ``"attack"`` or ``"margins"`` before each step that runs, and
+    ``on_progress(done, total, label)`` within the attack and margins steps. Raises what the
     steps raise (:class:`UserError` for bad input); files already finished stay whole.
     """
     from .evaluate import attack_run, margins_run
@@ -388,24 +390,27 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
         if attack is not None and not attack_done(run_dir, spec.attack):
             report("attack")
             attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples", 1000),
-                       example_seed=spec.attack.get("example_seed", 0), device=device)
+                       example_seed=spec.attack.get("example_seed", 0), device=device, on_progress=on_progress)
         if spec.margins is not None and not status.measured:
             report("margins")
             m = spec.margins
+            example_seed = m.get("example_seed", (spec.attack or {}).get("example_seed", 0))
             margins_run(run_dir, n_examples=m.get("n_examples", 500), n_directions=m.get("directions", 10),
-                        seed=m.get("seed", 0), device=device, batch_size=m.get("batch_size", 500))
+                        seed=m.get("seed", 0), example_seed=example_seed, device=device,
+                        batch_size=m.get("batch_size", 500), on_progress=on_progress)
     return status_at(run_dir, config)
 
 
 def run_sweep(spec: SweepSpec, *, device: str = "auto",
               train_cell: Callable[[RunConfig, Path], Any] | None = None,
               on_cell: Callable[[int, int, str, str], None] | None = None,
-              keep_going: bool = False) -> list[CellStatus]:
+              keep_going: bool = False,
+              on_progress: Callable[[int, int, str], None] | None = None) -> list[CellStatus]:
     """The local engine: :func:`run_cell` on every cell in turn, in this process; return the statuses.
 
     ``train_cell(config, run_dir)`` trains one cell (the CLI passes one with a progress bar);
     ``on_cell(i, n, run_id, step)`` reports overall progress (``step``: train, attack, margins,
-    done, failed). With ``keep_going`` a failing cell is recorded in its status's ``error`` and
+    done, failed); ``on_progress`` is :func:`run_cell`'s. With ``keep_going`` a failing cell is recorded in its status's ``error`` and
     the other cells run; without it, the first failure is raised.
     """
     import traceback
@@ -417,7 +422,8 @@ def run_sweep(spec: SweepSpec, *, device: str = "auto",
         run_dir = spec.folder / config.run_id()
         report = (lambda step: on_cell(i, len(spec.cells), config.run_id(), step)) if on_cell else (lambda step: None)
         try:
-            status = run_cell(spec, config, run_dir, device, train_cell=train_cell, on_step=report)
+            status = run_cell(spec, config, run_dir, device, train_cell=train_cell, on_step=report,
+                              on_progress=on_progress)
         except Exception as e:
             if not keep_going:
                 raise

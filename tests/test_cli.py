@@ -75,16 +75,29 @@ def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
     assert not (out / "attacks.csv").exists() and not (out / "margins.csv").exists()
 
     # the success paths
-    ok = _run("attack", str(out), "--noise", "--sigma", "0.3", "--pgd", "--norm", "linf", "--eps", "0.1",
-              "--steps", "5", "--n-examples", "40", "--device", "cpu")
+    attack = ["attack", str(out), "--noise", "--sigma", "0.3", "--pgd", "--norm", "linf", "--eps", "0.1",
+              "--steps", "5", "--n-examples", "40", "--example-seed", "3", "--device", "cpu"]
+    ok = _run(*attack)
     assert ok.exit_code == 0, ok.output
+    assert "run: attacks" in ok.output and "2/2" in ok.output and "pgd linf eps=0.1" in ok.output  # one step per attack and strength
     attacks = pd.read_csv(out / "attacks.csv")
     assert {("noise", 0.3), ("pgd", 0.1)} <= set(zip(attacks["attack"], attacks["strength"]))
     assert ((attacks["accuracy"] >= 0) & (attacks["accuracy"] <= 1)).all()
-    ok = _run("margins", str(out), "--n-examples", "10", "--directions", "2", "--device", "cpu")
+    quiet = _run(*attack, "--quiet")
+    assert quiet.exit_code == 0 and "run: attacks" not in quiet.output and "accuracy under attack" in quiet.output
+    ok = _run("margins", str(out), "--n-examples", "40", "--example-seed", "3", "--directions", "2", "--device", "cpu")
     assert ok.exit_code == 0, ok.output
+    assert "Jacobian spectra" in ok.output  # the progress bar's last label
     margins = pd.read_csv(out / "margins.csv")
-    assert len(margins) == 10 and (margins["margin_random_min"] > 0).all()
+    assert (margins["margin_random_min"] > 0).all()
+    # the same examples: margins measures the correctly classified ones among those attack attacked
+    examples = pd.read_csv(out / "attack_examples.csv")
+    examples = examples[(examples["attack"] == "pgd") & (examples["example_seed"] == 3)]
+    assert examples["example"].nunique() == 40
+    assert sorted(margins["index"]) == sorted(examples.loc[examples["clean_correct"].astype(bool), "example"])
+    quiet = _run("margins", str(out), "--n-examples", "40", "--example-seed", "3", "--directions", "2",
+                 "--device", "cpu", "--quiet")
+    assert quiet.exit_code == 0 and "Jacobian spectra" not in quiet.output and "written:" in quiet.output
 
 
 def test_list_shows_registries():
@@ -106,3 +119,87 @@ def test_ctrl_c_names_the_command_that_resumes(monkeypatch):
     assert result.exit_code == 130
     assert "jrbench train --epochs 1 --out somewhere --resume" in result.output.replace("\n", " ")
     assert "jrbench sweep s.toml" in cli.resume_hint("sweep_command", ["sweep", "s.toml"])
+
+
+@pytest.mark.parametrize("command, flag, choices", [
+    ("train", "--schedule", ["none", "step", "cosine"]),
+    ("train", "--jr-backend", ["auto", "tape", "autograd"]),
+    ("train", "--jr-estimator", ["vjp", "jvp"]),
+    ("train", "--device", ["auto", "cpu", "cuda", "cuda:N"]),
+    ("attack", "--loss", ["ce64", "ce32"]),
+    ("attack", "--norm", ["linf", "l2"]),
+    ("overhead", "--jr-backend", ["auto", "tape", "autograd"]),
+    ("sweep", "--engine", ["local", "ray"]),
+])
+def test_fixed_choices_are_listed_in_help_and_a_wrong_one_exits_2(command, flag, choices, tmp_path):
+    import re
+
+    help_text = re.sub(r"\s+", "", runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}).output)
+    assert "|".join(choices) in help_text, help_text  # <a|b> or, repeatable, <list[a|b]>
+    args = {"train": ["--out", str(tmp_path / "run")], "attack": ["somewhere"], "overhead": ["--out", str(tmp_path / "o.csv")],
+            "sweep": ["s.toml"]}[command]
+    bad = _run(command, *args, flag, "nonsense")
+    assert bad.exit_code == 2 and "nonsense" in bad.output, bad.output
+    assert not (tmp_path / "run").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_device_accepts_cuda_n():
+    from jrbench.cli import _check_device
+
+    assert _check_device("cuda:1") == "cuda:1"
+
+
+def _tiny_problem():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(24, 1, 4, 4)
+    y = model(x).argmax(1)  # every example correctly classified
+    return model, x, y
+
+
+def _check_calls(calls):
+    dones = [done for done, _, _ in calls]
+    totals = {total for _, total, _ in calls}
+    assert len(totals) == 1 and dones == sorted(dones) and len(set(dones)) == len(dones)
+    assert dones[-1] == totals.pop() and len(dones) >= 2
+
+
+def test_attack_progress_callback_counts_attacks_and_strengths():
+    from jrbench.attacks import AttackConfig, run_attacks
+
+    model, x, y = _tiny_problem()
+    calls = []
+    config = AttackConfig(noise=True, pgd=True, fgsm=True, sigmas=[0.1, 0.2], draws=2, norms=("linf", "l2"),
+                          eps_linf=[0.0, 0.1], eps_l2=[0.5], steps=2, batch_size=10)
+    run_attacks(model, x, y, config, on_progress=lambda *a: calls.append(a))
+    _check_calls(calls)
+    assert calls[-1][1] == 2 + 2 + 1 + 2  # noise x2, pgd linf x2, pgd l2 x1, fgsm x2
+
+
+def test_margins_progress_callback_counts_batches():
+    from jrbench.margins import measure_margins
+
+    model, x, y = _tiny_problem()
+    calls = []
+    measure_margins(model, x, y, n_directions=2, batch_size=10, on_progress=lambda *a: calls.append(a))
+    _check_calls(calls)
+    assert calls[-1][1] == 1 + 3  # random directions, then 3 DeepFool batches of at most 10
+
+
+def test_overhead_progress_callback_counts_pairs():
+    import torch
+
+    from jrbench.models import build_model
+    from jrbench.overhead import OverheadConfig, cases_of, time_steps
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 28, 28), 10, (0.5,), (0.5,))
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    cfg = OverheadConfig(n_projs=(1,), subsamples=(), reference=False, pairs=3, warmup=0)
+    calls = []
+    time_steps(model, x, y, cases_of(cfg), pairs=3, warmup=0, on_progress=lambda *a: calls.append(a))
+    _check_calls(calls)
+    assert calls[-1][:2] == (3, 3)

@@ -265,7 +265,7 @@ def test_train_command_rebuilds_the_config(config, monkeypatch, tmp_path):
     class Stop(Exception):
         pass
 
-    def capture(cfg, out, resume):
+    def capture(cfg, out, resume, quiet=False):
         seen["config"], seen["out"] = cfg, out
         raise Stop
 

@@ -129,4 +129,4 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "report_command", lambda paths, **kw: seen.update(kw))
     cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu")
-    assert seen == {"out": tmp_path / "report", "sigma": 0.25, "cells": False, "device": "cpu"}
+    assert seen == {"out": tmp_path / "report", "sigma": 0.25, "cells": False, "device": "cpu", "quiet": False}
