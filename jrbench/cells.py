@@ -230,7 +230,7 @@ def cells_figure(fig_data: CellFigure):
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
-    from .report import new_figure
+    from .figures import new_figure
 
     section, plane = fig_data.section, fig_data.section.plane
     names = list(section.predictions)

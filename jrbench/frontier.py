@@ -138,7 +138,7 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
 
 def frontier_figure(table: pd.DataFrame, cpu: str, eps_linf: float = 0.1, sigma: float = 0.5):
     """Overhead (x) against robust accuracy (y), one panel per data set; PGD filled, noise hollow."""
-    from .report import new_figure
+    from .figures import new_figure
 
     datasets = sorted({s.split(": ")[0] for s in table["setting"]})
     fig, axes = new_figure(4.2 * len(datasets), 3.6, ncols=len(datasets))
@@ -163,7 +163,7 @@ def frontier_figure(table: pd.DataFrame, cpu: str, eps_linf: float = 0.1, sigma:
 def write_frontier(result: FrontierResult, out: str | Path, cpu: str, eps_linf: float = 0.1,
                    sigma: float = 0.5) -> list[Path]:
     """frontier.csv and frontier.png into ``out``, atomically."""
-    from .report import png_bytes
+    from .figures import png_bytes
     from .rundir import atomic_write_bytes, atomic_write_csv
 
     out = Path(out)

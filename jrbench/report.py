@@ -24,7 +24,6 @@ returns what it wrote; it never prints.
 """
 from __future__ import annotations
 
-import io
 import os
 import math
 import shlex
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .figures import new_figure, png_bytes
 from .errors import UserError
 from .results import WORST_CASE  # attack name of the worst case per example over every attack
 from .verdicts import VERDICT_NOTES, verdict_lines, verdicts
@@ -231,21 +231,6 @@ TABLE_NOTES = (
 
 
 # ----------------------------------------------------------------------------- plots
-def new_figure(width: float, height: float, ncols: int = 1):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global state) and its axes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, axes
-
-
-def png_bytes(fig, dpi: int = 120) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 @dataclass

@@ -1,0 +1,25 @@
+"""Figures without pyplot: a matplotlib Figure on the Agg canvas, and its PNG bytes.
+
+Shared by the report, the decision-cell cross-sections and the frontier, so that none of
+them imports another to draw.
+"""
+from __future__ import annotations
+
+import io
+
+
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global state) and its axes (1 x ncols)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def png_bytes(fig, dpi: int = 120) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
