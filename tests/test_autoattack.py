@@ -361,7 +361,7 @@ def five_class_run(five_class, monkeypatch):
     (["--autoattack"], "--aa-targets N (1 to 4"),
     (["--autoattack", "--aa-targets", "5"], "from 1 to 4"),
     (["--autoattack", "--aa-targets", "0"], "aa_targets must be an integer >= 1"),
-    (["--autoattack", "--aa-targets", "2", "--norm", "l3"], "Did you mean 'l2'"),
+    (["--autoattack", "--aa-targets", "2", "--norm", "l3"], "is not one of 'linf', 'l2'"),
     (["--autoattack", "--aa-targets", "2", "--norm", "linf", "--eps", "-0.1"], ">= 0"),
     (["--pgd", "--eps-l2", "-1"], ">= 0"),
     (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "autoattack_eps_linf values must be"),
