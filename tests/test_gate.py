@@ -27,16 +27,17 @@ def _batch(n: int = 64):
 
 def test_gate_fails_for_the_autograd_path_forced_against_the_tape():
     """--jr-backend autograd (the double backward) against the tape, the exact penalty of lenet:
-    measured 2.8x slower here (AMD EPYC) even on a loaded machine; the gate must call it a regression."""
-    spec = GateSpec(cases=["jacobian-exact"], tolerance=0.10, halfwidth=0.05, min_rounds=15, max_rounds=15,
-                    warmup=2, max_seconds=600)
+    1.3x to 2.8x slower here (AMD EPYC, idle to heavily loaded); the gate must call it a regression.
+    Rounds go on (up to 80) until the interval is narrow, so load widens it without flipping it."""
+    spec = GateSpec(cases=["jacobian-exact"], tolerance=0.05, halfwidth=0.03, min_rounds=15, max_rounds=80,
+                    block=5, warmup=2, max_seconds=600)
     x, y = _batch()
     result = compare_arms(Arm("candidate", jrbench, {"jr_backend": "autograd"}), Arm("baseline", jrbench),
                           x, y, spec, MNIST)
     row = result.table.iloc[0]
     assert row["verdict"] == "slower", result.table.to_dict("records")
-    assert result.failures and "jacobian-exact" in result.failures[0] and "tolerance of 10%" in result.failures[0]
-    assert row["ci_low"] > 1.10 and row["rounds"] == 15
+    assert result.failures and "jacobian-exact" in result.failures[0] and "tolerance of 5%" in result.failures[0]
+    assert row["ci_low"] > 1.05 and 15 <= row["rounds"] <= 80
     both = result.rounds.groupby("arm")["case"].value_counts()
     assert both["candidate"]["plain"] == both["baseline"]["plain"] == row["rounds"]
 
