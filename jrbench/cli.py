@@ -90,6 +90,17 @@ DataDirOpt = Annotated[Optional[Path], typer.Option(
     help="Data folder (default: the one the run was trained with, else $JRBENCH_DATA, else ~/.cache/jrbench).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
+# Outside models (attack, margins): a .pt2 program or a module:function factory.
+OutsideDatasetOpt = Annotated[Optional[str], typer.Option(
+    "--dataset", help="Data set of an outside model (.pt2 or module:function); required for one.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(
+    help="State dict for a 'module:function' factory (loaded strictly).")]
+InputNormalizedOpt = Annotated[Optional[str], typer.Option(
+    help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; "
+         "jrbench normalizes in front, radii stay in pixels.")]
+OutsideOutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", help="Result folder of an outside model (default results/models/NAME).")]
+
 
 class Bars:
     """Rich progress bars with the time left, on stderr, fed by the library's callbacks
@@ -490,11 +501,10 @@ def attack_command(
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
-    input_normalized: Annotated[Optional[str], typer.Option(
-        help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
+    dataset: OutsideDatasetOpt = None,
+    weights: WeightsOpt = None,
+    input_normalized: InputNormalizedOpt = None,
+    out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
@@ -570,11 +580,10 @@ def margins_command(
     batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Data set of an outside model (.pt2 or module:function); required for one.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="State dict for a 'module:function' factory (loaded strictly).")] = None,
-    input_normalized: Annotated[Optional[str], typer.Option(
-        help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; jrbench normalizes in front, radii stay in pixels.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Result folder of an outside model (default results/models/NAME).")] = None,
+    dataset: OutsideDatasetOpt = None,
+    weights: WeightsOpt = None,
+    input_normalized: InputNormalizedOpt = None,
+    out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example,

@@ -192,14 +192,7 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
         config = rundir.load_config(path)
     except UserError as e:
         return None, [Gap(run_id, rundir.CONFIG, f"{e}; run skipped")]
-    env: dict = {}
-    if (path / rundir.ENV).is_file():
-        try:
-            env = rundir.read_json(path / rundir.ENV)
-        except UserError as e:
-            gaps.append(Gap(run_id, rundir.ENV, f"{e}; versions and device unknown"))
-    else:
-        gaps.append(Gap(run_id, rundir.ENV, "missing; versions and device unknown"))
+    env = _read_env(path, run_id, gaps, missing_is_gap=True)
     hints = {rundir.METRICS: "the run directory is incomplete",
              ATTACKS: f"run 'jrbench attack {path}'",
              MARGINS: f"run 'jrbench margins {path}'",
@@ -223,6 +216,19 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
     return RunRecord(path, run_id, config, env, tables), gaps
 
 
+def _read_env(path: Path, run_id: str, gaps: list[Gap], missing_is_gap: bool) -> dict:
+    """env.json of a run or model folder ({} when absent or unreadable, with a gap saying so)."""
+    if not (path / rundir.ENV).is_file():
+        if missing_is_gap:
+            gaps.append(Gap(run_id, rundir.ENV, "missing; versions and device unknown"))
+        return {}
+    try:
+        return rundir.read_json(path / rundir.ENV)
+    except UserError as e:
+        gaps.append(Gap(run_id, rundir.ENV, f"{e}; versions and device unknown"))
+        return {}
+
+
 def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
     """An outside model's result folder: model.json, env.json and the tables of a run; no
     training, so no metrics.csv (one gap says so)."""
@@ -234,12 +240,7 @@ def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
         return None, [Gap(run_id, MODEL_JSON, "lacks the model's name or data set; model skipped")]
     gaps = [Gap(run_id, rundir.METRICS, "an outside model, not trained by jrbench: no training metrics "
                 "(clean test accuracy, R_z, overhead) and no verdict")]
-    env: dict = {}
-    if (path / rundir.ENV).is_file():
-        try:
-            env = rundir.read_json(path / rundir.ENV)
-        except UserError as e:
-            gaps.append(Gap(run_id, rundir.ENV, f"{e}; versions and device unknown"))
+    env = _read_env(path, run_id, gaps, missing_is_gap=False)
     source = info.get("file") or info.get("factory") or info.get("class") or "MODEL"
     again = f"{source} --dataset {info['dataset']} --out {path}"
     tables = {}
