@@ -17,6 +17,7 @@ momentum, the batch, gradients, activations and temporaries), counted storage by
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -127,11 +128,18 @@ def _saved_mb(model, opt, params, x, y, case: OverheadCase) -> float:
 
 
 def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase],
-               pairs: int = 20, warmup: int = 3, lr: float = 1e-3, on_progress=None) -> pd.DataFrame:
+               pairs: int = 20, warmup: int = 3, lr: float = 1e-3, on_progress=None,
+               same_span: bool | None = None) -> pd.DataFrame:
     """Per-pair step times: one row per (pair, case) with ``seconds`` and ``ratio`` to plain.
 
     ``x`` (B, C, H, W) pixels and ``y`` (B,) labels on the model's device. The first case is
     the baseline and must be plain SGD. ``on_progress(done, total, label)`` is called after each pair.
+
+    Each timing runs one cycle of the case (``jr_every`` k: k steps) between synchronizations.
+    With ``same_span`` (default: on CUDA) every case instead runs the same number of steps, the
+    least common multiple of the cases' k, per timing: a CUDA synchronize costs a launch-bound
+    step a share of its time that a training loop, which never waits, does not pay, and timing
+    k steps against one would charge plain SGD that cost k times as often.
     """
     if not cases or cases[0].reg.names != ["none"]:
         raise UserError("the first overhead case must be plain SGD (the baseline).")
@@ -144,17 +152,23 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
     for _ in range(warmup):
         for case in cases:
             _step(model, opt, params, x, y, case)
+    if same_span is None:
+        same_span = device.type == "cuda"
+    span = math.lcm(*(steps_per_timing(case) for case in cases))
     rows = []
     for pair in range(pairs):
         baseline = None
         for case in cases:
+            cycles = span // steps_per_timing(case) if same_span else 1
             _sync(device)
             start = time.perf_counter()
-            _step(model, opt, params, x, y, case)
+            for _ in range(cycles):
+                _step(model, opt, params, x, y, case)
             _sync(device)
-            seconds = (time.perf_counter() - start) / steps_per_timing(case)
+            seconds = (time.perf_counter() - start) / (cycles * steps_per_timing(case))
             baseline = seconds if baseline is None else baseline
-            rows.append({"pair": pair, "case": case.name, "seconds": seconds, "ratio": seconds / baseline})
+            rows.append({"pair": pair, "case": case.name, "seconds": seconds, "ratio": seconds / baseline,
+                         "steps_timed": cycles * steps_per_timing(case)})
         if on_progress is not None:
             on_progress(pair + 1, pairs, f"pair {pair + 1}/{pairs}")
     return pd.DataFrame(rows)
@@ -249,6 +263,8 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
         "ratio_q75": [grouped.get_group(c)["ratio"].quantile(0.75) for c in order],
         "pairs": [len(grouped.get_group(c)) for c in order],
     })
+    if "steps_timed" in times:  # training steps between two clock reads (and CUDA synchronizes)
+        out["steps_timed"] = [int(grouped.get_group(c)["steps_timed"].iloc[0]) for c in order]
     if memory is not None:
         out = out.merge(memory, on="case", how="left")
     return out

@@ -132,3 +132,25 @@ def test_live_tensor_bytes_counts_storages_once_and_frees_them():
     assert tracker.peak == 1024 + 2**20
     assert tracker.live == 1024 + 2**19
     del b
+
+
+@pytest.mark.parametrize("same_span, expected", [(False, {"plain": 1, "jacobian-n1": 1, "jacobian-n1-every4": 4}),
+                                                 (True, {"plain": 4, "jacobian-n1": 4, "jacobian-n1-every4": 4})])
+def test_same_span_times_every_case_over_the_same_number_of_steps(monkeypatch, same_span, expected):
+    """On CUDA (same_span) each timing covers lcm(k) steps of every case, so each pays the synchronize alike."""
+    import jrbench.overhead as ov
+
+    model = build_model("mlp", (1, 28, 28), 10, [0.13], [0.31])
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    cases = default_cases(n_projs=(1,), subsamples=(), reference=False, everys=(4,))
+    steps = {c.name: 0 for c in cases}
+    real_step = ov._step
+
+    def counting_step(model, opt, params, x, y, case):
+        steps[case.name] += ov.steps_per_timing(case)
+        real_step(model, opt, params, x, y, case)
+
+    monkeypatch.setattr(ov, "_step", counting_step)
+    times = time_steps(model, x, y, cases, pairs=2, warmup=0, same_span=same_span)
+    assert {name: n // 2 for name, n in steps.items()} == expected
+    assert (times["seconds"] > 0).all() and len(times) == 6
