@@ -96,13 +96,6 @@ ROW_COLUMNS = [
 EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust",
                    "broken", "example_seed", "label", "seed"]
 ATTACK_STRENGTH_ORDER = ("fgsm", "pgd", "autoattack")  # weaker to stronger, same norm
-_MNIST_LIKE = ("mnist", "fashion-mnist", "synth-digits")
-_EPS_GRIDS = {
-    **{name: {"linf": [0.0, 0.05, 0.1, 0.15, 0.2, 0.3], "l2": [0.0, 0.5, 1.0, 1.5, 2.0, 3.0]}
-       for name in _MNIST_LIKE},
-    "cifar10": {"linf": [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255],
-                "l2": [0.0, 0.1, 0.25, 0.5, 1.0]},
-}
 
 
 class AttackBoundsError(RuntimeError):
@@ -110,17 +103,23 @@ class AttackBoundsError(RuntimeError):
 
 
 def default_eps(dataset_name: str, norm: str) -> list[float]:
-    """The default eps grid (pixel units, 0 first) for a data set and norm ('linf' or 'l2')."""
-    if dataset_name not in _EPS_GRIDS:
-        raise unknown_name("data set", dataset_name, sorted(_EPS_GRIDS))
+    """The default eps grid (pixel units, 0 first) for a data set and norm ('linf' or 'l2'):
+    ``eps_linf`` / ``eps_l2`` of the data set's :class:`jrbench.data.Defaults`."""
+    from .data import DATASETS
+
+    defaults = DATASETS.get(dataset_name).info.defaults
     if norm not in NORMS:
         raise unknown_name("norm", norm, list(NORMS))
-    return list(_EPS_GRIDS[dataset_name][norm])
+    return list(getattr(defaults, f"eps_{norm}"))
 
 
-def default_sigmas() -> list[float]:
-    """Noise levels 0, 0.1, ..., 1.0 (pixel units)."""
-    return [round(0.1 * i, 10) for i in range(11)]
+def default_sigmas(dataset_name: str | None = None) -> list[float]:
+    """The data set's noise grid (pixel units; 0, 0.1, ..., 1.0 for every registered one)."""
+    from .data import DATASETS, Defaults
+
+    if dataset_name is None:
+        return list(Defaults.__dataclass_fields__["sigmas"].default)
+    return list(DATASETS.get(dataset_name).info.defaults.sigmas)
 
 
 @dataclass
@@ -155,8 +154,9 @@ class AttackConfig:
 
     @classmethod
     def for_dataset(cls, dataset_name: str, **overrides) -> "AttackConfig":
-        """A config whose eps grids are :func:`default_eps` for ``dataset_name``."""
+        """A config whose eps and noise grids are the data set's defaults (:func:`default_eps`)."""
         grids = {f"eps_{n}": default_eps(dataset_name, n) for n in NORMS}
+        grids["sigmas"] = default_sigmas(dataset_name)
         return cls(**{**grids, **overrides})
 
     def eps_norms(self) -> list[str]:
@@ -691,12 +691,16 @@ _GROUP = ["attack", "norm", "loss", "steps", "restarts", "draws"]
 
 
 def huge_eps_linf(dataset_name: str | None) -> float:
-    """An L-infinity radius at which a working attack drives accuracy to about chance:
-    0.3 for MNIST-like data sets (a heuristic for models without adversarial training;
-    Madry et al.'s adversarially trained MNIST model keeps about 89% there); 0.5
-    otherwise, where every image can reach the same all-0.5 image, so no model can beat
-    the largest class share."""
-    return 0.3 if dataset_name in _MNIST_LIKE else 0.5
+    """An L-infinity radius at which a working attack drives accuracy to about chance: the data
+    set's ``huge_eps_linf`` (0.3 for MNIST-like data sets, a heuristic for models without
+    adversarial training: Madry et al.'s adversarially trained MNIST model keeps about 89%
+    there); 0.5 without a data set, where every image can reach the same all-0.5 image, so no
+    model can beat the largest class share."""
+    if dataset_name is None:
+        return 0.5
+    from .data import DATASETS
+
+    return DATASETS.get(dataset_name).info.defaults.huge_eps_linf
 
 
 def _label(row) -> str:

@@ -162,7 +162,6 @@ def cross_section(models: dict[str, nn.Module], plane: Plane, n_grid: int = 101,
 
 
 # ----------------------------------------------------------------------------- from run directories
-DEFAULT_RADIUS = {"mnist": 8.0, "fashion-mnist": 8.0, "synth-digits": 8.0, "cifar10": 4.0}
 
 
 @dataclass
@@ -212,7 +211,7 @@ def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[st
         data = load_data(dataclasses.replace(config.data, data_dir=data_dir or config.data.data_dir))
         x, y = to_pixels(data.test.images, dev), data.test.labels.to(dev)
         i = choose_point(models, x, y, index)
-        r = radius if radius is not None else DEFAULT_RADIUS.get(dataset, 8.0)
+        r = radius if radius is not None else data.info.defaults.cell_radius
         for kind in kinds:
             ref = (runs[0].run_id, models[runs[0].run_id]) if kind == "adversarial" else None
             plane = make_plane(kind, x[i], int(y[i]), i, radius=r, seed=seed, reference=ref)

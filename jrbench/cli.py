@@ -259,14 +259,15 @@ def train_command(
 ) -> None:
     """Train a model with or without Jacobian regularization; write a run directory."""
     from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
+    from .validation import validate
 
-    config = RunConfig(
+    config = validate(RunConfig(
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
         ModelConfig(model),
         RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig,
                   jr_backend.value, jr_estimator.value, jr_every),
         TrainConfig(epochs, batch_size, lr, momentum, schedule.value, step_epochs, gamma, seed, device),
-    ).validate()
+    ))
     out = out or Path("results/runs") / config.run_id()
     result = run_training(config, out, resume, quiet)
     last = result.metrics.iloc[-1]

@@ -1,4 +1,4 @@
-"""Config dataclasses: data -> model -> regularizers -> training; validation; run ids.
+"""Config dataclasses: data -> model -> regularizers -> training; field checks; run ids.
 
 A :class:`RunConfig` is everything that defines a training run. It is written in full to
 ``config.json`` of the run directory and inside ``model.pt``, so a run can be rebuilt
@@ -86,10 +86,6 @@ class RunConfig:
         except (KeyError, TypeError) as e:
             raise UserError(f"the run configuration is incomplete or malformed ({e}).") from e
 
-    def validate(self) -> "RunConfig":
-        validate(self)
-        return self
-
     def run_id(self) -> str:
         """Readable and stable: same config, same id (device, data_dir and the options of
         regularizers not in use do not count)."""
@@ -122,22 +118,18 @@ def _non_negative(name: str, value: float) -> None:
         raise UserError(f"{name} must be zero or positive, got {value}.")
 
 
-def validate(cfg: RunConfig) -> None:
-    """Raise :class:`UserError` naming the first bad field; check names against registries."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .regularizers import REGULARIZERS
+def check_fields(cfg: RunConfig) -> None:
+    """Raise :class:`UserError` naming the first bad field value (ranges, combinations).
 
-    DATASETS.get(cfg.data.dataset)
-    MODELS.get(cfg.model.name)
+    Names of data sets, models and regularizers are checked against their registries by
+    :func:`jrbench.validation.validate`, which sits above those modules (no import cycle).
+    """
     _positive("--train-subset", cfg.data.train_subset, allow_none=True)
     _positive("--test-subset", cfg.data.test_subset, allow_none=True)
 
     r = cfg.reg
     if not r.names:
         raise UserError("give at least one regularizer (--reg none for plain SGD).")
-    for name in r.names:
-        REGULARIZERS.get(name)
     if len(set(r.names)) != len(r.names):
         raise UserError(f"a regularizer is named twice: {', '.join(r.names)}.")
     if "none" in r.names and len(r.names) > 1:

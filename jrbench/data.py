@@ -34,6 +34,39 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """A data set's default strengths, all in pixel units (images in [0, 1]).
+
+    ``eps_linf`` / ``eps_l2``: the PGD/FGSM grids of ``jrbench attack`` (0 first);
+    ``sigmas``: the white-noise grid (per-pixel standard deviation);
+    ``report_*``: the strength the report's wide table and verdicts read off the curves;
+    ``huge_eps_linf``: an L-inf radius where a working attack leaves about chance accuracy
+    (the sanity check); ``cell_radius``: the half-width (L2) of the report's cross-sections.
+    """
+
+    eps_linf: tuple[float, ...]
+    eps_l2: tuple[float, ...]
+    report_sigma: float
+    report_eps_linf: float
+    report_eps_l2: float
+    huge_eps_linf: float
+    cell_radius: float
+    sigmas: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(11))
+
+
+# MNIST-like 28x28 grey images: the radii of the Jacobian-regularization and PGD literature
+# (Hoffman et al. 2019; Madry et al. 2018 use L-inf 0.3, where undefended models fall to ~0).
+MNIST_LIKE = Defaults(eps_linf=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), eps_l2=(0.0, 0.5, 1.0, 1.5, 2.0, 3.0),
+                      report_sigma=0.5, report_eps_linf=0.1, report_eps_l2=1.5,
+                      huge_eps_linf=0.3, cell_radius=8.0)
+# CIFAR-10: the RobustBench radii (L-inf 8/255, L2 0.5); at L-inf 0.5 every image can reach the
+# all-0.5 image, so no model beats the largest class share there.
+CIFAR_LIKE = Defaults(eps_linf=(0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255),
+                      eps_l2=(0.0, 0.1, 0.25, 0.5, 1.0), report_sigma=0.1, report_eps_linf=8 / 255,
+                      report_eps_l2=0.5, huge_eps_linf=0.5, cell_radius=4.0)
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     name: str
     input_shape: tuple[int, int, int]  # (channels, height, width)
@@ -41,6 +74,7 @@ class DatasetInfo:
     mean: tuple[float, ...]            # per-channel pixel mean, [0, 1] units
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    defaults: Defaults = MNIST_LIKE    # eps/sigma grids, report strengths, cross-section radius
 
 
 @dataclass
@@ -234,7 +268,7 @@ def _synth_digits(data_dir: Path | None) -> tuple[Split, Split]:
     train = Split(*make_synth_digits(SYNTH_TRAIN_SIZE, seed=0))
     test = Split(*make_synth_digits(SYNTH_TEST_SIZE, seed=1))
     try:
-        from .rundir import atomic_torch_save
+        from .atomic import atomic_torch_save
 
         atomic_torch_save(cache, {"train": (train.images, train.labels), "test": (test.images, test.labels)})
     except OSError:
@@ -264,7 +298,7 @@ def _register() -> None:
     DATASETS.register("cifar10")(DatasetSpec(
         DatasetInfo("cifar10", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                     "ship", "truck")),
+                     "ship", "truck"), CIFAR_LIKE),
         _cifar10,
     ))
     DATASETS.register("synth-digits")(DatasetSpec(

@@ -299,6 +299,7 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     """Time every case on one real training batch; one summary row per case with provenance.
     ``on_progress(done, total, label)`` is called after each timing pair."""
     from .config import DataConfig, RunConfig
+    from .validation import validate
     from .data import load_data, to_pixels
     from .envinfo import cpu_model, device_name, package_versions
     from .models import build_model
@@ -307,14 +308,14 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     probe = RunConfig()
     probe.data.dataset, probe.model.name = cfg.dataset, cfg.model
     probe.train.batch_size = cfg.batch_size
-    probe.validate()
+    validate(probe)
     for n in cfg.n_projs:
-        RunConfig(reg=RegConfig(["jacobian"], n_proj=n)).validate()
+        validate(RunConfig(reg=RegConfig(["jacobian"], n_proj=n)))
     for k in cfg.subsamples:
-        RunConfig(reg=RegConfig(["jacobian"], jr_subsample=k)).validate()
+        validate(RunConfig(reg=RegConfig(["jacobian"], jr_subsample=k)))
     for k in cfg.everys:
-        RunConfig(reg=RegConfig(["jacobian"], jr_every=k)).validate()
-    RunConfig(reg=RegConfig(["jacobian"], jr_backend=cfg.jr_backend)).validate()
+        validate(RunConfig(reg=RegConfig(["jacobian"], jr_every=k)))
+    validate(RunConfig(reg=RegConfig(["jacobian"], jr_backend=cfg.jr_backend)))
     device = resolve_device(cfg.device)
     if cfg.random_batch:  # step times do not depend on the pixel values of these nets
         from .data import DATASETS

@@ -39,12 +39,6 @@ from .errors import UserError
 from .results import WORST_CASE  # attack name of the worst case per example over every attack
 from .verdicts import VERDICT_NOTES, verdict_lines, verdicts
 
-MNIST_LIKE_STRENGTHS = {"sigma": 0.5, "eps_linf": 0.1, "eps_l2": 1.5}
-DEFAULT_STRENGTHS = {
-    "mnist": MNIST_LIKE_STRENGTHS, "fashion-mnist": MNIST_LIKE_STRENGTHS,
-    "synth-digits": MNIST_LIKE_STRENGTHS,
-    "cifar10": {"sigma": 0.1, "eps_linf": 8 / 255, "eps_l2": 0.5},
-}
 ATTACK_COLUMNS = [("noise_acc", "noise", "gaussian", "sigma"),
                   ("robust_linf_acc", WORST_CASE, "linf", "eps_linf"), ("pgd_linf_acc", "pgd", "linf", "eps_linf"),
                   ("aa_linf_acc", "autoattack", "linf", "eps_linf"),
@@ -69,7 +63,11 @@ class Strengths:
 
     def target(self, dataset: str, name: str) -> float:
         given = getattr(self, name)
-        return given if given is not None else DEFAULT_STRENGTHS.get(dataset, MNIST_LIKE_STRENGTHS)[name]
+        if given is not None:
+            return given
+        from .data import DATASETS  # the data set's report_sigma / report_eps_linf / report_eps_l2
+
+        return getattr(DATASETS.get(dataset).info.defaults, f"report_{name}")
 
 
 def preferred_loss(rows: pd.DataFrame) -> pd.DataFrame:
@@ -423,7 +421,7 @@ def spectra_figure(summary: pd.DataFrame):
 @dataclass
 class ReportOptions:
     """What the report shows. Strengths in pixel units; cell radius in pixel L2 units (None:
-    the data set's default, see :data:`jrbench.cells.DEFAULT_RADIUS`)."""
+    the data set's ``cell_radius``, :class:`jrbench.data.Defaults`)."""
 
     strengths: Strengths = field(default_factory=Strengths)
     by_seed_group: bool = True

@@ -12,60 +12,18 @@ so an interrupted run leaves only whole files.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 
+from .atomic import (atomic_torch_save, atomic_write_bytes, atomic_write_csv,  # noqa: F401 (re-exported:
+                     atomic_write_json, atomic_write_text)                     # run dirs write through them)
 from .config import RunConfig
 from .errors import UserError
 
 CONFIG, ENV, METRICS, MODEL, CHECKPOINT = "config.json", "env.json", "metrics.csv", "model.pt", "checkpoint.pt"
-
-
-# ----------------------------------------------------------------------------- atomic writes
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_csv(path: Path, df: pd.DataFrame) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- reading

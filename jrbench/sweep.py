@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 
 from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .validation import validate
 
 FIELDS: dict[str, tuple[str, str]] = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
@@ -191,7 +192,7 @@ def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpe
         try:
             for key, value in list(base.items()) + list(block.items()) + list(zip(keys, combo)):
                 _apply(config, key, value)
-            config.validate()
+            validate(config)
         except UserError as e:
             culprit = next((k for k in keys + list(base) if f"--{k.replace('_', '-')}" in str(e)), keys[0] if keys else "base")
             raise bad(culprit, f"gives an invalid cell: {e}") from e

@@ -26,6 +26,7 @@ from .errors import NonFiniteLoss, UserError
 from .jacobian import jacobian_frobenius
 from .models import Classifier, build_model
 from .regularizers import model_dropout, step_loss, weight_decay
+from .validation import validate
 
 
 @dataclass
@@ -186,7 +187,7 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     Raises :class:`UserError` for bad input and :class:`NonFiniteLoss` when the loss diverges
     (the run directory then keeps its last finished epoch).
     """
-    config.validate()
+    validate(config)
     device = resolve_device(config.train.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     data = data if data is not None else load_data(config.data)

@@ -138,3 +138,19 @@ def test_cifar10_is_read_from_a_written_batches_folder_without_download(tmp_path
     assert torch.equal(got.test.images, expected) and got.test.labels.tolist() == labels
     first, _ = written["data_batch_1"]
     assert torch.equal(got.train.images[:3], torch.from_numpy(first).view(3, 3, 32, 32))
+
+
+def test_per_dataset_defaults_live_on_the_dataset_info():
+    """Eps grids, report strengths, the sanity radius and the cross-section radius come from DatasetInfo."""
+    from jrbench import attacks as A
+    from jrbench.data import DATASETS
+    from jrbench.report import Strengths
+
+    cifar = DATASETS.get("cifar10").info.defaults
+    assert A.default_eps("cifar10", "l2") == list(cifar.eps_l2) and cifar.report_eps_linf == pytest.approx(8 / 255)
+    assert Strengths().target("cifar10", "eps_l2") == cifar.report_eps_l2 == 0.5
+    assert Strengths(eps_l2=2.0).target("cifar10", "eps_l2") == 2.0
+    assert Strengths().target("mnist", "sigma") == DATASETS.get("mnist").info.defaults.report_sigma == 0.5
+    assert A.huge_eps_linf("fashion-mnist") == 0.3 and A.huge_eps_linf("cifar10") == 0.5 == A.huge_eps_linf(None)
+    assert {DATASETS.get(n).info.defaults.cell_radius for n in ("mnist", "cifar10")} == {8.0, 4.0}
+    assert A.AttackConfig.for_dataset("mnist").sigmas == A.default_sigmas("mnist")
