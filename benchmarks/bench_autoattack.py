@@ -35,7 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jrbench.attacks import AttackConfig, run_attacks, sanity_warnings  # noqa: E402
+from jrbench.attack_checks import sanity_warnings  # noqa: E402
+from jrbench.attacks import AttackConfig, run_attacks  # noqa: E402
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig  # noqa: E402
 from jrbench.data import load_data, split_test_set, to_pixels  # noqa: E402
 from jrbench.evaluate import fixed_examples  # noqa: E402

@@ -28,7 +28,7 @@ defaults it to 9 for data sets with at least 10 classes and asks for it otherwis
 issue #196).
 
 Numerics. With ``loss='ce64'`` APGD-CE and APGD-T attack the model's logits cast to
-float64 (:class:`jrbench.attacks.Float64Logits`), so the cross-entropy of a confident
+float64 (:class:`jrbench.attack_common.Float64Logits`), so the cross-entropy of a confident
 example keeps a non-zero gradient (the DLR loss is a ratio of logit differences and is
 unchanged, only computed in float64). FAB and Square use the logits as they are. On the
 CPU, every input gradient is taken with oneDNN's convolution kernels off for the backward
@@ -45,7 +45,7 @@ batch) inside ``torch.random.fork_rng``, so results are deterministic by seed an
 and the caller's RNG state is left untouched. The seed does not depend on eps (common
 random numbers across the grid, as for PGD).
 
-Every adversarial batch is checked with :func:`jrbench.attacks.check_in_ball` (in its ball
+Every adversarial batch is checked with :func:`jrbench.attack_common.check_in_ball` (in its ball
 and in [0, 1]) and re-classified by the model itself before an example counts as broken.
 """
 from __future__ import annotations
@@ -60,8 +60,14 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .attack_common import (attack_model, check_in_ball, correct_mask, derive_seed,
+                            index_batches, model_device, model_dtype, seeded_global_rng,
+                            sync_device)
+from .attack_config import NORMS
 from .errors import UserError
 from .jacobian import cpu_input_gradient_kernels
+from .models import eval_mode
+from .registry import unknown_name
 
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACK_NAMES = {name: f"aa-{name}" for name in COMPONENTS}  # attacks.csv names
@@ -208,9 +214,6 @@ def make_component(model: nn.Module, name: str, norm: str, eps: float, *, n_targ
     at radius ``eps`` (pixel units) with the standard version's settings."""
     import torchattacks
 
-    from .attacks import NORMS, attack_model
-    from .registry import unknown_name
-
     if name not in COMPONENTS:
         raise unknown_name("AutoAttack component", name, list(COMPONENTS))
     if norm not in NORMS:
@@ -266,23 +269,19 @@ def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
     (x, y); ``n_targets`` None means :func:`resolve_targets`' default. Each component runs in
     batches of up to ``batch_size`` over the examples still unbroken; eps == 0 returns the
     clean result without attacking."""
-    from .attacks import _batches, _model_device, _model_dtype, _sync, check_in_ball, \
-        correct_mask, derive_seed, seeded_global_rng
-    from .models import eval_mode
-
     targets = resolve_targets(num_classes, n_targets)
     with eval_mode(model), frozen(model):
         clean = (correct_mask(model, x, y, batch_size) if clean_correct is None
                  else clean_correct.clone())
         outcome, robust = AutoAttackOutcome(clean), clean.clone()
-        device, dtype = _model_device(model, x.device), _model_dtype(model)
+        device, dtype = model_device(model, x.device), model_dtype(model)
         fast = fast_forward_copy(model) if eps > 0 and device.type == "cpu" else model
         for name in COMPONENTS:
             start = time.perf_counter()
             if eps > 0:
                 atk = make_component(fast, name, norm, eps, n_targets=targets,
                                      num_classes=num_classes, loss=loss, device=device)
-                for b, idx in enumerate(_batches(robust.nonzero().flatten(), batch_size)):
+                for b, idx in enumerate(index_batches(robust.nonzero().flatten(), batch_size)):
                     xb, yb = x[idx].to(device, dtype), y[idx].to(device)
                     atk.seed = derive_seed(seed, "autoattack", name, norm, b)
                     with seeded_global_rng(atk.seed, device), torch.enable_grad(), \
@@ -291,7 +290,7 @@ def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
                     check_in_ball(xb, adv, eps, norm)
                     with torch.no_grad():
                         robust[idx] = (model(adv).argmax(1) == yb).to(x.device)
-                _sync(device)
+                sync_device(device)
             outcome.robust_after[name] = robust.clone()
             outcome.seconds[name] = time.perf_counter() - start
         return outcome

@@ -176,7 +176,7 @@ class CellFigure:
 
 def panel_runs(records: list, max_panels: int = 6) -> dict[str, list]:
     """Per data set, one run per group (its smallest seed), plain ('none') groups first."""
-    from .results import group_id
+    from .provenance import group_id
 
     chosen: dict[str, dict[str, object]] = {}
     for r in sorted(records, key=lambda r: (r.config.reg.names != ["none"], r.config.train.seed)):
@@ -188,7 +188,7 @@ def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[st
                        radius: float | None = None, n_grid: int = 101, seed: int = 0,
                        index: int | None = None, device: str = "auto", data_dir: str | None = None,
                        max_panels: int = 6, on_progress=None) -> list[CellFigure]:
-    """Cross-sections of the runs (:class:`jrbench.results.RunRecord`) of each data set through one
+    """Cross-sections of the runs (:class:`jrbench.run_records.RunRecord`) of each data set through one
     test point: ``index`` or the first test example every panel's model gets right. The
     adversarial direction comes from the first panel's model (a plain run where there is one).
     ``labels``: run_id -> panel title. Raises UserError when data or models cannot be loaded.

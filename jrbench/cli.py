@@ -45,13 +45,13 @@ class JrEstimator(str, Enum):
 
 
 class Loss(str, Enum):
-    """Losses of the gradient attacks (jrbench.attacks.LOSSES)."""
+    """Losses of the gradient attacks (jrbench.attack_config.LOSSES)."""
     ce64 = "ce64"  # cross-entropy from float64 logits
     ce32 = "ce32"  # torchattacks as is
 
 
 class Norm(str, Enum):
-    """Norms of the gradient attacks (jrbench.attacks.NORMS)."""
+    """Norms of the gradient attacks (jrbench.attack_config.NORMS)."""
     linf = "linf"
     l2 = "l2"
 
@@ -510,7 +510,7 @@ def attack_command(
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
     attacks.csv and the per-example record attack_examples.csv into the run (or model) folder."""
-    from .attacks import NORMS, AttackConfig, default_sigmas
+    from .attack_config import NORMS, AttackConfig, default_sigmas
     from .errors import UserError
     from .evaluate import attack_model, attack_run, check_attack
     from .outside import resolve_sources
@@ -636,7 +636,8 @@ def report_command(
     """Collect runs into summary.csv; write a paper-style table, verdicts against plain runs, plots and report.md."""
     from rich.table import Table
 
-    from .report import ReportOptions, Strengths, write_report
+    from .report import ReportOptions, write_report
+    from .report_table import Strengths
     from .results import collect
 
     options = ReportOptions(Strengths(sigma, eps_linf, eps_l2), not per_run, cells, cell_radius, cell_grid,
@@ -686,10 +687,11 @@ def overhead_command(
 ) -> None:
     """Time Jacobian-regularized training steps against plain SGD, interleaved in one process."""
     if gate is not None:
-        return run_gate_command(gate, baseline, jr_backend.value, device, out)
+        return run_gate_command(gate, baseline, jr_backend.value, device, out, quiet)
     from rich.table import Table
 
-    from .overhead import OverheadConfig, cases_of, check_budget, check_budget_cases, load_budget, run_overhead
+    from .overhead import OverheadConfig, cases_of, run_overhead
+    from .overhead_budgets import check_budget, check_budget_cases, load_budget
     from .rundir import atomic_write_csv
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
@@ -724,8 +726,11 @@ def overhead_command(
         console.print(f"all {len(budgets)} overhead budgets hold ({check})")
 
 
-def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, device: str, out: Path | None) -> None:
-    """The regression gate (jrbench/gate.py): exit 1 naming each case that regressed."""
+def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, device: str, out: Path | None,
+                     quiet: bool = False) -> None:
+    """The regression gate (jrbench/gate.py): exit 1 naming each case that regressed; ``quiet``: no spinner."""
+    from contextlib import nullcontext
+
     from rich.table import Table
 
     from .config import JR_BACKENDS
@@ -738,10 +743,11 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
         raise unknown_name("--jr-backend", jr_backend, list(JR_BACKENDS))
     spec = load_gate_spec(spec_path)
     options = {} if jr_backend == "auto" else {"jr_backend": jr_backend}
-    with err_console.status("timing this checkout against the baseline, interleaved") as status:
-        result = run_gate(spec, baseline=baseline, reg_options=options, device=device,
-                          on_round=lambda r, s: status.update(f"round {r}, {s:.0f} s of at most "
-                                                              f"{spec.max_seconds:.0f} s"))
+    spinner = nullcontext() if quiet else err_console.status("timing this checkout against the baseline, interleaved")
+    with spinner as status:
+        on_round = None if quiet else (lambda r, s: status.update(f"round {r}, {s:.0f} s of at most "
+                                                                 f"{spec.max_seconds:.0f} s"))
+        result = run_gate(spec, baseline=baseline, reg_options=options, device=device, on_round=on_round)
     t = result.table
     row0 = t.iloc[0]
     table = Table(title=f"overhead ratios (x plain), {spec.model}, batch {spec.batch_size}, {row0['device_name']}, "

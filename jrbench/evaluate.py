@@ -128,8 +128,8 @@ def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_s
     attacks.csv and attack_examples.csv (the per-example record, written first).
     ``on_progress(done, total, label)`` is called after each attack and strength.
 
-    ``config`` is an :class:`jrbench.attacks.AttackConfig`; eps grids left None get the
-    data set's defaults. The warnings (:func:`jrbench.attacks.sanity_warnings`) look at every
+    ``config`` is an :class:`jrbench.attack_config.AttackConfig`; eps grids left None get the
+    data set's defaults. The warnings (:func:`jrbench.attack_checks.sanity_warnings`) look at every
     row of the run made on the same examples, earlier calls' included, so AutoAttack run
     after PGD is compared with it.
     """
@@ -147,7 +147,9 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     """The attacks of attack_run and attack_model: ``model`` (pixels in, logits out, on ``device``)
     on the fixed examples of ``data``; rows get ``prov``; tables upserted into ``out`` (None: kept
     in memory, the warnings then read this call's rows only)."""
-    from .attacks import default_eps, run_attacks, sanity_warnings
+    from .attack_checks import sanity_warnings
+    from .attack_config import default_eps
+    from .attacks import run_attacks
 
     dataset = data.info.name
     # the data set's default grids, only where a used grid is left None (a data set without
@@ -324,8 +326,23 @@ def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int = 10
     if config.autoattack:
         resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
     model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    if out is not None:  # a trained run's metrics.csv has its test accuracy; an outside model's gets it here
+        rundir.atomic_write_csv(out / rundir.METRICS, clean_accuracy(model, data, dev, config.batch_size))
     return _attack(model, data, config, prov, out, n_examples=n_examples, example_seed=example_seed,
                    device=dev, on_progress=on_progress)
+
+
+def clean_accuracy(model: nn.Module, data: Data, device: torch.device, batch_size: int = 500) -> pd.DataFrame:
+    """One row: ``test_acc`` (fraction of the whole test set of ``data`` the model classifies
+    correctly, pixels in [0, 1] in) and ``test_examples`` (how many)."""
+    from .attack_common import correct_mask
+
+    n, correct = len(data.test), 0
+    for start in range(0, n, batch_size):
+        x = to_pixels(data.test.images[start:start + batch_size], device)
+        correct += int(correct_mask(model, x, data.test.labels[start:start + batch_size].to(device),
+                                    batch_size).sum())
+    return pd.DataFrame({"test_acc": [correct / n if n else float("nan")], "test_examples": [n]})
 
 
 def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_directions: int = 10,

@@ -44,7 +44,7 @@ def is_full_n1(config) -> bool:
 
 def setting_args(config) -> str:
     """The ``jrbench train`` flags of a run, without seed, device, data folder and output."""
-    from .results import train_command
+    from .provenance import train_command
 
     args = shlex.split(train_command(config).partition("  # ")[0])[2:]
     drop = {"--seed", "--device", "--data-dir", "--out"}

@@ -42,7 +42,8 @@ import pandas as pd
 import torch
 
 from .errors import UserError
-from .overhead import Budget
+from .overhead_budgets import Budget, parse_budgets
+from .specfile import read_spec
 
 GATE_FIELDS = {"baseline", "penalty_paths", "cases", "tolerance", "halfwidth", "min_rounds", "max_rounds",
                "block", "warmup", "max_seconds", "model", "dataset", "batch_size", "case"}
@@ -70,25 +71,13 @@ class GateSpec:
 
 
 def load_gate_spec(path: str | Path) -> GateSpec:
-    """Read a gate spec (TOML); a bad field is named with its line."""
-    import tomllib
-
-    from .overhead import parse_budgets
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-        doc = tomllib.loads(text)
-    except OSError as e:
-        raise UserError(f"cannot read the gate spec {path}: {e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML: {e}") from e
-    unknown = set(doc) - GATE_FIELDS
+    """Read a gate spec (TOML); a bad field is named with its own line."""
+    f = read_spec(path, "gate spec")
+    unknown = [k for k in f.doc if k not in GATE_FIELDS]
     if unknown:
-        raise UserError(f"{path}: unknown field(s) {sorted(unknown)}; known: {sorted(GATE_FIELDS - {'case'})}.")
+        raise f.error(f"unknown field(s) {sorted(unknown)}; known: {sorted(GATE_FIELDS - {'case'})}.", (), unknown[0])
     spec = GateSpec()
-    lines = text.splitlines()
-    for key, value in doc.items():
+    for key, value in f.doc.items():
         if key == "case":
             continue
         default = getattr(spec, key)
@@ -98,11 +87,10 @@ def load_gate_spec(path: str | Path) -> GateSpec:
         if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
             ok = False
         if not ok:
-            line = next((n + 1 for n, s in enumerate(lines) if s.strip().startswith(key)), 0)
-            raise UserError(f"{path}, line {line}: field '{key}' must be like {default!r}, got {value!r}.")
+            raise f.error(f"field '{key}' must be like {default!r}, got {value!r}.", (), key)
         setattr(spec, key, value)
-    if "case" in doc:
-        spec.bounds = parse_budgets(doc["case"], text, path)
+    if "case" in f.doc:
+        spec.bounds = parse_budgets(f)
     return spec
 
 

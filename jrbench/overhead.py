@@ -10,10 +10,9 @@ with ``jr_subsample`` K; and ``reference-exact``: a straightforward per-row auto
 implementation of the exact penalty (one ``autograd.grad`` of each logit row's sum, as the
 authors' code does for n = -1), the reference point for the exact mode.
 
-Memory: ``peak_mb`` is the peak of the tensor memory live during one step (parameters,
-momentum, the batch, gradients, activations and temporaries), counted storage by storage
-(:class:`_LiveTensorBytes`, on any device); ``saved_mb`` is the size of the tensors autograd saves for the backward
-(the graph's activations); on CUDA ``cuda_peak_mb`` is the allocator's peak for the case.
+Memory per case (``peak_mb``, ``saved_mb``, ``cuda_peak_mb``) is measured by
+:mod:`jrbench.overhead_memory` on the same step; budgets on the summary are checked by
+:mod:`jrbench.overhead_budgets`.
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from .config import RegConfig
 from .errors import UserError
 from .models import Classifier
+from .overhead_memory import memory_per_case
 from .regularizers import step_loss
 
 
@@ -114,19 +113,6 @@ def steps_per_timing(case: OverheadCase) -> int:
     return getattr(case.reg, "jr_every", 1)
 
 
-def _saved_mb(model, opt, params, x, y, case: OverheadCase) -> float:
-    total = 0
-
-    def pack(t: torch.Tensor):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _step(model, opt, params, x, y, case)
-    return total / 2**20
-
-
 def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase],
                pairs: int = 20, warmup: int = 3, lr: float = 1e-3, on_progress=None,
                same_span: bool | None = None) -> pd.DataFrame:
@@ -171,83 +157,6 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
                          "steps_timed": cycles * steps_per_timing(case)})
         if on_progress is not None:
             on_progress(pair + 1, pairs, f"pair {pair + 1}/{pairs}")
-    return pd.DataFrame(rows)
-
-
-class _LiveTensorBytes:
-    """Bytes of tensor storage alive on one device type, and their peak, while active.
-
-    A ``TorchDispatchMode`` sees every tensor an op returns (below autograd, so the graph's
-    saved tensors, gradients and temporaries all count); each new storage is added once and
-    taken off when it is freed. ``known`` tensors (parameters, optimizer state, the batch)
-    count from the start.
-    """
-
-    def __init__(self, device_type: str, known: list[torch.Tensor]):
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        self.device_type = device_type
-        self.storages = WeakIdKeyDictionary()
-        self.live = self.peak = 0
-        for t in known:
-            self._add(t)
-
-    def _add(self, t: torch.Tensor) -> None:
-        import weakref
-
-        if t.device.type != self.device_type or t.is_meta:
-            return
-        st = t.untyped_storage()
-        if st in self.storages:
-            return
-        self.storages[st] = st.nbytes()
-        self.live += st.nbytes()
-        self.peak = max(self.peak, self.live)
-        weakref.finalize(st, self._free, st.nbytes())
-
-    def _free(self, nbytes: int) -> None:
-        self.live -= nbytes
-
-    def mode(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
-        tracker = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor):
-                        tracker._add(t)
-                return out
-
-        return Mode()
-
-
-def _peak_mb(model, opt, params, x, y, case: OverheadCase) -> float:
-    """Peak MB of tensor memory during one training step of ``case`` (parameters included)."""
-    _step(model, opt, params, x, y, case)  # optimizer state exists before the measured step
-    opt.zero_grad(set_to_none=True)
-    state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-    tracker = _LiveTensorBytes(x.device.type, [*params, *state, x, y])
-    with tracker.mode():
-        _step(model, opt, params, x, y, case)
-    return tracker.peak / 2**20
-
-
-def memory_per_case(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[OverheadCase]) -> pd.DataFrame:
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.0, momentum=0.9)
-    rows = []
-    for case in cases:
-        row = {"case": case.name, "peak_mb": _peak_mb(model, opt, params, x, y, case),
-               "saved_mb": _saved_mb(model, opt, params, x, y, case)}
-        if x.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(x.device)
-            _step(model, opt, params, x, y, case)
-            row["cuda_peak_mb"] = torch.cuda.max_memory_allocated(x.device) / 2**20
-        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -333,7 +242,7 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
     cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup, on_progress=on_progress),
-                        memory_per_case(model, x, y, cases))
+                        memory_per_case(model, x, y, cases, _step))
     summary["ratio_to_reference"] = float("nan")
     if cfg.reference and -1 in cfg.n_projs:
         ref = summary.loc[summary["case"] == "reference-exact", "median_seconds"].iloc[0]
@@ -346,78 +255,3 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
                              jr_backend=cfg.jr_backend, threads=torch.get_num_threads(),
                              torch=versions["torch"], jrbench=versions["jrbench"])
     return summary
-
-
-# ----------------------------------------------------------------------------- budgets
-@dataclass(frozen=True)
-class Budget:
-    case: str
-    max_ratio: float
-    against: str  # "plain" or another case, e.g. "reference-exact"
-    line: int
-
-
-def load_budget(path: str | Path) -> list[Budget]:
-    """Read a budget file: ``[[case]]`` tables with ``name``, ``max_ratio`` and optional ``against``."""
-    import tomllib
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read the budget file {path}: {e}") from e
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML: {e}") from e
-    return parse_budgets(doc.get("case"), text, path)
-
-
-def parse_budgets(entries, text: str, path: Path) -> list[Budget]:
-    """``[[case]]`` tables (already parsed) -> budgets; a bad field is named with its line."""
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"{path}: expected one or more [[case]] tables with fields name and max_ratio.")
-    lines = text.splitlines()
-    budgets = []
-    for i, entry in enumerate(entries):
-        name = entry.get("name") if isinstance(entry, dict) else None
-        line = next((n + 1 for n, s in enumerate(lines) if name and f'"{name}"' in s), 0)
-        where = f"{path}, line {line}" if line else f"{path}, [[case]] number {i + 1}"
-        if not isinstance(name, str):
-            raise UserError(f"{where}: field 'name' must be a case name such as \"jacobian-n1\".")
-        ratio = entry.get("max_ratio")
-        if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or ratio <= 0:
-            raise UserError(f"{where}: field 'max_ratio' of case '{name}' must be a positive number, got {ratio!r}.")
-        against = entry.get("against", "plain")
-        if not isinstance(against, str):
-            raise UserError(f"{where}: field 'against' of case '{name}' must be a case name.")
-        unknown = set(entry) - {"name", "max_ratio", "against", "measured", "note"}
-        if unknown:
-            raise UserError(f"{where}: unknown field(s) {sorted(unknown)} in case '{name}'.")
-        budgets.append(Budget(name, float(ratio), against, line))
-    return budgets
-
-
-def check_budget_cases(budgets: list[Budget], cases: list[OverheadCase]) -> None:
-    """Fail before any timing when a budget names a case this run will not time."""
-    names = {c.name for c in cases} | {"plain"}
-    for b in budgets:
-        for name in (b.case, b.against):
-            if name not in names:
-                raise UserError(f"the budget on line {b.line} names case '{name}', which this overhead run "
-                                f"does not time (it times: {', '.join(sorted(names))}).")
-
-
-def check_budget(summary: pd.DataFrame, budgets: list[Budget]) -> list[str]:
-    """Messages for every budget exceeded (empty when all hold)."""
-    medians = dict(zip(summary["case"], summary["median_seconds"]))
-    ratios = dict(zip(summary["case"], summary["ratio_median"]))
-    failures = []
-    for b in budgets:
-        if b.case not in medians or b.against not in medians:
-            missing = b.case if b.case not in medians else b.against
-            raise UserError(f"the budget names case '{missing}', which this overhead run did not time.")
-        ratio = ratios[b.case] if b.against == "plain" else medians[b.case] / medians[b.against]
-        if ratio > b.max_ratio:
-            failures.append(f"{b.case}: {ratio:.2f}x {b.against}, over its budget of {b.max_ratio:.2f}x")
-    return failures

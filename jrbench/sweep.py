@@ -1,19 +1,22 @@
 """Sweeps: a study described as a grid in TOML, run cell by cell, resumable.
 
-A spec (see ``benchmarks/*.toml``)::
+A spec (see ``benchmarks/*.toml``); every key is the flag of the command it feeds, with ``_``
+(``--lambda-jr`` -> ``lambda_jr``)::
 
     name = "lambda-sweep"                 # runs go to <out>/<name>/<run-id>
     out = "results/sweeps"                # optional
-    [base]                                # RunConfig fields shared by every cell
+    [base]                                # jrbench train options shared by every cell
     dataset = "synth-digits"; model = "lenet"; epochs = 4; batch_size = 64; lr = 0.05
     [grid]                                # the product of these lists makes the cells
-    regularizers = [["none"], ["jacobian"]]
+    reg = [["none"], ["jacobian"]]
     lambda_jr = [0.01, 0.05]
     seed = [0, 1]
     [attack]                              # jrbench attack options (omit the table: no attacks)
-    n_examples = 500; steps = 20; sigmas = [0.0, 0.2, 0.4]
+    n_examples = 500; steps = 20; sigma = [0.0, 0.2, 0.4]
     [margins]                             # jrbench margins options (omit the table: no margins)
-    n_examples = 300; directions = 10
+    n_examples = 300; directions = 10     # example_seed: default [attack]'s, so both see the same examples
+    [report]                              # optional: jrbench report options for the report at the end
+    sigma = 0.25
     [resources]                           # optional: what one cell needs (default 1 CPU, 0 GPUs)
     num_cpus = 1; num_gpus = 0            # a cell's torch threads = its whole CPUs, in every engine
     [[block]]                             # optional: recipes; each block's keys override [base]
@@ -21,14 +24,15 @@ A spec (see ``benchmarks/*.toml``)::
     [[block]]                             # and the grid runs once per block
     name = "default"; lr = 0.05; batch_size = 64; epochs = 10
     [[variant]]                           # optional: named settings, crossed with the blocks
-    name = "sub16"; regularizers = ["jacobian"]; jr_subsample = 16
+    name = "sub16"; reg = ["jacobian"]; jr_subsample = 16
 
-Keys of ``[base]`` and ``[grid]`` are the ``jrbench train`` option names with ``_``:
-dataset, data_dir, train_subset, test_subset, model, regularizers, lambda_jr, n_proj,
-jr_subsample, weight_decay, dropout, lambda_ig, epochs, batch_size, lr, momentum,
-schedule, step_epochs, gamma, seed. Cells that differ only in options of regularizers they
-do not use (lambda_jr without jacobian) have the same run id and collapse into one. A finished step of a cell (trained, attacked, measured) is skipped, so
-re-running a sweep resumes it.
+Keys of ``[base]``, ``[grid]``, ``[[block]]`` and ``[[variant]]`` are the ``jrbench train``
+options (:data:`FIELDS`); ``[attack]``, ``[margins]`` and ``[report]`` take those of ``jrbench
+attack``, ``margins`` and ``report`` (:data:`ATTACK_FIELDS`, :data:`MARGIN_FIELDS`,
+:data:`REPORT_FIELDS`). A key renamed to its flag (``regularizers`` -> ``reg``) is refused with
+the new name (:data:`RENAMED`). Cells that differ only in options of regularizers they do not
+use (lambda_jr without jacobian) have the same run id and collapse into one. A finished step of
+a cell (trained, attacked, measured) is skipped, so re-running a sweep resumes it.
 
 :func:`run_cell` is the work of one cell; :func:`run_sweep` (the local engine) calls it cell
 after cell in this process, and ``jrbench.sweep_ray`` (the Ray engine) calls it in one Ray task
@@ -38,7 +42,6 @@ numbers under either engine.
 from __future__ import annotations
 
 import itertools
-import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +49,14 @@ from typing import Any, Callable, Iterator
 
 from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .specfile import SpecFile, Table, parse_spec_text, read_spec
 from .validation import validate
 
+# jrbench train's options (flag --foo-bar -> key foo_bar) -> (RunConfig section, attribute)
 FIELDS: dict[str, tuple[str, str]] = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
     "train_subset": ("data", "train_subset"), "test_subset": ("data", "test_subset"),
-    "model": ("model", "name"), "regularizers": ("reg", "names"), "lambda_jr": ("reg", "lambda_jr"),
+    "model": ("model", "name"), "reg": ("reg", "names"), "lambda_jr": ("reg", "lambda_jr"),
     "n_proj": ("reg", "n_proj"), "jr_subsample": ("reg", "jr_subsample"),
     "weight_decay": ("reg", "weight_decay"), "dropout": ("reg", "dropout"), "lambda_ig": ("reg", "lambda_ig"),
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
@@ -59,11 +64,21 @@ FIELDS: dict[str, tuple[str, str]] = {
     "step_epochs": ("train", "step_epochs"), "gamma": ("train", "gamma"), "seed": ("train", "seed"),
     "jr_backend": ("reg", "jr_backend"), "jr_estimator": ("reg", "jr_estimator"), "jr_every": ("reg", "jr_every"),
 }
+# jrbench attack's options; sigma and norm fill AttackConfig's sigmas and norms
 ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack_eps_linf",
-                 "autoattack_eps_l2", "n_examples", "example_seed", "sigmas", "draws", "norms",
+                 "autoattack_eps_l2", "n_examples", "example_seed", "sigma", "draws", "norm",
                  "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
-MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}
+_ATTACK_LISTS = {"sigma", "norm", "eps_linf", "eps_l2", "autoattack_eps_linf", "autoattack_eps_l2"}  # repeatable flags
+MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}  # all integers
+REPORT_FIELDS = {"sigma": (int, float), "eps_linf": (int, float), "eps_l2": (int, float), "per_run": (bool,),
+                 "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,), "cell_seed": (int,),
+                 "cell_index": (int,), "cell_panels": (int,)}
 RESOURCE_FIELDS = ("num_cpus", "num_gpus")
+# keys renamed to their command's flag (issue 10): command -> {old key: new key}; old ones are refused
+RENAMED: dict[str, dict[str, str]] = {"train": {"regularizers": "reg"},
+                                      "attack": {"sigmas": "sigma", "norms": "norm"}}
+TOP_FIELDS = ("name", "description", "out", "base", "grid", "block", "variant", "attack", "margins", "report",
+              "resources")
 
 
 @dataclass
@@ -92,13 +107,6 @@ class SweepSpec:
         return self.out / self.name
 
 
-def _line_of(text: str, key: str) -> str:
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip().startswith(key):
-            return f"line {n}"
-    return "somewhere"
-
-
 _OPTIONAL_TYPES = {"data_dir": (str,), "train_subset": (int,), "test_subset": (int,), "jr_subsample": (int,)}
 
 
@@ -106,7 +114,7 @@ def _type_error(key: str, value: Any) -> str | None:
     """Why ``value`` cannot be the training option ``key`` (judged by the default's type), or None."""
     section, attr = FIELDS[key]
     default = getattr(getattr(RunConfig(), section), attr)
-    if key == "regularizers":
+    if key == "reg":
         ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         return None if ok else f"must be a regularizer name or a list of names, got {value!r}."
     if default is None:
@@ -127,104 +135,157 @@ def _type_error(key: str, value: Any) -> str | None:
 
 def _apply(config: RunConfig, key: str, value: Any) -> None:
     section, attr = FIELDS[key]
-    if key == "regularizers" and isinstance(value, str):
+    if key == "reg" and isinstance(value, str):
         value = [value]
     setattr(getattr(config, section), attr, value)
 
 
+# the words by which a validation message names a training option (else its flag)
+_MENTIONS = {"reg": ("--reg ", "regularizer"), "dataset": ("unknown dataset",), "model": ("unknown model",),
+             "schedule": ("unknown schedule",)}
+
+
+def _mentions(key: str, message: str) -> bool:
+    return any(w in message for w in _MENTIONS.get(key, (f"--{key.replace('_', '-')}",)))
+
+
 def load_spec(path: str | Path, out: str | Path | None = None) -> SweepSpec:
     """Read, parse and validate a sweep spec file; every error names the line and the field."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise UserError(f"cannot read the sweep spec {path}: {e}") from e
-    return parse_spec(text, path, out)
+    return spec_from_file(read_spec(path, "sweep spec"), out)
 
 
 def parse_spec(text: str, path: Path, out: str | Path | None = None) -> SweepSpec:
     """Parse and validate the TOML ``text`` of a spec (``path`` names it in messages)."""
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML: {e}") from e
+    return spec_from_file(parse_spec_text(text, path), out)
 
-    def bad(key: str, why: str) -> UserError:
-        return UserError(f"{path}, {_line_of(text, key)}: field '{key}' {why}")
 
+def _check_key(f: SpecFile, table: Table, key: str, command: str, allowed, what: str) -> None:
+    """Refuse ``key`` of ``table`` unless ``allowed``: a renamed key with its new name."""
+    new = RENAMED.get(command, {}).get(key)
+    if new is not None:
+        raise f.error(f"key '{key}' was renamed: use '{new}' (the --{new.replace('_', '-')} flag of "
+                      f"jrbench {command}).", table, key)
+    if key not in allowed:
+        from .registry import did_you_mean
+
+        raise f.error(f"field '{key}' is not {what}.{did_you_mean(key, sorted(allowed))} "
+                      f"Expected one of: {', '.join(sorted(allowed))}.", table, key)
+
+
+def spec_from_file(f: SpecFile, out: str | Path | None = None) -> SweepSpec:
+    """The validated study of a parsed spec file; a bad field is named with its own line."""
+    doc = f.doc
     name = doc.get("name")
     if not isinstance(name, str) or not name or "/" in name:
-        raise bad("name", "must be a non-empty name without '/'.")
-    unknown_top = set(doc) - {"name", "description", "out", "base", "grid", "attack", "margins", "report", "block",
-                              "variant", "resources"}
-    if unknown_top:
-        key = sorted(unknown_top)[0]
-        raise bad(key, f"is not a sweep field (expected name, description, out, base, grid, block, attack, margins, "
-                       f"report, resources).")
-    base, grid = doc.get("base", {}), doc.get("grid", {})
-    axes = []  # [[block]] (recipes, data sets) x [[variant]] (named settings): each a list of overrides
-    for axis in ("block", "variant"):
-        tables = doc.get(axis, [{}])
-        if not isinstance(tables, list) or not tables or not all(isinstance(b, dict) for b in tables):
-            raise bad(f"[[{axis}]]", f"must be one or more [[{axis}]] tables of training options.")
-        axes.append([{k: v for k, v in b.items() if k != "name"} for b in tables])
-    blocks = [{**b, **v} for b, v in itertools.product(*axes)]
-    for section, table in [("base", base), ("grid", grid)] + [("block", b) for b in blocks]:
-        if not isinstance(table, dict):
-            raise bad(section, "must be a table.")
-        for key in table:
-            if key not in FIELDS:
-                from .registry import did_you_mean
+        raise f.error("field 'name' must be a non-empty name without '/'.", (), "name")
+    for key in doc:
+        if key not in TOP_FIELDS:
+            raise f.error(f"field '{key}' is not a sweep field (expected {', '.join(TOP_FIELDS)}).", (), key)
+    cells = _cells(f, *_train_tables(f))
+    attack, margins = _attack_table(doc.get("attack"), f), _margins_table(doc.get("margins"), f)
+    resources = _parse_resources(doc.get("resources", {}), f)
+    out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
+    return SweepSpec(name, f.path, out_dir, cells, attack, margins, str(doc.get("description", "")),
+                     _report_options(doc.get("report", {}), f), resources)
 
-                raise bad(key, f"is not a training option.{did_you_mean(key, list(FIELDS))}")
+
+Overrides = list[tuple[Table, dict[str, Any]]]  # (where a table is written, its training options)
+
+
+def _train_tables(f: SpecFile) -> tuple[dict[str, Any], dict[str, list], Overrides, Overrides]:
+    """[base], [grid], the [[block]] and the [[variant]] tables (without their names), each key
+    and value checked: a training option of the right type; [grid]'s values non-empty lists."""
+    base, grid = f.doc.get("base", {}), f.doc.get("grid", {})
+    for section, table in (("base", base), ("grid", grid)):
+        if not isinstance(table, dict):
+            raise f.error(f"field '{section}' must be a table.", (), section)
+    axes = []  # [[block]] (recipes, data sets) x [[variant]] (named settings)
+    for axis in ("block", "variant"):
+        tables = f.doc.get(axis, [{}])
+        if not isinstance(tables, list) or not tables or not all(isinstance(b, dict) for b in tables):
+            raise f.error(f"field '{axis}' must be one or more [[{axis}]] tables of training options.", (), axis)
+        axes.append([((axis, i), {k: v for k, v in b.items() if k != "name"}) for i, b in enumerate(tables)])
+    every = [(("base",), base), (("grid",), grid)] + axes[0] + axes[1]
+    for where, table in every:
+        for key in table:
+            _check_key(f, where, key, "train", FIELDS, "a training option")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise bad(key, "in [grid] must be a non-empty list of values.")
-    for key, value in (list(base.items()) + [(k, v) for k, vs in grid.items() for v in vs]
-                       + [item for b in blocks for item in b.items()]):
-        why = _type_error(key, value)
-        if why:
-            raise bad(key, why)
+            raise f.error(f"field '{key}' in [grid] must be a non-empty list of values.", ("grid",), key)
+    for where, table in every:
+        items = [(k, v) for k, vs in table.items() for v in vs] if where == ("grid",) else table.items()
+        for key, value in items:
+            why = _type_error(key, value)
+            if why:
+                raise f.error(f"field '{key}' {why}", where, key)
+    return base, grid, axes[0], axes[1]
+
+
+def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Overrides,
+           variants: Overrides) -> list[RunConfig]:
+    """Every block x variant x grid point, validated; cells with the same run id collapse into one.
+    Later tables override earlier ones: [base], [[block]], [[variant]], [grid]."""
     cells, seen = [], set()
     keys = list(grid)
-    for block, combo in itertools.product(blocks, itertools.product(*(grid[k] for k in keys))):
+    for (b_where, block), (v_where, variant), combo in itertools.product(
+            blocks, variants, itertools.product(*(grid[k] for k in keys))):
+        settings = ([(("base",), k, v) for k, v in base.items()] + [(b_where, k, v) for k, v in block.items()]
+                    + [(v_where, k, v) for k, v in variant.items()] + [(("grid",), k, v) for k, v in zip(keys, combo)])
         config = RunConfig(DataConfig(), ModelConfig(), RegConfig(), TrainConfig())
         try:
-            for key, value in list(base.items()) + list(block.items()) + list(zip(keys, combo)):
+            for _, key, value in settings:
                 _apply(config, key, value)
             validate(config)
-        except UserError as e:
-            culprit = next((k for k in keys + list(base) if f"--{k.replace('_', '-')}" in str(e)), keys[0] if keys else "base")
-            raise bad(culprit, f"gives an invalid cell: {e}") from e
+        except UserError as e:  # blame the last setting the message names (later ones override)
+            where, culprit, _ = next((s for s in reversed(settings) if _mentions(s[1], str(e))),
+                                     settings[-1] if settings else (("base",), "base", None))
+            raise f.error(f"field '{culprit}' gives an invalid cell: {e}", where, culprit) from e
         except (TypeError, ValueError) as e:
-            raise UserError(f"{path}: a value of the wrong type in [base] or [grid]: {e}") from e
+            raise UserError(f"{f.path}: a value of the wrong type in [base] or [grid]: {e}") from e
         if config.run_id() not in seen:
             seen.add(config.run_id())
             cells.append(config)
-    attack, margins = doc.get("attack"), doc.get("margins")
-    for section, table, allowed in (("attack", attack, ATTACK_FIELDS), ("margins", margins, MARGIN_FIELDS)):
-        if table is not None:
-            if not isinstance(table, dict):
-                raise bad(section, "must be a table.")
-            for key in table:
-                if key not in allowed:
-                    raise bad(key, f"is not a {section} option (expected one of {sorted(allowed)}).")
-    if attack is not None:
-        try:
-            attack_config(attack)
-        except (UserError, TypeError, ValueError) as e:
-            culprit = next((k for k in attack if k.rstrip("s") in str(e)), "attack")
-            raise bad(culprit, f"gives invalid attack settings: {e}") from e
-    resources = _parse_resources(doc.get("resources", {}), bad)
-    out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
-    return SweepSpec(name, path, out_dir, cells, attack, margins, str(doc.get("description", "")),
-                     _report_options(doc.get("report", {}), bad), resources)
+    return cells
 
 
-def _parse_resources(table: Any, bad: Callable[[str, str], UserError]) -> Resources:
-    """The ``[resources]`` table: num_cpus > 0, num_gpus >= 0, numbers only."""
+def _attack_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
+    """The ``[attack]`` table (None when absent): jrbench attack's options, checked as one config."""
+    if table is None:
+        return None
     if not isinstance(table, dict):
-        raise bad("resources", "must be a table.")
+        raise f.error("field 'attack' must be a table of jrbench attack options.", (), "attack")
+    for key in table:
+        _check_key(f, ("attack",), key, "attack", ATTACK_FIELDS, "an attack option")
+    try:
+        attack_config(table)
+    except (UserError, TypeError, ValueError) as e:
+        named = [k for k in table if k in str(e)]
+        culprit = max(named, key=len) if named else None  # eps_linf inside autoattack_eps_linf: the longest
+        what = f"field '{culprit}' gives" if culprit else "gives"
+        raise f.error(f"{what} invalid attack settings: {e}", ("attack",), culprit) from e
+    return table
+
+
+def _margins_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
+    """The ``[margins]`` table (None when absent): jrbench margins' options, integers each."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise f.error("field 'margins' must be a table of jrbench margins options.", (), "margins")
+    for key, value in table.items():
+        _check_key(f, ("margins",), key, "margins", MARGIN_FIELDS, "a margins option")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise f.error(f"field '{key}' must be an integer, got {value!r}.", ("margins",), key)
+    return table
+
+
+def _parse_resources(table: Any, f: SpecFile) -> Resources:
+    """The ``[resources]`` table: num_cpus > 0, num_gpus >= 0, numbers only."""
+    def bad(key: str, why: str) -> UserError:
+        return f.error(f"field '{key}' {why}", ("resources",), key)
+
+    if not isinstance(table, dict):
+        raise f.error("field 'resources' must be a table.", (), "resources")
     for key, value in table.items():
         if key not in RESOURCE_FIELDS:
             from .registry import did_you_mean
@@ -240,33 +301,41 @@ def _parse_resources(table: Any, bad: Callable[[str, str], UserError]) -> Resour
     return resources
 
 
-REPORT_FIELDS = {"sigma": (int, float), "eps_linf": (int, float), "eps_l2": (int, float), "per_run": (bool,),
-                 "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,), "cell_seed": (int,),
-                 "cell_index": (int,), "cell_panels": (int,)}
-
-
-def _report_options(table: Any, bad: Callable[[str, str], UserError]) -> dict[str, Any]:
+def _report_options(table: Any, f: SpecFile) -> dict[str, Any]:
     """The ``[report]`` table: ``jrbench report`` options (with ``_``), type-checked; others refused."""
     if not isinstance(table, dict):
-        raise bad("report", "must be a table of jrbench report options.")
+        raise f.error("field 'report' must be a table of jrbench report options.", (), "report")
     for key, value in table.items():
         if key not in REPORT_FIELDS:
             from .registry import did_you_mean
 
-            raise bad(key, f"is not a report option.{did_you_mean(key, list(REPORT_FIELDS))} "
-                           f"Report options: {', '.join(sorted(REPORT_FIELDS))}.")
+            raise f.error(f"field '{key}' is not a report option.{did_you_mean(key, list(REPORT_FIELDS))} "
+                          f"Report options: {', '.join(sorted(REPORT_FIELDS))}.", ("report",), key)
         types = REPORT_FIELDS[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise bad(key, f"must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.")
+            raise f.error(f"field '{key}' must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.",
+                          ("report",), key)
     return dict(table)
 
 
 def attack_config(options: dict[str, Any]):
-    from .attacks import AttackConfig
+    """The validated :class:`~jrbench.attack_config.AttackConfig` of an ``[attack]`` table (flag
+    names: ``sigma`` and ``norm`` fill ``sigmas`` and ``norms``; a single value of a repeatable
+    flag is a list of one; an AutoAttack grid turns AutoAttack on, as ``--autoattack-eps-*`` does).
+    Noise, PGD and FGSM are on unless set to false (AttackConfig's defaults)."""
+    from .attack_config import AttackConfig
 
-    kwargs = {k: v for k, v in options.items() if k not in ("n_examples", "example_seed")}
+    kwargs: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("n_examples", "example_seed"):
+            continue
+        if key in _ATTACK_LISTS and not isinstance(value, list):
+            value = [value]
+        kwargs[{"sigma": "sigmas", "norm": "norms"}.get(key, key)] = value
     if "norms" in kwargs:
         kwargs["norms"] = tuple(kwargs["norms"])
+    if "autoattack" not in kwargs and ("autoattack_eps_linf" in kwargs or "autoattack_eps_l2" in kwargs):
+        kwargs["autoattack"] = True
     config = AttackConfig(**kwargs)
     config.validate()
     return config

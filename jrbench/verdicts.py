@@ -1,13 +1,13 @@
 """Verdicts: is a group of runs better or worse than the plain runs of the same recipe?
 
-For every group of runs (runs differing only by seed, :func:`jrbench.results.group_id`) with
+For every group of runs (runs differing only by seed, :func:`jrbench.provenance.group_id`) with
 regularizers, the baseline is the plain group (``--reg none``) with the same data set, model
 and recipe: the same training settings other than the regularizers and their options and
 the seed (:func:`recipe_key`). A group without one gets no verdict, and a gap says so.
 
 Metrics (``metric``, ``strength``): ``clean_acc``; ``noise_acc`` at each sigma
 ("sigma 0.5"); ``worst_case_acc`` (the worst case per example over every adversarial attack,
-:func:`jrbench.results.worst_case_examples`), ``pgd_acc`` and ``autoattack_acc`` at each norm
+:func:`jrbench.worst_case.worst_case_examples`), ``pgd_acc`` and ``autoattack_acc`` at each norm
 and eps ("linf 0.1"); ``R_z`` (test_R_z of metrics.csv, last epoch; smaller is better); the
 medians over examples of ``margin_random_median`` and ``margin_adv_l2`` (margins.csv, pixel
 L2). ``diff`` is group minus baseline, in percentage points for accuracies.
@@ -39,8 +39,9 @@ import pandas as pd
 
 from . import stats
 from .errors import UserError
-from .results import (ATTACK_EXAMPLES, WORST_CASE, RunRecord, check_attack_examples, group_id,
-                      relevant_config, worst_case_examples)
+from .provenance import group_id, relevant_config
+from .run_records import ATTACK_EXAMPLES, RunRecord
+from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
 VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "n_seeds",
                    "method", "verdict"]

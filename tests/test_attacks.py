@@ -1,4 +1,5 @@
-"""Tests for jrbench.attacks: closed-form linear models, a small trained MLP, sanity checks."""
+"""Tests for jrbench.attacks (with attack_config, attack_common, attack_checks and the intervals
+of jrbench.stats): closed-form linear models, a small trained MLP, sanity checks."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,12 @@ import torch
 from torch import nn
 
 from jrbench import attacks as A
+from jrbench.attack_checks import sanity_warnings
+from jrbench.attack_common import AttackBoundsError, attack_model, check_in_ball
+from jrbench.attack_config import LOSSES, default_eps, default_sigmas
 from jrbench.errors import UserError
 from jrbench.models import Classifier, build_model
+from jrbench.stats import Z_95, noise_interval, wilson_interval
 
 SHAPE = (1, 4, 4)  # 16 pixels
 D = 16
@@ -68,12 +73,12 @@ def clean_accuracy(model, x, y) -> float:
 
 
 def test_default_eps_grids():
-    assert A.default_eps("mnist", "linf") == [0, 0.05, 0.1, 0.15, 0.2, 0.3]
-    assert A.default_eps("fashion-mnist", "l2") == [0, 0.5, 1, 1.5, 2, 3]
-    assert A.default_eps("cifar10", "linf")[-1] == pytest.approx(16 / 255)
-    assert A.default_sigmas() == pytest.approx([0.1 * i for i in range(11)])
+    assert default_eps("mnist", "linf") == [0, 0.05, 0.1, 0.15, 0.2, 0.3]
+    assert default_eps("fashion-mnist", "l2") == [0, 0.5, 1, 1.5, 2, 3]
+    assert default_eps("cifar10", "linf")[-1] == pytest.approx(16 / 255)
+    assert default_sigmas() == pytest.approx([0.1 * i for i in range(11)])
     with pytest.raises(UserError, match="Did you mean 'cifar10'"):
-        A.default_eps("cifar-10", "linf")
+        default_eps("cifar-10", "linf")
     cfg = A.AttackConfig.for_dataset("cifar10", steps=7)
     assert cfg.eps_l2 == [0, 0.1, 0.25, 0.5, 1.0] and cfg.steps == 7
     cfg.validate()
@@ -116,7 +121,7 @@ def test_unknown_attack_norm_or_loss_in_library_calls(trained):
     with pytest.raises(UserError, match="fgsm norm"):
         A.make_attack(model, "fgsm", "l2", 0.1)
     with pytest.raises(UserError, match="unknown loss"):
-        A.attack_model(model, "ce")
+        attack_model(model, "ce")
 
 
 def test_eps_grid_none_means_default_and_must_be_filled(trained):
@@ -143,21 +148,21 @@ def test_inputs_outside_pixel_range_are_user_errors(trained):
 
 
 def test_wilson_interval_closed_forms():
-    z2 = A.Z_95**2
-    low, high = A.wilson_interval(0, 10)
+    z2 = Z_95**2
+    low, high = wilson_interval(0, 10)
     assert low == 0 and high == pytest.approx(z2 / (10 + z2))
-    low, high = A.wilson_interval(10, 10)
+    low, high = wilson_interval(10, 10)
     assert low == pytest.approx(10 / (10 + z2)) and high == pytest.approx(1.0)
-    low, high = A.wilson_interval(5, 10)
+    low, high = wilson_interval(5, 10)
     assert (low + high) / 2 == pytest.approx(0.5) and high - low == pytest.approx(0.5268, abs=1e-4)
 
 
 def test_noise_interval_counts_images_when_draws_agree():
     counts = torch.tensor([4] * 30 + [0] * 10)  # draws agree per image, as with sigma 0
-    assert A.noise_interval(counts, draws=4) == pytest.approx(A.wilson_interval(30, 40))
+    assert noise_interval(counts, draws=4) == pytest.approx(wilson_interval(30, 40))
     spread = torch.tensor([2] * 40)  # half of the draws of every image: independent-looking
-    low, high = A.noise_interval(spread, draws=4)
-    assert high - low < A.wilson_interval(20, 40)[1] - A.wilson_interval(20, 40)[0]
+    low, high = noise_interval(spread, draws=4)
+    assert high - low < wilson_interval(20, 40)[1] - wilson_interval(20, 40)[0]
 
 
 # ----------------------------------------------------------------------------- exact cases
@@ -205,23 +210,23 @@ def test_adversarial_examples_stay_in_ball_and_pixel_range(trained):
         assert size.max() <= eps * (1 + 1e-5) and size.max() > 0.9 * eps
         assert adv.min() >= 0 and adv.max() <= 1
         assert adv.dtype == torch.float32  # float64 logits, float32 pixels
-        A.check_in_ball(x, adv, eps, norm)
+        check_in_ball(x, adv, eps, norm)
 
 
 def test_ball_checker_catches_violations(trained):
     _, x, _ = trained
     x = x.clone()
-    with pytest.raises(A.AttackBoundsError, match="linf"):
-        A.check_in_ball(x, (x + 0.101).clamp(0, 1).where(x < 0.8, x), 0.1, "linf")
+    with pytest.raises(AttackBoundsError, match="linf"):
+        check_in_ball(x, (x + 0.101).clamp(0, 1).where(x < 0.8, x), 0.1, "linf")
     bump = torch.zeros_like(x)
     bump[:, 0, 0, 0] = 0.5
-    with pytest.raises(A.AttackBoundsError, match="l2"):
-        A.check_in_ball(x * 0.4, x * 0.4 + bump * 1.001, 0.5, "l2")
+    with pytest.raises(AttackBoundsError, match="l2"):
+        check_in_ball(x * 0.4, x * 0.4 + bump * 1.001, 0.5, "l2")
     outside = x.clone()
     outside[3, 0, 2, 2] = 1.0005
-    with pytest.raises(A.AttackBoundsError, match=r"\[0, 1\]"):
-        A.check_in_ball(x, outside, 0.1, "linf")
-    A.check_in_ball(x * 0.4, x * 0.4 + bump, 0.5, "l2")  # on the sphere: fine
+    with pytest.raises(AttackBoundsError, match=r"\[0, 1\]"):
+        check_in_ball(x, outside, 0.1, "linf")
+    check_in_ball(x * 0.4, x * 0.4 + bump, 0.5, "l2")  # on the sphere: fine
 
 
 def test_pipeline_raises_when_an_attack_leaves_the_ball(trained, monkeypatch):
@@ -230,7 +235,7 @@ def test_pipeline_raises_when_an_attack_leaves_the_ball(trained, monkeypatch):
     model, x, y = trained
     monkeypatch.setattr(torchattacks.PGD, "forward",
                         lambda self, images, labels: (images + 2 * self.eps).clamp(0, 1))
-    with pytest.raises(A.AttackBoundsError):
+    with pytest.raises(AttackBoundsError):
         A.attack_correct(model, x, y, attack="pgd", norm="linf", eps=0.05, steps=2)
 
 
@@ -317,7 +322,7 @@ def test_float64_loss_breaks_more_than_float32():
     eps = 0.15
     model = linear_binary(w, b, scale=250.0)
     ok = {loss: A.attack_correct(model, x, y, attack="pgd", norm="l2", eps=eps, loss=loss)
-          for loss in A.LOSSES}
+          for loss in LOSSES}
     assert not ok["ce64"][dist < 0.9 * eps].any()      # the closed form: all inside break
     assert ok["ce64"].sum() + 20 < ok["ce32"].sum()     # float32 leaves many unbroken
     stats = A.gradient_stats(model, x, y, "ce32")
@@ -356,7 +361,7 @@ def _table(rows):
     base = dict.fromkeys(A.ROW_COLUMNS, math.nan)
     out = []
     for attack, norm, strength, accuracy, n, extra in rows:
-        low, high = A.wilson_interval(accuracy * n, n)
+        low, high = wilson_interval(accuracy * n, n)
         noise = attack == "noise"
         row = {**base, "attack": attack, "norm": norm, "strength": strength,
                "accuracy": accuracy, "ci_low": low, "ci_high": high, "n_examples": n,
@@ -380,13 +385,13 @@ HEALTHY = [
 
 
 def test_sanity_quiet_on_healthy_table():
-    assert A.sanity_warnings(_table(HEALTHY), input_dim=784, dataset="mnist") == []
+    assert sanity_warnings(_table(HEALTHY), input_dim=784, dataset="mnist") == []
 
 
 def test_sanity_tolerates_rises_within_noise():
     rows = HEALTHY + [("noise", "gaussian", 0.6, 0.81, 1000, {}),  # rises, inside the CI
                       ("pgd", "l2", 4.0, 0.012, 1000, {})]
-    assert A.sanity_warnings(_table(rows), input_dim=784, dataset="mnist") == []
+    assert sanity_warnings(_table(rows), input_dim=784, dataset="mnist") == []
 
 
 @pytest.mark.parametrize("change, pattern", [
@@ -397,23 +402,23 @@ def test_sanity_tolerates_rises_within_noise():
 ])
 def test_sanity_fires_on_symptoms(change, pattern):
     rows = [(a, n, s, change.get((a, n, s), acc), k, e) for a, n, s, acc, k, e in HEALTHY]
-    warnings = A.sanity_warnings(_table(rows), input_dim=784, dataset="mnist")
+    warnings = sanity_warnings(_table(rows), input_dim=784, dataset="mnist")
     assert any(pattern in w for w in warnings), warnings
 
 
 def test_sanity_vanishing_gradients():
     zero = [(a, n, s, acc, k, {"grad_zero_frac": 0.2} if a != "noise" else {})
             for a, n, s, acc, k, _ in HEALTHY]
-    assert any("exactly zero" in w for w in A.sanity_warnings(_table(zero)))
+    assert any("exactly zero" in w for w in sanity_warnings(_table(zero)))
     ce32 = [(a, n, s, acc, k, {"grad_vanish_frac": 0.2, "loss": "ce32"} if a != "noise" else {})
             for a, n, s, acc, k, _ in HEALTHY]
-    assert any("rerun with loss 'ce64'" in w for w in A.sanity_warnings(_table(ce32)))
+    assert any("rerun with loss 'ce64'" in w for w in sanity_warnings(_table(ce32)))
     ce64 = [(a, n, s, acc, k, {"grad_vanish_frac": 0.2} if a != "noise" else {})
             for a, n, s, acc, k, _ in HEALTHY]
-    assert A.sanity_warnings(_table(ce64)) == []  # scale-free steps: small is not zero
+    assert sanity_warnings(_table(ce64)) == []  # scale-free steps: small is not zero
 
 
 def test_sanity_noise_check_needs_input_dim():
     rows = [(a, n, s, 0.995 if (a, n, s) == ("pgd", "l2", 3.0) else acc, k, e)
             for a, n, s, acc, k, e in HEALTHY]
-    assert not any("white noise" in w for w in A.sanity_warnings(_table(rows), dataset="mnist"))
+    assert not any("white noise" in w for w in sanity_warnings(_table(rows), dataset="mnist"))

@@ -14,11 +14,14 @@ from typer.testing import CliRunner
 
 from jrbench import attacks as A
 from jrbench import autoattack as AA
+from jrbench.attack_checks import sanity_warnings
+from jrbench.attack_common import AttackBoundsError, check_in_ball
 from jrbench.cli import app
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from jrbench.data import DATASETS, Data, DatasetInfo, DatasetSpec, Split
 from jrbench.errors import UserError
 from jrbench.models import Classifier, build_model
+from jrbench.stats import wilson_interval
 
 from conftest import tiny_data
 
@@ -133,7 +136,7 @@ def test_adversarial_examples_stay_in_ball_and_pixel_range():
             atk.seed = 0
             with AA.frozen(model):
                 adv = atk(x, y).detach()
-            A.check_in_ball(x, adv, eps, norm)
+            check_in_ball(x, adv, eps, norm)
             delta = (adv - x).flatten(1).double()
             size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
             assert size.max() <= eps * (1 + 1e-5) and adv.min() >= 0 and adv.max() <= 1
@@ -171,7 +174,7 @@ def test_pipeline_raises_when_a_component_leaves_the_ball(monkeypatch):
     model, x, y, dist = linear_problem(n=10)
     monkeypatch.setattr(torchattacks.APGD, "forward",
                         lambda self, images, labels: (images + 2 * self.eps).clamp(0, 1))
-    with pytest.raises(A.AttackBoundsError):
+    with pytest.raises(AttackBoundsError):
         AA.autoattack_correct(model, x, y, norm="linf", eps=0.01, num_classes=C)
 
 
@@ -279,7 +282,7 @@ def _rows(*rows):
     base = dict.fromkeys(A.ROW_COLUMNS, math.nan)
     out = []
     for attack, norm, eps, acc in rows:
-        low, high = A.wilson_interval(acc * 1000, 1000)
+        low, high = wilson_interval(acc * 1000, 1000)
         out.append({**base, "attack": attack, "norm": norm, "strength": eps, "accuracy": acc,
                     "ci_low": low, "ci_high": high, "n_examples": 1000, "loss": "ce64",
                     "steps": 40 if attack == "pgd" else 100, "grad_vanish_frac": 0.0,
@@ -289,10 +292,10 @@ def _rows(*rows):
 
 def test_warning_when_autoattack_is_more_than_2_points_below_pgd():
     quiet = _rows(("pgd", "linf", 0.1, 0.40), ("autoattack", "linf", 0.1, 0.385))
-    assert A.sanity_warnings(quiet) == []
+    assert sanity_warnings(quiet) == []
     loud = _rows(("pgd", "linf", 0.1, 0.40), ("autoattack", "linf", 0.1, 0.35),
                  ("pgd", "l2", 1.0, 0.40), ("autoattack", "l2", 1.0, 0.39))
-    warnings = A.sanity_warnings(loud)
+    warnings = sanity_warnings(loud)
     assert len(warnings) == 1 and "autoattack-linf" in warnings[0], warnings
     assert "5.0 points" in warnings[0] and "eps 0.1" in warnings[0]
 
@@ -311,11 +314,11 @@ def test_warning_when_a_weaker_attack_breaks_what_a_stronger_misses():
     healthy = _record([("fgsm", "linf", 0.1, [1, 0, 1, 1]), ("pgd", "linf", 0.1, [1, 0, 0, 1]),
                        ("autoattack", "linf", 0.1, [0, 0, 0, 1]),
                        ("pgd", "linf", 0.05, [1, 0, 1, 1])])
-    assert A.sanity_warnings(_rows(), examples=healthy) == []
+    assert sanity_warnings(_rows(), examples=healthy) == []
     masked = _record([("fgsm", "linf", 0.1, [1, 0, 1, 1]), ("pgd", "linf", 0.2, [1, 1, 0, 1]),
                       ("autoattack", "linf", 0.1, [0, 0, 0, 1]),
                       ("autoattack", "l2", 0.1, [1, 1, 1, 1])])
-    warnings = A.sanity_warnings(_rows(), examples=masked)
+    warnings = sanity_warnings(_rows(), examples=masked)
     assert len(warnings) == 1, warnings  # other norms are not compared
     assert "fgsm-linf (ce64) breaks examples that the stronger pgd-linf (ce64)" in warnings[0]
     assert "1 at eps 0.1" in warnings[0] and "example 11" in warnings[0]

@@ -142,9 +142,9 @@ def test_cifar10_is_read_from_a_written_batches_folder_without_download(tmp_path
 
 def test_per_dataset_defaults_live_on_the_dataset_info():
     """Eps grids, report strengths, the sanity radius and the cross-section radius come from DatasetInfo."""
-    from jrbench import attacks as A
+    from jrbench import attack_config as A
     from jrbench.data import DATASETS
-    from jrbench.report import Strengths
+    from jrbench.report_table import Strengths
 
     cifar = DATASETS.get("cifar10").info.defaults
     assert A.default_eps("cifar10", "l2") == list(cifar.eps_l2) and cifar.report_eps_linf == pytest.approx(8 / 255)

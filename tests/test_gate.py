@@ -126,7 +126,7 @@ def test_cli_gate_bad_backend_exits_2():
 
 def test_without_history_the_gate_checks_the_loose_bounds_and_says_so(monkeypatch):
     import jrbench.gate as gate
-    from jrbench.overhead import Budget
+    from jrbench.overhead_budgets import Budget
 
     def no_git():
         raise UserError("not in a git checkout")
@@ -140,3 +140,50 @@ def test_without_history_the_gate_checks_the_loose_bounds_and_says_so(monkeypatc
     assert result.table["baseline_commit"].iloc[0] == "none"
     with pytest.raises(UserError, match="not in a git checkout"):
         gate.run_gate(dataclasses.replace(spec, baseline="abc123"))
+
+
+def test_gate_spec_errors_name_their_own_line(tmp_path):
+    """A bound's bad field is blamed on its line in the 2nd [[case]], not on the first mention
+    of the case (the `cases` list); a syntax error names its line; an unknown key its own."""
+    bad = tmp_path / "gate.toml"
+    head = 'cases = ["jacobian-n1", "jacobian-exact"]\ntolerance = 0.1\n\n[[case]]\nname = "jacobian-n1"\nmax_ratio = 3.0\n\n'
+    bad.write_text(head + '[[case]]\nname = "jacobian-exact"\nmax_ratio = -20\n')
+    with pytest.raises(UserError, match=r"gate.toml, line 10: field 'max_ratio' of case 'jacobian-exact'"):
+        load_gate_spec(bad)
+    bad.write_text(head + '[[case]]\nname = "jacobian-exact"\nmax_ratio = 20\nmax_ration = 2\n')
+    with pytest.raises(UserError, match=r"gate.toml, line 11: unknown field\(s\) \['max_ration'\]"):
+        load_gate_spec(bad)
+    bad.write_text(head + 'halfwidth = 0.02\n')  # a top-level key after [[case]] belongs to that case
+    with pytest.raises(UserError, match=r"line 8: unknown field\(s\) \['halfwidth'\] in case 'jacobian-n1'"):
+        load_gate_spec(bad)
+    bad.write_text(head + '[[case]\n')
+    with pytest.raises(UserError, match=r"gate.toml, line 8, column 7: not valid TOML"):
+        load_gate_spec(bad)
+    spec = load_gate_spec(REPO / "benchmarks" / "overhead_gate.toml")
+    text = (REPO / "benchmarks" / "overhead_gate.toml").read_text().splitlines()
+    assert all(f'name = "{b.case}"' in text[b.line - 1] for b in spec.bounds)
+
+
+def test_cli_gate_quiet_shows_no_spinner(monkeypatch, tmp_path):
+    import jrbench.gate as gate
+    from jrbench import cli
+
+    calls = []
+
+    def fake_run_gate(spec, *, baseline=None, reg_options=None, device="cpu", on_round=None):
+        calls.append(on_round)
+        table = pd.DataFrame({"case": ["jacobian-n1"], "ratio_candidate": [2.0], "ratio_baseline": [2.0],
+                              "relative": [1.0], "ci_low": [0.98], "ci_high": [1.02], "rounds": [20],
+                              "verdict": ["same"], "device_name": ["cpu"], "threads": [1],
+                              "baseline_commit": ["0" * 40], "baseline_rule": ["test"]})
+        return gate.GateResult(table, pd.DataFrame(), [], [], 1.0)
+
+    def no_status(*args, **kwargs):
+        raise AssertionError("the spinner ran under --quiet")
+
+    monkeypatch.setattr(gate, "run_gate", fake_run_gate)
+    monkeypatch.setattr(cli.err_console, "status", no_status)
+    cli.run_gate_command(REPO / "benchmarks" / "overhead_gate.toml", None, "auto", "cpu", None, quiet=True)
+    assert calls == [None]
+    with pytest.raises(AssertionError, match="spinner"):
+        cli.run_gate_command(REPO / "benchmarks" / "overhead_gate.toml", None, "auto", "cpu", None, quiet=False)

@@ -161,6 +161,13 @@ def test_report_puts_an_outside_model_beside_a_trained_run(tmp_path):
     assert (mine["group_label"] == "mine").all() and (mine["regularizers"] == "outside").all()
     assert mine["seed"].isna().all() and mine["epochs"].isna().all()  # training columns are gaps
     assert "mine: metrics.csv: an outside model" in text
+    # its clean accuracy on the whole test set: written by `jrbench attack`, shown in the report
+    clean = mine[(mine["table"] == "metrics") & (mine["quantity"] == "test_acc")]["value"]
+    net = outside_factory.make_model().eval()
+    with torch.no_grad():
+        expected = (net(data.test.images.float() / 255).argmax(1) == data.test.labels).double().mean().item()
+    assert len(clean) == 1 and clean.iloc[0] == pytest.approx(expected)
+    assert pd.read_csv(tmp_path / "models" / "mine" / "metrics.csv")["test_examples"].tolist() == [64]
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Outside models" in report and hashlib.sha256((tmp_path / "mine.pt2").read_bytes()).hexdigest()[:16] in report
     result, text = cli("report", tmp_path / "mine.pt2", "--out", tmp_path / "r2")

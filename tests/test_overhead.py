@@ -1,4 +1,4 @@
-"""Overhead timing: the reference implementation, summaries, budgets and the CI gate."""
+"""Overhead: timing (reference, summaries), memory per case, budgets; the CLI."""
 import pandas as pd
 import pytest
 import torch
@@ -8,8 +8,8 @@ from jrbench.cli import app
 from jrbench.config import RegConfig
 from jrbench.errors import UserError
 from jrbench.models import build_model
-from jrbench.overhead import (Budget, check_budget, default_cases, load_budget, reference_exact_loss,
-                              summarize, time_steps)
+from jrbench.overhead import default_cases, reference_exact_loss, summarize, time_steps
+from jrbench.overhead_budgets import Budget, check_budget, load_budget
 from jrbench.regularizers import step_loss
 
 
@@ -51,10 +51,12 @@ def test_check_budget_names_the_case_over_budget():
 
 
 @pytest.mark.parametrize("text, needle", [
-    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = "two"\n', "line 2: field 'max_ratio' of case 'jacobian-n1'"),
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = "two"\n', "line 3: field 'max_ratio' of case 'jacobian-n1'"),
     ('[[case]]\nmax_ratio = 2.0\n', "field 'name'"),
-    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = 2.0\nmax = 3\n', "unknown field(s) ['max']"),
-    ('[[case]\n', "not valid TOML"),
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = 2.0\nmax = 3\n', "line 4: unknown field(s) ['max']"),
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = 2.0\n\n[[case]]\nname = "jacobian-exact"  # the 2nd\n'
+     'max_ratio = 20\nagainst = 3\n', "line 8: field 'against' of case 'jacobian-exact'"),
+    ('[[case]]\nname = "jacobian-n1"\nmax_ratio = 2.0\n[[case]\n', "line 4, column 7: not valid TOML"),
     ('title = "x"\n', "expected one or more [[case]] tables"),
 ])
 def test_malformed_budget_names_line_and_field(tmp_path, text, needle):
@@ -119,10 +121,10 @@ def test_budget_naming_an_untimed_case_fails_before_timing(tmp_path):
 
 
 def test_live_tensor_bytes_counts_storages_once_and_frees_them():
-    from jrbench.overhead import _LiveTensorBytes
+    from jrbench.overhead_memory import LiveTensorBytes
 
     known = torch.zeros(256)  # 1 KiB, counted from the start
-    tracker = _LiveTensorBytes("cpu", [known])
+    tracker = LiveTensorBytes("cpu", [known])
     with tracker.mode():
         a = torch.ones(1024, 256)          # 1 MiB
         view = a[:10]                      # same storage: not counted again

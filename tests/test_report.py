@@ -26,10 +26,12 @@ from jrbench.cells import (adversarial_direction, choose_point, make_plane,
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from jrbench.data import write_idx_folder
 from jrbench.evaluate import attack_run, margins_run
-from jrbench.report import (ReportOptions, format_wide, group_table, nearest_strength,
-                            run_table, write_report)
-from jrbench.results import TIDY_COLUMNS, collect, median_ci, train_command
+from jrbench.provenance import train_command
+from jrbench.report import ReportOptions, write_report
+from jrbench.report_table import format_wide, group_table, nearest_strength, run_table
+from jrbench.results import TIDY_COLUMNS, collect
 from jrbench.rundir import load_run
+from jrbench.stats import median_ci
 from jrbench.training import train
 
 runner = CliRunner()

@@ -13,7 +13,14 @@ from jrbench.sweep import cell_status, load_spec, parse_spec, run_sweep
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["quick", "paper-mnist", "paper-cifar10", "lambda-sweep"])
+SUITES = sorted(p.stem for p in (REPO / "benchmarks").glob("*.toml") if p.stem != "overhead_gate")
+
+
+def test_every_suite_is_tested():
+    assert {"quick", "paper-mnist", "paper-cifar10", "lambda-sweep", "mnist-t10k", "frontier"} <= set(SUITES)
+
+
+@pytest.mark.parametrize("name", SUITES)
 def test_suites_parse_into_valid_cells(name):
     spec = load_spec(REPO / "benchmarks" / f"{name}.toml")
     assert spec.cells and len({c.run_id() for c in spec.cells}) == len(spec.cells)
@@ -31,7 +38,7 @@ def test_grid_product_and_collapsed_cells():
 [base]
 epochs = 1
 [grid]
-regularizers = [["none"], ["jacobian"]]
+reg = [["none"], ["jacobian"]]
 lambda_jr = [0.01, 0.1]
 seed = [0, 1]
 ''', Path("t.toml"))
@@ -43,13 +50,13 @@ seed = [0, 1]
 @pytest.mark.parametrize("text, needle", [
     ('name = "t"\n[grid]\nlamda_jr = [0.1]\n', "line 3: field 'lamda_jr' is not a training option. Did you mean 'lambda_jr'"),
     ('name = "t"\n[base]\nepochs = 1\n[grid]\nlambda_jr = 0.1\n', "line 5: field 'lambda_jr' in [grid] must be a non-empty list"),
-    ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nregularizers = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
-    ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not a attack option"),
-    ('name = "t"\n[base\n', "not valid TOML"),
+    ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nreg = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
+    ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not an attack option. Did you mean 'steps'"),
+    ('name = "t"\n[base\n', "bad.toml, line 2, column 6: not valid TOML"),
     ('[base]\nepochs = 1\n', "field 'name'"),
     ('name = "t"\n[base]\nepochs = "ten"\n', "line 3: field 'epochs' must be of type int"),
     ('name = "t"\n[grid]\nlr = [0.1, "fast"]\n', "line 3: field 'lr' must be of type int or float"),
-    ('name = "t"\n[attack]\nsteps = 3\nsigmas = [-1.0]\n', "line 4: field 'sigmas' gives invalid attack settings"),
+    ('name = "t"\n[attack]\nsteps = 3\nsigma = [-1.0]\n', "line 4: field 'sigma' gives invalid attack settings"),
 ])
 def test_malformed_specs_name_line_and_field(text, needle):
     with pytest.raises(UserError) as err:
@@ -75,10 +82,10 @@ test_subset = 200
 epochs = 1
 batch_size = 50
 [grid]
-regularizers = [["none"], ["jacobian"]]
+reg = [["none"], ["jacobian"]]
 [attack]
 n_examples = 50
-sigmas = [0.0, 0.3]
+sigma = [0.0, 0.3]
 draws = 1
 eps_linf = [0.05]
 eps_l2 = [0.5]
@@ -106,7 +113,7 @@ def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
     text = ('name = "b"\n[base]\ndataset = "synth-digits"\nepochs = 1\n'
             '[[block]]\nname = "fast"\nlr = 0.05\nbatch_size = 64\n'
             '[[block]]\nname = "slow"\nlr = 0.01\nbatch_size = 100\nepochs = 2\n'
-            '[grid]\nregularizers = [["none"], ["jacobian"]]\nseed = [0, 1]\n')
+            '[grid]\nreg = [["none"], ["jacobian"]]\nseed = [0, 1]\n')
     spec = parse_spec(text, tmp_path / "b.toml", tmp_path)
     assert len(spec.cells) == 8
     recipes = {(c.train.lr, c.train.batch_size, c.train.epochs) for c in spec.cells}
@@ -130,3 +137,57 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "report_command", lambda paths, **kw: seen.update(kw))
     cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu")
     assert seen == {"out": tmp_path / "report", "sigma": 0.25, "cells": False, "device": "cpu", "quiet": False}
+
+
+@pytest.mark.parametrize("table, old, new, command", [
+    ("grid", 'regularizers = [["none"], ["jacobian"]]', "reg", "train"),
+    ("base", 'regularizers = ["jacobian"]', "reg", "train"),
+    ("attack", "sigmas = [0.0, 0.3]", "sigma", "attack"),
+    ("attack", 'norms = ["linf"]', "norm", "attack"),
+])
+def test_renamed_keys_are_refused_with_the_new_flag_name(table, old, new, command):
+    text = f'name = "t"\n[base]\nepochs = 1\n\n[{table}]\nsteps = 3\n{old}\n' if table == "attack" else \
+        f'name = "t"\n[{table}]\nepochs = {"[1]" if table == "grid" else 1}\n{old}\n'
+    line = 7 if table == "attack" else 4
+    key = old.split(" =")[0]
+    with pytest.raises(UserError) as err:
+        parse_spec(text, Path("benchmarks/x.toml"))
+    assert str(err.value) == (f"benchmarks/x.toml, line {line}: key '{key}' was renamed: use '{new}' "
+                              f"(the --{new} flag of jrbench {command}).")
+
+
+def test_cli_refuses_an_old_key_with_exit_2(tmp_path):
+    spec = tmp_path / "old.toml"
+    spec.write_text('name = "t"\n[grid]\nregularizers = [["none"]]\n')
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "line 3: key 'regularizers' was renamed: use 'reg'" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_flag_named_keys_work():
+    from jrbench.sweep import attack_config
+
+    spec = parse_spec('name = "t"\n[base]\nreg = "jacobian"\nlambda_jr = 0.1\n'
+                      '[[variant]]\nname = "plain"\nreg = ["none"]\n[[variant]]\nname = "jr"\n'
+                      '[attack]\nsigma = [0.0, 0.2]\nnorm = "l2"\neps_l2 = 0.5\n'
+                      '[margins]\nexample_seed = 3\n', Path("t.toml"))
+    assert [c.reg.names for c in spec.cells] == [["none"], ["jacobian"]]
+    config = attack_config(spec.attack)
+    assert config.sigmas == [0.0, 0.2] and config.norms == ("l2",) and config.eps_l2 == [0.5]
+    assert spec.margins == {"example_seed": 3}
+
+
+def test_a_bad_key_is_blamed_on_its_own_table_line():
+    """[attack] batch_size is blamed on its own line, not on [base]'s batch_size above it."""
+    text = ('name = "t"\n[base]\nbatch_size = 64\nepochs = 1\n[attack]\nsteps = 3\nbatch_size = 0\n'
+            '[margins]\nbatch_size = "all"\n')
+    with pytest.raises(UserError, match=r"t.toml, line 7: field 'batch_size' gives invalid attack settings"):
+        parse_spec(text, Path("t.toml"))
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'batch_size' must be an integer"):
+        parse_spec(text.replace("batch_size = 0", "batch_size = 10"), Path("t.toml"))
+    blocks = ('name = "t"\n[base]\nlr = 0.1\n[[block]]\nname = "a"\nlr = 0.1\n[[block]]\nname = "b"\n'
+              'lr = "fast"\n')
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' must be of type"):
+        parse_spec(blocks, Path("t.toml"))
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' gives an invalid cell: --lr must be positive"):
+        parse_spec(blocks.replace('"fast"', "-1.0"), Path("t.toml"))

@@ -26,12 +26,12 @@ test_subset = 100
 epochs = {epochs}
 batch_size = 50
 [grid]
-regularizers = [["none"], ["jacobian"]]
+reg = [["none"], ["jacobian"]]
 {more_grid}
 '''
 MEASURE = '''[attack]
 n_examples = 30
-sigmas = [0.0, 0.3]
+sigma = [0.0, 0.3]
 draws = 1
 eps_linf = [0.05]
 eps_l2 = [0.5]
@@ -133,7 +133,7 @@ def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
 
 
 def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
-    spec = tiny_spec(tmp_path, train=3000, epochs=2, measure=False)
+    spec = tiny_spec(tmp_path, train=8000, epochs=2, measure=False)  # epochs outlast the event relay (0.2 s polls)
     events, killed = [], []
 
     def kill_first_training(event):
@@ -153,7 +153,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
 
 
 def test_with_a_shared_dir_a_killed_cell_resumes_from_its_last_epoch(ray_local, tmp_path):
-    spec = tiny_spec(tmp_path, train=3000, epochs=2, measure=False)
+    spec = tiny_spec(tmp_path, train=8000, epochs=2, measure=False)  # epochs outlast the event relay
     events, killed = [], []
 
     def kill_after_the_first_epoch(event):
@@ -189,7 +189,7 @@ def test_a_bad_cell_fails_alone_and_the_command_names_it(ray_local, tmp_path):
 
 
 def test_ctrl_c_cancels_running_cells_keeps_finished_ones_and_rerunning_resumes(ray_local, tmp_path):
-    spec = tiny_spec(tmp_path, train=1500, measure=False, more_grid="seed = [0, 1]")  # 4 cells, 2 at a time
+    spec = tiny_spec(tmp_path, train=6000, measure=False, more_grid="seed = [0, 1]")  # 4 cells, 2 at a time
     finished = []
 
     def interrupt_after_the_first_cell(event):

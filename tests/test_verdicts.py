@@ -16,9 +16,11 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from jrbench import cli, stats
-from jrbench.report import ReportOptions, format_wide, group_table, run_table, write_report
-from jrbench.results import collect, worst_case_examples
+from jrbench.report import ReportOptions, write_report
+from jrbench.report_table import format_wide, group_table, run_table
+from jrbench.results import collect
 from jrbench.verdicts import VERDICT_COLUMNS, verdict_lines, verdicts
+from jrbench.worst_case import worst_case_examples
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom
 EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",

@@ -1,0 +1,250 @@
+"""The report's table: the tidy table -> one wide row per run or per group of runs.
+
+A group is the runs that differ only by seed (:func:`jrbench.provenance.group_id`). Everything
+here is derived from the tidy table of :func:`jrbench.results.collect`. Columns: clean accuracy
+(metrics.csv, last epoch); mean ||J_z||_F and R = 1/2 mean ||J_z||_F^2 (J with respect to the
+normalized input z, on the run's 256 fixed test examples, metrics.csv); accuracy under white
+noise at one chosen sigma; the robust accuracy in L-inf and L2 at one chosen eps each: the worst
+case per example over every adversarial attack run there (attack_examples.csv,
+:func:`jrbench.worst_case.worst_case_examples`), or, for runs without a per-example record,
+attacks.csv's PGD accuracy, marked and named as a gap (:func:`table_gaps`); beside it PGD's own
+accuracy and AutoAttack's where present (pixel units; the nearest strength present); median
+random-direction, adversarial (DeepFool) and first-order margins (pixel L2, margins.csv); the
+training overhead (seconds_per_step over the plain runs', fastest epoch). Groups show mean ±
+std (ddof=1) across seeds and the number of seeds.
+
+:func:`run_table` (one row per run, numbers) -> :func:`group_table` (mean, std, count per
+group) -> :func:`format_wide` (strings) -> :func:`markdown_table`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .worst_case import WORST_CASE  # attack name of the worst case per example over every attack
+
+ATTACK_COLUMNS = [("noise_acc", "noise", "gaussian", "sigma"),
+                  ("robust_linf_acc", WORST_CASE, "linf", "eps_linf"), ("pgd_linf_acc", "pgd", "linf", "eps_linf"),
+                  ("aa_linf_acc", "autoattack", "linf", "eps_linf"),
+                  ("robust_l2_acc", WORST_CASE, "l2", "eps_l2"), ("pgd_l2_acc", "pgd", "l2", "eps_l2"),
+                  ("aa_l2_acc", "autoattack", "l2", "eps_l2")]
+OPTIONAL_KEYS = {"aa_linf_acc", "aa_l2_acc"}  # shown only where some run has them
+MARGIN_COLUMNS = [("margin_random", "margin_random_median"), ("margin_adv", "margin_adv_l2"),
+                  ("margin_first_order", "margin_first_order")]
+METRIC_COLUMNS = [("clean_acc", "test_acc"), ("jac_frob_z", "test_jac_frob_z"), ("R_z", "test_R_z")]
+VALUE_KEYS = ([k for k, _ in METRIC_COLUMNS] + [k for k, *_ in ATTACK_COLUMNS]
+              + [k for k, _ in MARGIN_COLUMNS] + ["overhead"])
+PERCENT_KEYS = {"clean_acc"} | {k for k, *_ in ATTACK_COLUMNS}
+
+
+@dataclass
+class Strengths:
+    """Attack strengths of the wide table (pixel units); None: the data set's default."""
+
+    sigma: float | None = None
+    eps_linf: float | None = None
+    eps_l2: float | None = None
+
+    def target(self, dataset: str, name: str) -> float:
+        given = getattr(self, name)
+        if given is not None:
+            return given
+        from .data import DATASETS  # the data set's report_sigma / report_eps_linf / report_eps_l2
+
+        return getattr(DATASETS.get(dataset).info.defaults, f"report_{name}")
+
+
+def preferred_loss(rows: pd.DataFrame) -> pd.DataFrame:
+    """Attack rows of one run: those computed with the ce64 loss where there are some."""
+    if "loss" in rows and (rows["loss"] == "ce64").any():
+        return rows[(rows["loss"] == "ce64") | rows["loss"].isna() | (rows["loss"] == "none")]
+    return rows
+
+
+def nearest_strength(rows: pd.DataFrame, attack: str, norm: str, target: float) -> tuple[float, float]:
+    """(accuracy, strength) of the row of ``attack``/``norm`` nearest to ``target`` (ties: the
+    smaller strength); (NaN, NaN) when there is none."""
+    sel = preferred_loss(rows[(rows["table"] == "attacks") & (rows["attack"] == attack) & (rows["norm"] == norm)])
+    if sel.empty:
+        return math.nan, math.nan
+    best = sel.assign(_d=(sel["strength"] - target).abs()).sort_values(["_d", "strength"]).iloc[0]
+    return float(best["value"]), float(best["strength"])
+
+
+def _lookup(rows: pd.DataFrame, table: str, quantity: str, statistic: str) -> float:
+    sel = rows[(rows["table"] == table) & (rows["quantity"] == quantity) & (rows["statistic"] == statistic)]
+    return float(sel["value"].iloc[0]) if len(sel) else math.nan
+
+
+def run_table(summary: pd.DataFrame, strengths: Strengths | None = None) -> pd.DataFrame:
+    """One row per run: the wide table's numbers (fractions, not percent) and the strengths used;
+    sorted by data set and model, plain runs first."""
+    strengths = strengths or Strengths()
+    out = []
+    for run_id, rows in summary.groupby("run_id", sort=False):
+        first = rows.iloc[0]
+        row = {k: first[k] for k in ("run_id", "group_id", "group_label", "dataset", "model", "regularizers", "seed")}
+        for key, quantity in METRIC_COLUMNS:
+            row[key] = _lookup(rows, "metrics", quantity, "last_epoch")
+        for key, attack, norm, name in ATTACK_COLUMNS:
+            row[f"{key}_target"] = strengths.target(first["dataset"], name)
+            row[key], row[f"{key}_strength"] = nearest_strength(rows, attack, norm, row[f"{key}_target"])
+            row[f"{key}_fallback"] = attack == WORST_CASE and math.isnan(row[key])
+            if row[f"{key}_fallback"]:  # no per-example record: PGD's accuracy, an upper bound
+                row[key], row[f"{key}_strength"] = nearest_strength(rows, "pgd", norm, row[f"{key}_target"])
+        for key, quantity in MARGIN_COLUMNS:
+            row[key] = _lookup(rows, "margins", quantity, "median")
+        row["overhead"] = _lookup(rows, "overhead", "seconds_per_step_ratio", "min_over_epochs")
+        out.append(row)
+    table = pd.DataFrame(out)
+    regularized = table["regularizers"] != "none"  # plain runs first within a data set and model
+    return (table.assign(_r=regularized).sort_values(["dataset", "model", "_r", "group_label", "seed"], kind="stable")
+            .drop(columns="_r").reset_index(drop=True))
+
+
+def group_table(runs: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
+    """Runs -> one row per group (``by_seed_group``) or per run: for each value, its mean,
+    ``_std`` (sample std, ddof=1; NaN for one value) and ``_n`` (runs that have it)."""
+    key = "group_id" if by_seed_group else "run_id"
+    g = runs.groupby(key, sort=False)
+    out = g[["group_label", "dataset", "model", "regularizers"]].first()
+    out["label"] = out["group_label"] if by_seed_group else g["run_id"].first()
+    out["n_seeds"] = g.size()
+    out["seeds"] = g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))  # outside models: none
+    out["run_ids"] = g["run_id"].apply(lambda s: " ".join(s))
+    for k in VALUE_KEYS:
+        out[k] = g[k].mean()
+        out[f"{k}_std"] = g[k].std(ddof=1)
+        out[f"{k}_n"] = g[k].count()
+    for k, *_ in ATTACK_COLUMNS:
+        out[f"{k}_target"] = g[f"{k}_target"].first()
+        out[f"{k}_fallback"] = g[f"{k}_fallback"].sum()  # runs whose worst case is PGD only
+        out[f"{k}_strengths"] = g[f"{k}_strength"].apply(lambda s: sorted(set(s.dropna().tolist())))
+    return out.reset_index(drop=not by_seed_group).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- formatting
+def _fmt(value: float, std: float, n: int, n_seeds: int, percent: bool) -> str:
+    if n == 0 or np.isnan(value):
+        return "–"
+    scale, digits = (100.0, ".1f") if percent else (1.0, ".3g")
+    text = f"{scale * value:{digits}}"
+    if n > 1 and np.isfinite(std):
+        text += f" ± {scale * std:{'.1f' if percent else '.2g'}}"
+    if n < n_seeds:
+        text += f" ({n}/{n_seeds} seeds)"
+    return text
+
+
+def headers(wide: pd.DataFrame) -> dict[str, str]:
+    """Column key -> header; attack headers name the strength (pixel units) asked for."""
+    def target(key: str) -> str:
+        values = wide[f"{key}_target"].dropna().unique() if len(wide) else []
+        return ", ".join(f"{v:.3g}" for v in values) or "?"
+
+    return {
+        "label": "run", "dataset": "data set", "n_seeds": "seeds", "clean_acc": "clean acc %",
+        "jac_frob_z": "mean ‖J_z‖_F", "R_z": "R = ½ mean ‖J_z‖_F²",
+        "noise_acc": f"acc % noise σ={target('noise_acc')}",
+        "robust_linf_acc": f"robust acc % L∞ ε={target('robust_linf_acc')} (worst case)",
+        "pgd_linf_acc": f"acc % PGD-L∞ ε={target('pgd_linf_acc')}",
+        "aa_linf_acc": f"acc % AutoAttack-L∞ ε={target('aa_linf_acc')}",
+        "robust_l2_acc": f"robust acc % L2 ε={target('robust_l2_acc')} (worst case)",
+        "pgd_l2_acc": f"acc % PGD-L2 ε={target('pgd_l2_acc')}",
+        "aa_l2_acc": f"acc % AutoAttack-L2 ε={target('aa_l2_acc')}",
+        "margin_random": "median random margin", "margin_adv": "median adv. margin (DeepFool)",
+        "margin_first_order": "median 1st-order margin", "overhead": "overhead × (s/step vs plain)",
+    }
+
+
+def format_wide(wide: pd.DataFrame) -> pd.DataFrame:
+    """Strings for the console and markdown: mean ± std, '–' where missing, '@s' after an
+    accuracy measured at a strength other than the one asked for, '(PGD only)' after a robust
+    accuracy of runs without a per-example record; AutoAttack columns only where some run has them."""
+    names = headers(wide)
+    names = {k: v for k, v in names.items() if k not in OPTIONAL_KEYS or (len(wide) and wide[k].notna().any())}
+    rows = []
+    for r in wide.to_dict("records"):
+        row = {names["label"]: r["label"], names["dataset"]: r["dataset"], names["n_seeds"]: str(r["n_seeds"])}
+        for k in [k for k in VALUE_KEYS if k in names]:
+            text = _fmt(r[k], r[f"{k}_std"], r[f"{k}_n"], r["n_seeds"], k in PERCENT_KEYS)
+            if k.endswith("_acc") and k != "clean_acc":
+                used = [s for s in r[f"{k}_strengths"] if not math.isclose(s, r[f"{k}_target"])]
+                if used and text != "–":
+                    text += " @" + ",".join(f"{s:.3g}" for s in r[f"{k}_strengths"])
+                if r[f"{k}_fallback"] and text != "–":
+                    part = "" if r[f"{k}_fallback"] == r["n_seeds"] else f": {r[f'{k}_fallback']}/{r['n_seeds']} seeds"
+                    text += f" (PGD only{part})"
+            row[names[k]] = text
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(names.values()))
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub markdown table of strings ('|' escaped)."""
+    def cell(v) -> str:
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(c) for c in table.columns) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+TABLE_NOTES = (
+    "Accuracies are percent: clean accuracy on the run's test set (last epoch); accuracy under "
+    "attack on the fixed test examples of attacks.csv (pixel units in [0, 1]; PGD with the ce64 "
+    "loss where present; '@s' marks a strength other than the one asked for: the nearest present). "
+    "Robust accuracy is the worst case per example: an example counts only if it is robust under every "
+    "adversarial attack run at that norm and strength (PGD, FGSM, AutoAttack and its components; "
+    "attack_examples.csv); '(PGD only)' marks runs without that per-example record, where it is "
+    "PGD's accuracy, an upper bound. PGD's and AutoAttack's own accuracies stand beside it. "
+    "‖J_z‖_F is the Frobenius norm of d logits / d z, z the normalized input, averaged over the "
+    "run's first jacobian_eval_examples test examples (256 by default; metrics.csv); "
+    "R = ½ mean ‖J_z‖_F² is the quantity the regularizer penalizes (the paper's '32.9 vs 1.1' "
+    "match R better than ‖J_z‖_F). Margins are medians over the "
+    "correctly classified examples of margins.csv, L2 distances in pixel units: random-direction "
+    "(median over directions), adversarial (DeepFool, refined) and first-order (gap / ‖∇ gap‖). "
+    "Overhead: the run's median seconds per training step (its fastest epoch, metrics.csv) over "
+    "the median of the plain (--reg none) runs' with the same data set, model, batch size and "
+    "device; timings of separate runs on a shared machine are noisy (benchmarks/ time them "
+    "interleaved). Several seeds: mean ± std (ddof=1) across seeds."
+)
+
+
+# ----------------------------------------------------------------------------- gaps
+_COLUMN_GAPS = {
+    "noise_acc": ("attacks.csv", "no white-noise rows", "jrbench attack {run} --noise"),
+    "pgd_linf_acc": ("attacks.csv", "no PGD L-inf rows", "jrbench attack {run} --pgd --norm linf"),
+    "pgd_l2_acc": ("attacks.csv", "no PGD L2 rows", "jrbench attack {run} --pgd --norm l2"),
+    "margin_random": ("margins.csv", "no random-direction margins", "jrbench margins {run}"),
+    "margin_adv": ("margins.csv", "no adversarial margins", "jrbench margins {run}"),
+    "margin_first_order": ("margins.csv", "no first-order margins", "jrbench margins {run}"),
+    "clean_acc": ("metrics.csv", "no test accuracy", None),
+}
+
+
+def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
+    """Values missing from the wide table whose file is there (missing files are gaps already)."""
+    known = {(g.run_id, g.item) for g in collection.gaps}
+    paths = {r.run_id: r.path for r in [*collection.runs, *getattr(collection, "models", [])]}
+    outside = {r.run_id for r in getattr(collection, "models", [])}
+    gaps = []
+    for r in runs.to_dict("records"):
+        for key, (file, what, fix) in _COLUMN_GAPS.items():
+            if pd.isna(r[key]) and (r["run_id"], file) not in known:
+                if r["run_id"] in outside:  # its source must be named again: the folder's gaps say how
+                    gaps.append(f"{r['run_id']}: {file}: {what}")
+                    continue
+                hint = f"; run '{fix.format(run=paths[r['run_id']])}'" if fix else ""
+                gaps.append(f"{r['run_id']}: {file}: {what}{hint}")
+        for key, _, norm, _ in ATTACK_COLUMNS:  # a fallback the missing file does not explain already
+            if (r[f"{key}_fallback"] and pd.notna(r[key]) and (r["run_id"], "attack_examples.csv") not in known):
+                gaps.append(f"{r['run_id']}: attack_examples.csv: no per-example record at {norm} "
+                            f"ε={r[f'{key}_strength']:g}; its robust accuracy is attacks.csv's PGD accuracy "
+                            f"(not the worst case over attacks); re-run 'jrbench attack {paths[r['run_id']]}'")
+    return gaps
+
