@@ -619,9 +619,9 @@ def margins_command(
 def report_command(
     paths: Annotated[list[Path], typer.Argument(help="Run directories or folders of runs (searched recursively).")],
     out: Annotated[Path, typer.Option(help="Folder of the report.")] = Path("results/report"),
-    sigma: Annotated[Optional[float], typer.Option(help="The one noise sigma the table shows (pixel units; default per data set, 0.5 MNIST-like); a single value, not a grid.")] = None,
-    eps_linf: Annotated[Optional[float], typer.Option(help="The one PGD L-inf radius the table shows (default 0.1 MNIST-like, 8/255 CIFAR); a single value, not a grid.")] = None,
-    eps_l2: Annotated[Optional[float], typer.Option(help="The one PGD L2 radius the table shows (default 1.5 MNIST-like, 0.5 CIFAR); a single value, not a grid.")] = None,
+    sigma: Annotated[Optional[list[float]], typer.Option(help="Noise sigma of the table's noise column (pixel units; default per data set, 0.5 MNIST-like); repeat for several: a column each.")] = None,
+    eps_linf: Annotated[Optional[list[float]], typer.Option(help="L-inf radius of the table's L-inf columns (pixel units; default 0.1 MNIST-like, 8/255 CIFAR); repeat for several: a column each.")] = None,
+    eps_l2: Annotated[Optional[list[float]], typer.Option(help="L2 radius of the table's L2 columns (pixel units; default 1.5 MNIST-like, 0.5 CIFAR); repeat for several: a column each.")] = None,
     per_run: Annotated[bool, typer.Option("--per-run", help="One row per run instead of per group of seeds.")] = False,
     cells: Annotated[bool, typer.Option("--cells/--no-cells", help="Draw decision-cell cross-sections (loads models and data).")] = True,
     cell_radius: Annotated[Optional[float], typer.Option(help="Half-width of the cross-sections (pixel L2; default per data set).")] = None,

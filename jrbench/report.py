@@ -23,8 +23,8 @@ import pandas as pd
 from .figures import png_bytes
 from .errors import UserError
 from .report_plots import report_figures
-from .report_table import (TABLE_NOTES, Strengths, format_wide, group_table, markdown_table, run_table,
-                           table_gaps)
+from .report_table import (STRENGTH_NAMES, TABLE_NOTES, Strengths, format_wide, group_table, markdown_table,
+                           run_table, table_gaps)
 from .verdicts import VERDICT_NOTES, verdict_lines, verdicts
 from .worst_case import WORST_CASE  # attack name of the worst case per example over every attack
 
@@ -32,8 +32,9 @@ from .worst_case import WORST_CASE  # attack name of the worst case per example 
 # ----------------------------------------------------------------------------- options and result
 @dataclass
 class ReportOptions:
-    """What the report shows. Strengths in pixel units; cell radius in pixel L2 units (None:
-    the data set's ``cell_radius``, :class:`jrbench.data.Defaults`)."""
+    """What the report shows. Strengths in pixel units, several of a kind: one table column
+    each (:class:`jrbench.report_table.Strengths`); cell radius in pixel L2 units (None: the
+    data set's ``cell_radius``, :class:`jrbench.data.Defaults`)."""
 
     strengths: Strengths = field(default_factory=Strengths)
     by_seed_group: bool = True
@@ -47,10 +48,12 @@ class ReportOptions:
     data_dir: str | None = None
 
     def validate(self) -> "ReportOptions":
-        for name in ("sigma", "eps_linf", "eps_l2"):
-            value = getattr(self.strengths, name)
-            if value is not None and not (math.isfinite(value) and value >= 0):
-                raise UserError(f"--{name.replace('_', '-')} must be zero or positive (pixel units), got {value}.")
+        for name in STRENGTH_NAMES:
+            for value in getattr(self.strengths, name) or ():
+                if (isinstance(value, bool) or not isinstance(value, (int, float))
+                        or not (math.isfinite(value) and value >= 0)):
+                    raise UserError(f"--{name.replace('_', '-')} must be zero or positive (pixel units), "
+                                    f"got {value!r}.")
         if self.cell_radius is not None and not (math.isfinite(self.cell_radius) and self.cell_radius > 0):
             raise UserError(f"--cell-radius must be positive (pixel L2 units), got {self.cell_radius}.")
         if not 2 <= self.cell_grid <= 1001:
@@ -78,9 +81,9 @@ class ReportResult:
 def report_command(paths: list, out: Path, options: ReportOptions) -> str:
     """The ``jrbench report`` command line that makes this report."""
     args = ["jrbench", "report", *map(str, paths), "--out", str(out)]
-    for name in ("sigma", "eps_linf", "eps_l2"):
-        if getattr(options.strengths, name) is not None:
-            args += [f"--{name.replace('_', '-')}", f"{getattr(options.strengths, name):g}"]
+    for name in STRENGTH_NAMES:  # repeatable: the flag once per strength
+        for value in options.strengths.given(name):
+            args += [f"--{name.replace('_', '-')}", f"{value:g}"]
     defaults = ReportOptions()
     if not options.by_seed_group:
         args.append("--per-run")

@@ -4,11 +4,12 @@ A group is the runs that differ only by seed (:func:`jrbench.provenance.group_id
 here is derived from the tidy table of :func:`jrbench.results.collect`. Columns: clean accuracy
 (metrics.csv, last epoch); mean ||J_z||_F and R = 1/2 mean ||J_z||_F^2 (J with respect to the
 normalized input z, on the run's 256 fixed test examples, metrics.csv); accuracy under white
-noise at one chosen sigma; the robust accuracy in L-inf and L2 at one chosen eps each: the worst
+noise at each chosen sigma; the robust accuracy in L-inf and L2 at each chosen eps: the worst
 case per example over every adversarial attack run there (attack_examples.csv,
 :func:`jrbench.worst_case.worst_case_examples`), or, for runs without a per-example record,
 attacks.csv's PGD accuracy, marked and named as a gap (:func:`table_gaps`); beside it PGD's own
-accuracy and AutoAttack's where present (pixel units; the nearest strength present); median
+accuracy and AutoAttack's where present (pixel units; the nearest strength present; one column
+per chosen strength, :class:`Strengths`); median
 random-direction, adversarial (DeepFool) and first-order margins (pixel L2, margins.csv); the
 training overhead (seconds_per_step over the plain runs', fastest epoch). Groups show mean ±
 std (ddof=1) across seeds and the number of seeds.
@@ -35,26 +36,75 @@ OPTIONAL_KEYS = {"aa_linf_acc", "aa_l2_acc"}  # shown only where some run has th
 MARGIN_COLUMNS = [("margin_random", "margin_random_median"), ("margin_adv", "margin_adv_l2"),
                   ("margin_first_order", "margin_first_order")]
 METRIC_COLUMNS = [("clean_acc", "test_acc"), ("jac_frob_z", "test_jac_frob_z"), ("R_z", "test_R_z")]
-VALUE_KEYS = ([k for k, _ in METRIC_COLUMNS] + [k for k, *_ in ATTACK_COLUMNS]
-              + [k for k, _ in MARGIN_COLUMNS] + ["overhead"])
-PERCENT_KEYS = {"clean_acc"} | {k for k, *_ in ATTACK_COLUMNS}
+STRENGTH_NAMES = ("sigma", "eps_linf", "eps_l2")
 
 
 @dataclass
 class Strengths:
-    """Attack strengths of the wide table (pixel units); None: the data set's default."""
+    """Attack strengths of the wide table (pixel units): for each kind a tuple of strengths, one
+    column each in ascending order, or None: the data set's one report strength
+    (:class:`jrbench.data.Defaults`). A single number is a tuple of one."""
 
-    sigma: float | None = None
-    eps_linf: float | None = None
-    eps_l2: float | None = None
+    sigma: tuple[float, ...] | None = None
+    eps_linf: tuple[float, ...] | None = None
+    eps_l2: tuple[float, ...] | None = None
 
-    def target(self, dataset: str, name: str) -> float:
-        given = getattr(self, name)
-        if given is not None:
-            return given
+    def __post_init__(self) -> None:
+        for name in STRENGTH_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) if isinstance(value, (int, float, str)) else tuple(value)
+                setattr(self, name, value or None)  # an empty list: the default
+
+    def given(self, name: str) -> tuple[float, ...]:
+        """The strengths asked for of kind ``name``, ascending, without repeats (empty: the default)."""
+        return tuple(sorted({float(v) for v in getattr(self, name) or ()}))
+
+    def targets(self, dataset: str, name: str) -> tuple[float, ...]:
+        """The strengths of kind ``name`` (sigma, eps_linf, eps_l2) the table shows for ``dataset``."""
+        if self.given(name):
+            return self.given(name)
         from .data import DATASETS  # the data set's report_sigma / report_eps_linf / report_eps_l2
 
-        return getattr(DATASETS.get(dataset).info.defaults, f"report_{name}")
+        return (getattr(DATASETS.get(dataset).info.defaults, f"report_{name}"),)
+
+
+def strength_labels(values) -> list[str]:
+    """Short distinct texts of strengths: 3 significant digits, more where two would read the same."""
+    for digits in range(3, 18):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            break
+    return labels
+
+
+def attack_keys(strengths: Strengths) -> list[tuple[str, str, str, str, str, int]]:
+    """The wide table's attack columns: (key, ATTACK_COLUMNS key, attack, norm, strength kind,
+    position among the kind's strengths). One column per strength of its kind; the key is the
+    ATTACK_COLUMNS key alone where the kind has one strength (the data set's default or one
+    given), else with '@strength' (``noise_acc@0.3``)."""
+    out = []
+    for key, attack, norm, name in ATTACK_COLUMNS:
+        given = strengths.given(name)
+        if len(given) <= 1:
+            out.append((key, key, attack, norm, name, 0))
+        else:
+            out += [(f"{key}@{label}", key, attack, norm, name, i) for i, label in enumerate(strength_labels(given))]
+    return out
+
+
+def _attack_keys_of(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(key, ATTACK_COLUMNS key) of the attack columns of a table of :func:`run_table`, in order."""
+    bases = {k for k, *_ in ATTACK_COLUMNS}
+    columns = set(frame.columns)
+    return [(c, c.split("@")[0]) for c in frame.columns
+            if c.split("@")[0] in bases and f"{c}_target" in columns]
+
+
+def value_keys(frame: pd.DataFrame) -> list[str]:
+    """The value columns of a table of :func:`run_table` in display order."""
+    return ([k for k, _ in METRIC_COLUMNS] + [k for k, _ in _attack_keys_of(frame)]
+            + [k for k, _ in MARGIN_COLUMNS] + ["overhead"])
 
 
 def preferred_loss(rows: pd.DataFrame) -> pd.DataFrame:
@@ -83,14 +133,15 @@ def run_table(summary: pd.DataFrame, strengths: Strengths | None = None) -> pd.D
     """One row per run: the wide table's numbers (fractions, not percent) and the strengths used;
     sorted by data set and model, plain runs first."""
     strengths = strengths or Strengths()
+    columns = attack_keys(strengths)
     out = []
     for run_id, rows in summary.groupby("run_id", sort=False):
         first = rows.iloc[0]
         row = {k: first[k] for k in ("run_id", "group_id", "group_label", "dataset", "model", "regularizers", "seed")}
         for key, quantity in METRIC_COLUMNS:
             row[key] = _lookup(rows, "metrics", quantity, "last_epoch")
-        for key, attack, norm, name in ATTACK_COLUMNS:
-            row[f"{key}_target"] = strengths.target(first["dataset"], name)
+        for key, _, attack, norm, name, i in columns:
+            row[f"{key}_target"] = strengths.targets(first["dataset"], name)[i]
             row[key], row[f"{key}_strength"] = nearest_strength(rows, attack, norm, row[f"{key}_target"])
             row[f"{key}_fallback"] = attack == WORST_CASE and math.isnan(row[key])
             if row[f"{key}_fallback"]:  # no per-example record: PGD's accuracy, an upper bound
@@ -115,11 +166,11 @@ def group_table(runs: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
     out["n_seeds"] = g.size()
     out["seeds"] = g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))  # outside models: none
     out["run_ids"] = g["run_id"].apply(lambda s: " ".join(s))
-    for k in VALUE_KEYS:
+    for k in value_keys(runs):
         out[k] = g[k].mean()
         out[f"{k}_std"] = g[k].std(ddof=1)
         out[f"{k}_n"] = g[k].count()
-    for k, *_ in ATTACK_COLUMNS:
+    for k, _ in _attack_keys_of(runs):
         out[f"{k}_target"] = g[f"{k}_target"].first()
         out[f"{k}_fallback"] = g[f"{k}_fallback"].sum()  # runs whose worst case is PGD only
         out[f"{k}_strengths"] = g[f"{k}_strength"].apply(lambda s: sorted(set(s.dropna().tolist())))
@@ -139,22 +190,26 @@ def _fmt(value: float, std: float, n: int, n_seeds: int, percent: bool) -> str:
     return text
 
 
+ATTACK_HEADERS = {"noise_acc": "acc % noise σ={}", "robust_linf_acc": "robust acc % L∞ ε={} (worst case)",
+                  "pgd_linf_acc": "acc % PGD-L∞ ε={}", "aa_linf_acc": "acc % AutoAttack-L∞ ε={}",
+                  "robust_l2_acc": "robust acc % L2 ε={} (worst case)", "pgd_l2_acc": "acc % PGD-L2 ε={}",
+                  "aa_l2_acc": "acc % AutoAttack-L2 ε={}"}
+
+
 def headers(wide: pd.DataFrame) -> dict[str, str]:
-    """Column key -> header; attack headers name the strength (pixel units) asked for."""
+    """Column key -> header; attack headers name the strength (pixel units) asked for: the key's
+    own ('noise_acc@0.3'), else the targets of its rows (one a data set)."""
     def target(key: str) -> str:
+        if "@" in key:
+            return key.split("@", 1)[1]
         values = wide[f"{key}_target"].dropna().unique() if len(wide) else []
         return ", ".join(f"{v:.3g}" for v in values) or "?"
 
+    keys = _attack_keys_of(wide) or [(k, k) for k, *_ in ATTACK_COLUMNS]
     return {
         "label": "run", "dataset": "data set", "n_seeds": "seeds", "clean_acc": "clean acc %",
         "jac_frob_z": "mean ‖J_z‖_F", "R_z": "R = ½ mean ‖J_z‖_F²",
-        "noise_acc": f"acc % noise σ={target('noise_acc')}",
-        "robust_linf_acc": f"robust acc % L∞ ε={target('robust_linf_acc')} (worst case)",
-        "pgd_linf_acc": f"acc % PGD-L∞ ε={target('pgd_linf_acc')}",
-        "aa_linf_acc": f"acc % AutoAttack-L∞ ε={target('aa_linf_acc')}",
-        "robust_l2_acc": f"robust acc % L2 ε={target('robust_l2_acc')} (worst case)",
-        "pgd_l2_acc": f"acc % PGD-L2 ε={target('pgd_l2_acc')}",
-        "aa_l2_acc": f"acc % AutoAttack-L2 ε={target('aa_l2_acc')}",
+        **{key: ATTACK_HEADERS[base].format(target(key)) for key, base in keys},
         "margin_random": "median random margin", "margin_adv": "median adv. margin (DeepFool)",
         "margin_first_order": "median 1st-order margin", "overhead": "overhead × (s/step vs plain)",
     }
@@ -165,13 +220,15 @@ def format_wide(wide: pd.DataFrame) -> pd.DataFrame:
     accuracy measured at a strength other than the one asked for, '(PGD only)' after a robust
     accuracy of runs without a per-example record; AutoAttack columns only where some run has them."""
     names = headers(wide)
-    names = {k: v for k, v in names.items() if k not in OPTIONAL_KEYS or (len(wide) and wide[k].notna().any())}
+    names = {k: v for k, v in names.items()
+             if k.split("@")[0] not in OPTIONAL_KEYS or (len(wide) and wide[k].notna().any())}
+    percent = {"clean_acc"} | {k for k, _ in _attack_keys_of(wide)}
     rows = []
     for r in wide.to_dict("records"):
         row = {names["label"]: r["label"], names["dataset"]: r["dataset"], names["n_seeds"]: str(r["n_seeds"])}
-        for k in [k for k in VALUE_KEYS if k in names]:
-            text = _fmt(r[k], r[f"{k}_std"], r[f"{k}_n"], r["n_seeds"], k in PERCENT_KEYS)
-            if k.endswith("_acc") and k != "clean_acc":
+        for k in [k for k in value_keys(wide) if k in names]:
+            text = _fmt(r[k], r[f"{k}_std"], r[f"{k}_n"], r["n_seeds"], k in percent)
+            if k in percent and k != "clean_acc":
                 used = [s for s in r[f"{k}_strengths"] if not math.isclose(s, r[f"{k}_target"])]
                 if used and text != "–":
                     text += " @" + ",".join(f"{s:.3g}" for s in r[f"{k}_strengths"])
@@ -232,19 +289,23 @@ def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
     known = {(g.run_id, g.item) for g in collection.gaps}
     paths = {r.run_id: r.path for r in [*collection.runs, *getattr(collection, "models", [])]}
     outside = {r.run_id for r in getattr(collection, "models", [])}
+    first_key = {}  # an ATTACK_COLUMNS key -> its first column (all are NaN when the attack's rows are)
+    for key, base in _attack_keys_of(runs):
+        first_key.setdefault(base, key)
     gaps = []
     for r in runs.to_dict("records"):
         for key, (file, what, fix) in _COLUMN_GAPS.items():
-            if pd.isna(r[key]) and (r["run_id"], file) not in known:
+            if pd.isna(r[first_key.get(key, key)]) and (r["run_id"], file) not in known:
                 if r["run_id"] in outside:  # its source must be named again: the folder's gaps say how
                     gaps.append(f"{r['run_id']}: {file}: {what}")
                     continue
                 hint = f"; run '{fix.format(run=paths[r['run_id']])}'" if fix else ""
                 gaps.append(f"{r['run_id']}: {file}: {what}{hint}")
-        for key, _, norm, _ in ATTACK_COLUMNS:  # a fallback the missing file does not explain already
+        for key, base in _attack_keys_of(runs):  # a fallback the missing file does not explain already
+            norm = next(n for k, _, n, _ in ATTACK_COLUMNS if k == base)
             if (r[f"{key}_fallback"] and pd.notna(r[key]) and (r["run_id"], "attack_examples.csv") not in known):
                 gaps.append(f"{r['run_id']}: attack_examples.csv: no per-example record at {norm} "
                             f"ε={r[f'{key}_strength']:g}; its robust accuracy is attacks.csv's PGD accuracy "
                             f"(not the worst case over attacks); re-run 'jrbench attack {paths[r['run_id']]}'")
-    return gaps
+    return list(dict.fromkeys(gaps))  # two columns may fall back to the same strength
 

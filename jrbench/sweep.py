@@ -16,7 +16,7 @@ A spec (see ``benchmarks/*.toml``); every key is the flag of the command it feed
     [margins]                             # jrbench margins options (omit the table: no margins)
     n_examples = 300; directions = 10     # example_seed: default [attack]'s, so both see the same examples
     [report]                              # optional: jrbench report options for the report at the end
-    sigma = 0.25
+    sigma = 0.25                          # or a list: eps_linf = [0.05, 0.1], a table column each
     [resources]                           # optional: what one cell needs (default 1 CPU, 0 GPUs)
     num_cpus = 1; num_gpus = 0            # a cell's torch threads = its whole CPUs, in every engine
     [[block]]                             # optional: recipes; each block's keys override [base]
@@ -42,6 +42,7 @@ numbers under either engine.
 from __future__ import annotations
 
 import itertools
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,9 +71,10 @@ ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack
                  "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
 _ATTACK_LISTS = {"sigma", "norm", "eps_linf", "eps_l2", "autoattack_eps_linf", "autoattack_eps_l2"}  # repeatable flags
 MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}  # all integers
-REPORT_FIELDS = {"sigma": (int, float), "eps_linf": (int, float), "eps_l2": (int, float), "per_run": (bool,),
-                 "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,), "cell_seed": (int,),
-                 "cell_index": (int,), "cell_panels": (int,)}
+REPORT_FIELDS = {"sigma": (int, float, list), "eps_linf": (int, float, list), "eps_l2": (int, float, list),
+                 "per_run": (bool,), "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,),
+                 "cell_seed": (int,), "cell_index": (int,), "cell_panels": (int,)}
+_REPORT_LISTS = {"sigma", "eps_linf", "eps_l2"}  # repeatable flags: a number or a list of numbers
 RESOURCE_FIELDS = ("num_cpus", "num_gpus")
 # keys renamed to their command's flag (issue 10): command -> {old key: new key}; old ones are refused
 RENAMED: dict[str, dict[str, str]] = {"train": {"regularizers": "reg"},
@@ -302,7 +304,9 @@ def _parse_resources(table: Any, f: SpecFile) -> Resources:
 
 
 def _report_options(table: Any, f: SpecFile) -> dict[str, Any]:
-    """The ``[report]`` table: ``jrbench report`` options (with ``_``), type-checked; others refused."""
+    """The ``[report]`` table: ``jrbench report`` options (with ``_``), type-checked; others refused.
+    A repeatable flag's value (``sigma``, ``eps_linf``, ``eps_l2``: strengths, pixel units) is a
+    number or a non-empty list of them, returned as a list."""
     if not isinstance(table, dict):
         raise f.error("field 'report' must be a table of jrbench report options.", (), "report")
     for key, value in table.items():
@@ -311,11 +315,22 @@ def _report_options(table: Any, f: SpecFile) -> dict[str, Any]:
 
             raise f.error(f"field '{key}' is not a report option.{did_you_mean(key, list(REPORT_FIELDS))} "
                           f"Report options: {', '.join(sorted(REPORT_FIELDS))}.", ("report",), key)
+        if key in _REPORT_LISTS:
+            values = value if isinstance(value, list) else [value]
+            if not values or not all(_is_strength(v) for v in values):
+                raise f.error(f"field '{key}' must be a strength (a number >= 0, pixel units) or a non-empty list "
+                              f"of them, got {value!r}.", ("report",), key)
+            continue
         types = REPORT_FIELDS[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise f.error(f"field '{key}' must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.",
                           ("report",), key)
-    return dict(table)
+    return {k: (v if k not in _REPORT_LISTS or isinstance(v, list) else [v]) for k, v in table.items()}
+
+
+def _is_strength(value: Any) -> bool:
+    """A number >= 0 and finite (not a bool)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 def attack_config(options: dict[str, Any]):

@@ -148,9 +148,10 @@ def test_per_dataset_defaults_live_on_the_dataset_info():
 
     cifar = DATASETS.get("cifar10").info.defaults
     assert A.default_eps("cifar10", "l2") == list(cifar.eps_l2) and cifar.report_eps_linf == pytest.approx(8 / 255)
-    assert Strengths().target("cifar10", "eps_l2") == cifar.report_eps_l2 == 0.5
-    assert Strengths(eps_l2=2.0).target("cifar10", "eps_l2") == 2.0
-    assert Strengths().target("mnist", "sigma") == DATASETS.get("mnist").info.defaults.report_sigma == 0.5
+    assert Strengths().targets("cifar10", "eps_l2") == (cifar.report_eps_l2,) == (0.5,)
+    assert Strengths(eps_l2=2.0).targets("cifar10", "eps_l2") == (2.0,)
+    assert Strengths(eps_l2=[2.0, 1.0, 2.0]).targets("cifar10", "eps_l2") == (1.0, 2.0)  # ascending, once each
+    assert Strengths().targets("mnist", "sigma") == (DATASETS.get("mnist").info.defaults.report_sigma,) == (0.5,)
     assert A.huge_eps_linf("fashion-mnist") == 0.3 and A.huge_eps_linf("cifar10") == 0.5 == A.huge_eps_linf(None)
     assert {DATASETS.get(n).info.defaults.cell_radius for n in ("mnist", "cifar10")} == {8.0, 4.0}
     assert A.AttackConfig.for_dataset("mnist").sigmas == A.default_sigmas("mnist")

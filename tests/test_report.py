@@ -27,8 +27,9 @@ from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainC
 from jrbench.data import write_idx_folder
 from jrbench.evaluate import attack_run, margins_run
 from jrbench.provenance import train_command
-from jrbench.report import ReportOptions, write_report
-from jrbench.report_table import format_wide, group_table, nearest_strength, run_table
+from jrbench.errors import UserError
+from jrbench.report import ReportOptions, report_command, write_report
+from jrbench.report_table import Strengths, format_wide, group_table, nearest_strength, run_table
 from jrbench.results import TIDY_COLUMNS, collect
 from jrbench.rundir import load_run
 from jrbench.stats import median_ci
@@ -139,6 +140,81 @@ def test_nearest_strength_is_picked_and_marked():
     assert nearest_strength(rows, "pgd", "l2", 1.5) == (0.6, 1.0)  # ce64 preferred; tie -> the smaller
     assert nearest_strength(rows, "pgd", "l2", 1.9) == (0.3, 2.0)
     assert all(math.isnan(v) for v in nearest_strength(rows, "pgd", "linf", 0.1))
+
+
+DEFAULT_HEADERS = ["run", "data set", "seeds", "clean acc %", "mean ‖J_z‖_F", "R = ½ mean ‖J_z‖_F²",
+                   "acc % noise σ=0.5", "robust acc % L∞ ε=0.1 (worst case)", "acc % PGD-L∞ ε=0.1",
+                   "robust acc % L2 ε=1.5 (worst case)", "acc % PGD-L2 ε=1.5", "median random margin",
+                   "median adv. margin (DeepFool)", "median 1st-order margin", "overhead × (s/step vs plain)"]
+
+
+def _wide_text(collection, strengths=None, by_seed_group=True):
+    return format_wide(group_table(run_table(collection.summary, strengths), by_seed_group))
+
+
+def test_one_strength_each_keeps_the_table(collection):
+    """Given once, or not at all (mnist: sigma 0.5, eps 0.1 and 1.5), the table is the same."""
+    default = _wide_text(collection)
+    assert list(default.columns) == DEFAULT_HEADERS
+    assert default.loc[0, "acc % PGD-L2 ε=1.5"].endswith(" @1")  # nearest strength measured: 1.0
+    for strengths in (Strengths(sigma=[0.5], eps_linf=[0.1], eps_l2=[1.5]), Strengths(0.5, 0.1, 1.5)):
+        pd.testing.assert_frame_equal(_wide_text(collection, strengths), default)
+    assert "noise_acc" in run_table(collection.summary, Strengths(sigma=[0.5])).columns
+
+
+def test_several_strengths_give_a_column_each_in_ascending_order(runs_root, collection):
+    strengths = Strengths(sigma=[0.5, 0.0, 0.4], eps_linf=[0.1, 0.0])
+    text = _wide_text(collection, strengths, by_seed_group=False).set_index("run")
+    noise = ["acc % noise σ=0", "acc % noise σ=0.4", "acc % noise σ=0.5"]
+    pgd = ["acc % PGD-L∞ ε=0", "acc % PGD-L∞ ε=0.1"]
+    headers = list(text.columns)
+    assert headers[5:8] == noise and headers[10:12] == pgd
+    assert headers[8:10] == ["robust acc % L∞ ε=0 (worst case)", "robust acc % L∞ ε=0.1 (worst case)"]
+    assert "acc % PGD-L2 ε=1.5" in headers and "acc % noise σ=0.5" in headers  # the others as before
+    runs = run_table(collection.summary, strengths).set_index("run_id")
+    for name in RUNS:
+        attacks = pd.read_csv(runs_root / "runs" / name / "attacks.csv").set_index(["attack", "norm", "strength"])
+        for sigma in (0.0, 0.5):  # each column: the attacks table's row at its strength
+            expected = attacks.loc[("noise", "gaussian", sigma), "accuracy"]
+            assert runs.loc[name, f"noise_acc@{sigma:g}"] == pytest.approx(expected)
+            assert text.loc[name, f"acc % noise σ={sigma:g}"] == f"{100 * expected:.1f}"
+        for eps in (0.0, 0.1):
+            expected = attacks.loc[("pgd", "linf", eps), "accuracy"]
+            assert runs.loc[name, f"pgd_linf_acc@{eps:g}"] == pytest.approx(expected)
+            assert text.loc[name, f"acc % PGD-L∞ ε={eps:g}"] == f"{100 * expected:.1f}"
+        # 0.4 was not measured: the nearest (0.5), marked in that column alone
+        assert runs.loc[name, "noise_acc@0.4"] == runs.loc[name, "noise_acc@0.5"]
+        assert text.loc[name, "acc % noise σ=0.4"] == text.loc[name, "acc % noise σ=0.5"] + " @0.5"
+    groups = _wide_text(collection, strengths).set_index("run")  # seeds: mean ± std per column
+    assert groups.loc["lenet none", "acc % noise σ=0"].count("±") == 1
+    close = _wide_text(collection, Strengths(sigma=[0.1, 0.1000001]))  # distinct strengths: distinct columns
+    assert close.columns[6:8].tolist() == ["acc % noise σ=0.1", "acc % noise σ=0.1000001"]
+
+
+def test_cli_repeats_the_strength_flags(runs_root, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(out), "--no-cells",
+                                     "--sigma", "0.5", "--sigma", "0", "--eps-l2", "2", "--eps-l2", "1"])
+    assert result.exit_code == 0, result.output
+    header = (out / "summary.md").read_text().splitlines()[0]
+    assert "| acc % noise σ=0 | acc % noise σ=0.5 |" in header
+    assert "| acc % PGD-L2 ε=1 | acc % PGD-L2 ε=2 |" in header
+    command = (out / "report.md").read_text().split("```bash\n")[1].split("\n")[0]
+    assert "--sigma 0 --sigma 0.5 --eps-l2 1 --eps-l2 2" in command
+    assert shlex.split(command)[:3] == ["jrbench", "report", str(runs_root / "runs")]
+    assert report_command(["r"], tmp_path, ReportOptions()) == f"jrbench report r --out {tmp_path}"
+    for bad, message in ((["--sigma", "x"], "Invalid value for '--sigma'"),
+                         (["--sigma", "0.5", "--sigma", "-1"], "--sigma must be zero or positive (pixel units), got -1.0"),
+                         (["--eps-linf", "nan"], "--eps-linf must be zero or positive (pixel units), got nan")):
+        result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(tmp_path / "bad"),
+                                         "--no-cells", *bad])
+        words = " ".join(result.output.replace("│", " ").split())
+        assert result.exit_code == 2 and message in words, (bad, result.output)
+    with pytest.raises(UserError, match="--sigma must be zero or positive .pixel units., got -1.0"):
+        ReportOptions(Strengths(sigma=[0.5, -1.0])).validate()
+    with pytest.raises(UserError, match="--eps-l2 must be zero or positive .pixel units., got 'x'"):
+        ReportOptions(Strengths(eps_l2=["x"])).validate()
+    assert not (tmp_path / "bad").exists()
 
 
 def test_overhead_is_the_ratio_to_the_plain_runs_median(runs_root, collection):

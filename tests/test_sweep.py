@@ -128,7 +128,7 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = 0.25\ncells = false\n', tmp_path / "r.toml", tmp_path)
-    assert spec.report_options == {"sigma": 0.25, "cells": False}
+    assert spec.report_options == {"sigma": [0.25], "cells": False}  # a repeatable flag: a list of one
     with pytest.raises(UserError, match="line 5: field 'sigmaa' is not a report option"):
         parse_spec(base + '[report]\nsigmaa = 0.25\n', tmp_path / "r.toml", tmp_path)
     with pytest.raises(UserError, match="'cells' must be of type bool"):
@@ -136,7 +136,35 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
     seen = {}
     monkeypatch.setattr(cli, "report_command", lambda paths, **kw: seen.update(kw))
     cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu")
-    assert seen == {"out": tmp_path / "report", "sigma": 0.25, "cells": False, "device": "cpu", "quiet": False}
+    assert seen == {"out": tmp_path / "report", "sigma": [0.25], "cells": False, "device": "cpu", "quiet": False}
+
+
+def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
+    from jrbench import cli
+    from jrbench.sweep import parse_spec
+
+    base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
+    spec = parse_spec(base + '[report]\nsigma = [0.3, 0.5]\neps_linf = 0.1\neps_l2 = [1, 1.5]\n',
+                      tmp_path / "r.toml", tmp_path)
+    assert spec.report_options == {"sigma": [0.3, 0.5], "eps_linf": [0.1], "eps_l2": [1, 1.5]}
+    for bad in ('"0.3"', '[0.3, "x"]', "[]", "-0.1", "[0.3, true]", "nan"):
+        with pytest.raises(UserError) as err:
+            parse_spec(base + f'[report]\ncells = false\nsigma = {bad}\n', tmp_path / "r.toml", tmp_path)
+        assert str(err.value).startswith(f"{tmp_path / 'r.toml'}, line 6: field 'sigma' must be a strength"), bad
+
+    class Seen(Exception):  # the options the report would be written with
+        pass
+
+    def write_report(collection, out, options, **kw):
+        raise Seen(options.strengths)
+
+    monkeypatch.setattr("jrbench.report.write_report", write_report)
+    monkeypatch.setattr("jrbench.results.collect", lambda paths: None)
+    with pytest.raises(Seen) as seen:
+        cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
+    strengths = seen.value.args[0]  # the lists reach the report: a table column per strength
+    assert strengths.given("sigma") == (0.3, 0.5) and strengths.given("eps_linf") == (0.1,)
+    assert strengths.given("eps_l2") == (1.0, 1.5)
 
 
 @pytest.mark.parametrize("table, old, new, command", [
