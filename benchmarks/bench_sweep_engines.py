@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 
 from jrbench.envinfo import cpu_model  # noqa: E402
-from jrbench.sweep import Resources, parse_spec, run_sweep  # noqa: E402
+from jrbench.sweep import run_sweep  # noqa: E402
+from jrbench.sweep_spec import Resources, parse_spec  # noqa: E402
 
 SHRINK = {"train_subset = 10000": "train_subset = 3000", "epochs = 4": "epochs = 2",
           "n_examples = 500": "n_examples = 200", "n_examples = 300": "n_examples = 100"}

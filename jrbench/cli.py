@@ -412,7 +412,7 @@ def sweep_command(
 
     A cell that fails leaves the others running; the command then exits 1 naming it."""
     from .errors import UserError
-    from .sweep import load_spec
+    from .sweep_spec import load_spec
 
     if engine is Engine.local and (address or shared_dir):
         raise UserError(f"{'--address' if address else '--shared-dir'} applies to --engine ray only.")

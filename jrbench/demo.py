@@ -13,7 +13,7 @@ def quick_spec(out: Path = Path("results/demo")):
     """The quick profile as a sweep spec whose runs go straight into ``out``."""
     from importlib import resources
 
-    from .sweep import parse_spec
+    from .sweep_spec import parse_spec
 
     text = resources.files("jrbench").joinpath("quick.toml").read_text()
     spec = parse_spec(text, Path("jrbench/quick.toml"), out.parent)

@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import NonFiniteLoss, UserError
-from .sweep import CellStatus, SweepSpec, cell_threads, failure_message, is_done, run_cell, status_at
+from .sweep import CellStatus, cell_threads, failure_message, is_done, run_cell, status_at
+from .sweep_spec import SweepSpec
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 

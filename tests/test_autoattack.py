@@ -244,7 +244,8 @@ def test_unknown_component_and_target_counts_are_user_errors():
 
 
 def test_autoattack_grids_and_sweep_fields(tmp_path):
-    from jrbench.sweep import attack_config, attack_done, parse_spec
+    from jrbench.sweep import attack_done
+    from jrbench.sweep_spec import attack_config, parse_spec
 
     own = A.AttackConfig(autoattack=True, autoattack_eps_linf=[0.1], eps_linf=[0.0, 0.3],
                          eps_l2=[1.0])

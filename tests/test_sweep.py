@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from jrbench.cli import app
 from jrbench.demo import quick_spec
 from jrbench.errors import UserError
-from jrbench.sweep import cell_status, load_spec, parse_spec, run_sweep
+from jrbench.sweep import cell_status, run_sweep
+from jrbench.sweep_spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,7 @@ directions = 2
 
 
 def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
-    from jrbench.sweep import parse_spec
+    from jrbench.sweep_spec import parse_spec
 
     text = ('name = "b"\n[base]\ndataset = "synth-digits"\nepochs = 1\n'
             '[[block]]\nname = "fast"\nlr = 0.05\nbatch_size = 64\n'
@@ -124,7 +125,7 @@ def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
 
 def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
     from jrbench import cli
-    from jrbench.sweep import parse_spec
+    from jrbench.sweep_spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = 0.25\ncells = false\n', tmp_path / "r.toml", tmp_path)
@@ -141,7 +142,7 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
 
 def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
     from jrbench import cli
-    from jrbench.sweep import parse_spec
+    from jrbench.sweep_spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = [0.3, 0.5]\neps_linf = 0.1\neps_l2 = [1, 1.5]\n',
@@ -193,7 +194,7 @@ def test_cli_refuses_an_old_key_with_exit_2(tmp_path):
 
 
 def test_the_flag_named_keys_work():
-    from jrbench.sweep import attack_config
+    from jrbench.sweep_spec import attack_config
 
     spec = parse_spec('name = "t"\n[base]\nreg = "jacobian"\nlambda_jr = 0.1\n'
                       '[[variant]]\nname = "plain"\nreg = ["none"]\n[[variant]]\nname = "jr"\n'

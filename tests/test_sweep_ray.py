@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from jrbench.cli import app
 from jrbench.errors import UserError
-from jrbench.sweep import cell_status, cell_threads, parse_spec, run_sweep
+from jrbench.sweep import cell_status, cell_threads, run_sweep
+from jrbench.sweep_spec import parse_spec
 
 TINY = '''name = "tiny"
 [base]
