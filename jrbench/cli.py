@@ -269,6 +269,8 @@ def train_command(
         TrainConfig(epochs, batch_size, lr, momentum, schedule.value, step_epochs, gamma, seed, device),
     ))
     out = out or Path("results/runs") / config.run_id()
+    if resume and not (out / "model.pt").is_file():
+        console.print(f"--resume: {out} holds no finished epoch yet; training from the first epoch.", highlight=False)
     result = run_training(config, out, resume, quiet)
     last = result.metrics.iloc[-1]
     console.print(f"run directory: {out}")
@@ -523,6 +525,8 @@ def attack_command(
     if eps is not None:
         if len(norms) != 1:
             raise UserError("--eps needs a single --norm; use --eps-linf and --eps-l2 for both.")
+        if (eps_linf if norms[0] == "linf" else eps_l2) is not None:
+            raise UserError(f"--eps and --eps-{norms[0]} both give the {norms[0]} grid; give one of them.")
         eps_linf, eps_l2 = (eps, eps_l2) if norms[0] == "linf" else (eps_linf, eps)
     config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, autoattack=autoattack, aa_targets=aa_targets,
                           autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2,

@@ -198,15 +198,24 @@ def wide_jacobian_table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([first, *parts], axis=1).reset_index()
 
 
+def check_margins_options(n_examples: int, n_directions: int, batch_size: int) -> None:
+    """Raise :class:`UserError` naming each of --n-examples, --directions, --batch-size below 1."""
+    bad = [f"{flag} must be at least 1, got {value}" for flag, value in
+           (("--n-examples", n_examples), ("--directions", n_directions), ("--batch-size", batch_size))
+           if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+    if bad:
+        raise UserError("; ".join(bad) + ".")
+
+
 def margins_run(run_dir: str | Path, *, n_examples: int = 500, n_directions: int = 10, seed: int = 0,
                 example_seed: int = 0, device: str = "auto", data_dir: str | None = None, batch_size: int = 500,
                 on_progress: Progress | None = None) -> MarginsResult:
     """Margins and Jacobian spectra of the correctly classified ones among the ``n_examples`` test
     examples that ``example_seed`` picks (:func:`fixed_examples`, the examples :func:`attack_run`
     attacks with the same two numbers). ``on_progress(done, total, label)``: after each batch."""
-    if n_examples < 1 or n_directions < 1 or batch_size < 1:
-        raise UserError("--n-examples, --directions and --batch-size must be at least 1.")
+    check_margins_options(n_examples, n_directions, batch_size)
     run_dir = rundir.check_run_dir(Path(run_dir))
+    rundir.load_config(run_dir)  # a corrupt config.json is refused here as by attack and report
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
@@ -357,8 +366,7 @@ def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_di
     a model with a ``normalize`` layer (:class:`jrbench.models.Classifier`) or ``input_std`` (per
     channel). Without either, the ``_z`` columns are NaN and ``notes`` says so.
     """
-    if n_examples < 1 or n_directions < 1 or batch_size < 1:
-        raise UserError("--n-examples, --directions and --batch-size must be at least 1.")
+    check_margins_options(n_examples, n_directions, batch_size)
     model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
     z_space = hasattr(model, "normalize") or input_std is not None
     std = None if input_std is None else torch.tensor(list(input_std), device=dev).view(1, -1, 1, 1)

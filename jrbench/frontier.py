@@ -68,16 +68,20 @@ class FrontierResult:
 
 
 def _verdict_text(rows: pd.DataFrame) -> str:
+    """'not worse: ...' only when both the PGD-Linf and the noise verdicts exist and neither is
+    worse; 'worse: ...' when one is; 'incomplete verdict: ...' when one of the two is missing."""
     if rows.empty:
         return "no verdict (no full n=1 runs with seeds in common)"
-    parts, worse = [], False
+    parts, worse, have = [], False, set()
     for r in rows.itertuples():
         what = "PGD-Linf" if r.metric in ("worst_case_acc", "pgd_acc") else "noise"
+        have.add(what)
         worse |= r.verdict == "worse"
         parts.append(f"{what} {r.diff:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}]")
     n = int(rows["n_seeds"].max())
-    head = "worse" if worse else "not worse"
-    return f"{head}: {', '.join(parts)} points, {n} seeds, {rows['method'].iloc[0]}"
+    missing = sorted({"PGD-Linf", "noise"} - have)
+    head = "worse" if worse else (f"incomplete verdict (no {' or '.join(missing)} verdict)" if missing else "not worse")
+    return f"{head}: {', '.join(parts)} points, {n} seed{'s' if n != 1 else ''}, {rows['method'].iloc[0]}"
 
 
 def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma: float = 0.5,
@@ -124,11 +128,12 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
                      "overhead_ratio": ratio, "R": mean("R_z"), "pgd_linf_acc": pgd, "noise_acc": mean("noise_acc", noise),
                      "verdict_vs_full": verdict})
     table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
-    meets = table[(table["overhead_ratio"] <= goal_ratio) & table["verdict_vs_full"].str.startswith("not worse")]
+    penalty = ~table["setting"].str.endswith(": plain")  # plain SGD is the overhead's unit, not a penalty setting
+    meets = table[penalty & (table["overhead_ratio"] <= goal_ratio) & table["verdict_vs_full"].str.startswith("not worse")]
     if len(meets):
         goal = [f"{r.setting} ({r.overhead_ratio:.2f}x plain): {r.verdict_vs_full}" for r in meets.itertuples()]
     else:
-        cheap = table[table["overhead_ratio"] <= goal_ratio]
+        cheap = table[penalty & (table["overhead_ratio"] <= goal_ratio)]
         goal = [f"no setting at or below {goal_ratio}x plain is not significantly worse than full n=1 "
                 f"({len(cheap)} settings at or below {goal_ratio}x; "
                 + "; ".join(f"{r.setting} {r.overhead_ratio:.2f}x: {r.verdict_vs_full}" for r in cheap.itertuples())

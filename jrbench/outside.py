@@ -57,15 +57,17 @@ def parse_normalization(text: str, channels: int) -> tuple[list[float], list[flo
     try:
         values = [float(v) for v in str(text).replace(" ", "").split(",") if v != ""]
     except ValueError as e:
-        raise UserError(f"--input-normalized {text!r}: give numbers, MEAN,STD or "
-                        f"M1,...,M{channels},S1,...,S{channels}.") from e
+        per_channel = (f" or M1,...,M{channels},S1,...,S{channels} (per channel)" if channels > 1 else "")
+        raise UserError(f"--input-normalized {text!r}: give numbers: MEAN,STD{per_channel}.") from e
     if len(values) == 2:
         mean, std = [values[0]] * channels, [values[1]] * channels
     elif len(values) == 2 * channels:
         mean, std = values[:channels], values[channels:]
     else:
-        raise UserError(f"--input-normalized {text!r} has {len(values)} numbers; give 2 (MEAN,STD) "
-                        f"or {2 * channels} (the {channels} channel means, then the {channels} stds).")
+        count = f"{len(values)} number{'s' if len(values) != 1 else ''}"
+        per_channel = (f" or {2 * channels} (the {channels} channel means, then the {channels} stds)"
+                       if channels > 1 else " (this data set has one channel)")
+        raise UserError(f"--input-normalized {text!r} has {count}; give 2 (MEAN,STD){per_channel}.")
     if not all(s > 0 for s in std) or not all(map(lambda v: v == v and abs(v) != float("inf"), values)):
         raise UserError(f"--input-normalized {text!r}: the stds must be positive and every value finite.")
     return mean, std
@@ -271,8 +273,14 @@ def resolve_sources(sources: Sequence[str | Path], *, dataset: str | None, weigh
         given = [flag for flag, v in (("--dataset", dataset), ("--weights", weights),
                                       ("--input-normalized", input_normalized), ("--out", out)) if v is not None]
         if given:
-            raise UserError(f"{', '.join(given)} are for outside models (a .pt2 file or 'module:function'); "
-                            "a run directory knows its data set and writes into itself.")
+            files = [str(s) for s in sources if Path(s).is_file()]
+            if files:
+                raise UserError(f"{', '.join(files)} {'is a file' if len(files) == 1 else 'are files'}, not a run "
+                                "directory or an outside model: give a torch.export program saved as .pt2, or a "
+                                "factory 'module:function' with --weights FILE for a state dict.")
+            raise UserError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for outside models "
+                            "(a .pt2 file or 'module:function'); a run directory knows its data set and "
+                            "writes into itself.")
     if len(outside_sources) > 1 and (out is not None or weights is not None):
         raise UserError("--out and --weights apply to one outside model; give one model per command.")
     resolved = []

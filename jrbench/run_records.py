@@ -133,7 +133,7 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
     try:
         config = rundir.load_config(path)
     except UserError as e:
-        return None, [Gap(run_id, rundir.CONFIG, f"{e}; run skipped")]
+        return None, [Gap(run_id, rundir.CONFIG, f"{str(e).rstrip('.')}; run skipped")]
     env = _read_env(path, run_id, gaps, missing_is_gap=True)
     hints = {rundir.METRICS: "the run directory is incomplete",
              ATTACKS: f"run 'jrbench attack {path}'",
@@ -171,6 +171,19 @@ def _read_env(path: Path, run_id: str, gaps: list[Gap], missing_is_gap: bool) ->
         return {}
 
 
+def outside_args(info: dict, path: Path) -> str:
+    """The arguments that give ``jrbench attack`` / ``margins`` the same outside model (model.json
+    ``info``) and result folder ``path``: source, --weights, --dataset, --input-normalized, --out."""
+    args = [str(info.get("file") or info.get("factory") or info.get("class") or "MODEL")]
+    if info.get("weights"):
+        args += ["--weights", str(info["weights"])]
+    args += ["--dataset", str(info["dataset"])]
+    norm = info.get("input_normalized")
+    if isinstance(norm, dict) and norm.get("mean") and norm.get("std"):
+        args += ["--input-normalized", ",".join(f"{v:g}" for v in [*norm["mean"], *norm["std"]])]
+    return " ".join(args + ["--out", str(path)])
+
+
 def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
     """An outside model's result folder: model.json, env.json and the tables of a run. Its
     metrics.csv (written by ``jrbench attack``) holds only the clean accuracy on the whole test
@@ -184,8 +197,7 @@ def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
     gaps = [Gap(run_id, rundir.METRICS, "an outside model, not trained by jrbench: no training metrics "
                 "(R_z, overhead) and no verdict")]
     env = _read_env(path, run_id, gaps, missing_is_gap=False)
-    source = info.get("file") or info.get("factory") or info.get("class") or "MODEL"
-    again = f"{source} --dataset {info['dataset']} --out {path}"
+    again = outside_args(info, path)
     tables = {}
     for name, hint in ((rundir.METRICS, f"run 'jrbench attack {again}' (it measures the clean accuracy)"),
                        (ATTACKS, f"run 'jrbench attack {again}'"), (MARGINS, f"run 'jrbench margins {again}'"),

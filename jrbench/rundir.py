@@ -63,6 +63,11 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu") -> dict:
 def check_run_dir(path: Path) -> Path:
     """The path of an existing run directory with a finished epoch, or a clear error."""
     path = Path(path)
+    if path.is_file():
+        hint = (f"give its folder {path.parent}" if path.name in (CONFIG, MODEL) else
+                "an outside model is a torch.export program saved as .pt2, or a factory 'module:function' "
+                "with --weights FILE")
+        raise UserError(f"{path} is a file, not a run directory: {hint}.")
     if not path.is_dir():
         raise UserError(f"run directory {path} does not exist.")
     for name in (CONFIG, MODEL):

@@ -24,9 +24,13 @@ from .sweep_spec import SweepSpec, attack_config
 def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> bool:
     """Whether a cell's attack step is finished: attacks.csv and the per-example record
     attack_examples.csv exist (attacks.csv is written last) and, given the study's ``[attack]``
-    table, attacks.csv has rows of every attack it asks for (noise, pgd, fgsm, autoattack), so a
-    study that adds AutoAttack attacks its finished cells again."""
+    table, attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
+    (noise, pgd, fgsm, autoattack) and of every strength of its noise and PGD/FGSM grids (the
+    data set's defaults where the table gives none). So a study that adds AutoAttack or a
+    strength attacks its finished cells again (``jrbench attack`` adds the missing rows); a
+    changed ``n_examples`` alone is not detected."""
     from . import rundir
+    from .attack_config import default_eps
 
     run_dir = Path(run_dir)
     if not ((run_dir / "attacks.csv").is_file() and (run_dir / "attack_examples.csv").is_file()):
@@ -34,12 +38,46 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     if options is None:
         return True
     config = attack_config(options)
-    wanted = {name for name in ("noise", "pgd", "fgsm", "autoattack") if getattr(config, name)}
     try:
-        done = set(rundir.read_csv(run_dir / "attacks.csv")["attack"])
-    except (UserError, KeyError):
+        rows = rundir.read_csv(run_dir / "attacks.csv")
+        if "example_seed" in rows:
+            rows = rows[rows["example_seed"] == options.get("example_seed", 0)]
+        done = {(a, n, round(float(v), 9)) for a, n, v in zip(rows["attack"], rows["norm"], rows["strength"])}
+    except (UserError, KeyError, ValueError, TypeError):
         return False
-    return wanted <= done
+    wanted = {("autoattack",)} if config.autoattack else set()
+    if config.noise:
+        wanted |= {("noise", "gaussian", round(float(s), 9)) for s in config.sigmas}
+    for attack in ("pgd", "fgsm"):
+        if getattr(config, attack):
+            for norm in [n for n in config.norms if attack == "pgd" or n == "linf"]:  # FGSM: L-inf only
+                grid = getattr(config, f"eps_{norm}")
+                if grid is None:  # the run's data set's default grid
+                    try:
+                        grid = default_eps(rundir.load_config(run_dir).data.dataset, norm)
+                    except UserError:
+                        return False
+                wanted |= {(attack, norm, round(float(e), 9)) for e in grid}
+    return all(w[0] in {d[0] for d in done} if len(w) == 1 else w in done for w in wanted)
+
+
+def margins_done(run_dir: str | Path, spec: SweepSpec) -> bool:
+    """Whether a cell's margins step is finished: margins.csv and jacobian.csv exist and
+    margins.csv was measured with the study's ``directions``, ``seed`` and example seed (a
+    changed ``[margins]`` table measures the cell again; ``n_examples`` alone is not compared)."""
+    from . import rundir
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file()):
+        return False
+    m = spec.margins or {}
+    want = {"n_directions": m.get("directions", 10), "direction_seed": m.get("seed", 0),
+            "example_seed": m.get("example_seed", (spec.attack or {}).get("example_seed", 0))}
+    try:
+        table = rundir.read_csv(run_dir / "margins.csv")
+    except UserError:
+        return False
+    return all(key not in table or table.empty or (table[key] == value).all() for key, value in want.items())
 
 
 @dataclass
@@ -77,7 +115,7 @@ def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
 def is_done(spec: SweepSpec, status: CellStatus) -> bool:
     """Whether a cell has every step its study asks for."""
     return (status.trained and (spec.attack is None or attack_done(status.run_dir, spec.attack))
-            and (spec.margins is None or status.measured))
+            and (spec.margins is None or margins_done(status.run_dir, spec)))
 
 
 def cell_threads(num_cpus: float) -> int:
@@ -141,7 +179,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
             report("attack")
             attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples", 1000),
                        example_seed=spec.attack.get("example_seed", 0), device=device, on_progress=on_progress)
-        if spec.margins is not None and not status.measured:
+        if spec.margins is not None and not margins_done(run_dir, spec):
             report("margins")
             m = spec.margins
             example_seed = m.get("example_seed", (spec.attack or {}).get("example_seed", 0))

@@ -163,6 +163,9 @@ def _check_key(f: SpecFile, table: Table, key: str, command: str, allowed, what:
     if new is not None:
         raise f.error(f"key '{key}' was renamed: use '{new}' (the --{new.replace('_', '-')} flag of "
                       f"jrbench {command}).", table, key)
+    if command == "attack" and key == "eps" and key not in allowed:  # --eps needs one --norm; a spec names both grids
+        raise f.error("field 'eps' is not an attack option: a spec names each grid, 'eps_linf' and 'eps_l2' "
+                      "(the --eps-linf and --eps-l2 flags).", table, key)
     if key not in allowed:
         from .registry import did_you_mean
 
@@ -274,6 +277,8 @@ def _margins_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
         _check_key(f, ("margins",), key, "margins", MARGIN_FIELDS, "a margins option")
         if isinstance(value, bool) or not isinstance(value, int):
             raise f.error(f"field '{key}' must be an integer, got {value!r}.", ("margins",), key)
+        if key in ("n_examples", "directions", "batch_size") and value < 1:  # as jrbench margins checks them
+            raise f.error(f"field '{key}' must be at least 1, got {value}.", ("margins",), key)
     return table
 
 

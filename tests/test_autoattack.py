@@ -261,7 +261,7 @@ def test_autoattack_grids_and_sweep_fields(tmp_path):
         A.AttackConfig(autoattack=True, autoattack_eps_linf=[1.5]).validate()
 
     text = ('name = "t"\n[attack]\nnoise = false\nfgsm = false\nautoattack = true\n'
-            'autoattack_eps_linf = [0.1]\naa_targets = 9\n')
+            'autoattack_eps_linf = [0.1]\naa_targets = 9\neps_linf = [0.1]\nnorm = ["linf"]\n')
     spec = parse_spec(text, Path("t.toml"), tmp_path)
     assert attack_config(spec.attack).autoattack_grids() == {"linf": [0.1]}
     run = tmp_path / "run"

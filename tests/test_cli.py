@@ -203,3 +203,13 @@ def test_overhead_progress_callback_counts_pairs():
     time_steps(model, x, y, cases_of(cfg), pairs=3, warmup=0, on_progress=lambda *a: calls.append(a))
     _check_calls(calls)
     assert calls[-1][:2] == (3, 3)
+
+
+def test_attack_refuses_eps_and_the_norms_own_grid_together(tmp_path):
+    from typer.testing import CliRunner
+
+    from jrbench.cli import app
+
+    result = CliRunner().invoke(app, ["attack", str(tmp_path), "--pgd", "--norm", "l2", "--eps", "0.5",
+                                      "--eps-l2", "1.0"])
+    assert result.exit_code == 2 and "--eps and --eps-l2 both give the l2 grid" in result.output

@@ -79,3 +79,15 @@ def test_frontier_cli(study, tmp_path):
     assert "jacobian-n1-sub16" in result.output and (out / "frontier.csv").is_file()
     bad = CliRunner().invoke(cli.app, ["frontier", str(root), "--overhead", str(tmp_path / "nope.csv")])
     assert bad.exit_code == 2 and "nope.csv" in bad.output
+
+
+def test_a_missing_verdict_is_not_a_pass():
+    """'not worse' needs both the PGD-Linf and the noise verdict; one alone is incomplete."""
+    from jrbench.frontier import _verdict_text
+
+    row = dict(diff=-1.0, ci_low=-3.0, ci_high=1.0, n_seeds=1, method="paired t")
+    noise = pd.DataFrame([dict(row, metric="noise_acc", verdict="no difference")])
+    both = pd.concat([noise, pd.DataFrame([dict(row, metric="pgd_acc", verdict="no difference")])])
+    assert _verdict_text(noise).startswith("incomplete verdict (no PGD-Linf verdict)") and "1 seed," in _verdict_text(noise)
+    assert _verdict_text(both).startswith("not worse: ")
+    assert _verdict_text(both.assign(verdict=["no difference", "worse"])).startswith("worse: ")

@@ -226,3 +226,27 @@ def test_runs_on_cuda_like_on_cpu(linear_case):
     torch.testing.assert_close(torch.tensor(gpu[cols].to_numpy()), torch.tensor(cpu[cols].to_numpy()),
                                rtol=2 * RTOL, atol=0)
     assert gpu["adv_success"].all() and (gpu["margin_random_found_frac"] > 0).any()
+
+
+def test_margins_refuses_a_corrupt_config_json_and_names_each_bad_option(tmp_path):
+    """As attack does: a run directory whose config.json is unreadable is refused (exit 2)."""
+    from typer.testing import CliRunner
+
+    from jrbench.cli import app
+    from jrbench.errors import UserError
+    from jrbench.evaluate import check_margins_options
+
+    with pytest.raises(UserError, match=r"--directions must be at least 1, got 0; --batch-size must be at least 1, got -1"):
+        check_margins_options(5, 0, -1)
+    from conftest import tiny_config, tiny_data
+    from jrbench.data import write_idx_folder
+    from jrbench.training import train
+
+    data = tiny_data(64, 32)
+    config = tiny_config(epochs=1)
+    config.data.data_dir = str(write_idx_folder(tmp_path / "data", data.train, data.test))
+    run = tmp_path / "run"
+    train(config, run, data=data)  # a whole run; then only its config.json is broken
+    (run / "config.json").write_text("junk")
+    result = CliRunner().invoke(app, ["margins", str(run), "--n-examples", "5", "--device", "cpu"])
+    assert result.exit_code == 2 and "config.json" in result.output and "Traceback" not in result.output

@@ -212,7 +212,11 @@ def test_dataset_is_required_and_outside_options_need_an_outside_model(files, tm
     assert result.exit_code == 2 and "--dataset" in text
     (tmp_path / "run").mkdir()
     result, text = cli("margins", tmp_path / "run", "--dataset", "mnist")
-    assert result.exit_code == 2 and "are for outside models" in text
+    assert result.exit_code == 2 and "--dataset is for outside models" in text
+    result, text = cli("attack", files / "centroid.pt", "--dataset", "mnist")  # a state dict, not a model
+    assert result.exit_code == 2 and "is a file" in text and "--weights" in text
+    result, text = cli("attack", files / "centroid.pt")
+    assert result.exit_code == 2 and "is a file, not a run directory" in text and "--weights" in text
 
 
 def test_a_folder_of_another_model_is_refused(files, tmp_path):
@@ -231,3 +235,15 @@ def test_parse_normalization():
     for bad in ("0.5,0", "a,b", "0.1,0.2,0.3,0.4"):
         with pytest.raises(UserError):
             parse_normalization(bad, 3)
+
+
+def test_gap_hints_repeat_every_argument_of_the_outside_model(tmp_path):
+    """The suggested command names the weights and the normalization, so the folder accepts it."""
+    from jrbench.run_records import outside_args
+
+    info = {"kind": "factory", "factory": "pkg.mod:make", "weights": "/w/net.pt", "dataset": "mnist",
+            "input_normalized": {"mean": [0.1307], "std": [0.3081]}}
+    assert outside_args(info, tmp_path / "m") == (
+        f"pkg.mod:make --weights /w/net.pt --dataset mnist --input-normalized 0.1307,0.3081 --out {tmp_path / 'm'}")
+    plain = {"kind": "torch.export", "file": "/x/net.pt2", "dataset": "cifar10", "input_normalized": None}
+    assert outside_args(plain, tmp_path) == f"/x/net.pt2 --dataset cifar10 --out {tmp_path}"

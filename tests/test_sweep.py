@@ -2,6 +2,7 @@
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -53,6 +54,7 @@ seed = [0, 1]
     ('name = "t"\n[base]\nepochs = 1\n[grid]\nlambda_jr = 0.1\n', "line 5: field 'lambda_jr' in [grid] must be a non-empty list"),
     ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nreg = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
     ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not an attack option. Did you mean 'steps'"),
+    ('name = "t"\n[attack]\neps = [0.1]\n', "line 3: field 'eps' is not an attack option: a spec names each grid, 'eps_linf'"),
     ('name = "t"\n[base\n', "bad.toml, line 2, column 6: not valid TOML"),
     ('[base]\nepochs = 1\n', "field 'name'"),
     ('name = "t"\n[base]\nepochs = "ten"\n', "line 3: field 'epochs' must be of type int"),
@@ -106,6 +108,18 @@ directions = 2
     run_sweep(spec, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
     assert steps == ["done", "margins", "done"]
     assert cell_status(spec, spec.cells[1]).measured
+    # a study that asks for a new strength or other margins settings redoes those steps only
+    grown = parse_spec(text.replace("eps_linf = [0.05]", "eps_linf = [0.05, 0.1]")
+                       .replace("directions = 2", "directions = 3"), Path("mini.toml"), tmp_path)
+    steps.clear()
+    run_sweep(grown, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
+    assert steps == ["attack", "margins", "done"] * 2
+    rows = pd.read_csv(statuses[0].run_dir / "attacks.csv")
+    assert {0.05, 0.1} <= set(rows[(rows["attack"] == "pgd") & (rows["norm"] == "linf")]["strength"])
+    assert (pd.read_csv(statuses[0].run_dir / "margins.csv")["n_directions"] == 3).all()
+    steps.clear()
+    run_sweep(grown, device="cpu", on_cell=lambda i, n, run_id, step: steps.append(step))
+    assert steps == ["done", "done"]
 
 
 def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
@@ -214,6 +228,8 @@ def test_a_bad_key_is_blamed_on_its_own_table_line():
         parse_spec(text, Path("t.toml"))
     with pytest.raises(UserError, match=r"t.toml, line 9: field 'batch_size' must be an integer"):
         parse_spec(text.replace("batch_size = 0", "batch_size = 10"), Path("t.toml"))
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'batch_size' must be at least 1, got 0"):
+        parse_spec(text.replace("batch_size = 0", "batch_size = 10").replace('"all"', "0"), Path("t.toml"))
     blocks = ('name = "t"\n[base]\nlr = 0.1\n[[block]]\nname = "a"\nlr = 0.1\n[[block]]\nname = "b"\n'
               'lr = "fast"\n')
     with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' must be of type"):
