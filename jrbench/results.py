@@ -234,8 +234,27 @@ def overhead_rows(records: list[RunRecord]) -> tuple[list[tuple[RunRecord, dict]
     return rows, gaps
 
 
+def example_sets_gap(record: RunRecord) -> Gap | None:
+    """A gap when the run's attacks.csv rows were measured on more than one example set
+    (``example_seed``, ``n_examples``): accuracies of different sets sit side by side in the
+    report but are not comparable, and the worst case per example covers one set only."""
+    table = record.tables.get(ATTACKS)
+    if table is None or not {"example_seed", "n_examples"} <= set(table.columns):
+        return None
+    sets = table[["example_seed", "n_examples"]].dropna().drop_duplicates()
+    if len(sets) < 2:
+        return None
+    by = table.groupby(["example_seed", "n_examples"])["attack"].apply(lambda a: "+".join(sorted(set(a))))
+    detail = "; ".join(f"example seed {int(s)}, {int(n)} examples: {attacks}" for (s, n), attacks in by.items())
+    return Gap(record.run_id, ATTACKS, f"rows on {len(sets)} example sets ({detail}): their accuracies are "
+               "not comparable; attack again with one --n-examples and --example-seed for every attack")
+
+
 def _run_rows(record: RunRecord, gaps: list[Gap]) -> tuple[list[dict], pd.DataFrame]:
     rows, examples = [], pd.DataFrame()
+    mixed = example_sets_gap(record)
+    if mixed is not None:
+        gaps.append(mixed)
     readers = {rundir.METRICS: metrics_rows, ATTACKS: attack_rows, ATTACK_EXAMPLES: worst_case_rows,
                JACOBIAN: jacobian_rows}
     for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN):

@@ -429,3 +429,19 @@ def test_linear_cross_section_boundary_is_where_the_closed_form_says():
     assert (preds == preds[0]).all()  # independent of t2: d2 is orthogonal to the gradient
     crossing = t[np.argmax(preds[0] != label)]
     assert margin <= crossing < margin + step + 1e-12
+
+
+def test_rows_on_different_example_sets_are_a_gap():
+    """attacks.csv rows of two example sets (example_seed, n_examples) are named, with their attacks."""
+    from pathlib import Path
+
+    from jrbench.results import example_sets_gap
+    from jrbench.run_records import RunRecord
+
+    rows = pd.DataFrame({"attack": ["pgd", "noise", "pgd"], "norm": ["linf", "gaussian", "linf"],
+                         "strength": [0.1, 0.5, 0.2], "example_seed": [0, 0, -1], "n_examples": [500, 500, 5]})
+    record = RunRecord(Path("r"), "r", None, {}, {"attacks.csv": rows})
+    gap = example_sets_gap(record)
+    assert gap is not None and "2 example sets" in str(gap)
+    assert "example seed -1, 5 examples: pgd" in str(gap) and "example seed 0, 500 examples: noise+pgd" in str(gap)
+    assert example_sets_gap(RunRecord(Path("r"), "r", None, {}, {"attacks.csv": rows.iloc[:2]})) is None
