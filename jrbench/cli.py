@@ -88,6 +88,8 @@ JrSubsampleGridOpt = Annotated[Optional[list[int]], typer.Option(
 JrBackendOpt = Annotated[JrBackend, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     help="Data folder (default: the one the run was trained with, else $JRBENCH_DATA, else ~/.cache/jrbench).")]
+NewDataDirOpt = Annotated[Optional[Path], typer.Option(  # train and overhead: no run to take it from
+    "--data-dir", help="Data folder (default: $JRBENCH_DATA, else ~/.cache/jrbench).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 
 # Outside models (attack, margins): a .pt2 program or a module:function factory.
@@ -250,7 +252,7 @@ def train_command(
     gamma: Annotated[float, typer.Option(help="step schedule: factor per decay.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of initialization, order, dropout and projections.")] = 0,
     device: DeviceOpt = "auto",
-    data_dir: DataDirOpt = None,
+    data_dir: NewDataDirOpt = None,
     train_subset: Annotated[Optional[int], typer.Option(help="Keep this many training examples (chosen by a fixed seed).")] = None,
     test_subset: Annotated[Optional[int], typer.Option(help="Keep this many test examples (chosen by a fixed seed).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default results/runs/<run-id>).")] = None,
@@ -682,7 +684,7 @@ def overhead_command(
     pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
     device: DeviceOpt = "auto",
-    data_dir: DataDirOpt = None,
+    data_dir: NewDataDirOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/overhead.csv without --check/--gate, else nowhere).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
     gate: Annotated[Optional[Path], typer.Option(help="Gate spec (benchmarks/overhead_gate.toml): time this checkout against a baseline commit, interleaved; exit 1 on a regression.")] = None,
