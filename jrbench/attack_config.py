@@ -113,7 +113,7 @@ class AttackConfig:
                             "autoattack.")
         own_aa = self.autoattack_eps_linf is not None or self.autoattack_eps_l2 is not None
         if (self.pgd or (self.autoattack and not own_aa)) and len(self.norms) == 0:
-            raise UserError(f"norms is empty: PGD and AutoAttack need at least one of "
+            raise UserError(f"norm (--norm) is empty: PGD and AutoAttack need at least one of "
                             f"{', '.join(NORMS)}.")
         for norm in self.norms:
             if norm not in NORMS:
@@ -135,10 +135,16 @@ class AttackConfig:
         if self.aa_targets is not None:
             _check_int("aa_targets", self.aa_targets, low=1)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise UserError(f"alpha (the PGD step, pixel units) must be > 0, got {self.alpha}.")
+            raise UserError(f"alpha (--alpha, the PGD step, pixel units) must be > 0, got {self.alpha}.")
+
+
+def _named(name: str) -> str:
+    """A setting as both its spec key and its flag: 'eps_linf (--eps-linf)'."""
+    return f"{name} (--{name.replace('_', '-')})"
 
 
 def _check_grid(name: str, values: Sequence[float], upper: float | None) -> None:
+    name = _named(name)
     if len(values) == 0:
         raise UserError(f"{name} is empty: give at least one value (pixel units).")
     for v in values:
@@ -149,6 +155,7 @@ def _check_grid(name: str, values: Sequence[float], upper: float | None) -> None
 
 
 def _check_int(name: str, value: int, low: int) -> None:
+    name = _named(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{name} must be an integer >= {low}, got {value!r}.")
 

@@ -257,7 +257,7 @@ def test_autoattack_grids_and_sweep_fields(tmp_path):
     shared = A.AttackConfig(pgd=False, fgsm=False, autoattack=True, norms=("l2",), eps_l2=[0.5])
     assert shared.eps_norms() == ["l2"] and shared.autoattack_grids() == {"l2": [0.5]}
     assert A.AttackConfig(pgd=True).autoattack_grids() == {}
-    with pytest.raises(UserError, match="autoattack_eps_linf values must be <= 1"):
+    with pytest.raises(UserError, match=r"autoattack_eps_linf \(--autoattack-eps-linf\) values must be <= 1"):
         A.AttackConfig(autoattack=True, autoattack_eps_linf=[1.5]).validate()
 
     text = ('name = "t"\n[attack]\nnoise = false\nfgsm = false\nautoattack = true\n'
@@ -364,11 +364,11 @@ def five_class_run(five_class, monkeypatch):
 @pytest.mark.parametrize("args, needle", [
     (["--autoattack"], "--aa-targets N (1 to 4"),
     (["--autoattack", "--aa-targets", "5"], "from 1 to 4"),
-    (["--autoattack", "--aa-targets", "0"], "aa_targets must be an integer >= 1"),
+    (["--autoattack", "--aa-targets", "0"], "aa_targets (--aa-targets) must be an integer >= 1"),
     (["--autoattack", "--aa-targets", "2", "--norm", "l3"], "is not one of 'linf', 'l2'"),
     (["--autoattack", "--aa-targets", "2", "--norm", "linf", "--eps", "-0.1"], ">= 0"),
     (["--pgd", "--eps-l2", "-1"], ">= 0"),
-    (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "autoattack_eps_linf values must be"),
+    (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "autoattack_eps_linf (--autoattack-eps-linf) values must be"),
     (["--autoatack"], "No such option"),
 ])
 def test_bad_attack_input_exits_2_with_a_message(five_class_run, args, needle):
