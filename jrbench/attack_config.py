@@ -34,10 +34,10 @@ def default_eps(dataset_name: str, norm: str) -> list[float]:
 
 def default_sigmas(dataset_name: str | None = None) -> list[float]:
     """The data set's noise grid (pixel units; 0, 0.1, ..., 1.0 for every registered one)."""
-    from .data import DATASETS, Defaults
+    from .data import DATASETS, NOISE_SIGMAS
 
     if dataset_name is None:
-        return list(Defaults.__dataclass_fields__["sigmas"].default)
+        return list(NOISE_SIGMAS)
     return list(DATASETS.get(dataset_name).info.defaults.sigmas)
 
 

@@ -33,6 +33,9 @@ IDX_FILES = {
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
+NOISE_SIGMAS = tuple(round(0.1 * i, 10) for i in range(11))  # 0, 0.1, ..., 1.0: every data set's noise grid
+
+
 @dataclass(frozen=True)
 class Defaults:
     """A data set's default strengths, all in pixel units (images in [0, 1]).
@@ -51,7 +54,7 @@ class Defaults:
     report_eps_l2: float
     huge_eps_linf: float
     cell_radius: float
-    sigmas: tuple[float, ...] = tuple(round(0.1 * i, 10) for i in range(11))
+    sigmas: tuple[float, ...] = NOISE_SIGMAS
 
 
 # MNIST-like 28x28 grey images: the radii of the Jacobian-regularization and PGD literature

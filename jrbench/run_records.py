@@ -54,13 +54,6 @@ def is_run_dir(path: Path) -> bool:
     return (path / rundir.CONFIG).is_file() and (path / rundir.MODEL).is_file()
 
 
-def find_run_dirs(paths: list[str | Path]) -> tuple[list[Path], list[Gap]]:
-    """Run directories named by ``paths`` (each a run directory or a folder searched
-    recursively), sorted and without repeats; gaps for unfinished runs (no model.pt)."""
-    runs, _, gaps = find_result_dirs(paths, models=False)
-    return runs, gaps
-
-
 def is_model_dir(path: Path) -> bool:
     """An outside model's result folder: model.json, and no config.json of a trained run."""
     return (path / MODEL_JSON).is_file() and not (path / rundir.CONFIG).exists()

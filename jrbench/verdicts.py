@@ -60,7 +60,6 @@ METRICS = {
 }
 ATTACK_METRICS = {"noise": "noise_acc", WORST_CASE: "worst_case_acc", "pgd": "pgd_acc",
                   "autoattack": "autoattack_acc"}
-ACCURACY_METRICS = {"clean_acc", "noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc"}
 MARGIN_METRICS = ("margin_random_median", "margin_adv_l2")
 ONE_SEED = "examples only; 1 seed: training noise not covered"
 
