@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench overhead overhead-check clean-venv
+.PHONY: demo test test-cpus bench overhead overhead-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The kernel-dependent tests again under other CPUs' float rounding: the portable kernels
+# (ATEN_CPU_CAPABILITY=default) always, and avx2 where this CPU has AVX-512 (CI runs this).
+test-cpus: $(STAMP)
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m kernels
+	if grep -q avx512f /proc/cpuinfo 2>/dev/null; then ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q -m kernels; fi
 
 # Speed and memory benchmarks (targets from the issues; each prints what it measured).
 bench: $(STAMP)

@@ -56,6 +56,13 @@ class Norm(str, Enum):
     l2 = "l2"
 
 
+class Correction(str, Enum):
+    """Multiplicity corrections over a report's verdicts (jrbench.stats.CORRECTIONS)."""
+    bh = "bh"      # Benjamini-Hochberg: the false discovery rate
+    holm = "holm"  # Holm: the family-wise error rate
+    none = "none"
+
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
@@ -233,7 +240,7 @@ def run_training(config, out: Path, resume: bool, quiet: bool = False):
 def train_command(
     dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist, cifar10 or synth-digits.")] = "synth-digits",
     model: Annotated[str, typer.Option(help="mlp, lenet, ddnet or resnet18.")] = "lenet",
-    reg: Annotated[Optional[list[str]], typer.Option(help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad.")] = None,
+    reg: Annotated[Optional[list[str]], typer.Option(help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, lipschitz, noise.")] = None,
     lambda_jr: Annotated[float, typer.Option(help="Weight of R = 1/2 ||J_z||_F^2.")] = 0.01,
     n_proj: NProjOpt = 1,
     jr_subsample: JrSubsampleOpt = None,
@@ -243,6 +250,8 @@ def train_command(
     jr_backend: JrBackendOpt = JrBackend.auto,
     jr_estimator: Annotated[JrEstimator, typer.Option(help="vjp: C ||v^T J||^2, v on the unit sphere (the paper's); jvp: ||J u||^2, u ~ N(0, I), forward mode.")] = JrEstimator.vjp,
     jr_every: Annotated[int, typer.Option(help="The penalty on every k-th step only, with lambda_jr x k.")] = 1,
+    lipschitz_bound: Annotated[float, typer.Option(help="lipschitz: K, the certified L2 Lipschitz bound of the saved model in pixel space.")] = 100.0,
+    noise_sigma: Annotated[float, typer.Option(help="noise: std of the Gaussian added to training pixels in [0, 1].")] = 0.25,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
     lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
@@ -267,7 +276,7 @@ def train_command(
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
         ModelConfig(model),
         RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig,
-                  jr_backend.value, jr_estimator.value, jr_every),
+                  jr_backend.value, jr_estimator.value, jr_every, lipschitz_bound, noise_sigma),
         TrainConfig(epochs, batch_size, lr, momentum, schedule.value, step_epochs, gamma, seed, device),
     ))
     out = out or Path("results/runs") / config.run_id()
@@ -619,7 +628,125 @@ def margins_command(
         print_margins_summary(result, f"{run_dir.name}: margins (pixel L2) and Jacobian", run_dir)
 
 
+# ----------------------------------------------------------------------------- certify
+def print_certify_table(result, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("method", "norm", "strength", "sigma", "certified", "95% CI", "n", "seconds"):
+        table.add_column(col, justify="right")
+    for r in result.table.itertuples():
+        table.add_row(r.method, r.norm, f"{r.strength:g}", f"{r.sigma:g}" if r.sigma > 0 else "",
+                      f"{r.certified_acc:.4f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n_examples),
+                      f"{r.seconds:.2f}")
+    console.print(table)
+    bounds = result.table.get("lipschitz_bound")
+    if bounds is not None and bounds.notna().any():
+        console.print(f"certified L2 Lipschitz bound of x -> logits (pixels): {bounds.dropna().iloc[0]:.4g}",
+                      highlight=False)
+    if (result.table["method"] == "smoothing").any():
+        console.print("smoothing certifies the smoothed classifier g (Cohen et al. 2019), not the model itself.",
+                      highlight=False)
+    console.print(f"written: {result.path}, {result.examples_path}" if result.path else "nothing written")
+
+
+@app.command("certify")
+@friendly
+def certify_command(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories written by 'jrbench train', or outside models: a torch.export .pt2 file or a 'module:function' factory.")],
+    lipschitz: Annotated[bool, typer.Option(
+        "--lipschitz", help="Certified L2 Lipschitz bound of the logits (layer operator norms) -> L2 and L-inf radii.")] = False,
+    ibp: Annotated[bool, typer.Option("--ibp", help="Interval bound propagation at each L-inf eps.")] = False,
+    smoothing: Annotated[bool, typer.Option(
+        "--smoothing", help="Randomized smoothing (Cohen et al. 2019): the smoothed classifier's certified L2 radius.")] = False,
+    sigma: Annotated[Optional[list[float]], typer.Option(
+        help="Smoothing noise sigma (pixel units); repeat for several (default 0.25).")] = None,
+    n0: Annotated[int, typer.Option(help="Smoothing: noise draws that select the top class.")] = 100,
+    n: Annotated[int, typer.Option(help="Smoothing: noise draws that estimate its probability.")] = 10_000,
+    alpha: Annotated[float, typer.Option(help="Smoothing: failure probability of the certificate.")] = 0.001,
+    n_examples: NExamplesOpt = 1000,
+    example_seed: ExampleSeedOpt = 0,
+    eps_linf: Annotated[Optional[list[float]], typer.Option(help="L-inf radius grid (default per data set, as attack).")] = None,
+    eps_l2: Annotated[Optional[list[float]], typer.Option(help="L2 radius grid (default per data set, as attack).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the smoothing noise (per example).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch (Lipschitz, IBP).")] = 500,
+    smoothing_batch_size: Annotated[int, typer.Option(help="Noisy images per forward pass (smoothing).")] = 1000,
+    device: DeviceOpt = "auto",
+    data_dir: DataDirOpt = None,
+    dataset: OutsideDatasetOpt = None,
+    weights: WeightsOpt = None,
+    input_normalized: InputNormalizedOpt = None,
+    out: OutsideOutOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound, interval
+    bound propagation, randomized smoothing; write certify.csv and certify_examples.csv into the run
+    (or model) folder. No flag: --lipschitz and --ibp."""
+    from .certify import CertifyConfig, certify_model, certify_run, check_certify, unsupported
+    from .outside import resolve_sources
+
+    if not (lipschitz or ibp or smoothing):
+        lipschitz = ibp = True
+    config = CertifyConfig(lipschitz=lipschitz, ibp=ibp, smoothing=smoothing, sigmas=sigma or [0.25], n0=n0, n=n,
+                           alpha=alpha, eps_linf=eps_linf, eps_l2=eps_l2, seed=seed, batch_size=batch_size,
+                           smoothing_batch_size=smoothing_batch_size)
+    config.validate()
+    sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
+    for run_dir, model in sources:  # every directory and model is checked before any table is written
+        if model is None:
+            check_certify(run_dir, config)
+        elif unsupported(model.model, config) is not None:
+            fail(unsupported(model.model, config))
+    for run_dir, model in sources:
+        data = str(data_dir) if data_dir else None
+        with Bars(quiet) as bars:
+            on_progress = bars.callback(f"{run_dir.name}: certify")
+            if model is None:
+                result = certify_run(run_dir, config, n_examples=n_examples, example_seed=example_seed,
+                                     device=device, data_dir=data, on_progress=on_progress)
+            else:
+                result = certify_model(model.model, model.dataset, config, n_examples=n_examples,
+                                       example_seed=example_seed, device=device, data_dir=data, out=run_dir,
+                                       name=model.name, source=model.provenance, on_progress=on_progress)
+        print_certify_table(result, f"{run_dir.name}: certified accuracy (a lower bound; pixel units)")
+
+
 # ----------------------------------------------------------------------------- report
+def print_verdicts(verdicts) -> None:
+    """One compact table per comparison (jrbench.verdicts.compact_tables): repeats of the clean
+    accuracy and worst cases equal to PGD left out; report.md has every line."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .verdicts import ADJUSTED, compact_tables
+
+    if verdicts.empty:
+        return
+    correction = str(verdicts["correction"].iloc[0])
+    p_header = f"p ({correction.upper() if correction == 'bh' else correction.title()})" if correction in ADJUSTED \
+        else "p (raw)"
+    for group, baseline, rows in compact_tables(verdicts):
+        seeds = sorted(set(verdicts[(verdicts["group"] == group) & (verdicts["baseline"] == baseline)]["n_seeds"]))
+        count = f"{'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}"
+        table = Table(title=escape(f"{group} vs {baseline} ({count})"), title_justify="left")
+        for col in rows.columns:
+            numeric = col in ("difference [95% CI]", "adjusted p")
+            table.add_column(p_header if col == "adjusted p" else col, justify="right" if numeric else "left",
+                             no_wrap=numeric or col == "verdict")
+        for r in rows.itertuples(index=False):
+            style = {"better": "green", "worse": "red"}.get(r.verdict)
+            table.add_row(*(escape(str(v)) for v in r), style=style)
+        console.print(table)
+    adjusted = (f"p adjusted over the report's {len(verdicts)} verdicts" if correction in ADJUSTED
+                else "p not adjusted (--correction none)")
+    console.print(f"Differences: group minus baseline, accuracies in points; {adjusted}; n.s.: no significant "
+                  f"difference. "
+                  f"Left out as repeats: strength 0 (the clean accuracy again) and worst cases equal to PGD; "
+                  f"report.md has every verdict and the methods, verdicts.csv every number.",
+                  highlight=False)
+
+
 @app.command("report")
 @friendly
 def report_command(
@@ -635,6 +762,7 @@ def report_command(
     cell_seed: Annotated[int, typer.Option(help="Seed of the random directions of the cross-sections.")] = 0,
     cell_index: Annotated[Optional[int], typer.Option(help="Test example of the cross-sections (default: the first every model gets right).")] = None,
     cell_panels: Annotated[int, typer.Option(help="At most this many runs side by side per cross-section.")] = 6,
+    correction: Annotated[Correction, typer.Option(help="Multiplicity correction over the report's verdicts (one family): bh (Benjamini-Hochberg, the false discovery rate), holm (the family-wise error) or none.")] = Correction.bh,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     quiet: QuietOpt = False,
@@ -647,7 +775,8 @@ def report_command(
     from .results import collect
 
     options = ReportOptions(Strengths(sigma, eps_linf, eps_l2), not per_run, cells, cell_radius, cell_grid,
-                            cell_seed, cell_index, cell_panels, device, str(data_dir) if data_dir else None).validate()
+                            cell_seed, cell_index, cell_panels, device, str(data_dir) if data_dir else None,
+                            correction=Correction(correction).value).validate()
     with Bars(quiet) as bars:
         result = write_report(collect(paths), out, options, on_progress=bars.callback("cross-sections"))
     rows = result.table.set_index(result.table.columns[0]).T  # one column per run or group: fits a terminal
@@ -658,12 +787,11 @@ def report_command(
     for measure, values in rows.iterrows():
         table.add_row(str(measure), *map(str, values))
     console.print(table)
-    if result.verdict_lines:
-        console.print("verdicts (group vs plain, 95% interval; methods in report.md):", highlight=False)
-    for line in result.verdict_lines:
-        console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+    print_verdicts(result.verdicts)
     for gap in result.gaps:
         console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
+    for error in result.errors:
+        console.print(f"[bold red]ERROR (soundness):[/] {error}", highlight=False, soft_wrap=True)
     console.print(f"written: {out / 'report.md'} ({len(result.files)} files in {out})", highlight=False)
 
 
@@ -678,6 +806,8 @@ def overhead_command(
     jr_subsample: JrSubsampleGridOpt = None,
     jr_every: Annotated[Optional[list[int]], typer.Option(help="Also time n=1 on every k-th step; repeat.")] = None,
     jvp: Annotated[bool, typer.Option("--jvp", help="Also time the forward-mode estimator (--jr-estimator jvp, n=1).")] = False,
+    lipschitz: Annotated[bool, typer.Option("--lipschitz", help="Also time --reg lipschitz (the weights projected after each step).")] = False,
+    noise: Annotated[bool, typer.Option("--noise", help="Also time --reg noise (Gaussian data augmentation).")] = False,
     jr_backend: JrBackendOpt = JrBackend.auto,
     random_batch: Annotated[bool, typer.Option("--random-batch", help="Time on uniform pixels of the data set's shape (no data files needed).")] = False,
     reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time the per-row autograd reference of the exact penalty.")] = True,
@@ -703,7 +833,7 @@ def overhead_command(
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
     cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
                          tuple(jr_every or ()), jvp, jr_backend.value, random_batch, reference, pairs, warmup, 0, device,
-                         str(data_dir) if data_dir else None)
+                         str(data_dir) if data_dir else None, lipschitz, noise)
     if budgets is not None:
         check_budget_cases(budgets, cases_of(cfg))
     with Bars(quiet) as bars:
@@ -788,6 +918,7 @@ def frontier_command(
     eps_linf: Annotated[float, typer.Option(help="L-inf radius of the robustness column (pixel units).")] = 0.1,
     sigma: Annotated[float, typer.Option(help="Noise sigma of the noise column (pixel units).")] = 0.5,
     goal_ratio: Annotated[float, typer.Option(help="The overhead goal (x plain).")] = 1.3,
+    margin: Annotated[float, typer.Option(help="Non-inferiority margin delta (accuracy points): 'not worse' when the one-sided 95% lower bound of (setting - full n=1) lies above -delta.")] = 3.0,
 ) -> None:
     """Overhead against robustness of each cheap-penalty setting, with verdicts against full n=1."""
     from rich.table import Table
@@ -801,9 +932,10 @@ def frontier_command(
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
     timing = read_csv(overhead)
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
-    result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio)
+    result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
     files = write_frontier(result, out, cpu, eps_linf, sigma)
-    table = Table(title=f"training overhead ({cpu}) against robustness; verdicts against full-batch n=1")
+    table = Table(title=f"training overhead ({cpu}) against robustness; non-inferiority to full-batch n=1, "
+                        f"margin {margin:g} points")
     for col in ("setting", "x plain", "R", "PGD-L∞", "noise", "vs full n=1"):
         table.add_column(col, overflow="fold")
     for r in result.table.itertuples():
@@ -811,7 +943,8 @@ def frontier_command(
                       f"{100 * r.noise_acc:.1f}", r.verdict_vs_full)
     console.print(table)
     for line in result.goal:
-        console.print(f"[bold]goal ({goal_ratio}x plain, not significantly worse):[/] {line}", highlight=False)
+        console.print(f"[bold]goal ({goal_ratio}x plain, not worse than full n=1 at a {margin:g}-point margin):[/] "
+                      f"{line}", highlight=False)
     for gap in result.gaps:
         console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
     console.print("written: " + ", ".join(map(str, files)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,7 @@ class ModelConfig:
 
 @dataclass
 class RegConfig:
-    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad."""
+    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise."""
 
     names: list[str] = field(default_factory=lambda: ["none"])
     lambda_jr: float = 0.01          # weight of R = 1/2 ||J_z||_F^2 (batch mean)
@@ -49,6 +50,8 @@ class RegConfig:
     jr_backend: str = "auto"         # auto | tape (explicit VJP, sequential ReLU nets) | autograd
     jr_estimator: str = "vjp"        # vjp: C ||v^T J||^2, v on S^{C-1}; jvp: ||J u||^2, u ~ N(0, I_D)
     jr_every: int = 1                # the penalty on every k-th step only, with lambda_jr x k
+    lipschitz_bound: float = 100.0   # lipschitz: K, certified L2 Lipschitz bound in pixels (plain lenet: ~2e5)
+    noise_sigma: float = 0.25        # noise: std of the Gaussian added to training pixels in [0, 1]
 
 
 @dataclass
@@ -94,7 +97,8 @@ class RunConfig:
         d["train"].pop("device")
         names = self.reg.names
         unused = {"lambda_jr": "jacobian", "n_proj": "jacobian", "jr_subsample": "jacobian",
-                  "weight_decay": "l2", "dropout": "dropout", "lambda_ig": "input-grad"}
+                  "weight_decay": "l2", "dropout": "dropout", "lambda_ig": "input-grad",
+                  "lipschitz_bound": "lipschitz", "noise_sigma": "noise"}
         for key, owner in unused.items():
             if owner not in names:  # an option of an unused regularizer changes nothing
                 d["reg"].pop(key)
@@ -153,6 +157,13 @@ def check_fields(cfg: RunConfig) -> None:
                         "--jr-estimator jvp runs forward-mode AD (use --jr-backend auto).")
     if not 0 <= r.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {r.dropout}.")
+    if not (isinstance(r.lipschitz_bound, (int, float)) and 0 < r.lipschitz_bound < math.inf):
+        raise UserError(f"--lipschitz-bound must be a positive finite number (the certified L2 Lipschitz "
+                        f"bound K of the model in pixel space), got {r.lipschitz_bound}.")
+    if not (isinstance(r.noise_sigma, (int, float)) and 0 < r.noise_sigma < math.inf):
+        raise UserError(f"--noise-sigma must be a positive finite number (the standard deviation of the "
+                        f"Gaussian noise added to training pixels in [0, 1]; to train without it leave out "
+                        f"--reg noise), got {r.noise_sigma}.")
 
     t = cfg.train
     _positive("--epochs", t.epochs)

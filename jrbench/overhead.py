@@ -8,7 +8,10 @@ A step is forward, loss, backward (weights only) and an SGD update, as in ``trai
 Cases: plain SGD; jrbench's Jacobian penalty with ``n_proj`` = 1, 3, ... or -1 (exact) and
 with ``jr_subsample`` K; and ``reference-exact``: a straightforward per-row autograd
 implementation of the exact penalty (one ``autograd.grad`` of each logit row's sum, as the
-authors' code does for n = -1), the reference point for the exact mode.
+authors' code does for n = -1), the reference point for the exact mode. Optionally the other
+ways to buy robustness: ``lipschitz`` (the weights projected after each SGD step,
+:mod:`jrbench.lipschitz_constraint`; its power-iteration vectors kept per model across steps,
+the certified projection of each epoch's end not timed) and ``noise`` (Gaussian augmentation).
 
 Memory per case (``peak_mb``, ``saved_mb``, ``cuda_peak_mb``) is measured by
 :mod:`jrbench.overhead_memory` on the same step; budgets on the summary are checked by
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 
 from .config import RegConfig
 from .errors import UserError
+from .lipschitz_constraint import LipschitzConstraint, refuse_unsupported
 from .models import Classifier
 from .overhead_memory import memory_per_case
 from .regularizers import step_loss
@@ -45,24 +49,27 @@ class OverheadCase:
 def case_name(reg: RegConfig) -> str:
     """The overhead case that times a training step of ``reg``: 'plain', 'jacobian-n1',
     'jacobian-exact', 'jacobian-n1-sub16', 'jacobian-n1-every4', 'jacobian-jvp-n1', ... (the
-    knobs in that order when several are set)."""
+    knobs in that order when several are set); 'lipschitz' and 'noise' joined with '+'
+    ('jacobian-n1+noise') when they are in ``reg`` too."""
+    others = [n for n in ("lipschitz", "noise") if n in reg.names]
     if "jacobian" not in reg.names or reg.lambda_jr == 0:
-        return "plain"
+        return "+".join(others) or "plain"
     name = "jacobian-" + ("jvp-" if reg.jr_estimator == "jvp" else "")
     name += "exact" if reg.n_proj == -1 else f"n{reg.n_proj}"
     if reg.jr_subsample is not None:
         name += f"-sub{reg.jr_subsample}"
     if reg.jr_every != 1:
         name += f"-every{reg.jr_every}"
-    return name
+    return "+".join([name, *others])
 
 
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
-                  **reg_options) -> list[OverheadCase]:
+                  lipschitz: bool = False, noise: bool = False, **reg_options) -> list[OverheadCase]:
     """plain, then n = ``n_projs`` (-1: exact), n=1 on ``subsamples`` rows, n=1 every k-th step
-    for k in ``everys``, the forward-mode estimator n=1 (``jvp``), and the per-row reference.
-    ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
+    for k in ``everys``, the forward-mode estimator n=1 (``jvp``), ``--reg lipschitz``
+    (``lipschitz``) and ``--reg noise`` (``noise``) at their default settings, and the per-row
+    reference. ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
     def jr(**kw) -> RegConfig:
         return RegConfig(["jacobian"], **{**kw, **reg_options})
 
@@ -76,6 +83,10 @@ def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, 
         cases.append(OverheadCase(f"jacobian-n1-every{k}", jr(n_proj=1, jr_every=k)))
     if jvp:
         cases.append(OverheadCase("jacobian-jvp-n1", jr(n_proj=1, jr_estimator="jvp")))
+    if lipschitz:
+        cases.append(OverheadCase("lipschitz", RegConfig(["lipschitz"])))
+    if noise:
+        cases.append(OverheadCase("noise", RegConfig(["noise"])))
     if reference:
         cases.append(OverheadCase("reference-exact", RegConfig(["jacobian"], n_proj=-1), reference=True))
     return cases
@@ -97,8 +108,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _constraint(model: Classifier, bound: float) -> LipschitzConstraint:
+    """The model's constraint to ``bound``, kept on the model (a plain attribute, gone with it) so
+    that its power-iteration vectors persist across timed steps, as in training."""
+    per_model = model.__dict__.setdefault("_overhead_lipschitz", {})
+    if bound not in per_model:
+        per_model[bound] = LipschitzConstraint(model, bound)
+    return per_model[bound]
+
+
 def _step(model: Classifier, opt, params, x, y, case: OverheadCase) -> None:
-    """One training step of ``case`` (``jr_every`` k: a cycle of k steps, the penalty on the first)."""
+    """One training step of ``case`` (``jr_every`` k: a cycle of k steps, the penalty on the first;
+    ``lipschitz``: the projection after the SGD update)."""
+    project = _constraint(model, case.reg.lipschitz_bound).project if "lipschitz" in case.reg.names else None
     for step in range(getattr(case.reg, "jr_every", 1)):
         opt.zero_grad(set_to_none=True)
         if case.reference:
@@ -107,6 +129,8 @@ def _step(model: Classifier, opt, params, x, y, case: OverheadCase) -> None:
             loss = step_loss(model, x, y, case.reg, step).total
         loss.backward(inputs=params)
         opt.step()
+        if project is not None:
+            project()
 
 
 def steps_per_timing(case: OverheadCase) -> int:
@@ -135,6 +159,9 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    for case in cases:  # a constraint's set-up (certified bounds, warm-up iterations) is not a step
+        if "lipschitz" in case.reg.names:
+            _constraint(model, case.reg.lipschitz_bound)
     for _ in range(warmup):
         for case in cases:
             _step(model, opt, params, x, y, case)
@@ -197,11 +224,13 @@ class OverheadConfig:
     seed: int = 0
     device: str = "auto"
     data_dir: str | None = None
+    lipschitz: bool = False          # also --reg lipschitz (the projection after each step)
+    noise: bool = False              # also --reg noise (Gaussian augmentation)
 
 
 def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
     return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
-                         jr_backend=cfg.jr_backend)
+                         cfg.lipschitz, cfg.noise, jr_backend=cfg.jr_backend)
 
 
 def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
@@ -240,6 +269,8 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
         y = data.train.labels[:cfg.batch_size].to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
+    if cfg.lipschitz:
+        refuse_unsupported(model)
     cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup, on_progress=on_progress),
                         memory_per_case(model, x, y, cases, _step))

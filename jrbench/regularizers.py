@@ -1,15 +1,22 @@
-"""Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad.
+"""Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise.
 
 Each acts in one place: ``l2`` through SGD weight decay, ``dropout`` through the model
 (p before each hidden fully connected layer), ``jacobian`` and ``input-grad`` through a
-penalty added to the cross-entropy loss. Both penalties are taken with respect to the
-normalized input z = (x - mean) / std, as in the paper and the authors' code.
+penalty added to the cross-entropy loss, ``noise`` on the training batch (here), ``lipschitz``
+on the weights after each SGD step (:mod:`jrbench.lipschitz_constraint`). Both penalties are
+taken with respect to the normalized input z = (x - mean) / std, as in the paper and the
+authors' code.
 
 - jacobian (Hoffman, Roberts, Yaida 2019): R = 1/2 * batch mean of ||J_z||_F^2,
   estimated with ``n_proj`` random projections (-1: exact); with ``jr_subsample`` = K,
   R is computed on K samples of each (shuffled) batch only: still unbiased, K/B of the cost.
 - input-grad (double backpropagation, Drucker & LeCun 1992): 1/2 * batch mean of
   ||d CE_b / d z_b||^2 for the per-example cross-entropy CE_b.
+- noise (Gaussian data augmentation: Bishop 1995, its first-order equivalence to a Jacobian
+  penalty; Cohen, Rosenfeld, Kolter 2019, the training randomized smoothing assumes): pixels
+  x + sigma N(0, I), clipped to [0, 1], before normalization; the penalties see the noisy x.
+- lipschitz (Gouk, Frank, Pfahringer, Cridge 2021): every weight layer projected after each
+  step so that the certified L2 Lipschitz bound of the model in pixel space is at most K.
 """
 from __future__ import annotations
 
@@ -41,8 +48,17 @@ for _name, _desc in [
     ("dropout", "dropout (--dropout) before each hidden fully connected layer"),
     ("jacobian", "1/2 ||d logits/dz||_F^2 by random projections (--lambda-jr, --n-proj, --jr-subsample)"),
     ("input-grad", "double backpropagation: 1/2 ||d CE/dz||^2 (--lambda-ig)"),
+    ("lipschitz", "weights projected after each step so the certified L2 Lipschitz bound in pixels is "
+                  "<= K (--lipschitz-bound; Gouk et al. 2021)"),
+    ("noise", "Gaussian data augmentation: pixels x + sigma N(0, I) clipped to [0, 1] (--noise-sigma)"),
 ]:
     REGULARIZERS.register(_name)(RegularizerSpec(_name, _desc))
+
+
+def add_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Pixels ``x`` (B, C, H, W) in [0, 1] plus Gaussian noise of std ``sigma`` (pixel units),
+    clipped to [0, 1]; drawn on ``x``'s device and dtype from the global RNG (seeded per epoch)."""
+    return (x + sigma * torch.randn_like(x)).clamp_(0.0, 1.0)
 
 
 def model_dropout(reg: RegConfig) -> float:
@@ -119,8 +135,11 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     else autograd's double backward (both give the same value and gradients,
     tests/test_vjp_tape.py), or forward mode for ``jr_estimator`` 'jvp'. With ``jr_every`` k the
     penalty is computed on steps where ``step`` % k == 0 only, weighted lambda_jr * k, so that
-    its expected gradient over k steps is unchanged.
+    its expected gradient over k steps is unchanged. With ``noise`` the batch is
+    :func:`add_noise`'s x + sigma N(0, I) in [0, 1] before anything else sees it.
     """
+    if "noise" in reg.names:
+        x = add_noise(x, reg.noise_sigma)
     use_jr = "jacobian" in reg.names and reg.lambda_jr > 0 and step % reg.jr_every == 0
     use_ig = "input-grad" in reg.names and reg.lambda_ig > 0
     lambda_jr = reg.lambda_jr * reg.jr_every

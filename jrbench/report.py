@@ -23,9 +23,10 @@ import pandas as pd
 from .figures import png_bytes
 from .errors import UserError
 from .report_plots import report_figures
-from .report_table import (STRENGTH_NAMES, TABLE_NOTES, Strengths, format_wide, group_table, markdown_table,
-                           run_table, table_gaps)
-from .verdicts import VERDICT_NOTES, verdict_lines, verdicts
+from .report_table import (BRACKET_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, format_wide,
+                           group_table, markdown_table, run_table, table_gaps)
+from .stats import CORRECTIONS
+from .verdicts import VERDICT_NOTES, correction_note, verdict_lines, verdicts
 from .worst_case import WORST_CASE  # attack name of the worst case per example over every attack
 
 
@@ -46,8 +47,11 @@ class ReportOptions:
     max_cell_panels: int = 6
     device: str = "auto"
     data_dir: str | None = None
+    correction: str = "bh"  # multiplicity correction over the report's verdicts: bh, holm or none
 
     def validate(self) -> "ReportOptions":
+        if self.correction not in CORRECTIONS:
+            raise UserError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {self.correction!r}.")
         for name in STRENGTH_NAMES:
             for value in getattr(self.strengths, name) or ():
                 if (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -76,6 +80,8 @@ class ReportResult:
     gaps: list[str]
     verdicts: pd.DataFrame = field(default_factory=pd.DataFrame)
     verdict_lines: list[str] = field(default_factory=list)
+    correction_note: str = ""
+    errors: list[str] = field(default_factory=list)  # soundness: certificates an attack contradicts
 
 
 def report_command(paths: list, out: Path, options: ReportOptions) -> str:
@@ -91,7 +97,7 @@ def report_command(paths: list, out: Path, options: ReportOptions) -> str:
         args.append("--no-cells")
     for name, flag in (("cell_radius", "--cell-radius"), ("cell_grid", "--cell-grid"), ("cell_seed", "--cell-seed"),
                        ("cell_index", "--cell-index"), ("max_cell_panels", "--cell-panels"),
-                       ("device", "--device"), ("data_dir", "--data-dir")):
+                       ("device", "--device"), ("data_dir", "--data-dir"), ("correction", "--correction")):
         value = getattr(options, name)
         if value != getattr(defaults, name):
             args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -212,24 +218,41 @@ def cells_caption(fig) -> str:
             "and fragmented, a Jacobian-regularized one's large.")
 
 
-def verdicts_section(lines: list[str]) -> list[str]:
-    """'## Verdicts': one sentence per verdict, then how they were made."""
+def bracket_section(collection, by_seed_group: bool) -> list[str]:
+    """'## Certified and attacked accuracy': the bracket table and the soundness check; nothing
+    when no run has certificates."""
+    table = bracket_table(collection.summary, by_seed_group)
+    if table.empty:
+        return []
+    lines = ["## Certified and attacked accuracy", "", markdown_table(table), "", BRACKET_NOTES, "",
+             "**Soundness check** (every example a Lipschitz or IBP certificate covers, against every attack "
+             "on the same example):"]
+    errors = getattr(collection, "errors", [])
+    lines += [f"- ERROR: {e}" for e in errors] if errors else [
+        "no attack broke an example at a radius a certificate covers."]
+    return lines + [""]
+
+
+def verdicts_section(lines: list[str], note: str = "") -> list[str]:
+    """'## Verdicts': one sentence per verdict, then how they were made and the multiplicity
+    correction (``note``: :func:`jrbench.verdicts.correction_note`)."""
     body = [f"- {line}" for line in lines] if lines else [
         "None: no regularized group has a plain group of the same data set, model and recipe with the data "
         "a test needs (see the gaps)."]
-    return ["## Verdicts", "", *body, "", VERDICT_NOTES, ""]
+    return ["## Verdicts", "", *body, "", VERDICT_NOTES, *([""] + [note] if note else []), ""]
 
 
 def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cell_figs: list,
                     gaps: list[str], command: str, by_seed_group: bool, where: Where = str,
-                    verdict_lines: list[str] | None = None) -> str:
+                    verdict_lines: list[str] | None = None, verdict_note: str = "") -> str:
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, with "
              "provenance), `examples.csv` (per-example margins, a row per run and example), `verdicts.csv` "
              "(each regularized group against its plain group), `summary.md` (the table below and the verdicts).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
-             *verdicts_section(verdict_lines or []), "## Figures", ""]
+             *bracket_section(collection, by_seed_group),
+             *verdicts_section(verdict_lines or [], verdict_note), "## Figures", ""]
     titles = {"accuracy_noise.png": "Accuracy under white noise",
               "accuracy_linf.png": "Robust accuracy, L∞ (worst case over attacks)",
               "accuracy_l2.png": "Robust accuracy, L2 (worst case over attacks)", "margins_ecdf.png": "Margin distributions",
@@ -298,8 +321,9 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     wide = group_table(runs, options.by_seed_group)
     table = format_wide(wide)
     gaps = [str(g) for g in collection.gaps] + table_gaps(runs, collection)
-    verdict_table, verdict_gaps = verdicts(collection)
+    verdict_table, verdict_gaps = verdicts(collection, correction=options.correction)
     lines = verdict_lines(verdict_table)
+    note = correction_note(verdict_table)
     gaps += verdict_gaps
     figures, figure_gaps = report_figures(collection, options.by_seed_group)
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
@@ -312,7 +336,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
         return Path(os.path.relpath(Path(path).resolve(), here)).as_posix()
 
     markdown = report_markdown(collection, table, list(pngs), [(p, f) for p, f, _ in cells], gaps, command,
-                               options.by_seed_group, where, lines)
+                               options.by_seed_group, where, lines, verdict_note=note)
     summary = collection.summary.assign(run_dir=collection.summary["run_dir"].map(where),
                                         source=collection.summary["source"].map(where))
     files = []
@@ -323,7 +347,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
     atomic_write_csv(out / "verdicts.csv", verdict_table)
     atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n\n"
-                      + "\n".join(verdicts_section(lines)))
+                      + "\n".join(bracket_section(collection, options.by_seed_group) + verdicts_section(lines, note)))
     atomic_write_text(out / "report.md", markdown)
     files += [out / n for n in ("summary.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md")]
-    return ReportResult(out, files, wide, table, gaps, verdict_table, lines)
+    return ReportResult(out, files, wide, table, gaps, verdict_table, lines, note, list(collection.errors))

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import new_figure
-from .report_table import preferred_loss
+from .report_table import CERTIFIED, preferred_loss
 from .worst_case import WORST_CASE
 
 
@@ -55,7 +55,8 @@ def run_styles(summary: pd.DataFrame) -> dict[str, Style]:
 def attack_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
     """The tidy rows of ``attack`` and ``norm``; for the worst case, PGD's rows of the runs
     that have no worst case at that norm (no per-example record)."""
-    sel = summary[(summary["table"] == "attacks") & (summary["norm"] == norm)]
+    sel = summary[summary["table"].isin(["attacks", "certify"]) & (summary["quantity"] == "accuracy")
+                  & (summary["norm"] == norm)]
     rows = sel[sel["attack"] == attack]
     if attack == WORST_CASE:
         pgd = sel[sel["attack"] == "pgd"]
@@ -130,8 +131,14 @@ def accuracy_figure(summary: pd.DataFrame, attack: str, norm: str, title: str, x
         for other, linestyle in (("pgd", "--"), ("autoattack", ":")):
             for k, c in curve_table(summary, other, norm, by_seed_group).groupby("key", sort=False):
                 ax.plot(c["strength"], 100 * c["value"], linestyle=linestyle, lw=1, alpha=0.7, color=style[k].color)
+        certified = curve_table(summary, CERTIFIED, norm, by_seed_group)
+        for k, c in certified.groupby("key", sort=False):  # the bracket's lower end
+            ax.plot(c["strength"], 100 * c["value"], linestyle="-.", lw=2, marker="v", ms=4, color=style[k].color)
         note = ("solid: worst case per example over every attack (PGD\nonly for runs without attack_examples.csv); "
                 "dashed: PGD;\ndotted: AutoAttack. ")
+        if not certified.empty:
+            note += ("dash-dot ▼: certified (best of Lipschitz and\nIBP), a lower bound: the truth lies between it "
+                     "and solid. ")
     ax.set(title=title + attack_subtitle(summary, attack, norm), xlabel=xlabel, ylabel="accuracy (%)",
            ylim=(-2, 102))
     ax.grid(alpha=0.3)

@@ -25,14 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .results import CERTIFIED  # attack name of the best deterministic certificate per example
 from .worst_case import WORST_CASE  # attack name of the worst case per example over every attack
 
 ATTACK_COLUMNS = [("noise_acc", "noise", "gaussian", "sigma"),
+                  ("cert_linf_acc", CERTIFIED, "linf", "eps_linf"),
                   ("robust_linf_acc", WORST_CASE, "linf", "eps_linf"), ("pgd_linf_acc", "pgd", "linf", "eps_linf"),
                   ("aa_linf_acc", "autoattack", "linf", "eps_linf"),
+                  ("cert_l2_acc", CERTIFIED, "l2", "eps_l2"),
                   ("robust_l2_acc", WORST_CASE, "l2", "eps_l2"), ("pgd_l2_acc", "pgd", "l2", "eps_l2"),
                   ("aa_l2_acc", "autoattack", "l2", "eps_l2")]
-OPTIONAL_KEYS = {"aa_linf_acc", "aa_l2_acc"}  # shown only where some run has them
+OPTIONAL_KEYS = {"aa_linf_acc", "aa_l2_acc", "cert_linf_acc", "cert_l2_acc"}  # shown only where some run has them
 MARGIN_COLUMNS = [("margin_random", "margin_random_median"), ("margin_adv", "margin_adv_l2"),
                   ("margin_first_order", "margin_first_order")]
 METRIC_COLUMNS = [("clean_acc", "test_acc"), ("jac_frob_z", "test_jac_frob_z"), ("R_z", "test_R_z")]
@@ -117,7 +120,8 @@ def preferred_loss(rows: pd.DataFrame) -> pd.DataFrame:
 def nearest_strength(rows: pd.DataFrame, attack: str, norm: str, target: float) -> tuple[float, float]:
     """(accuracy, strength) of the row of ``attack``/``norm`` nearest to ``target`` (ties: the
     smaller strength); (NaN, NaN) when there is none."""
-    sel = preferred_loss(rows[(rows["table"] == "attacks") & (rows["attack"] == attack) & (rows["norm"] == norm)])
+    sel = preferred_loss(rows[rows["table"].isin(["attacks", "certify"]) & (rows["quantity"] == "accuracy")
+                              & (rows["attack"] == attack) & (rows["norm"] == norm)])
     if sel.empty:
         return math.nan, math.nan
     best = sel.assign(_d=(sel["strength"] - target).abs()).sort_values(["_d", "strength"]).iloc[0]
@@ -190,7 +194,8 @@ def _fmt(value: float, std: float, n: int, n_seeds: int, percent: bool) -> str:
     return text
 
 
-ATTACK_HEADERS = {"noise_acc": "acc % noise σ={}", "robust_linf_acc": "robust acc % L∞ ε={} (worst case)",
+ATTACK_HEADERS = {"noise_acc": "acc % noise σ={}", "cert_linf_acc": "certified acc % L∞ ε={}",
+                  "cert_l2_acc": "certified acc % L2 ε={}", "robust_linf_acc": "robust acc % L∞ ε={} (worst case)",
                   "pgd_linf_acc": "acc % PGD-L∞ ε={}", "aa_linf_acc": "acc % AutoAttack-L∞ ε={}",
                   "robust_l2_acc": "robust acc % L2 ε={} (worst case)", "pgd_l2_acc": "acc % PGD-L2 ε={}",
                   "aa_l2_acc": "acc % AutoAttack-L2 ε={}"}
@@ -259,6 +264,9 @@ TABLE_NOTES = (
     "adversarial attack run at that norm and strength (PGD, FGSM, AutoAttack and its components; "
     "attack_examples.csv); '(PGD only)' marks runs without that per-example record, where it is "
     "PGD's accuracy, an upper bound. PGD's and AutoAttack's own accuracies stand beside it. "
+    "Certified accuracy (where `jrbench certify` ran; certify.csv) is the lower end of the bracket: the "
+    "share of the same kind of fixed test examples that the best deterministic certificate (the "
+    "Lipschitz bound or interval bound propagation) proves correct within the radius. "
     "‖J_z‖_F is the Frobenius norm of d logits / d z, z the normalized input, averaged over the "
     "run's first jacobian_eval_examples test examples (256 by default; metrics.csv); "
     "R = ½ mean ‖J_z‖_F² is the quantity the regularizer penalizes (the paper's '32.9 vs 1.1' "
@@ -309,3 +317,43 @@ def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
                             f"(not the worst case over attacks); re-run 'jrbench attack {paths[r['run_id']]}'")
     return list(dict.fromkeys(gaps))  # two columns may fall back to the same strength
 
+
+
+# ----------------------------------------------------------------------------- the bracket
+def bracket_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
+    """Certified accuracy (lower bound) beside attacked accuracy (upper bound) at every norm and
+    strength where a run has a certificate: one row per group (or run), norm and eps; columns
+    ``certified`` (the best deterministic certificate per example), ``lipschitz``, ``ibp``, the
+    ``worst case`` over attacks and ``smoothing σ=...`` (the smoothed classifier g: another model).
+    Percent strings, mean ± std across seeds; '–' where missing. Empty without certificates."""
+    cert = summary[(summary["table"] == "certify") & (summary["quantity"] == "accuracy")]
+    if cert.empty:
+        return pd.DataFrame()
+    attacked = preferred_loss(summary[(summary["table"] == "attacks") & (summary["attack"] == WORST_CASE)])
+    rows = pd.concat([cert, attacked])
+    rows = rows[rows["run_id"].isin(set(cert["run_id"]))]
+    key = "group_id" if by_seed_group else "run_id"
+    columns = [CERTIFIED, "lipschitz", "ibp", WORST_CASE] + sorted(
+        a for a in cert["attack"].unique() if a.startswith("smoothing"))
+    out = []
+    grid = cert[cert["attack"] == CERTIFIED] if (cert["attack"] == CERTIFIED).any() else cert
+    for (k, norm, eps), _ in grid.groupby([key, "norm", "strength"], sort=False):
+        sel = rows[(rows[key] == k) & (rows["norm"] == norm) & np.isclose(rows["strength"], eps)]
+        n_runs = sel["run_id"].nunique()
+        row = {"run": sel["group_label"].iloc[0] if by_seed_group else k, "norm": norm, "ε": f"{eps:g}"}
+        for col in columns:
+            values = sel.loc[sel["attack"] == col, "value"]
+            row[col] = _fmt(values.mean(), values.std(ddof=1), len(values), n_runs, True) if len(values) else "–"
+        out.append(row)
+    table = pd.DataFrame(out)
+    return table.rename(columns={CERTIFIED: "certified (best)", WORST_CASE: "attacked (worst case)"})
+
+
+BRACKET_NOTES = (
+    "Robust accuracy bracketed from both sides, in percent, on fixed test examples (pixel units): "
+    "**certified** accuracy is a lower bound, the share of examples a certificate proves correct within "
+    "the radius (`jrbench certify`: the certified Lipschitz bound of the logits, with L-inf through "
+    "‖δ‖₂ ≤ √d‖δ‖∞, and interval bound propagation; 'best' takes, per example, the larger certified "
+    "radius); **attacked** is the worst case over every attack run there, an upper bound. The true robust "
+    "accuracy lies between them. Randomized smoothing certifies the smoothed classifier g (Cohen et al. "
+    "2019), not the model: its column is a lower bound for g only.")

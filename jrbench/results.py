@@ -21,6 +21,14 @@ there:
 - ``jacobian.csv`` per-example ||J||_F, spectral norm, stable rank and singular values,
   with respect to the normalized input z (suffix ``_z``) and to pixels (``_pixel``);
   ``R_z`` = 1/2 ||J_z||_F^2, the quantity the regularizer penalizes (table ``jacobian``);
+- ``certify.csv`` / ``certify_examples.csv`` (``jrbench certify``; optional): certified accuracy, a
+  lower bound, per method (``lipschitz``, ``ibp``, ``smoothing σ=...``: the smoothed classifier g,
+  not the model), norm and strength (table ``certify``, quantity ``accuracy``), and ``certified``:
+  the best deterministic certificate per example (Lipschitz or IBP: they certify the model itself),
+  the lower end of the bracket whose upper end is the worst case over attacks; the median
+  certified radius (quantity ``certified_radius``, pixel units, per norm; smoothing per sigma).
+  An example that a deterministic certificate covers at eps but an attack broke at eps or below is
+  a contradiction, one of the two is wrong: ``Collection.errors`` names it;
 - the training overhead: the run's seconds_per_step over the median of the plain runs'
   (``--reg none``) with the same data set, model, batch size and device (table ``overhead``;
   NaN, and a gap, when the collection holds no such plain run). seconds_per_step is the
@@ -50,8 +58,8 @@ import pandas as pd
 from . import rundir
 from .errors import UserError
 from .provenance import PROVENANCE, device_label, group_id, group_labels, model_provenance, provenance
-from .run_records import (ATTACK_EXAMPLES, ATTACKS, JACOBIAN, MARGINS, Gap, RunRecord, find_result_dirs,
-                          read_model, read_run, run_ids)
+from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_EXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord,
+                          find_result_dirs, read_model, read_run, run_ids)
 from .stats import mean_ci, median_ci, wilson_interval
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
@@ -75,6 +83,7 @@ class Collection:
     gaps: list[Gap]
     paths: list[Path]
     models: list[RunRecord] = field(default_factory=list)  # outside models' result folders (model.json)
+    errors: list[str] = field(default_factory=list)  # contradictions between certificates and attacks
 
 
 def _row(table: str, quantity: str, value: float, **kw) -> dict:
@@ -140,6 +149,62 @@ def worst_case_rows(record: RunRecord) -> list[dict]:
                          strength=float(strength), loss="none", statistic="mean", ci_low=lo, ci_high=hi, n=n,
                          settings=settings, source=source))
     return rows
+
+
+CERTIFIED = "certified"  # the best deterministic certificate per example (Lipschitz, IBP)
+
+
+def _certify_method(r) -> str:
+    return f"smoothing σ={r.sigma:g}" if r.method == "smoothing" else r.method
+
+
+def certify_rows(record: RunRecord) -> list[dict]:
+    """Certified accuracy (95% Wilson CI) per method, norm and strength (certify.csv); the best
+    deterministic certificate per example at each strength of the grid (``certified``); median
+    certified radii (95% order-statistics CI) of ``certified`` per norm and of smoothing per sigma."""
+    table, source = record.tables[CERTIFY], str(record.path / CERTIFY)
+    examples = record.tables[CERTIFY_EXAMPLES]
+    ex_source = str(record.path / CERTIFY_EXAMPLES)
+    rows = [_row("certify", "accuracy", r.certified_acc, attack=_certify_method(r), norm=r.norm,
+                 strength=float(r.strength), loss="none", statistic="mean", ci_low=r.ci_low, ci_high=r.ci_high,
+                 n=r.n_examples, settings=r.settings + (f" sigma={r.sigma:g}" if r.method == "smoothing" else ""),
+                 source=source) for r in table.itertuples(index=False)]
+    deterministic = table[table["method"].isin(["lipschitz", "ibp"])]
+    best = examples[examples["method"].isin(["lipschitz", "ibp"])].groupby(["norm", "example"])["radius"].max()
+    for norm, strengths in deterministic.groupby("norm")["strength"]:
+        if norm not in best.index.get_level_values(0):
+            continue
+        radius = best.loc[norm].to_numpy(float)
+        methods = "+".join(sorted(deterministic.loc[deterministic["norm"] == norm, "method"].unique()))
+        for eps in sorted(set(strengths)):
+            k, n = int((radius > eps).sum()), len(radius)
+            lo, hi = wilson_interval(k, n)
+            rows.append(_row("certify", "accuracy", k / n, attack=CERTIFIED, norm=norm, strength=float(eps),
+                             loss="none", statistic="mean", ci_low=lo, ci_high=hi, n=n,
+                             settings=f"certificates={methods}", source=ex_source))
+        lo, hi = median_ci(radius)
+        rows.append(_row("certify", "certified_radius", float(np.median(radius)), attack=CERTIFIED, norm=norm,
+                         statistic="median", ci_low=lo, ci_high=hi, n=len(radius),
+                         settings=f"certificates={methods}", source=ex_source))
+    for sigma, sel in examples[examples["method"] == "smoothing"].groupby("sigma"):
+        radius = sel["radius"].to_numpy(float)
+        lo, hi = median_ci(radius)
+        rows.append(_row("certify", "certified_radius", float(np.median(radius)), attack=f"smoothing σ={sigma:g}",
+                         norm="l2", statistic="median", ci_low=lo, ci_high=hi, n=len(radius),
+                         settings=f"sigma={sigma:g}", source=ex_source))
+    return rows
+
+
+def soundness_errors(record: RunRecord) -> list[str]:
+    """One line per example and certificate that an attack contradicts (:func:`jrbench.certify.soundness_violations`)."""
+    from .certify import soundness_violations
+
+    if CERTIFY_EXAMPLES not in record.tables or ATTACK_EXAMPLES not in record.tables:
+        return []
+    bad = soundness_violations(record.tables[CERTIFY_EXAMPLES], record.tables[ATTACK_EXAMPLES])
+    return [f"{record.run_id}: example {int(r.example)}: {r.method} certifies it within {r.norm} radius "
+            f"{r.radius:.4g}, but {r.attack} ({r.loss}) broke it at eps {r.strength:g}: a certificate or an "
+            "attack is wrong" for r in bad.itertuples()]
 
 
 def margins_rows(record: RunRecord) -> tuple[list[dict], pd.DataFrame]:
@@ -256,9 +321,9 @@ def _run_rows(record: RunRecord, gaps: list[Gap]) -> tuple[list[dict], pd.DataFr
     if mixed is not None:
         gaps.append(mixed)
     readers = {rundir.METRICS: metrics_rows, ATTACKS: attack_rows, ATTACK_EXAMPLES: worst_case_rows,
-               JACOBIAN: jacobian_rows}
-    for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN):
-        if name not in record.tables:
+               JACOBIAN: jacobian_rows, CERTIFY: certify_rows}
+    for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN, CERTIFY):
+        if name not in record.tables or (name == CERTIFY and CERTIFY_EXAMPLES not in record.tables):
             continue
         try:
             if name == MARGINS:
@@ -290,8 +355,9 @@ def collect(paths: list[str | Path]) -> Collection:
     labels = group_labels(records) if records else {}
     prov = {r.run_id: provenance(r, labels[group_id(r.config)]) for r in records}
     prov.update({m.run_id: model_provenance(m) for m in models})
-    rows, examples = [], []
+    rows, examples, errors = [], [], []
     for record in records + models:
+        errors += soundness_errors(record)
         run_rows, run_examples = _run_rows(record, gaps)
         rows += [{**row, **prov[record.run_id]} for row in run_rows]
         if len(run_examples):
@@ -305,4 +371,4 @@ def collect(paths: list[str | Path]) -> Collection:
     example_cols = ["run_id", "group_id", "group_label", "quantity", "index", "value"]
     examples_table = (pd.concat(examples, ignore_index=True)[example_cols] if examples
                       else pd.DataFrame(columns=example_cols))
-    return Collection(records, summary, examples_table, gaps, [Path(p) for p in paths], models)
+    return Collection(records, summary, examples_table, gaps, [Path(p) for p in paths], models, errors)

@@ -4,8 +4,8 @@
 recursively), the run directories (folders holding ``config.json`` and ``model.pt``) and the
 outside models' result folders (``model.json``, see :mod:`jrbench.outside`). :func:`read_run`
 and :func:`read_model` read one into a :class:`RunRecord`: its config (or model.json), env.json
-and whichever of metrics.csv, attacks.csv, attack_examples.csv, margins.csv and jacobian.csv are
-there. Each missing or unreadable piece is a :class:`Gap` saying what to run;
+and whichever of metrics.csv, attacks.csv, attack_examples.csv, margins.csv, jacobian.csv,
+certify.csv and certify_examples.csv are there (certificates are optional: no gap without them). Each missing or unreadable piece is a :class:`Gap` saying what to run;
 :func:`jrbench.results.collect` turns the records into the tidy table.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .errors import UserError
 
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
 ATTACK_EXAMPLES = "attack_examples.csv"
+CERTIFY, CERTIFY_EXAMPLES = "certify.csv", "certify_examples.csv"  # jrbench.certify's tables (optional)
 MODEL_JSON = "model.json"  # jrbench.outside.MODEL_JSON: an outside model's result folder
 
 
@@ -144,6 +145,7 @@ def read_run(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
                             f"re-run 'jrbench attack {path}'")
         if table is not None:
             tables[ATTACK_EXAMPLES] = table
+    _read_certificates(path, run_id, gaps, tables, f"re-run 'jrbench certify {path}'")
     metrics = tables.get(rundir.METRICS)
     if metrics is not None and "epoch" in metrics and int(metrics["epoch"].max()) < config.train.epochs:
         gaps.append(Gap(run_id, rundir.METRICS, f"trained {int(metrics['epoch'].max())} of "
@@ -202,4 +204,17 @@ def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
         table = _read_table(path / ATTACK_EXAMPLES, run_id, gaps, f"re-run 'jrbench attack {again}'")
         if table is not None:
             tables[ATTACK_EXAMPLES] = table
+    _read_certificates(path, run_id, gaps, tables, f"re-run 'jrbench certify {again}'")
     return RunRecord(path, run_id, None, env, tables, outside=info), gaps
+
+
+def _read_certificates(path: Path, run_id: str, gaps: list[Gap], tables: dict, hint: str) -> None:
+    """certify.csv and certify_examples.csv into ``tables`` where present (a gap only when one is
+    there and unreadable, or one is there without the other)."""
+    present = [name for name in (CERTIFY, CERTIFY_EXAMPLES) if (path / name).exists()]
+    if not present:
+        return
+    for name in (CERTIFY, CERTIFY_EXAMPLES):
+        table = _read_table(path / name, run_id, gaps, hint)
+        if table is not None:
+            tables[name] = table

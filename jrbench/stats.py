@@ -16,6 +16,15 @@ Tests of a difference (group minus baseline)
 - :func:`sign_test`        one seed, per-example shares (accuracy under noise);
 - :func:`median_difference` one seed, two independent samples (margins): bootstrap interval
                            of the difference of medians and a permutation test.
+
+Many tests at once (a report's verdicts are one family)
+- :func:`adjust_p_values`  Benjamini-Hochberg (false discovery rate), Holm (family-wise error)
+                           or none.
+
+"Not worse" (non-inferiority with a margin delta, per-seed differences)
+- :func:`noninferiority`   one-sided paired t bounds against -delta: not worse / worse / inconclusive;
+- :func:`noninferiority_power` and :func:`seeds_for_noninferiority`: the power of that test
+                           and the seeds it needs (noncentral t, ``scipy.stats.nct``).
 """
 from __future__ import annotations
 
@@ -225,3 +234,149 @@ def median_difference(group: np.ndarray, baseline: np.ndarray, confidence: float
     ci = boot.confidence_interval
     return Difference(diff, float(ci.low), float(ci.high), float(perm.pvalue), len(a) + len(b),
                       f"{len(a)} and {len(b)} examples")
+
+
+# ----------------------------------------------------------------------------- multiplicity
+CORRECTIONS = ("bh", "holm", "none")
+CORRECTION_NAMES = {"bh": "Benjamini-Hochberg", "holm": "Holm", "none": "none"}
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p values (Holm 1979): with p_(1) <= ... <= p_(m) sorted,
+    adjusted p_(i) = max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where the adjusted
+    p < alpha controls the family-wise error rate at alpha under any dependence. 1-d input,
+    no NaN; the order of the input is kept."""
+    p = np.asarray(p_values, dtype=float)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = stepped
+    return out
+
+
+def adjust_p_values(p_values, method: str) -> np.ndarray:
+    """Multiplicity-adjusted p values over one family of tests, in the input's order.
+
+    ``bh``: Benjamini and Hochberg 1995, step-up, ``scipy.stats.false_discovery_control(p,
+    method="bh")``; rejecting where the adjusted p < alpha controls the false discovery rate
+    (the expected share of false claims among the claims) at alpha for independent or
+    positively dependent tests (Benjamini and Yekutieli 2001). ``holm``: :func:`holm`, the
+    family-wise error rate (any false claim at all), any dependence. ``none``: p unchanged.
+    NaN p values (no test) are not members of the family: they stay NaN and do not count."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"correction must be one of {', '.join(CORRECTIONS)}, got {method!r}")
+    p = np.asarray(p_values, dtype=float).copy()
+    if p.ndim != 1:
+        raise ValueError("adjust_p_values needs a 1-d array of p values")
+    finite = ~np.isnan(p)
+    if method == "none" or not finite.any():
+        return p
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise ValueError("p values must lie in [0, 1]")
+    p[finite] = (stats.false_discovery_control(p[finite], method="bh") if method == "bh" else holm(p[finite]))
+    return p
+
+
+# ----------------------------------------------------------------------------- non-inferiority
+NOT_WORSE, WORSE_BY_MARGIN, INCONCLUSIVE = "not worse", "worse", "inconclusive"
+POWER = 0.8
+MAX_SEEDS = 100_000
+
+
+@dataclass
+class NonInferiority:
+    """A one-sided comparison of a setting with a reference against the margin ``margin``
+    (delta > 0, in the unit of the values): per-seed differences d_i = setting_i - reference_i,
+    larger is better. ``lower`` / ``upper``: one-sided ``confidence`` bounds of the mean
+    difference; ``p_value``: one-sided p of H0 "mean difference <= -delta"; ``sd``: sample
+    standard deviation of the d_i; ``seeds_needed``: seeds for the test to show "not worse" with
+    power :data:`POWER` if the true difference were ``assumed_diff`` (0: equally good) at the
+    spread ``sd`` (None: unreachable or no spread to go by)."""
+
+    diff: float
+    lower: float
+    upper: float
+    margin: float
+    p_value: float
+    n: int
+    sd: float
+    verdict: str
+    seeds_needed: int | None
+    assumed_diff: float = 0.0
+
+
+def noninferiority(setting: np.ndarray, reference: np.ndarray, margin: float, confidence: float = CONFIDENCE,
+                   power: float = POWER, assumed_diff: float = 0.0) -> NonInferiority:
+    """Non-inferiority of ``setting`` to ``reference`` paired by seed, larger is better (for a
+    smaller-is-better quantity pass both negated), margin ``margin`` = delta > 0.
+
+    With the per-seed differences d_i (n >= 2), mean d and se = s_d / sqrt(n), the one-sided
+    ``confidence`` bounds are L = d - t_{conf, n-1} se and U = d + t_{conf, n-1} se (at 95%:
+    the ends of the two-sided 90% t interval). Verdict: "not worse" when L > -delta (the paired
+    t-test of H0 "mean <= -delta" rejects at 1 - confidence: p = P(T_{n-1} >= (d + delta) / se));
+    "worse" when U < -delta (worse by more than the margin, at the same confidence); else
+    "inconclusive". Assumes independent seed pairs with about normal differences (as
+    :func:`paired_t`); no spread (all d_i equal) decides by d against -delta.
+    ``seeds_needed``: :func:`seeds_for_noninferiority` at s_d, assuming the true mean
+    difference is ``assumed_diff`` (default 0: the setting is as good as the reference)."""
+    s, r = np.asarray(setting, dtype=float), np.asarray(reference, dtype=float)
+    if len(s) != len(r) or len(s) < 2:
+        raise ValueError("noninferiority needs two equally long arrays of at least 2 values")
+    if not margin > 0:
+        raise ValueError(f"the non-inferiority margin must be positive, got {margin!r}")
+    d = s - r
+    n, mean = len(d), float(d.mean())
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    if se > 0:
+        q = float(stats.t.ppf(confidence, n - 1))
+        lower, upper = mean - q * se, mean + q * se
+        p = float(stats.t.sf((mean + margin) / se, n - 1))
+    else:
+        lower = upper = mean
+        p = 0.0 if mean > -margin else 1.0
+    verdict = NOT_WORSE if lower > -margin else WORSE_BY_MARGIN if upper < -margin else INCONCLUSIVE
+    needed = seeds_for_noninferiority(sd, margin, assumed_diff, confidence, power)
+    return NonInferiority(mean, lower, upper, margin, p, n, sd, verdict, needed, assumed_diff)
+
+
+def noninferiority_power(n: int, sd: float, margin: float, true_diff: float = 0.0,
+                         confidence: float = CONFIDENCE) -> float:
+    """Power of the one-sided paired t-test of :func:`noninferiority` with ``n`` seeds: the
+    probability that L > -delta when the differences are normal with mean ``true_diff`` and
+    standard deviation ``sd``. The statistic (d + delta) / (s_d / sqrt(n)) is then noncentral t
+    with n - 1 degrees of freedom and noncentrality (true_diff + delta) sqrt(n) / sd, so the
+    power is P(T' > t_{conf, n-1}) (``scipy.stats.nct.sf``)."""
+    if n < 2:
+        return 0.0
+    if sd == 0:
+        return 1.0 if true_diff + margin > 0 else 0.0
+    ncp = (true_diff + margin) * math.sqrt(n) / sd
+    return float(stats.nct.sf(stats.t.ppf(confidence, n - 1), n - 1, ncp))
+
+
+def seeds_for_noninferiority(sd: float, margin: float, true_diff: float = 0.0, confidence: float = CONFIDENCE,
+                             power: float = POWER, max_n: int = MAX_SEEDS) -> int | None:
+    """The fewest seeds n >= 2 at which :func:`noninferiority_power` reaches ``power``: how many
+    seed pairs the test needs to show "not worse" (margin delta) with that probability if the
+    true mean difference is ``true_diff`` and the per-seed differences spread by ``sd`` (the
+    observed s_d is an estimate: with 3 seeds it is itself uncertain). None when no n up to
+    ``max_n`` does, or ``true_diff <= -delta`` (never), or ``sd`` is not finite."""
+    if not math.isfinite(sd) or true_diff + margin <= 0:
+        return None
+    if noninferiority_power(2, sd, margin, true_diff, confidence) >= power:
+        return 2
+    high = 4
+    while noninferiority_power(high, sd, margin, true_diff, confidence) < power:  # power grows with n
+        if high >= max_n:
+            return None
+        high = min(2 * high, max_n)
+    low = high // 2  # power(low) < power <= power(high)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if noninferiority_power(mid, sd, margin, true_diff, confidence) >= power:
+            high = mid
+        else:
+            low = mid
+    return high

@@ -46,6 +46,7 @@ from typing import Any
 
 from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from .errors import UserError
+from .lipschitz_constraint import check_model
 from .specfile import SpecFile, Table, parse_spec_text, read_spec
 from .validation import validate
 
@@ -60,6 +61,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "momentum": ("train", "momentum"), "schedule": ("train", "schedule"),
     "step_epochs": ("train", "step_epochs"), "gamma": ("train", "gamma"), "seed": ("train", "seed"),
     "jr_backend": ("reg", "jr_backend"), "jr_estimator": ("reg", "jr_estimator"), "jr_every": ("reg", "jr_every"),
+    "lipschitz_bound": ("reg", "lipschitz_bound"), "noise_sigma": ("reg", "noise_sigma"),
 }
 # jrbench attack's options; sigma and norm fill AttackConfig's sigmas and norms
 ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack_eps_linf",
@@ -69,7 +71,7 @@ _ATTACK_LISTS = {"sigma", "norm", "eps_linf", "eps_l2", "autoattack_eps_linf", "
 MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}  # all integers
 REPORT_FIELDS = {"sigma": (int, float, list), "eps_linf": (int, float, list), "eps_l2": (int, float, list),
                  "per_run": (bool,), "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,),
-                 "cell_seed": (int,), "cell_index": (int,), "cell_panels": (int,)}
+                 "cell_seed": (int,), "cell_index": (int,), "cell_panels": (int,), "correction": (str,)}
 _REPORT_LISTS = {"sigma", "eps_linf", "eps_l2"}  # repeatable flags: a number or a list of numbers
 RESOURCE_FIELDS = ("num_cpus", "num_gpus")
 # keys renamed to their command's flag (issue 10): command -> {old key: new key}; old ones are refused
@@ -237,6 +239,8 @@ def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Ove
             for _, key, value in settings:
                 _apply(config, key, value)
             validate(config)
+            if "lipschitz" in config.reg.names:  # a model the bound has no rule for fails here, not in training
+                check_model(config.model.name, config.data.dataset)
         except UserError as e:  # blame the last setting the message names (later ones override)
             where, culprit, _ = next((s for s in reversed(settings) if _mentions(s[1], str(e))),
                                      settings[-1] if settings else (("base",), "base", None))
@@ -326,6 +330,12 @@ def _report_options(table: Any, f: SpecFile) -> dict[str, Any]:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise f.error(f"field '{key}' must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.",
                           ("report",), key)
+        if key == "correction":
+            from .stats import CORRECTIONS  # here: scipy only when a spec names a correction
+
+            if value not in CORRECTIONS:
+                raise f.error(f"field 'correction' must be one of {', '.join(CORRECTIONS)} (--correction), "
+                              f"got {value!r}.", ("report",), key)
     return {k: (v if k not in _REPORT_LISTS or isinstance(v, list) else [v]) for k, v in table.items()}
 
 

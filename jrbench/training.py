@@ -3,8 +3,11 @@
 ``train(config, run_dir)`` is the one function behind ``jrbench train``: it loads the data,
 builds the model, trains epoch by epoch, evaluates after each epoch and writes the run
 directory (see ``rundir.py``). It never prints; progress goes to the ``on_step`` and
-``on_epoch`` callbacks. Everything random in epoch e (shuffle, dropout, projections) is
+``on_epoch`` callbacks. Everything random in epoch e (shuffle, dropout, projections, noise) is
 seeded from (seed, e), so a resumed run ends with the same metrics as an uninterrupted one.
+With ``--reg lipschitz`` the weights are projected after every SGD step and certified at every
+epoch's end (:mod:`jrbench.lipschitz_constraint`); its power-iteration vectors travel in the
+checkpoint, so resuming continues them.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .data import Data, Split, load_data, to_pixels
 from .envinfo import environment
 from .errors import NonFiniteLoss, UserError
 from .jacobian import jacobian_frobenius
+from .lipschitz_constraint import LipschitzConstraint, constraint_for
 from .models import Classifier, build_model
 from .regularizers import model_dropout, step_loss, weight_decay
 from .validation import validate
@@ -54,6 +58,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
     return torch.device(name)
+
+
+LIPSCHITZ_STATE = "lipschitz_state"  # checkpoint key: the constraint's power-iteration vectors
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -106,8 +113,10 @@ def _make_optimizer(model: Classifier, config: RunConfig):
 
 
 def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, opt,
-                device: torch.device, on_step: Callable[[StepInfo], None] | None = None) -> dict:
-    """One pass over the training split; returns the epoch's training columns."""
+                device: torch.device, on_step: Callable[[StepInfo], None] | None = None,
+                constraint: LipschitzConstraint | None = None) -> dict:
+    """One pass over the training split; returns the epoch's training columns. ``constraint``
+    (``--reg lipschitz``) projects the weights after every SGD step."""
     t = config.train
     seed = _epoch_seed(t.seed, epoch)
     torch.manual_seed(seed)  # dropout and projections (CPU and CUDA)
@@ -129,6 +138,8 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
             raise NonFiniteLoss(epoch, step + 1, value)
         loss.total.backward(inputs=params)  # weights only: the input's gradient is not needed
         opt.step()
+        if constraint is not None:
+            constraint.project()  # no host sync: one power iteration and a rescale per layer
         _sync(device)
         times.append(time.perf_counter() - start)
         n = int(y.shape[0])
@@ -172,6 +183,9 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: tor
             checkpoint = rundir.torch_load(run_dir / rundir.CHECKPOINT, device)
             if not {"epoch", "model", "optimizer", "scheduler"} <= set(checkpoint):
                 raise UserError(f"{run_dir / rundir.CHECKPOINT} is not a jrbench checkpoint.")
+            if "lipschitz" in config.reg.names and LIPSCHITZ_STATE not in checkpoint:
+                raise UserError(f"{run_dir / rundir.CHECKPOINT} has no {LIPSCHITZ_STATE} (the power-iteration "
+                                "vectors of --reg lipschitz); delete the run directory and train it again.")
             return checkpoint
         return None
     rundir.atomic_write_json(run_dir / rundir.CONFIG, config.to_dict())
@@ -191,11 +205,12 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     device = resolve_device(config.train.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     data = data if data is not None else load_data(config.data)
-    state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
     info = data.info
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
                         info.std, model_dropout(config.reg)).to(device)
+    constraint = constraint_for(model, config.reg, config.train.seed)  # refuses unsupported nets
+    state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
     opt, sched = _make_optimizer(model, config)
     rows: list[dict] = []
     first_epoch = 1
@@ -203,26 +218,31 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if constraint is not None:
+            constraint.load_state_dict(state[LIPSCHITZ_STATE])
         first_epoch = int(state["epoch"]) + 1
         rows = [r for r in rundir.load_metrics(run_dir).to_dict("records") if r["epoch"] < first_epoch]
     for epoch in range(first_epoch, config.train.epochs + 1):
         start = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr}
-        row.update(train_epoch(model, data, config, epoch, opt, device, on_step))
+        row.update(train_epoch(model, data, config, epoch, opt, device, on_step, constraint))
         sched.step()
+        if constraint is not None:  # before evaluating and saving: the certified bound <= K
+            row["lipschitz_bound_certified"] = constraint.certify()
         row.update(evaluate(model, data.test, device, config.train.eval_batch_size,
                             config.train.jacobian_eval_examples))
         row["epoch_seconds"] = time.perf_counter() - start
         rows.append(row)
         if run_dir is not None:
-            _save_epoch(run_dir, model, opt, sched, config, epoch, rows)
+            _save_epoch(run_dir, model, opt, sched, config, epoch, rows, constraint)
         if on_epoch is not None:
             on_epoch(row)
     return TrainResult(model.eval(), config, pd.DataFrame(rows), run_dir)
 
 
-def _save_epoch(run_dir: Path, model, opt, sched, config: RunConfig, epoch: int, rows: list[dict]) -> None:
+def _save_epoch(run_dir: Path, model, opt, sched, config: RunConfig, epoch: int, rows: list[dict],
+                constraint: LipschitzConstraint | None = None) -> None:
     """Metrics, then the checkpoint, then the model: each file whole.
 
     Resuming starts after the checkpoint's epoch and drops later metrics rows, so a stop
@@ -230,10 +250,11 @@ def _save_epoch(run_dir: Path, model, opt, sched, config: RunConfig, epoch: int,
     """
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     rundir.atomic_write_csv(run_dir / rundir.METRICS, pd.DataFrame(rows))
-    rundir.atomic_torch_save(run_dir / rundir.CHECKPOINT, {
-        "epoch": epoch, "model": state_dict, "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-    })
+    checkpoint = {"epoch": epoch, "model": state_dict, "optimizer": opt.state_dict(),
+                  "scheduler": sched.state_dict()}
+    if constraint is not None:
+        checkpoint[LIPSCHITZ_STATE] = constraint.state_dict()
+    rundir.atomic_torch_save(run_dir / rundir.CHECKPOINT, checkpoint)
     rundir.atomic_torch_save(run_dir / rundir.MODEL, {
         "state_dict": state_dict, "config": config.to_dict(), "epoch": epoch,
         "format": "jrbench-model-1",

@@ -22,10 +22,15 @@ Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
   examples only, not training noise: the method text says so. R_z has no per-example values
   in metrics.csv: one seed gets no verdict (a gap).
 
-``verdict``: ``better`` or ``worse`` when the 95% interval excludes 0 and p < 0.05 (one and
-the same condition for the paired t and McNemar; the sign test and the bootstrap must agree
-with their intervals), in the metric's good direction; else ``no significant difference``.
-Plain functions returning DataFrames; nothing prints.
+Multiplicity: the verdicts of one report are one family. ``p_adjusted`` is the p value adjusted
+over all of them (:func:`jrbench.stats.adjust_p_values`; ``correction``: ``bh``, Benjamini-Hochberg,
+the default, controls the false discovery rate; ``holm`` the family-wise error; ``none``).
+The intervals stay the per-comparison 95% ones.
+
+``verdict``: ``better`` or ``worse`` when the adjusted p < 0.05 and the 95% interval excludes 0
+(the same condition for the raw p and the paired t or McNemar; the sign test and the bootstrap
+must agree with their intervals), in the metric's good direction; else ``no significant
+difference``. Plain functions returning DataFrames; nothing prints.
 """
 from __future__ import annotations
 
@@ -43,8 +48,8 @@ from .provenance import group_id, relevant_config
 from .run_records import ATTACK_EXAMPLES, RunRecord
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
-VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "n_seeds",
-                   "method", "verdict"]
+VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                   "correction", "n_seeds", "method", "verdict"]
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 ALPHA = 1 - stats.CONFIDENCE
 # metric -> (readable name, unit of diff, larger is better, scale of diff)
@@ -54,6 +59,8 @@ METRICS = {
     "worst_case_acc": ("worst case", "points", True, 100.0),
     "pgd_acc": ("PGD", "points", True, 100.0),
     "autoattack_acc": ("AutoAttack", "points", True, 100.0),
+    "certified_acc": ("certified (best of Lipschitz and IBP)", "points", True, 100.0),
+    "certified_radius": ("median certified radius (best of Lipschitz and IBP)", "pixel", True, 1.0),
     "R_z": ("R_z = ½ mean ‖J_z‖_F²", "", False, 1.0),
     "margin_random_median": ("median random-direction margin", "pixel L2", True, 1.0),
     "margin_adv_l2": ("median adversarial margin", "pixel L2", True, 1.0),
@@ -149,6 +156,13 @@ def run_values(summary: pd.DataFrame) -> pd.DataFrame:
     parts.append(pd.DataFrame({"run_id": a["run_id"], "metric": a["attack"].map(ATTACK_METRICS),
                                "strength": [strength_label(n, s) for n, s in zip(a["norm"], a["strength"])],
                                "value": a["value"]}))
+    c = summary[(summary["table"] == "certify") & (summary["attack"] == "certified")]
+    acc, radius = c[c["quantity"] == "accuracy"], c[c["quantity"] == "certified_radius"]
+    parts.append(pd.DataFrame({"run_id": acc["run_id"], "metric": "certified_acc",
+                               "strength": [strength_label(n, s) for n, s in zip(acc["norm"], acc["strength"])],
+                               "value": acc["value"]}))
+    parts.append(pd.DataFrame({"run_id": radius["run_id"], "metric": "certified_radius", "strength": radius["norm"],
+                               "value": radius["value"]}))
     g = summary[(summary["table"] == "margins") & (summary["statistic"] == "median")
                 & summary["quantity"].isin(list(MARGIN_METRICS))]
     parts.append(pd.DataFrame({"run_id": g["run_id"], "metric": g["quantity"], "strength": "", "value": g["value"]}))
@@ -178,15 +192,65 @@ def example_values(record: RunRecord) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the verdicts
-def decide(d: stats.Difference, larger_is_better: bool) -> str:
-    """better / worse when the interval excludes 0 and p < 0.05, in the metric's direction."""
-    if not (math.isfinite(d.p_value) and d.p_value < ALPHA) or math.isnan(d.ci_low) or math.isnan(d.ci_high):
+def _decide(p: float, ci_low: float, ci_high: float, larger_is_better: bool) -> str:
+    if not (math.isfinite(p) and p < ALPHA) or math.isnan(ci_low) or math.isnan(ci_high):
         return SAME
-    if d.ci_low > 0:
+    if ci_low > 0:
         return BETTER if larger_is_better else WORSE
-    if d.ci_high < 0:
+    if ci_high < 0:
         return WORSE if larger_is_better else BETTER
     return SAME
+
+
+def decide(d: stats.Difference, larger_is_better: bool, p_value: float | None = None) -> str:
+    """better / worse when the interval excludes 0 and p < 0.05 (``p_value``: an adjusted p
+    instead of ``d.p_value``), in the metric's direction."""
+    return _decide(d.p_value if p_value is None else p_value, d.ci_low, d.ci_high, larger_is_better)
+
+
+def apply_correction(table: pd.DataFrame, correction: str = "bh") -> pd.DataFrame:
+    """The table with ``p_adjusted`` (``p_value`` adjusted over all its rows, one family:
+    :func:`jrbench.stats.adjust_p_values`), ``correction`` (the method's name) and ``verdict``
+    decided by the adjusted p and the (unadjusted, per-comparison) 95% interval."""
+    if correction not in stats.CORRECTIONS:
+        raise UserError(f"--correction must be one of {', '.join(stats.CORRECTIONS)}, got {correction!r}.")
+    out = table.copy()
+    if out.empty:
+        return out
+    out["p_adjusted"] = stats.adjust_p_values(out["p_value"].to_numpy(float), correction)
+    out["correction"] = correction
+    out["verdict"] = [_decide(p, lo, hi, METRICS[m][2])
+                      for p, lo, hi, m in zip(out["p_adjusted"], out["ci_low"], out["ci_high"], out["metric"])]
+    return out
+
+
+def raw_verdicts(table: pd.DataFrame) -> list[str]:
+    """Each row's verdict from its raw p (no correction), for counting what a correction changed."""
+    return [_decide(p, lo, hi, METRICS[m][2])
+            for p, lo, hi, m in zip(table["p_value"], table["ci_low"], table["ci_high"], table["metric"])]
+
+
+def correction_note(table: pd.DataFrame) -> str:
+    """What the family is, which correction was made and how many verdicts it changed."""
+    if table.empty:
+        return ""
+    correction = str(table["correction"].iloc[0])
+    n, raw = len(table), raw_verdicts(table)
+    claims = sum(v != SAME for v in raw)
+    kept = sum(v != SAME for v in table["verdict"])
+    family = (f"The family is every verdict of this report: {n} rows of verdicts.csv ({claims} better or worse "
+              "by their raw p).")
+    if correction == "none":
+        return (family + " No correction for testing many comparisons was made (--correction none): "
+                "p_adjusted = p; read a lone better or worse among many rows with care.")
+    what = ("Benjamini-Hochberg (the expected share of false claims among the better / worse verdicts is at "
+            "most 5%, for independent or positively dependent tests)" if correction == "bh" else
+            "Holm (the chance of any false better / worse verdict in the family is at most 5%, under any "
+            "dependence)")
+    return (f"{family} Verdicts use p adjusted over the family by {what}; the intervals stay the per-comparison "
+            f"95% ones (not adjusted), so an interval excluding 0 can come with an adjusted p above 0.05. The "
+            f"correction changed {claims - kept} of the {claims} raw better / worse verdicts to no significant "
+            f"difference ({kept} remain).")
 
 
 def verdict_row(metric: str, strength: str, group: str, baseline: str, d: stats.Difference, n_seeds: int,
@@ -194,7 +258,8 @@ def verdict_row(metric: str, strength: str, group: str, baseline: str, d: stats.
     _, _, larger, scale = METRICS[metric]
     return {"metric": metric, "strength": strength, "group": group, "baseline": baseline,
             "diff": scale * d.diff, "ci_low": scale * d.ci_low, "ci_high": scale * d.ci_high,
-            "p_value": d.p_value, "n_seeds": n_seeds, "method": method, "verdict": decide(d, larger)}
+            "p_value": d.p_value, "p_adjusted": d.p_value, "correction": "none", "n_seeds": n_seeds,
+            "method": method, "verdict": decide(d, larger)}
 
 
 def _keys(values: pd.DataFrame) -> list[tuple[str, str]]:
@@ -230,7 +295,8 @@ def seed_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, s
                         f"seeds both groups have; a paired test needs 2")
             continue
         d = stats.paired_t(sel["value_g"].to_numpy(float), sel["value_b"].to_numpy(float))
-        method = "paired t over seeds" + (" (per-seed medians)" if metric in MARGIN_METRICS else "")
+        method = "paired t over seeds" + (" (per-seed medians)" if metric in MARGIN_METRICS + ("certified_radius",)
+                                          else "")
         rows.append(verdict_row(metric, strength, group, base, d, len(sel), method))
     return rows, gaps
 
@@ -291,10 +357,14 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
     return rows, gaps
 
 
-def verdicts(collection, is_baseline: Callable[[object], bool] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
+             correction: str = "bh") -> tuple[pd.DataFrame, list[str]]:
     """The verdicts of a :class:`jrbench.results.Collection` (columns :data:`VERDICT_COLUMNS`)
     and the gaps: comparisons or metrics that could not be decided, and why. ``is_baseline``
-    picks the baseline group of each recipe (default: the plain one)."""
+    picks the baseline group of each recipe (default: the plain one); ``correction``: the
+    multiplicity correction over all the verdicts (:func:`apply_correction`)."""
+    if correction not in stats.CORRECTIONS:
+        raise UserError(f"--correction must be one of {', '.join(stats.CORRECTIONS)}, got {correction!r}.")
     labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
     for r in collection.runs:
         labels.setdefault(group_id(r.config), r.run_id)
@@ -314,7 +384,7 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None) ->
             new, new_gaps = example_verdicts(c, labels, values, collection.examples, common[0])
         rows += new
         gaps += new_gaps
-    return pd.DataFrame(rows, columns=VERDICT_COLUMNS), gaps
+    return apply_correction(pd.DataFrame(rows, columns=VERDICT_COLUMNS), correction), gaps
 
 
 # ----------------------------------------------------------------------------- sentences
@@ -328,6 +398,10 @@ def _measure(metric: str, strength: str) -> str:
         return f"{name}-{sym} {value}"
     if metric == "worst_case_acc":
         return f"{sym} {value} worst case"
+    if metric == "certified_acc":
+        return f"{sym} {value} certified"
+    if metric == "certified_radius":
+        return f"median certified {sym} radius"
     return name
 
 
@@ -339,9 +413,21 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
+ADJUSTED = {"bh": "BH-adjusted", "holm": "Holm-adjusted"}
+
+
+def _p_text(r) -> str:
+    """'p = 0.026, BH-adjusted p = 0.035' (the raw p alone without a correction)."""
+    correction = getattr(r, "correction", "none")
+    if correction not in ADJUSTED:
+        return _p(r.p_value)
+    return f"{_p(r.p_value)}, {ADJUSTED[correction]} {_p(r.p_adjusted)}"
+
+
 def verdict_lines(table: pd.DataFrame) -> list[str]:
     """One sentence per verdict, e.g. 'lenet jacobian λ_JR=0.01 n_proj=1 vs lenet none, L∞ 0.1
-    worst case: +5.8 points [2.1, 9.5], p = 0.01, 5 seeds, paired t over seeds: better'."""
+    worst case: +5.8 points [2.1, 9.5], p = 0.01, BH-adjusted p = 0.03, 5 seeds, paired t over
+    seeds: better'."""
     lines = []
     for r in table.itertuples(index=False):
         unit = METRICS[r.metric][1]
@@ -349,8 +435,62 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
         amount = _number(r.diff, unit) + (f" {unit}" if unit else "")
         seeds = f"{r.n_seeds} seed" + ("s" if r.n_seeds != 1 else "")
         lines.append(f"{r.group} vs {r.baseline}, {_measure(r.metric, r.strength)}: {amount} [{lo}, {hi}], "
-                     f"{_p(r.p_value)}, {seeds}, {r.method}: {r.verdict}")
+                     f"{_p_text(r)}, {seeds}, {r.method}: {r.verdict}")
     return lines
+
+
+# metrics whose strength 0 is the clean accuracy again (noise σ 0, an attack at ε 0)
+ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc")
+COMPACT_COLUMNS = ["metric", "strength", "difference [95% CI]", "adjusted p", "verdict"]
+SHORT_NAMES = {"clean_acc": "clean", "R_z": "R_z", "margin_random_median": "margin, random",
+               "margin_adv_l2": "margin, adversarial"}  # the rest: METRICS' names
+SHORT_VERDICTS = {SAME: "n.s."}
+
+
+def _is_zero(strength: str) -> bool:
+    _, _, value = strength.partition(" ")
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
+def compact_tables(table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The verdicts for a terminal: one table per comparison (group, baseline, rows with
+    :data:`COMPACT_COLUMNS`, strings; accuracies in points, 'n.s.' for no significant
+    difference). Left out, as repeats: rows at strength 0 of noise and attacks (the clean
+    accuracy again) and a worst case whose difference, interval and p are PGD's at the same
+    strength (the PGD row then reads 'PGD = worst case'). report.md keeps every line and
+    verdicts.csv every number."""
+    out = []
+    numbers = ["diff", "ci_low", "ci_high", "p_value"]
+    for (group, baseline), rows in table.groupby(["group", "baseline"], sort=False):
+        keep = rows[~(rows["metric"].isin(ZERO_IS_CLEAN) & rows["strength"].map(_is_zero))]
+        pgd = keep[keep["metric"] == "pgd_acc"].set_index("strength")
+        same = set()
+        for i, r in keep[keep["metric"] == "worst_case_acc"].iterrows():
+            if r["strength"] in pgd.index and np.allclose(pgd.loc[r["strength"], numbers].to_numpy(float),
+                                                          r[numbers].to_numpy(float), rtol=1e-12, atol=1e-12,
+                                                          equal_nan=True):
+                same.add(r["strength"])
+                keep = keep.drop(index=i)
+        lines = []
+        for r in keep.itertuples(index=False):
+            name, unit = SHORT_NAMES.get(r.metric, METRICS[r.metric][0]), METRICS[r.metric][1]
+            if r.metric == "pgd_acc" and r.strength in same:
+                name += " = worst case"
+            if unit not in ("", "points"):
+                name += f" ({unit})"
+            lo, hi = (f"{v:+.1f}" if unit == "points" else f"{v:+.3g}" for v in (r.ci_low, r.ci_high))
+            norm, _, value = r.strength.partition(" ")
+            strength = f"{ {'sigma': 'σ', 'linf': 'L∞', 'l2': 'L2'}.get(norm, norm)} {value}".strip()
+            p = r.p_adjusted if r.correction in ADJUSTED else r.p_value
+            lines.append({"metric": name, "strength": strength,
+                          "difference [95% CI]": f"{_number(r.diff, unit)} [{lo}, {hi}]",
+                          "adjusted p": "< 0.001" if p < 0.001 else f"{p:.2g}",
+                          "verdict": SHORT_VERDICTS.get(r.verdict, r.verdict)})
+        out.append((group, baseline, pd.DataFrame(lines, columns=COMPACT_COLUMNS)))
+    return out
 
 
 VERDICT_NOTES = (
@@ -363,6 +503,7 @@ VERDICT_NOTES = (
     "shares of correct draws differ, t interval over examples; for margins, a percentile bootstrap of the "
     "difference of medians (two independent samples) and a permutation test. One-seed verdicts cover the choice "
     "of test examples only, not training noise. Worst case: an example counts as robust only if robust under "
-    "every adversarial attack run at that norm and strength. better / worse: the interval excludes 0 and "
-    "p < 0.05 (for R_z smaller is better). verdicts.csv has every number."
+    "every adversarial attack run at that norm and strength. better / worse: the multiplicity-adjusted p < 0.05 "
+    "and the interval excludes 0 (for R_z smaller is better); p_value in verdicts.csv is the raw p, p_adjusted "
+    "the adjusted one. verdicts.csv has every number."
 )

@@ -16,6 +16,21 @@ MNIST_T10K = SHARED / "data" / "mnist-t10k"
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Tests whose numbers come from PyTorch's CPU kernels (training, attacks, gradients, bounds): CI runs
+# them again under ATEN_CPU_CAPABILITY=default (and avx2 on an AVX-512 CPU), so that another CPU's
+# float rounding is exercised on every submission (`make test-cpus`).
+KERNEL_DEPENDENT = {
+    "test_e2e_synth_digits", "test_real_mnist", "test_synth_digits", "test_train", "test_attacks",
+    "test_margins", "test_vjp_tape", "test_regularizers", "test_jacobian", "test_spectra", "test_lipschitz",
+    "test_ibp", "test_smoothing", "test_certify", "test_lipschitz_train",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in KERNEL_DEPENDENT:
+            item.add_marker(pytest.mark.kernels)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _data_cache(tmp_path_factory):

@@ -46,3 +46,9 @@ def make_raising() -> nn.Module:
 
 def make_not_a_module():
     return "a string"
+
+
+def make_unsupported() -> nn.Module:
+    """A classifier with a layer the certificates have no rule for (Softplus)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.Softplus(), nn.Linear(32, 10))

@@ -1,8 +1,13 @@
-"""End to end on synth-digits: what Jacobian regularization claims, asserted.
+"""End to end on synth-digits: the pipeline's invariants, and the claims that hold by a wide margin.
 
 A Jacobian-regularized lenet against the plain one trained with the same seed (the demo's
-two configurations): smaller ||J||_F, larger median random-direction and adversarial margins,
-higher accuracy under noise and PGD at moderate strength.
+two configurations). Measured on three kernel paths (ATEN_CPU_CAPABILITY default, avx2 and
+avx512, one thread; see the numbers beside each assertion), only two claims hold with a margin
+far wider than the spread between CPUs: a much smaller ||J_z||_F (ratio 0.09-0.13 against the
+0.3 asserted) and much higher accuracy under PGD (L-inf 0.1: +0.56 to +0.68 points of share; L2
+1.5: +0.45 to +0.65, against +0.25 asserted). Accuracy under noise sigma 0.4 (plain 0.74 to 0.93
+on those paths) and the margin ratios (1.3x to 1.6x) are a study's verdicts over seeds
+(`jrbench demo`, results/demo/report), not unit-test assertions.
 """
 import pandas as pd
 import pytest
@@ -31,7 +36,7 @@ def demo_runs(tmp_path_factory):
 def test_jacobian_regularization_buys_robustness_and_margins(demo_runs):
     (plain_dir, plain), (jr_dir, jr) = demo_runs["plain"], demo_runs["jacobian"]
     assert plain["test_acc"] >= 0.95 and jr["test_acc"] >= 0.95
-    assert jr["test_jac_frob_z"] < 0.6 * plain["test_jac_frob_z"]
+    assert jr["test_jac_frob_z"] < 0.3 * plain["test_jac_frob_z"]
 
     config = AttackConfig(noise=True, pgd=True, fgsm=False, sigmas=[0.0, 0.4], draws=2, norms=("linf", "l2"),
                           eps_linf=[0.0, 0.1], eps_l2=[1.5], steps=20, batch_size=300)
@@ -47,11 +52,22 @@ def test_jacobian_regularization_buys_robustness_and_margins(demo_runs):
         saved = pd.read_csv(run_dir / "attacks.csv")
         assert not saved.duplicated(["attack", "norm", "strength", "loss"]).any()
         assert len(saved) == len(table)
-    for key in [("noise", "gaussian", 0.4), ("pgd", "linf", 0.1), ("pgd", "l2", 1.5)]:
-        assert acc["jacobian"][key] > acc["plain"][key] + 0.05, (key, acc["jacobian"][key], acc["plain"][key])
-        assert acc["plain"][key] < acc["plain"][("noise", "gaussian", 0.0)] - 0.05  # not trivially separable
+    for label in ("plain", "jacobian"):
+        clean_acc = acc[label][("noise", "gaussian", 0.0)]
+        for key in [("pgd", "linf", 0.1), ("pgd", "l2", 1.5)]:  # an attack never raises accuracy
+            assert acc[label][key] <= clean_acc, (label, key)
+    for key in [("pgd", "linf", 0.1), ("pgd", "l2", 1.5)]:
+        assert acc["jacobian"][key] > acc["plain"][key] + 0.25, (key, acc["jacobian"][key], acc["plain"][key])
+        assert acc["plain"][key] < acc["plain"][("noise", "gaussian", 0.0)] - 0.25  # not trivially separable
 
     m = {label: margins_run(d, n_examples=300, n_directions=5, device="cpu").margins  # the attacked examples
          for label, d in (("plain", plain_dir), ("jacobian", jr_dir))}
-    for col in ("margin_random_median", "margin_adv_l2"):
-        assert m["jacobian"][col].median() > 1.2 * m["plain"][col].median(), col
+    for label in ("plain", "jacobian"):
+        margins = m[label]
+        for col in ("margin_random_min", "margin_random_median", "margin_first_order"):
+            assert (margins[col] > 0).all(), (label, col)  # correctly classified examples only
+        assert margins["adv_success"].mean() > 0.9, label
+        assert (margins.loc[margins["adv_success"], "margin_adv_l2"] > 0).all(), label
+        # random directions are far weaker than the adversarial one (ratio 20x-35x measured)
+        assert margins["margin_random_median"].median() > 5 * margins["margin_adv_l2"].median(), label
+        assert (margins["margin_random_min"] <= margins["margin_random_median"]).all(), label

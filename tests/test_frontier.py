@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -10,7 +11,9 @@ from typer.testing import CliRunner
 from conftest import tiny_config
 from jrbench import cli
 from jrbench.config import RegConfig
-from jrbench.frontier import FRONTIER_COLUMNS, frontier, write_frontier
+from jrbench import stats
+from jrbench.errors import UserError
+from jrbench.frontier import FRONTIER_COLUMNS, FRONTIER_VERDICT_COLUMNS, frontier, write_frontier
 from jrbench.overhead import case_name
 from jrbench.results import collect
 
@@ -43,12 +46,15 @@ def study(tmp_path):
     full = {"pgd": [0.50, 0.55, 0.52], "noise": [0.90, 0.91, 0.89]}
     sub = {"pgd": [0.49, 0.56, 0.51], "noise": [0.90, 0.90, 0.90]}     # diffs -1, +1, -1 points: no difference
     every = {"pgd": [0.30, 0.33, 0.31], "noise": [0.80, 0.82, 0.79]}   # clearly worse
+    sub8 = {"pgd": [0.54, 0.51, 0.52], "noise": [0.90, 0.91, 0.89]}    # diffs +4, -4, 0 points: wide, noise equal
     for s in range(3):
         _run(tmp_path, f"full-{s}", s, full["pgd"][s], full["noise"][s], 1.0)
         _run(tmp_path, f"sub-{s}", s, sub["pgd"][s], sub["noise"][s], 1.5, jr_subsample=16)
         _run(tmp_path, f"every-{s}", s, every["pgd"][s], every["noise"][s], 3.0, jr_every=4)
-    overhead = pd.DataFrame({"case": ["plain", "jacobian-n1", "jacobian-n1-sub16", "jacobian-n1-every4"],
-                             "ratio_median": [1.0, 2.0, 1.45, 1.25]})
+        _run(tmp_path, f"sub8-{s}", s, sub8["pgd"][s], sub8["noise"][s], 2.0, jr_subsample=8)
+    overhead = pd.DataFrame({"case": ["plain", "jacobian-n1", "jacobian-n1-sub16", "jacobian-n1-every4",
+                                      "jacobian-n1-sub8"],
+                             "ratio_median": [1.0, 2.0, 1.45, 1.25, 1.2]})
     return tmp_path, overhead
 
 
@@ -60,13 +66,42 @@ def test_frontier_rows_verdicts_and_goal(study, tmp_path):
     sub, every = t.loc["mnist: jacobian-n1-sub16"], t.loc["mnist: jacobian-n1-every4"]
     assert sub["overhead_ratio"] == 1.45 and sub["R"] == pytest.approx(1.5)
     assert sub["pgd_linf_acc"] == pytest.approx((0.49 + 0.56 + 0.51) / 3)
-    assert sub["verdict_vs_full"].startswith("not worse") and "3 seeds" in sub["verdict_vs_full"]
-    assert every["verdict_vs_full"].startswith("worse") and "PGD-Linf -21.0 [-23.5, -18.5]" in every["verdict_vs_full"]  # diffs -20, -22, -21: mean -21 +- 4.303 * 1 / sqrt 3
+    # sub16: PGD diffs -1, +1, -1 points (mean -1/3, sd sqrt(4/3), se 2/3): lower bound -1/3 - 2.92 * 2/3 = -2.28;
+    # noise diffs 0, -1, +1 (mean 0, se 1/sqrt 3): lower -1.69; both above -3: not worse
+    assert sub["verdict_vs_full"] == ("not worse: PGD-Linf -0.3 [-2.3, +1.6], noise +0.0 [-1.7, +1.7] points "
+                                      "(one-sided 95% bounds), margin 3 points, 3 seeds, paired t over seeds")
+    # every4: diffs -20, -22, -21 (se 1/sqrt 3): upper bound -21 + 2.92 / sqrt 3 = -19.3 < -3: worse
+    assert every["verdict_vs_full"].startswith("worse: PGD-Linf -21.0 [-22.7, -19.3]")
+    # sub8: PGD diffs +4, -4, 0 (sd 4, se 4/sqrt 3): lower -6.74, upper +6.74: inconclusive; noise equal (no spread)
+    assert t.loc["mnist: jacobian-n1-sub8", "verdict_vs_full"] == (
+        "inconclusive (13 seeds would decide it: 80% power if as good as full n=1, at the observed spread): "
+        "PGD-Linf +0.0 [-6.7, +6.7], noise +0.0 [+0.0, +0.0] points (one-sided 95% bounds), margin 3 points, "
+        "3 seeds, paired t over seeds")
     assert t.loc["mnist: jacobian-n1", "verdict_vs_full"] == "reference"
     assert "--jr-subsample 16" in sub["train_args"] and "--seed" not in sub["train_args"]
-    assert len(result.goal) == 1 and result.goal[0].startswith("no setting at or below 1.3x")
+    assert len(result.goal) == 1 and result.goal[0].startswith("no setting at or below 1.3x plain is shown not worse")
+    v = result.verdicts.set_index(["setting", "metric"])
+    assert list(result.verdicts.columns) == FRONTIER_VERDICT_COLUMNS
+    pgd8 = v.loc[("mnist: jacobian-n1-sub8", "pgd_acc")]
+    assert pgd8["sd"] == pytest.approx(4.0) and pgd8["seeds_needed"] == stats.seeds_for_noninferiority(4.0, 3.0) == 13
+    assert pgd8["verdict"] == "inconclusive" and pgd8["strength"] == "linf 0.1" and pgd8["margin"] == 3.0
+    assert pgd8["lower"] == pytest.approx(-2.919985580355516 * 4 / math.sqrt(3), abs=1e-9)
+    assert ("mnist: jacobian-n1", "pgd_acc") not in v.index  # the reference is not compared with itself
     files = write_frontier(result, tmp_path / "out", "test CPU")
     assert pd.read_csv(files[0]).columns.tolist() == FRONTIER_COLUMNS and files[1].stat().st_size > 1000
+    assert pd.read_csv(files[2]).columns.tolist() == FRONTIER_VERDICT_COLUMNS
+
+
+def test_the_margin_decides(study):
+    """A wider margin turns sub8's inconclusive PGD row into not worse and meets the goal at 1.3x."""
+    root, overhead = study
+    wide = frontier(collect([root]), overhead, margin=7.0).table.set_index("setting")
+    assert wide.loc["mnist: jacobian-n1-sub8", "verdict_vs_full"].startswith("not worse")  # -6.74 > -7
+    result = frontier(collect([root]), overhead, margin=7.0)
+    assert len(result.goal) == 1 and result.goal[0].startswith("mnist: jacobian-n1-sub8 (1.20x plain): not worse")
+    for bad in (0.0, -1.0, 150.0):
+        with pytest.raises(UserError, match="--margin"):
+            frontier(collect([root]), overhead, margin=bad)
 
 
 def test_frontier_cli(study, tmp_path):
@@ -74,9 +109,10 @@ def test_frontier_cli(study, tmp_path):
     overhead.to_csv(tmp_path / "overhead.csv", index=False)
     out = tmp_path / "front"
     result = CliRunner().invoke(cli.app, ["frontier", str(root), "--overhead", str(tmp_path / "overhead.csv"),
-                                          "--out", str(out), "--goal-ratio", "1.5"])
+                                          "--out", str(out), "--goal-ratio", "1.5", "--margin", "2.5"])
     assert result.exit_code == 0, result.output
     assert "jacobian-n1-sub16" in result.output and (out / "frontier.csv").is_file()
+    assert "margin 2.5 points" in result.output and (out / "frontier_verdicts.csv").is_file()
     bad = CliRunner().invoke(cli.app, ["frontier", str(root), "--overhead", str(tmp_path / "nope.csv")])
     assert bad.exit_code == 2 and "nope.csv" in bad.output
 
@@ -85,9 +121,12 @@ def test_a_missing_verdict_is_not_a_pass():
     """'not worse' needs both the PGD-Linf and the noise verdict; one alone is incomplete."""
     from jrbench.frontier import _verdict_text
 
-    row = dict(diff=-1.0, ci_low=-3.0, ci_high=1.0, n_seeds=1, method="paired t")
-    noise = pd.DataFrame([dict(row, metric="noise_acc", verdict="no difference")])
-    both = pd.concat([noise, pd.DataFrame([dict(row, metric="pgd_acc", verdict="no difference")])])
-    assert _verdict_text(noise).startswith("incomplete verdict (no PGD-Linf verdict)") and "1 seed," in _verdict_text(noise)
+    row = dict(diff=-1.0, lower=-2.0, upper=0.0, n_seeds=2, margin=3.0, seeds_needed=4, verdict="not worse")
+    noise = pd.DataFrame([dict(row, metric="noise_acc")])
+    both = pd.concat([noise, pd.DataFrame([dict(row, metric="pgd_acc")])])
+    assert _verdict_text(noise).startswith("incomplete verdict (no PGD-Linf verdict)") and "2 seeds," in _verdict_text(noise)
     assert _verdict_text(both).startswith("not worse: ")
-    assert _verdict_text(both.assign(verdict=["no difference", "worse"])).startswith("worse: ")
+    assert _verdict_text(both.assign(verdict=["not worse", "worse"])).startswith("worse: ")
+    assert _verdict_text(both.assign(verdict=["inconclusive", "not worse"], seeds_needed=[9, 40])).startswith(
+        "inconclusive (9 seeds would decide it")  # only the open metric counts
+    assert _verdict_text(both.iloc[:0]).startswith("no verdict")

@@ -19,7 +19,9 @@ from jrbench import cli, stats
 from jrbench.report import ReportOptions, write_report
 from jrbench.report_table import format_wide, group_table, run_table
 from jrbench.results import collect
-from jrbench.verdicts import VERDICT_COLUMNS, verdict_lines, verdicts
+from jrbench.errors import UserError
+from jrbench.verdicts import (COMPACT_COLUMNS, VERDICT_COLUMNS, apply_correction, compact_tables, correction_note,
+                              raw_verdicts, verdict_lines, verdicts)
 from jrbench.worst_case import worst_case_examples
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom
@@ -115,16 +117,19 @@ def test_verdicts_csv_has_exactly_the_columns_and_the_report_a_section(three_see
     result = write_report(collect([three_seeds]), tmp_path / "out", ReportOptions(cells=False))
     written = pd.read_csv(tmp_path / "out" / "verdicts.csv", keep_default_na=False)
     assert list(written.columns) == VERDICT_COLUMNS == [
-        "metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "n_seeds", "method",
-        "verdict"]
+        "metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted", "correction",
+        "n_seeds", "method", "verdict"]
+    assert set(written["correction"]) == {"bh"}
     assert set(written["verdict"]) <= {"better", "worse", "no significant difference"}
     assert len(written) == len(result.verdicts) == 4  # clean, noise, PGD, R_z
     line = next(v for v in result.verdict_lines if "clean accuracy" in v)
     assert line == ("lenet jacobian λ_JR=0.01 n_proj=1 vs lenet none, clean accuracy: +5.3 points [1.5, 9.1], "
-                    "p = 0.026, 3 seeds, paired t over seeds: better")
+                    "p = 0.026, BH-adjusted p = 0.035, 3 seeds, paired t over seeds: better")
     for name in ("summary.md", "report.md"):
         text = (tmp_path / "out" / name).read_text()
         assert "## Verdicts" in text and line in text
+        assert "The family is every verdict of this report: 4 rows" in text and "Benjamini-Hochberg" in text
+        assert "per-comparison 95%" in text and "changed 0 of the 3 raw better / worse verdicts" in text
     assert any("jr-s0: margins.csv: missing" in g for g in result.gaps)
 
 
@@ -162,7 +167,7 @@ def one_seed_runs(root):
 
 
 def test_one_seed_mcnemar_exact_by_hand(tmp_path):
-    table, gaps = verdicts(collect([one_seed_runs(tmp_path)]))
+    table, gaps = verdicts(collect([one_seed_runs(tmp_path)]), correction="none")  # the raw p decides here
     b, c, n = 2, 10, 40
     # p = 2 P(Binom(12, 1/2) <= 2) = 2 (C(12,0) + C(12,1) + C(12,2)) / 2^12 = 2 * 79 / 4096
     p = 2 * (1 + 12 + 66) / 4096
@@ -267,7 +272,124 @@ def test_worst_case_over_seeds_in_the_verdicts(tmp_path):
     assert "L∞ 0.1 worst case: +50.0 points [50.0, 50.0]" in line and line.endswith(": better")
 
 
+# ----------------------------------------------------------------------------- multiplicity
+# The three_seeds family by hand: raw p of clean (paired t above) 0.026271, noise 1 (differences +2, -3, +1
+# points: mean 0), PGD 0.0027435 and R_z 0.0027416 (scipy's ttest_rel, the same formula). Sorted: R_z, PGD,
+# clean, noise.
+P_RAW = {"clean_acc": 0.02627100887970472, "noise_acc": 1.0, "pgd_acc": 0.0027434893944259142,
+         "R_z": 0.0027415798433777575}
+
+
+def test_holm_over_the_report_family_by_hand(three_seeds):
+    table, _ = verdicts(collect([three_seeds]), correction="holm")
+    p = P_RAW
+    # Holm: min(1, (m - i + 1) p_(i)), made non-decreasing: 4 p_R, max(4 p_R, 3 p_PGD), 2 p_clean, 1
+    holm = {"R_z": 4 * p["R_z"], "pgd_acc": max(4 * p["R_z"], 3 * p["pgd_acc"]), "clean_acc": 2 * p["clean_acc"],
+            "noise_acc": 1.0}
+    for metric, strength in (("clean_acc", ""), ("noise_acc", "sigma 0.5"), ("pgd_acc", "linf 0.1"), ("R_z", "")):
+        r = row(table, metric, strength)
+        assert r["p_value"] == pytest.approx(p[metric], rel=1e-9)
+        assert r["p_adjusted"] == pytest.approx(holm[metric], rel=1e-9) and r["correction"] == "holm"
+    # clean: 2 x 0.0263 = 0.0525 > 0.05, so Holm turns its 'better' into no significant difference;
+    # its interval stays the per-comparison 95% one, which excludes 0
+    clean = row(table, "clean_acc")
+    assert clean["verdict"] == "no significant difference" and clean["ci_low"] > 0
+    assert row(table, "pgd_acc", "linf 0.1")["verdict"] == "worse" and row(table, "R_z")["verdict"] == "better"
+    assert "changed 1 of the 3 raw better / worse verdicts" in correction_note(table)
+    assert "Holm" in correction_note(table) and "2 remain" in correction_note(table)
+
+
+def test_bh_and_none_over_the_report_family_by_hand(three_seeds):
+    p = P_RAW
+    bh, _ = verdicts(collect([three_seeds]))  # the default
+    # BH step-up: p_(i) m / i, then the running minimum from the largest down
+    expected = {"noise_acc": 1.0, "clean_acc": p["clean_acc"] * 4 / 3, "pgd_acc": p["pgd_acc"] * 4 / 2,
+                "R_z": min(p["R_z"] * 4 / 1, p["pgd_acc"] * 4 / 2)}
+    for metric in expected:
+        r = bh[bh["metric"] == metric].iloc[0]
+        assert r["p_adjusted"] == pytest.approx(expected[metric], rel=1e-9) and r["correction"] == "bh"
+    assert row(bh, "clean_acc")["verdict"] == "better"  # 0.035 < 0.05
+    none, _ = verdicts(collect([three_seeds]), correction="none")
+    assert (none["p_adjusted"] == none["p_value"]).all() and set(none["correction"]) == {"none"}
+    assert "No correction" in correction_note(none)
+    assert list(raw_verdicts(bh)) == list(none["verdict"])
+    with pytest.raises(UserError, match="--correction must be one of bh, holm, none"):
+        verdicts(collect([three_seeds]), correction="bonferroni")
+
+
+def test_apply_correction_recomputes_a_written_table():
+    """p_adjusted over a table read back from verdicts.csv (the committed reports can be re-decided)."""
+    base = dict(strength="", group="g", baseline="b", n_seeds=3, method="paired t over seeds")
+    table = pd.DataFrame([dict(base, metric="clean_acc", diff=2.0, ci_low=1.0, ci_high=3.0, p_value=0.01),
+                          dict(base, metric="clean_acc", diff=2.0, ci_low=1.0, ci_high=3.0, p_value=0.04),
+                          dict(base, metric="R_z", diff=-2.0, ci_low=-3.0, ci_high=-1.0, p_value=0.03),
+                          dict(base, metric="clean_acc", diff=-2.0, ci_low=-3.0, ci_high=-1.0, p_value=0.005)])
+    holm = apply_correction(table, "holm")
+    assert list(holm["p_adjusted"]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert list(holm["verdict"]) == ["better", "no significant difference", "no significant difference", "worse"]
+    bh = apply_correction(table, "bh")
+    assert list(bh["p_adjusted"]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    assert list(bh["verdict"]) == ["better", "better", "better", "worse"]  # R_z: smaller is better
+
+
+def test_compact_tables_leave_out_repeats():
+    """Strength-0 rows repeat the clean accuracy; a worst case with PGD's numbers repeats PGD."""
+    base = dict(group="g", baseline="b", n_seeds=3, method="paired t over seeds", correction="bh")
+    numbers = dict(diff=5.0, ci_low=1.0, ci_high=9.0, p_value=0.01, p_adjusted=0.02, verdict="better")
+    other = dict(diff=4.0, ci_low=-1.0, ci_high=9.0, p_value=0.1, p_adjusted=0.2, verdict="no significant difference")
+    table = pd.DataFrame([dict(base, metric="clean_acc", strength="", **numbers),
+                          dict(base, metric="noise_acc", strength="sigma 0", **numbers),
+                          dict(base, metric="noise_acc", strength="sigma 0.5", **other),
+                          dict(base, metric="worst_case_acc", strength="linf 0", **numbers),
+                          dict(base, metric="worst_case_acc", strength="linf 0.1", **numbers),
+                          dict(base, metric="worst_case_acc", strength="linf 0.2", **other),
+                          dict(base, metric="pgd_acc", strength="linf 0", **numbers),
+                          dict(base, metric="pgd_acc", strength="linf 0.1", **numbers),
+                          dict(base, metric="pgd_acc", strength="linf 0.2", **numbers),
+                          dict(base, metric="R_z", strength="", **dict(numbers, p_adjusted=0.0004))])
+    [(group, baseline, rows)] = compact_tables(table)
+    assert (group, baseline) == ("g", "b") and list(rows.columns) == COMPACT_COLUMNS
+    assert list(zip(rows["metric"], rows["strength"])) == [
+        ("clean", ""), ("noise", "σ 0.5"), ("worst case", "L∞ 0.2"), ("PGD = worst case", "L∞ 0.1"),
+        ("PGD", "L∞ 0.2"), ("R_z", "")]
+    first = rows.iloc[0]
+    assert (first["difference [95% CI]"], first["adjusted p"], first["verdict"]) == ("+5.0 [+1.0, +9.0]", "0.02", "better")
+    assert rows.iloc[1]["verdict"] == "n.s." and rows.iloc[-1]["adjusted p"] == "< 0.001"
+
+
 def test_cli_report_prints_the_verdicts(three_seeds, tmp_path):
     result = CliRunner().invoke(cli.app, ["report", str(three_seeds), "--out", str(tmp_path / "out"), "--no-cells"])
     assert result.exit_code == 0, result.output
-    assert "verdicts" in result.output and "paired t over seeds: better" in result.output
+    assert "lenet jacobian λ_JR=0.01 n_proj=1 vs lenet none (3 seeds)" in result.output
+    assert "p (BH)" in result.output and "+5.3 [+1.5, +9.1]" in result.output and "better" in result.output
+    holm = CliRunner().invoke(cli.app, ["report", str(three_seeds), "--out", str(tmp_path / "holm"), "--no-cells",
+                                        "--correction", "holm"])
+    assert holm.exit_code == 0, holm.output
+    assert "p (Holm)" in holm.output
+    written = pd.read_csv(tmp_path / "holm" / "verdicts.csv", keep_default_na=False)
+    assert set(written["correction"]) == {"holm"} and row(written, "clean_acc")["verdict"] == "no significant difference"
+    assert "--correction holm" in (tmp_path / "holm" / "report.md").read_text()
+    bad = CliRunner().invoke(cli.app, ["report", str(three_seeds), "--correction", "bonferroni"])
+    assert bad.exit_code == 2
+
+
+def test_a_spec_names_the_correction(tmp_path, monkeypatch):
+    from jrbench.sweep_spec import parse_spec
+
+    text = 'name = "s"\n[grid]\nseed = [0]\n[report]\ncorrection = "{}"\n'
+    spec = parse_spec(text.format("holm"), "s.toml")
+    assert spec.report_options == {"correction": "holm"}
+    with pytest.raises(UserError, match=r"line 5.*correction.*one of bh, holm, none"):
+        parse_spec(text.format("sidak"), "s.toml")
+
+    class Seen(Exception):  # the options the sweep's report would be written with
+        pass
+
+    def write_report(collection, out, options, **kw):
+        raise Seen(options.correction)
+
+    monkeypatch.setattr("jrbench.report.write_report", write_report)
+    monkeypatch.setattr("jrbench.results.collect", lambda paths: None)
+    with pytest.raises(Seen) as seen:
+        cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
+    assert seen.value.args[0] == "holm"

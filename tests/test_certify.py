@@ -1,0 +1,195 @@
+"""jrbench certify: certificates of a trained run on fixed test examples, their tables, their
+soundness against attacks on the same examples, and the command's errors."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from jrbench.attack_config import AttackConfig
+from jrbench.certify import (CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, CertifyConfig, certify_model, certify_run,
+                             soundness_violations)
+from jrbench.cli import app
+from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
+from jrbench.errors import UserError
+from jrbench.evaluate import attack_run, fixed_examples
+from jrbench.training import train
+
+EPS_LINF = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
+EPS_L2 = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
+N = 100
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A Jacobian-regularized lenet on synth-digits (small margins of certified radius exist)."""
+    out = tmp_path_factory.mktemp("certify") / "run"
+    config = RunConfig(DataConfig("synth-digits", train_subset=1000, test_subset=300), ModelConfig("lenet"),
+                       RegConfig(["jacobian"], lambda_jr=0.05),
+                       TrainConfig(epochs=2, batch_size=64, seed=0, device="cpu", jacobian_eval_examples=32))
+    train(config, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def certified(run):
+    config = CertifyConfig(lipschitz=True, ibp=True, smoothing=True, sigmas=[0.25], n0=20, n=200, alpha=0.01,
+                           eps_linf=EPS_LINF, eps_l2=EPS_L2)
+    return certify_run(run, config, n_examples=N, example_seed=3, device="cpu")
+
+
+def test_tables_are_written_with_one_row_per_example_and_certificate(run, certified):
+    table = pd.read_csv(run / CERTIFY_CSV)
+    examples = pd.read_csv(run / CERTIFY_EXAMPLES_CSV)
+    assert len(table) == 2 * len(EPS_LINF) + len(EPS_L2) * 2  # lipschitz (both norms), ibp (linf), smoothing (l2)
+    assert examples.groupby(["method", "norm", "sigma"]).size().to_dict() == {
+        ("ibp", "linf", -1.0): N, ("lipschitz", "l2", -1.0): N, ("lipschitz", "linf", -1.0): N,
+        ("smoothing", "l2", 0.25): N}
+    for col in ("example", "method", "norm", "sigma", "radius", "predicted", "abstain"):
+        assert col in examples.columns
+    # the examples are jrbench attack's examples for the same --example-seed
+    from jrbench.rundir import load_config
+    from jrbench.data import load_data
+    _, labels, index = fixed_examples(load_data(load_config(run).data), N, 3)
+    assert sorted(examples["example"].unique()) == sorted(index.tolist())
+    lip = table[table["method"] == "lipschitz"]
+    assert lip["lipschitz_bound"].nunique() == 1 and lip["lipschitz_bound"].iloc[0] > 0
+    # re-running replaces rows instead of adding
+    certify_run(run, CertifyConfig(lipschitz=True, ibp=False, eps_linf=EPS_LINF, eps_l2=EPS_L2),
+                n_examples=N, example_seed=3, device="cpu")
+    assert len(pd.read_csv(run / CERTIFY_CSV)) == len(table)
+    assert len(pd.read_csv(run / CERTIFY_EXAMPLES_CSV)) == len(examples)
+
+
+def test_certified_accuracy_starts_at_clean_accuracy_and_falls_with_eps(certified):
+    t, ex = certified.table, certified.examples
+    clean = ex[ex["method"] == "lipschitz"].drop_duplicates("example")["clean_correct"].mean()
+    for (method, norm), rows in t.groupby(["method", "norm"]):
+        rows = rows.sort_values("strength")
+        acc = rows["certified_acc"].to_numpy()
+        assert (acc[1:] <= acc[:-1] + 1e-12).all(), (method, norm)
+        if method != "smoothing":
+            assert acc[0] == pytest.approx(clean), (method, norm)
+    # radii: zero for misclassified examples, never negative; lipschitz L-inf radius = L2 / sqrt(d)
+    assert (ex["radius"] >= 0).all()
+    assert (ex.loc[(ex["clean_correct"] == 0) & (ex["method"] != "smoothing"), "radius"] == 0).all()
+    lip = ex[ex["method"] == "lipschitz"].pivot(index="example", columns="norm", values="radius")
+    assert torch.allclose(torch.tensor(lip["linf"].to_numpy()), torch.tensor(lip["l2"].to_numpy()) / 28.0)
+    # something is certified beyond eps 0 (the soundness test below is not vacuous)
+    assert (ex.loc[ex["method"] != "smoothing", "radius"] > 0.005).any()
+    smooth = ex[ex["method"] == "smoothing"]
+    assert (smooth.loc[smooth["abstain"], "radius"] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def attacked(run, certified):
+    attacks = AttackConfig(noise=False, pgd=True, fgsm=True, norms=("linf", "l2"), eps_linf=EPS_LINF[1:4],
+                           eps_l2=EPS_L2[1:4], steps=10, restarts=1)
+    return attack_run(run, attacks, n_examples=N, example_seed=3, device="cpu")
+
+
+def test_no_attack_breaks_a_certified_example(certified, attacked):
+    result = attacked
+    covered = certified.examples[(certified.examples["method"] != "smoothing") & (certified.examples["radius"] > 0)]
+    checked = covered.merge(result.examples, on=["example", "norm"])
+    assert (checked["radius"] > checked["strength"]).any()  # pairs the check really covers
+    assert soundness_violations(certified.examples, result.examples).empty
+
+
+def test_report_brackets_attacked_accuracy_with_certified(run, certified, attacked, tmp_path):
+    from jrbench.report import ReportOptions, write_report
+    from jrbench.results import collect
+
+    collection = collect([run])
+    summary = collection.summary
+    cert = summary[(summary["table"] == "certify") & (summary["attack"] == "certified")
+                   & (summary["quantity"] == "accuracy")].set_index(["norm", "strength"])["value"]
+    worst = summary[(summary["table"] == "attacks") & (summary["attack"] == "worst-case")].set_index(
+        ["norm", "strength"])["value"]
+    common = cert.index.intersection(worst.index)
+    assert len(common) >= 6
+    assert (cert[common] <= worst[common] + 1e-12).all()  # certified <= attacked, strength by strength
+    assert collection.errors == []
+    result = write_report(collection, tmp_path / "report", ReportOptions(cells=False))
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Certified and attacked accuracy" in text and "no attack broke an example" in text
+    assert "certified acc % L∞" in text
+    assert "Certified and attacked accuracy" in (tmp_path / "report" / "summary.md").read_text()
+    assert result.errors == []
+
+
+def test_soundness_check_finds_a_planted_contradiction():
+    cert = pd.DataFrame({"example": [1, 2, 3], "method": ["ibp", "lipschitz", "smoothing"], "norm": ["linf", "l2", "l2"],
+                         "sigma": [-1.0, -1.0, 0.25], "radius": [0.1, 0.5, 2.0]})
+    attacked = pd.DataFrame({"example": [1, 1, 2, 3], "attack": ["pgd", "pgd", "noise", "pgd"],
+                             "norm": ["linf", "linf", "gaussian", "l2"], "strength": [0.05, 0.2, 0.1, 1.0],
+                             "loss": "ce64", "clean_correct": 1, "broken": [1, 1, 1, 1]})
+    bad = soundness_violations(cert, attacked)
+    # ibp covers example 1 at 0.1 but PGD broke it at 0.05; at 0.2 there is no contradiction;
+    # noise is no attack; smoothing certifies g, not the model
+    assert bad[["example", "method", "strength"]].values.tolist() == [[1, "ibp", 0.05]]
+
+
+def test_linear_outside_model_radius_is_the_closed_form(tmp_path):
+    torch.manual_seed(0)
+    lin = nn.Linear(784, 10)
+    net = nn.Sequential(nn.Flatten(), lin)
+    from jrbench.models import PixelClassifier
+    model = PixelClassifier(net, (1, 28, 28), 10, "linear")
+    config = CertifyConfig(lipschitz=True, ibp=True, eps_linf=[0.0, 0.001], eps_l2=[0.0, 0.01])
+    result = certify_model(model, "synth-digits", config, n_examples=50, device="cpu", out=tmp_path / "m")
+    ex = result.examples[(result.examples["method"] == "lipschitz") & (result.examples["norm"] == "l2")]
+    from jrbench.data import load_data
+    images, labels, index = fixed_examples(load_data(DataConfig("synth-digits")), 50, 0)
+    x = images.double().div(255).flatten(1)
+    W, b = lin.weight.double().detach(), lin.bias.double().detach()
+    f = x @ W.T + b
+    expected = []
+    for i in range(50):
+        yi = int(labels[i])
+        if int(f[i].argmax()) != yi:
+            expected.append(0.0)
+            continue
+        expected.append(min(float((f[i, yi] - f[i, j]) / (W[yi] - W[j]).norm()) for j in range(10) if j != yi))
+    assert torch.allclose(torch.tensor(ex["radius"].to_numpy()), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-5, atol=1e-9)
+    assert (tmp_path / "m" / CERTIFY_CSV).is_file() and (tmp_path / "m" / "model.json").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--smoothing", "--sigma", "0"], "--sigma"),
+    (["--smoothing", "--sigma", "-0.5"], "--sigma"),
+    (["--smoothing", "--n0", "200", "--n", "100"], "--n0"),
+    (["--smoothing", "--alpha", "1.5"], "--alpha"),
+    (["--smoothing", "--alpha", "0"], "--alpha"),
+    (["--eps-linf", "-0.1"], "--eps-linf"),
+])
+def test_bad_settings_exit_2_with_one_clear_line(run, args, needle):
+    before = sorted(p.name for p in run.iterdir())
+    result = CliRunner().invoke(app, ["certify", str(run), "--device", "cpu", "--quiet", *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_unsupported_layer_is_refused_by_name(tmp_path):
+    result = CliRunner().invoke(app, ["certify", "outside_factory:make_unsupported", "--dataset", "synth-digits",
+                                      "--lipschitz", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    assert "Softplus" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "m" / CERTIFY_CSV).exists()
+
+
+def test_command_prints_the_table_and_the_bound(run):
+    result = CliRunner().invoke(app, ["certify", str(run), "--device", "cpu", "--quiet", "--n-examples", "40",
+                                      "--eps-linf", "0", "--eps-linf", "0.01", "--eps-l2", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "Lipschitz bound" in result.output and "certify.csv" in result.output
+
+
+def test_config_needs_a_certificate():
+    with pytest.raises(UserError, match="--lipschitz"):
+        CertifyConfig(lipschitz=False, ibp=False, smoothing=False).validate()
+    assert math.isfinite(CertifyConfig().n)
