@@ -46,8 +46,9 @@ class LipschitzConstraint:
     """The projection of ``model``'s weight layers to the budget of ``bound`` (K, pixel space, L2).
 
     ``seed`` draws the power-iteration start vectors (a generator of its own: the global stream
-    that training seeds per epoch is not touched), which then run ``WARMUP_ITERS`` iterations. Raises :class:`UserError` for a model the bound
-    has no rule for (:func:`jrbench.lipschitz.supports`).
+    that training seeds per epoch is not touched), which then run ``WARMUP_ITERS`` iterations.
+    Raises :class:`UserError` for a model the bound has no rule for
+    (:func:`jrbench.lipschitz.supports`) or with learned layers other than Linear and Conv2d.
     """
 
     def __init__(self, model: Classifier, bound: float, seed: int = 0):

