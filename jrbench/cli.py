@@ -313,7 +313,7 @@ class _CellTable:
             row.update(start=time.monotonic(), end=None)
         if event.state in ("done", "failed"):
             row["end"] = time.monotonic()
-        if event.state in ("train", "attack", "margins"):
+        if event.state in ("train", "attack", "margins", "certify"):
             row.update(state="running", step=f"{event.state} {event.detail}".strip())
         else:
             row.update(state=event.state, step=event.detail)

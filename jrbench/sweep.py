@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from .config import RunConfig
 from .errors import UserError
-from .sweep_spec import SweepSpec, attack_config
+from .sweep_spec import SweepSpec, attack_config, certify_config
 
 
 def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> bool:
@@ -80,6 +80,39 @@ def margins_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     return all(key not in table or table.empty or (table[key] == value).all() for key, value in want.items())
 
 
+def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
+    """Whether a cell's certify step is finished: certify.csv and certify_examples.csv exist and
+    certify.csv has a row of every method, norm, strength and sigma the study's ``[certify]``
+    asks for, on its examples (``example_seed`` and ``n_examples``)."""
+    from . import rundir
+    from .certify import CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, NO_SIGMA
+    from .data import DATASETS
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / CERTIFY_CSV).is_file() and (run_dir / CERTIFY_EXAMPLES_CSV).is_file()):
+        return False
+    c = spec.certify or {}
+    try:
+        table = rundir.read_csv(run_dir / CERTIFY_CSV)
+        config = certify_config(c).filled(DATASETS.get(rundir.load_config(run_dir).data.dataset).info.name)
+    except (UserError, KeyError):
+        return False
+    example_seed = c.get("example_seed", (spec.attack or {}).get("example_seed", 0))
+    n_examples = c.get("n_examples", (spec.attack or {}).get("n_examples", 1000))
+    table = table[(table["example_seed"] == example_seed) & (table["n_examples"] == n_examples)]
+    done = {(m, n, round(float(e), 9), round(float(s), 9))
+            for m, n, e, s in zip(table["method"], table["norm"], table["strength"], table["sigma"])}
+    wanted = set()
+    for method, on in (("lipschitz", config.lipschitz), ("ibp", config.ibp), ("smoothing", config.smoothing)):
+        if not on:
+            continue
+        norms = ("linf", "l2") if method == "lipschitz" else ("linf",) if method == "ibp" else ("l2",)
+        sigmas = config.sigmas if method == "smoothing" else [NO_SIGMA]
+        wanted |= {(method, norm, round(float(e), 9), round(float(sigma), 9))
+                   for norm in norms for e in getattr(config, f"eps_{norm}") for sigma in sigmas}
+    return wanted <= done
+
+
 @dataclass
 class CellStatus:
     run_dir: Path
@@ -115,7 +148,8 @@ def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
 def is_done(spec: SweepSpec, status: CellStatus) -> bool:
     """Whether a cell has every step its study asks for."""
     return (status.trained and (spec.attack is None or attack_done(status.run_dir, spec.attack))
-            and (spec.margins is None or margins_done(status.run_dir, spec)))
+            and (spec.margins is None or margins_done(status.run_dir, spec))
+            and (spec.certify is None or certify_done(status.run_dir, spec)))
 
 
 def cell_threads(num_cpus: float) -> int:
@@ -158,8 +192,8 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
     Runs on :func:`cell_threads` of the spec's ``num_cpus`` torch threads (the caller's count is
     restored). ``train_cell(config, run_dir)`` trains (default: ``train(..., resume=True)``, so a
     cell stopped mid-training resumes from its last finished epoch); ``on_step(step)`` is called
-    with ``"train"``, ``"attack"`` or ``"margins"`` before each step that runs, and
-    ``on_progress(done, total, label)`` within the attack and margins steps. Raises what the
+    with ``"train"``, ``"attack"``, ``"margins"`` or ``"certify"`` before each step that runs, and
+    ``on_progress(done, total, label)`` within the attack, margins and certify steps. Raises what the
     steps raise (:class:`UserError` for bad input); files already finished stay whole.
     """
     from .evaluate import attack_run, margins_run
@@ -186,6 +220,15 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
             margins_run(run_dir, n_examples=m.get("n_examples", 500), n_directions=m.get("directions", 10),
                         seed=m.get("seed", 0), example_seed=example_seed, device=device,
                         batch_size=m.get("batch_size", 500), on_progress=on_progress)
+        if spec.certify is not None and not certify_done(run_dir, spec):
+            from .certify import certify_run
+
+            report("certify")
+            c = spec.certify
+            certify_run(run_dir, certify_config(c),
+                        n_examples=c.get("n_examples", (spec.attack or {}).get("n_examples", 1000)),
+                        example_seed=c.get("example_seed", (spec.attack or {}).get("example_seed", 0)),
+                        device=device, on_progress=on_progress)
     return status_at(run_dir, config)
 
 

@@ -44,7 +44,7 @@ class CellEvent:
     """One change of a cell's state, for progress displays."""
     index: int              # 1-based position of the cell in the study
     run_id: str
-    state: str              # queued, running, train, attack, margins, done, failed
+    state: str              # queued, running, train, attack, margins, certify, done, failed
     host: str = ""          # the node (host name) the cell runs on
     pid: int | None = None  # its worker process there
     attempt: int = 0        # 1 on the first try, 2 on the first retry, ...

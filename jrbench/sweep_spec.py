@@ -15,6 +15,8 @@ A spec (see ``benchmarks/*.toml``); every key is the flag of the command it feed
     n_examples = 500; steps = 20; sigma = [0.0, 0.2, 0.4]
     [margins]                             # jrbench margins options (omit the table: no margins)
     n_examples = 300; directions = 10     # example_seed: default [attack]'s, so both see the same examples
+    [certify]                             # jrbench certify options (omit the table: no certificates)
+    lipschitz = true; ibp = true; smoothing = true; sigma = [0.25]; n = 1000
     [report]                              # optional: jrbench report options for the report at the end
     sigma = 0.25                          # or a list: eps_linf = [0.05, 0.1], a table column each
     [resources]                           # optional: what one cell needs (default 1 CPU, 0 GPUs)
@@ -27,9 +29,9 @@ A spec (see ``benchmarks/*.toml``); every key is the flag of the command it feed
     name = "sub16"; reg = ["jacobian"]; jr_subsample = 16
 
 Keys of ``[base]``, ``[grid]``, ``[[block]]`` and ``[[variant]]`` are the ``jrbench train``
-options (:data:`FIELDS`); ``[attack]``, ``[margins]`` and ``[report]`` take those of ``jrbench
-attack``, ``margins`` and ``report`` (:data:`ATTACK_FIELDS`, :data:`MARGIN_FIELDS`,
-:data:`REPORT_FIELDS`). A key renamed to its flag (``regularizers`` -> ``reg``) is refused with
+options (:data:`FIELDS`); ``[attack]``, ``[margins]``, ``[certify]`` and ``[report]`` take those
+of ``jrbench attack``, ``margins``, ``certify`` and ``report`` (:data:`ATTACK_FIELDS`,
+:data:`MARGIN_FIELDS`, :data:`CERTIFY_FIELDS`, :data:`REPORT_FIELDS`). A key renamed to its flag (``regularizers`` -> ``reg``) is refused with
 the new name (:data:`RENAMED`). Cells that differ only in options of regularizers they do not
 use (lambda_jr without jacobian) have the same run id and collapse into one.
 
@@ -77,8 +79,12 @@ RESOURCE_FIELDS = ("num_cpus", "num_gpus")
 # keys renamed to their command's flag (issue 10): command -> {old key: new key}; old ones are refused
 RENAMED: dict[str, dict[str, str]] = {"train": {"regularizers": "reg"},
                                       "attack": {"sigmas": "sigma", "norms": "norm"}}
-TOP_FIELDS = ("name", "description", "out", "base", "grid", "block", "variant", "attack", "margins", "report",
-              "resources")
+# [certify]: jrbench certify's options; unlike the command, a certificate not named is off
+CERTIFY_FIELDS = {"lipschitz", "ibp", "smoothing", "sigma", "n0", "n", "alpha", "eps_linf", "eps_l2", "seed",
+                  "batch_size", "smoothing_batch_size", "n_examples", "example_seed"}
+_CERTIFY_LISTS = {"sigma", "eps_linf", "eps_l2"}
+TOP_FIELDS = ("name", "description", "out", "base", "grid", "block", "variant", "attack", "margins", "certify",
+              "report", "resources")
 
 
 @dataclass
@@ -101,6 +107,7 @@ class SweepSpec:
     description: str = ""
     report_options: dict[str, Any] = field(default_factory=dict)
     resources: Resources = field(default_factory=Resources)
+    certify: dict[str, Any] | None = None
 
     @property
     def folder(self) -> Path:
@@ -189,7 +196,7 @@ def spec_from_file(f: SpecFile, out: str | Path | None = None) -> SweepSpec:
     resources = _parse_resources(doc.get("resources", {}), f)
     out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
     return SweepSpec(name, f.path, out_dir, cells, attack, margins, str(doc.get("description", "")),
-                     _report_options(doc.get("report", {}), f), resources)
+                     _report_options(doc.get("report", {}), f), resources, _certify_table(doc.get("certify"), f))
 
 
 Overrides = list[tuple[Table, dict[str, Any]]]  # (where a table is written, its training options)
@@ -284,6 +291,49 @@ def _margins_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
         if key in ("n_examples", "directions", "batch_size") and value < 1:  # as jrbench margins checks them
             raise f.error(f"field '{key}' must be at least 1, got {value}.", ("margins",), key)
     return table
+
+
+def _certify_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
+    """The ``[certify]`` table (None when absent): jrbench certify's options, checked as one config."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise f.error("field 'certify' must be a table of jrbench certify options.", (), "certify")
+    for key, value in table.items():
+        _check_key(f, ("certify",), key, "certify", CERTIFY_FIELDS, "a certify option")
+        if key in ("n_examples", "example_seed") and (isinstance(value, bool) or not isinstance(value, int)
+                                                      or value < (1 if key == "n_examples" else 0)):
+            raise f.error(f"field '{key}' must be an integer >= {1 if key == 'n_examples' else 0}, got {value!r}.",
+                          ("certify",), key)
+    try:
+        certify_config(table)
+    except (UserError, TypeError, ValueError) as e:
+        named = [k for k in table if k.replace("_", "-") in str(e) or k in str(e)]
+        culprit = max(named, key=len) if named else None
+        raise f.error(f"invalid certify settings: {e}", ("certify",), culprit) from e
+    return table
+
+
+def certify_config(options: dict[str, Any]):
+    """The validated :class:`~jrbench.certify.CertifyConfig` of a ``[certify]`` table (flag names:
+    ``sigma`` fills ``sigmas``; a single value of a repeatable flag is a list of one). Unlike the
+    command, which runs Lipschitz and IBP when no certificate is named, a certificate not set to
+    true is off (a study says what it certifies)."""
+    from .certify import CertifyConfig
+
+    kwargs: dict[str, Any] = {"lipschitz": False, "ibp": False, "smoothing": False}
+    for key, value in options.items():
+        if key in ("n_examples", "example_seed"):
+            continue
+        if key in _CERTIFY_LISTS and not isinstance(value, list):
+            value = [value]
+        kwargs["sigmas" if key == "sigma" else key] = value
+    for key in ("lipschitz", "ibp", "smoothing"):
+        if not isinstance(kwargs[key], bool):
+            raise UserError(f"{key} must be true or false, got {kwargs[key]!r}.")
+    config = CertifyConfig(**kwargs)
+    config.validate()
+    return config
 
 
 def _parse_resources(table: Any, f: SpecFile) -> Resources:

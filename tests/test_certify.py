@@ -193,3 +193,43 @@ def test_config_needs_a_certificate():
     with pytest.raises(UserError, match="--lipschitz"):
         CertifyConfig(lipschitz=False, ibp=False, smoothing=False).validate()
     assert math.isfinite(CertifyConfig().n)
+
+
+SPEC = """
+name = "c"
+[base]
+dataset = "synth-digits"
+[certify]
+lipschitz = true
+ibp = true
+eps_linf = {linf}
+eps_l2 = {l2}
+n_examples = {n}
+example_seed = 3
+"""
+
+
+def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, tmp_path):
+    from jrbench.sweep import certify_done
+    from jrbench.sweep_spec import certify_config, parse_spec
+
+    spec = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2, n=N), tmp_path / "c.toml")
+    config = certify_config(spec.certify)
+    assert config.lipschitz and config.ibp and not config.smoothing  # a study names what it certifies
+    assert certify_done(run, spec)
+    more = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2 + [3.0], n=N), tmp_path / "c.toml")
+    assert not certify_done(run, more)
+    other = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2, n=N - 1), tmp_path / "c.toml")
+    assert not certify_done(run, other)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("smoothing = true\nsigma = 0", "line 13: invalid certify settings: --sigma"),
+    ("n0 = 5\nn = 2\nsmoothing = true", "--n0"),
+    ("ibpp = true", "line 12: field 'ibpp' is not a certify option. Did you mean 'ibp'"),
+])
+def test_a_bad_certify_table_names_its_line(extra, needle, tmp_path):
+    from jrbench.sweep_spec import parse_spec
+
+    with pytest.raises(UserError, match=needle):
+        parse_spec(SPEC.format(linf=[0.0], l2=[0.0], n=10) + extra, tmp_path / "c.toml")
