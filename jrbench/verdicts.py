@@ -45,7 +45,7 @@ import pandas as pd
 from . import stats
 from .errors import UserError
 from .provenance import group_id, relevant_config
-from .run_records import ATTACK_EXAMPLES, RunRecord
+from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
 VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
@@ -188,7 +188,31 @@ def example_values(record: RunRecord) -> pd.DataFrame:
     for attack in ("pgd", "autoattack"):
         sel = _prefer_ce64(table[table["attack"] == attack], ["example", "norm", "strength"])
         parts.append(part(ATTACK_METRICS[attack], sel, "robust"))
+    certified = certified_examples(record)
+    if certified is not None:
+        parts.append(part("certified_acc", certified, "certified"))
     return pd.concat(parts, ignore_index=True)
+
+
+def best_radii(record: RunRecord) -> pd.DataFrame | None:
+    """Per example and norm the best deterministic certified radius (Lipschitz, IBP; pixel units)
+    of certify_examples.csv, None without it: columns norm, example, radius."""
+    ex = record.tables.get(CERTIFY_EXAMPLES)
+    if ex is None:
+        return None
+    ex = ex[ex["method"].isin(["lipschitz", "ibp"])]
+    return ex.groupby(["norm", "example"], as_index=False)["radius"].max()
+
+
+def certified_examples(record: RunRecord) -> pd.DataFrame | None:
+    """Per example, norm and strength of the run's certify.csv grid whether the best deterministic
+    certificate covers it (radius > eps; at eps 0: correct): columns norm, strength, example, certified."""
+    best, table = best_radii(record), record.tables.get(CERTIFY)
+    if best is None or table is None:
+        return None
+    grid = table[table["method"].isin(["lipschitz", "ibp"])][["norm", "strength"]].drop_duplicates()
+    rows = best.merge(grid, on="norm")
+    return rows.assign(certified=(rows["radius"] > rows["strength"]).astype(float))
 
 
 # ----------------------------------------------------------------------------- the verdicts
@@ -326,9 +350,14 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
             gaps.append(f"{group}: verdicts: R_z: one seed in common with the baseline and metrics.csv has no "
                         "per-example values; a verdict needs 2 seeds")
             continue
-        if metric in MARGIN_METRICS:
-            sample = [examples[(examples["run_id"] == r.run_id) & (examples["quantity"] == metric)]["value"]
-                      .to_numpy(float) for r in (rg, rb)]
+        if metric in MARGIN_METRICS or metric == "certified_radius":
+            if metric == "certified_radius":  # strength: the norm
+                radii = [best_radii(r) for r in (rg, rb)]
+                sample = [v[v["norm"] == strength]["radius"].to_numpy(float) if v is not None else np.array([])
+                          for v in radii]
+            else:
+                sample = [examples[(examples["run_id"] == r.run_id) & (examples["quantity"] == metric)]["value"]
+                          .to_numpy(float) for r in (rg, rb)]
             sample = [v[~np.isnan(v)] for v in sample]
             if min(len(v) for v in sample) < 2:
                 gaps.append(f"{group}: verdicts: {what}: fewer than 2 per-example margins in a run")

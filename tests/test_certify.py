@@ -233,3 +233,26 @@ def test_a_bad_certify_table_names_its_line(extra, needle, tmp_path):
 
     with pytest.raises(UserError, match=needle):
         parse_spec(SPEC.format(linf=[0.0], l2=[0.0], n=10) + extra, tmp_path / "c.toml")
+
+
+def test_per_example_certified_outcomes_take_the_best_deterministic_certificate(tmp_path):
+    from jrbench.run_records import RunRecord
+    from jrbench.verdicts import certified_examples, example_values
+
+    cert = pd.DataFrame({"method": ["lipschitz", "lipschitz", "ibp", "ibp", "smoothing"],
+                         "norm": ["l2", "l2", "linf", "linf", "l2"], "strength": [0.0, 0.5, 0.0, 0.1, 0.5],
+                         "sigma": [-1.0, -1.0, -1.0, -1.0, 0.25]})
+    ex = pd.DataFrame({"example": [7, 8, 7, 8, 7, 8, 7], "method": ["lipschitz"] * 4 + ["ibp"] * 2 + ["smoothing"],
+                       "norm": ["l2", "l2", "linf", "linf", "linf", "linf", "l2"], "sigma": -1.0,
+                       "radius": [0.6, 0.0, 0.02, 0.0, 0.1, 0.2, 9.0]})
+    attacked = pd.DataFrame({"example": [7, 8], "attack": "pgd", "norm": "linf", "strength": 0.1, "loss": "ce64",
+                             "clean_correct": [1, 1], "robust": [1.0, 0.0], "broken": [0.0, 1.0],
+                             "example_seed": 0, "label": [1, 2], "seed": 0})
+    record = RunRecord(tmp_path, "r", None, {}, {"certify.csv": cert, "certify_examples.csv": ex,
+                                                  "attack_examples.csv": attacked})
+    got = certified_examples(record).set_index(["norm", "strength", "example"])["certified"].to_dict()
+    # l2: example 7 at 0.6 (> 0, > 0.5), example 8 nothing; linf: best of 0.02 (lipschitz) and 0.1 / 0.2 (ibp)
+    assert got == {("l2", 0.0, 7): 1.0, ("l2", 0.5, 7): 1.0, ("l2", 0.0, 8): 0.0, ("l2", 0.5, 8): 0.0,
+                   ("linf", 0.0, 7): 1.0, ("linf", 0.1, 7): 0.0, ("linf", 0.0, 8): 1.0, ("linf", 0.1, 8): 1.0}
+    values = example_values(record)
+    assert set(values.loc[values["metric"] == "certified_acc", "strength"]) == {"l2 0", "l2 0.5", "linf 0", "linf 0.1"}
