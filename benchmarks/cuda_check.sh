@@ -43,7 +43,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 if [ -z "${OVERHEAD_ONLY:-}" ]; then
 echo "== 1. CUDA tests"
-"$py" -m pytest -q -p no:cacheprovider tests/test_margins.py tests/test_spectra.py -k cuda || echo "!! CUDA tests failed"
+"$py" -m pytest -q -p no:cacheprovider tests/test_margins.py tests/test_spectra.py tests/test_noise_examples.py tests/test_certify.py -k cuda || echo "!! CUDA tests failed"
 
 echo "== 2. end to end on $dev"
 tmp=$(mktemp -d)

@@ -62,7 +62,10 @@ class AttackConfig:
     ``norms`` says. AutoAttack (off by default: it is slow) runs on the norms that have an
     AutoAttack grid (``autoattack_eps_linf``, ``autoattack_eps_l2``) or, when neither is
     given, on ``norms`` with PGD's grids; ``aa_targets`` None means the standard 9 target
-    classes (data sets of at least 10 classes)."""
+    classes (data sets of at least 10 classes). ``noise_examples`` is read where examples are
+    chosen from a data set (:func:`jrbench.evaluate.attack_run`, ``attack_model``): white noise
+    on that many test examples, None the whole test set; the gradient attacks take
+    ``n_examples`` there."""
 
     noise: bool = True
     pgd: bool = True
@@ -73,6 +76,10 @@ class AttackConfig:
     autoattack_eps_l2: list[float] | None = None
     sigmas: list[float] = field(default_factory=default_sigmas)
     draws: int = 5                  # noise draws per image
+    # White noise's test examples (attack_run / attack_model): None = the whole test set (noise
+    # costs only forward passes, so its accuracy is precise where that is cheap); N = the first N
+    # of the --example-seed permutation, a superset of the gradient attacks' n_examples when N >= it
+    noise_examples: int | None = None
     norms: tuple[str, ...] = NORMS  # PGD norms
     eps_linf: list[float] | None = None
     eps_l2: list[float] | None = None
@@ -134,6 +141,8 @@ class AttackConfig:
         _check_int("seed", self.seed, low=0)
         if self.aa_targets is not None:
             _check_int("aa_targets", self.aa_targets, low=1)
+        if self.noise_examples is not None:
+            _check_int("noise_examples", self.noise_examples, low=1)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
             raise UserError(f"alpha (--alpha, the PGD step, pixel units) must be > 0, got {self.alpha}.")
 

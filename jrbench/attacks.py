@@ -6,7 +6,11 @@ logits (its first layer normalizes, see ``jrbench.models``).
 
 Attacks:
 - ``noise``: x + sigma * n, n ~ N(0, I) per pixel, clipped to [0, 1]; ``draws`` draws per
-  image. The draws are the same for every sigma (common random numbers).
+  image, batched (several draws of several examples per forward pass). Each example's draws
+  are seeded by (seed, its index in the test split) alone: the same for every sigma (common
+  random numbers), every batch size and every device. Noise may run on other examples than
+  the gradient attacks (``noise_set`` of :func:`run_attacks`; ``jrbench attack`` runs it on
+  the whole test set by default, as it costs only forward passes).
 - ``pgd``: projected gradient ascent on the cross-entropy (Madry et al. 2018,
   arXiv:1706.06083), ``torchattacks.PGD`` (L-infinity ball) or ``torchattacks.PGDL2`` (L2
   ball), ``steps`` steps of size ``alpha`` (default 2.5 * eps / steps, the Madry et al.
@@ -50,7 +54,8 @@ Randomness: the random starts use the global RNG (torchattacks draws with
 from (seed, attack, norm, restart, batch) inside ``torch.random.fork_rng``, so results are
 deterministic by seed and batch size and the caller's RNG state is left untouched. The
 seed does not depend on eps, so every eps sees the same random directions (common random
-numbers). Noise uses an explicit ``torch.Generator`` on the input's device.
+numbers). Noise uses an explicit CPU ``torch.Generator`` per example (:func:`noise_draws`),
+moved to the model's device, so CPU and CUDA add the same noise.
 """
 from __future__ import annotations
 
@@ -79,7 +84,8 @@ from .stats import noise_interval, wilson_interval
 GRAD_VANISH_THRESHOLD = 1e-10  # per-example ||d CE / d x||_2 below this counts as vanished
 # One row per (attack, norm, strength). attack: 'noise' | 'pgd' | 'fgsm'; norm: 'gaussian' |
 # 'linf' | 'l2'; strength: sigma or eps (pixel units); accuracy = n_correct / n_trials with
-# a 95% interval [ci_low, ci_high]; n_trials = n_examples (attacks) or n_examples * draws
+# a 95% interval [ci_low, ci_high]; n_examples: the examples of the row (noise rows: its own
+# set, by default the whole test set); n_trials = n_examples (attacks) or n_examples * draws
 # (noise); steps, alpha (pixel units), restarts: PGD/FGSM settings (NaN for noise); draws:
 # noise only; loss: 'ce64' | 'ce32' ('none' for noise); seconds: wall time of the row;
 # grad_vanish_frac / grad_zero_frac: see gradient_stats (NaN for noise); seed; targets:
@@ -244,39 +250,65 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
         return rows
 
 
+def noise_draws(seed: int, example_index: torch.Tensor, draws: int, shape: Sequence[int],
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Float32 (B, draws, *shape) on the CPU: the standard normal noise of each example,
+    n ~ N(0, I) per pixel. Example i's draws come from a CPU ``torch.Generator`` seeded by
+    ``derive_seed(seed, "noise", example_index[i])`` alone, so they do not depend on the batch,
+    the batch size, the device (callers move them) or sigma (common random numbers)."""
+    gen = generator if generator is not None else torch.Generator()
+    out = torch.empty(len(example_index), draws, *shape)
+    for row, example in enumerate(example_index.tolist()):
+        gen.manual_seed(derive_seed(seed, "noise", int(example)))
+        out[row].normal_(generator=gen)  # torch.randn(draws, *shape, generator=gen), in place
+    return out
+
+
 def noise_correct_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigma: float, *,
-                         draws: int = 5, seed: int = 0, batch_size: int = 500) -> torch.Tensor:
-    """Int (N,): for each image, how many of ``draws`` noisy copies clip(x + sigma n, 0, 1),
-    n ~ N(0, I) per pixel, the model classifies correctly. Draw d of batch b comes from a
-    ``torch.Generator`` on the model's device seeded by (seed, b, d), the same for every sigma."""
+                         draws: int = 5, seed: int = 0, batch_size: int = 500,
+                         example_index: torch.Tensor | None = None,
+                         clean_correct: torch.Tensor | None = None) -> torch.Tensor:
+    """Int (N,) on x's device: for each image, how many of ``draws`` noisy copies
+    clip(x + sigma n, 0, 1), n ~ N(0, I) per pixel (sigma in pixel units), the model classifies
+    correctly. Example i's noise is :func:`noise_draws` of its ``example_index`` (default
+    0..N-1), drawn on the CPU and moved to the model's device, so neither ``batch_size`` nor the
+    device changes it. The draws are batched: each forward pass takes up to ``batch_size``
+    images, ``batch_size // draws`` examples (at least one) times their draws. sigma 0 is the
+    clean result ``draws`` times (``clean_correct`` (N,) bool if given) without a forward pass."""
+    index = torch.arange(len(x)) if example_index is None else example_index.detach().cpu()
     device, dtype = model_device(model, x.device), model_dtype(model)
     counts = torch.zeros(len(x), dtype=torch.long, device=x.device)
+    gen, per_forward = torch.Generator(), max(1, batch_size // draws)
     with eval_mode(model), torch.no_grad():
-        for b, idx in enumerate(index_batches(torch.arange(len(x), device=x.device), batch_size)):
+        if sigma == 0:
+            clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
+            return clean.to(x.device).long() * draws
+        for idx in index_batches(torch.arange(len(x), device=x.device), per_forward):
             xb, yb = x[idx].to(device, dtype), y[idx].to(device)
-            for d in range(draws):
-                gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "noise", b, d))
-                noise = torch.randn(xb.shape, generator=gen, device=device, dtype=dtype)
-                pred = model((xb + sigma * noise).clamp(0.0, 1.0)).argmax(1)
-                counts[idx] += (pred == yb).to(x.device)
+            noise = noise_draws(seed, index[idx.cpu()], draws, xb.shape[1:], gen).to(device, dtype)
+            noisy = (xb.unsqueeze(1) + sigma * noise).clamp(0.0, 1.0).flatten(0, 1)
+            pred = model(noisy).argmax(1).view(len(idx), draws)
+            counts[idx] = (pred == yb.unsqueeze(1)).sum(1).to(x.device)
     return counts
 
 
 def noise_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sigmas: Sequence[float], *,
                draws: int = 5, seed: int = 0, batch_size: int = 500,
                record: list[pd.DataFrame] | None = None,
-               example_index: torch.Tensor | None = None) -> list[dict]:
+               example_index: torch.Tensor | None = None,
+               clean_correct: torch.Tensor | None = None) -> list[dict]:
     """One row per sigma: accuracy over all (image, draw) pairs, interval from
-    :func:`noise_interval`, n_trials = N * draws. With ``record`` given, appends each
-    sigma's per-example frame (robust: the share of draws classified correctly)."""
+    :func:`noise_interval`, n_examples = N, n_trials = N * draws. Noise per example
+    (:func:`noise_correct_counts`): no result depends on ``batch_size``. With ``record`` given,
+    appends each sigma's per-example frame (robust: the share of draws classified correctly)."""
     device, rows = model_device(model, x.device), []
-    if record is not None:
-        with eval_mode(model):
-            clean = correct_mask(model, x, y, batch_size)
+    with eval_mode(model):
+        clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
     for sigma in sigmas:
         start = time.perf_counter()
         counts = noise_correct_counts(model, x, y, sigma, draws=draws, seed=seed,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, example_index=example_index,
+                                      clean_correct=clean)
         sync_device(device)
         if record is not None:
             record.append(example_frame("noise", "gaussian", sigma, "none", clean,
@@ -362,13 +394,19 @@ def model_num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: AttackConfig, *,
                 num_classes: int | None = None, example_index: torch.Tensor | None = None,
-                example_seed: int = -1, on_progress=None) -> AttackTables:
+                example_seed: int = -1, on_progress=None,
+                noise_set: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                ) -> AttackTables:
     """Run the attacks of ``config`` on (x, y); return the table (one tidy row per (attack,
     norm, strength), columns :data:`ROW_COLUMNS`) and the per-example record
     (:data:`EXAMPLE_COLUMNS`). x: (N, C, H, W) pixels in [0, 1] on any device (batches move
     to the model's device); y: (N,) labels. ``num_classes`` (AutoAttack's target classes): the
     data set's, default the width of the model's logits; ``example_index`` (N,): the examples'
-    positions in their split, written to the record's ``example`` (default 0..N-1).
+    positions in their split, written to the record's ``example`` (default 0..N-1) and seeding
+    each example's noise. ``noise_set`` (x (M, C, H, W), y (M,), example_index (M,)): the
+    examples white noise runs on instead of (x, y) (:func:`jrbench.evaluate.attack_run` passes
+    the whole test set; ``config.noise_examples`` is read there, not here); its rows then say
+    n_examples = M and the record has a noise row for each of the M examples.
     ``on_progress(done, total, label)`` is called before the first and after each attack and
     strength (``total``: the number of (attack, norm, strength) runs)."""
     config.validate()
@@ -380,6 +418,12 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Atta
     if example_index is not None and tuple(example_index.shape) != (len(x),):
         raise UserError(f"example_index must have shape ({len(x)},), got "
                         f"{tuple(example_index.shape)}.")
+    noise_x, noise_y, noise_index = (x, y, example_index) if noise_set is None else noise_set
+    if noise_set is not None and config.noise:
+        check_inputs(noise_x, noise_y)
+        if tuple(noise_index.shape) != (len(noise_x),):
+            raise UserError(f"the noise set's example_index must have shape ({len(noise_x)},), got "
+                            f"{tuple(noise_index.shape)}.")
     if config.autoattack:
         width = model_num_classes(model, x)
         if num_classes is not None and num_classes != width:
@@ -407,9 +451,11 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Atta
         on_progress(0, total, "")
     with eval_mode(model):
         if config.noise:
+            noise_clean = correct_mask(model, noise_x, noise_y, config.batch_size)
             for sigma in config.sigmas:
-                rows += noise_rows(model, x, y, [sigma], draws=config.draws, record=record,
-                                   example_index=example_index, **common)
+                rows += noise_rows(model, noise_x, noise_y, [sigma], draws=config.draws,
+                                   record=record, example_index=noise_index,
+                                   clean_correct=noise_clean, **common)
                 step(f"noise sigma={sigma:g}")
         if config.pgd or config.fgsm or config.autoattack:
             clean = correct_mask(model, x, y, config.batch_size)

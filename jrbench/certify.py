@@ -136,12 +136,13 @@ def check_certify(run_dir: str | Path, config: CertifyConfig):
     return run_config
 
 
-def certify_run(run_dir: str | Path, config: CertifyConfig, *, n_examples: int = 1000, example_seed: int = 0,
+def certify_run(run_dir: str | Path, config: CertifyConfig, *, n_examples: int | None = None, example_seed: int = 0,
                 device: str = "auto", data_dir: str | None = None,
                 on_progress: Progress | None = None) -> CertifyResult:
-    """Certify the model of ``run_dir`` on ``n_examples`` fixed test examples (``example_seed``:
-    the examples ``jrbench attack`` attacks with the same two numbers); upsert certify.csv and
-    certify_examples.csv (the per-example file first)."""
+    """Certify the model of ``run_dir`` on ``n_examples`` fixed test examples (None: the data set's
+    ``Defaults.attack_examples``, as ``jrbench attack``; ``example_seed``: the examples ``jrbench
+    attack`` attacks with the same two numbers); upsert certify.csv and certify_examples.csv (the
+    per-example file first)."""
     run_config = check_certify(run_dir, config)
     run_dir = Path(run_dir)
     dev = resolve_device(device)
@@ -151,7 +152,7 @@ def certify_run(run_dir: str | Path, config: CertifyConfig, *, n_examples: int =
                     example_seed=example_seed, device=dev, on_progress=on_progress)
 
 
-def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_examples: int = 1000,
+def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_examples: int | None = None,
                   example_seed: int = 0, device: str = "auto", data_dir: str | None = None,
                   out: str | Path | None = None, name: str | None = None, source: dict | None = None,
                   on_progress: Progress | None = None) -> CertifyResult:
@@ -168,11 +169,13 @@ def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_ex
 
 
 def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, out: Path | None, *,
-             n_examples: int, example_seed: int, device: torch.device,
+             n_examples: int | None, example_seed: int, device: torch.device,
              on_progress: Progress | None = None) -> CertifyResult:
+    from .evaluate import default_examples
     from .models import eval_mode
 
     config = config.filled(data.info.name)
+    n_examples = default_examples(data, n_examples)  # None: the attacks' default
     images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, device), labels.to(device)
     steps = _work_units(config, len(x))
@@ -208,9 +211,29 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
     ex = ex[EXAMPLE_COLUMNS]
     if out is None:
         return CertifyResult(table, ex)
+    notes = _keep_one_example_set(out, example_seed, n_examples)
     upsert_rows(out / CERTIFY_EXAMPLES_CSV, ex, EXAMPLE_KEYS + ["example"])
     upsert_rows(out / CERTIFY_CSV, table, ROW_KEYS)
-    return CertifyResult(table, ex, out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV)
+    return CertifyResult(table, ex, out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV, notes)
+
+
+def _keep_one_example_set(out: Path, example_seed: int, n_examples: int) -> list[str]:
+    """A run's certificates cover one example set: rows of another (``example_seed``,
+    ``n_examples``) are removed from both tables before this call's rows go in (a note says so)."""
+    path, ex_path = out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV
+    if not path.is_file():
+        return []
+    old = rundir.read_csv(path)
+    same = (old["example_seed"] == example_seed) & (old["n_examples"] == n_examples)
+    if same.all():
+        return []
+    rundir.atomic_write_csv(path, old[same])
+    if ex_path.is_file():
+        old_ex = rundir.read_csv(ex_path)
+        keep = old_ex["example_seed"] == example_seed if same.any() else old_ex["example"].isna()
+        rundir.atomic_write_csv(ex_path, old_ex[keep])
+    return [f"the certificates of another example set ({len(old) - int(same.sum())} rows of certify.csv) were "
+            f"replaced: a run's certificates cover one set (now --example-seed {example_seed}, {n_examples} examples)"]
 
 
 def _work_units(config: CertifyConfig, n: int) -> int:

@@ -344,28 +344,38 @@ class _CellTable:
 
 def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address: str | None = None,
                             retries: int = 2, shared_dir: bool = False, quiet: bool = False,
-                            keep_going: bool = False):
+                            keep_going: bool = False, connect_timeout: float = 30.0, verbose: bool = False):
     """Run a sweep and show its progress; return the cells' statuses.
 
     Local engine: one progress bar per training, attack and margins step and a line per step of
     every cell (a failing cell is raised unless ``keep_going``). Ray engine: a live table of the cells (state, step,
-    node, try, seconds); failed cells are in the statuses. ``quiet`` shows neither."""
+    node, try, seconds), left on screen at the end but not after a user error such as no cluster at
+    ``address``; failed cells are in the statuses. ``quiet`` shows neither."""
     if engine == "ray":
+        import contextlib
+
         from rich.live import Live
 
+        from .errors import UserError
         from .sweep_ray import run_sweep_ray
 
-        options = dict(device=device, address=address, retries=retries, shared_dir=shared_dir)
+        options = dict(device=device, address=address, retries=retries, shared_dir=shared_dir,
+                       connect_timeout=connect_timeout, verbose=verbose)
         if quiet:
             return run_sweep_ray(spec, **options)
         table = _CellTable(spec)
-        if not err_console.is_terminal:  # a log: the table once, at the end
-            try:
+        live = (Live(get_renderable=table.render, console=err_console, refresh_per_second=2, transient=True)
+                if err_console.is_terminal else contextlib.nullcontext())  # a log: the table once, at the end
+        show_table = True
+        try:
+            with live:
                 return run_sweep_ray(spec, **options, on_event=table.update)
-            finally:
+        except UserError:  # nothing ran (no cluster, no Ray): the message alone
+            show_table = False
+            raise
+        finally:
+            if show_table:
                 err_console.print(table.render())
-        with Live(get_renderable=table.render, console=err_console, refresh_per_second=2):
-            return run_sweep_ray(spec, **options, on_event=table.update)
     from .sweep import run_sweep
 
     if quiet:
@@ -419,6 +429,8 @@ def sweep_command(
     address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001 (default $RAY_ADDRESS, else start Ray on this machine's cores).")] = None,
     retries: Annotated[int, typer.Option(help="--engine ray: run a cell again up to this many times when its worker or node is lost.")] = 2,
     shared_dir: Annotated[bool, typer.Option("--shared-dir", help="--engine ray: workers write in place (every node sees the output folder at the same path); a retried cell resumes from its last epoch.")] = False,
+    connect_timeout: Annotated[float, typer.Option(help="--engine ray: seconds to join the cluster at --address before giving up with a message (exit 2).")] = 30.0,
+    verbose: Annotated[bool, typer.Option("--verbose", help="--engine ray: show Ray's own log lines and the workers' output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars, step lines or live table.")] = False,
 ) -> None:
     """Train, attack and measure every cell of a study; skip finished cells; then report.
@@ -431,6 +443,8 @@ def sweep_command(
         raise UserError(f"{'--address' if address else '--shared-dir'} applies to --engine ray only.")
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}.")
+    if not connect_timeout > 0:
+        raise UserError(f"--connect-timeout must be > 0 seconds, got {connect_timeout:g}.")
     spec = load_spec(spec_path, out)
     if engine is Engine.ray:
         import os
@@ -441,7 +455,8 @@ def sweep_command(
         console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}", highlight=False)
     try:
         statuses = run_sweep_with_progress(spec, device, engine=engine.value, address=address, retries=retries,
-                                           shared_dir=shared_dir, quiet=quiet, keep_going=True)
+                                           shared_dir=shared_dir, quiet=quiet, keep_going=True,
+                                           connect_timeout=connect_timeout, verbose=verbose)
     except KeyboardInterrupt:
         err_console.print("interrupted: every finished cell is kept (and finished epochs of the cells in this "
                           "process or in a --shared-dir); run the same command to resume.")
@@ -499,8 +514,12 @@ def attack_command(
         help="AutoAttack's own L-inf radius grid (with or without --autoattack-eps-l2: AutoAttack runs on these norms only).")] = None,
     autoattack_eps_l2: Annotated[Optional[list[float]], typer.Option(
         help="AutoAttack's own L2 radius grid.")] = None,
-    n_examples: NExamplesOpt = 1000,
+    n_examples: Annotated[Optional[int], typer.Option(
+        help="Fixed test examples of PGD, FGSM and AutoAttack, chosen by --example-seed (the same in attack, "
+             "margins and certify; default: the data set's, 1000).")] = None,
     example_seed: ExampleSeedOpt = 0,
+    noise_examples: Annotated[Optional[int], typer.Option(
+        help="White noise on this many test examples, chosen by --example-seed (default: the whole test set).")] = None,
     sigma: SigmaOpt = None,
     draws: Annotated[int, typer.Option(help="Noise draws per image.")] = 5,
     norm: Annotated[Optional[list[Norm]], typer.Option(help="PGD norm; repeat for both (default both).")] = None,
@@ -541,10 +560,12 @@ def attack_command(
         eps_linf, eps_l2 = (eps, eps_l2) if norms[0] == "linf" else (eps_linf, eps)
     config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, autoattack=autoattack, aa_targets=aa_targets,
                           autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2,
-                          sigmas=sigma or default_sigmas(), draws=draws,
+                          sigmas=sigma or default_sigmas(), draws=draws, noise_examples=noise_examples,
                           norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
                           restarts=restarts, loss=loss.value, batch_size=batch_size, seed=seed)
     config.validate()
+    if n_examples is not None and n_examples < 1:
+        raise UserError(f"--n-examples must be at least 1, got {n_examples}.")
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
     for run_dir, model in sources:  # every directory and model is checked before any table is written
         if model is None:
@@ -560,7 +581,10 @@ def attack_command(
                 result = attack_model(model.model, model.dataset, config, n_examples=n_examples,
                                       example_seed=example_seed, device=device, data_dir=data, out=run_dir,
                                       name=model.name, source=model.provenance, on_progress=on_progress)
-        print_attack_table(result, f"{run_dir.name}: accuracy under attack ({n_examples} test examples)")
+        noise_note = (f"; noise: {result.noise_examples}" if result.noise_examples not in (None, result.n_examples)
+                      else "")
+        print_attack_table(result, f"{run_dir.name}: accuracy under attack ({result.n_examples} test examples"
+                                   f"{noise_note})")
 
 
 # ----------------------------------------------------------------------------- margins
@@ -665,7 +689,8 @@ def certify_command(
     n0: Annotated[int, typer.Option(help="Smoothing: noise draws that select the top class.")] = 100,
     n: Annotated[int, typer.Option(help="Smoothing: noise draws that estimate its probability.")] = 10_000,
     alpha: Annotated[float, typer.Option(help="Smoothing: failure probability of the certificate.")] = 0.001,
-    n_examples: NExamplesOpt = 1000,
+    n_examples: Annotated[Optional[int], typer.Option(
+        help="Fixed test examples, chosen by --example-seed (the same as attack's; default: the data set's, 1000).")] = None,
     example_seed: ExampleSeedOpt = 0,
     eps_linf: Annotated[Optional[list[float]], typer.Option(help="L-inf radius grid (default per data set, as attack).")] = None,
     eps_l2: Annotated[Optional[list[float]], typer.Option(help="L2 radius grid (default per data set, as attack).")] = None,
@@ -710,6 +735,8 @@ def certify_command(
                                        example_seed=example_seed, device=device, data_dir=data, out=run_dir,
                                        name=model.name, source=model.provenance, on_progress=on_progress)
         print_certify_table(result, f"{run_dir.name}: certified accuracy (a lower bound; pixel units)")
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- report

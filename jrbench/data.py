@@ -44,7 +44,9 @@ class Defaults:
     ``sigmas``: the white-noise grid (per-pixel standard deviation);
     ``report_*``: the strength the report's wide table and verdicts read off the curves;
     ``huge_eps_linf``: an L-inf radius where a working attack leaves about chance accuracy
-    (the sanity check); ``cell_radius``: the half-width (L2) of the report's cross-sections.
+    (the sanity check); ``cell_radius``: the half-width (L2) of the report's cross-sections;
+    ``attack_examples``: the test examples PGD, FGSM and AutoAttack run on by default
+    (``jrbench attack --n-examples``; white noise runs on the whole test set).
     """
 
     eps_linf: tuple[float, ...]
@@ -55,6 +57,16 @@ class Defaults:
     huge_eps_linf: float
     cell_radius: float
     sigmas: tuple[float, ...] = NOISE_SIGMAS
+    # What a verdict needs, at the price of PGD and AutoAttack. A 95% Wilson interval at accuracy
+    # 0.5 has half-width about 0.98 / sqrt(n): 200 examples -> +-6.9 points, 1,000 -> +-3.1,
+    # 2,000 -> +-2.2. At 1,000 one seed's sampling error (sd 1.6 points) is below the spread of
+    # robust accuracy over training seeds, so verdicts over seeds (paired t, every run on the same
+    # examples) are limited by training noise, not by the examples; a one-seed McNemar test on
+    # 1,000 paired examples with 10% discordant finds a 3-point difference (z = 3). 2,000 would buy
+    # 0.9 points for twice the cost (AutoAttack: about 200 s per radius on 1,000 MNIST digits on
+    # one CPU core; README "jrbench attack"). The same for every data set: the statistics do not
+    # depend on it, the cost does (a GPU for CIFAR-10 models).
+    attack_examples: int = 1000
 
 
 # MNIST-like 28x28 grey images: the radii of the Jacobian-regularization and PGD literature

@@ -3,7 +3,10 @@
 ``attack_run`` writes ``RUN_DIR/attacks.csv`` (one row per attack, norm, strength and loss;
 re-running replaces those rows) and ``RUN_DIR/attack_examples.csv``, the per-example record
 (one row per example and attacks.csv row, columns :data:`jrbench.attacks.EXAMPLE_COLUMNS`;
-re-running replaces the rows of the same keys, every example). ``margins_run`` writes ``RUN_DIR/margins.csv`` and
+re-running replaces the rows of the same keys, every example). The gradient attacks run on
+``n_examples`` fixed test examples (default: the data set's ``Defaults.attack_examples``),
+white noise on the whole test set (or ``AttackConfig.noise_examples`` of them); both record
+each example by its index in the test split, so the rows line up. ``margins_run`` writes ``RUN_DIR/margins.csv`` and
 ``RUN_DIR/jacobian.csv`` (one row per example). Units are pixel space in [0, 1].
 Every table is computed in full before it is written, atomically: a bad input or an
 interrupted run leaves the previous table as it was.
@@ -90,6 +93,8 @@ class AttackResult:
     path: Path | None  # attacks.csv, None when nothing was written
     examples: pd.DataFrame | None = None  # this call's per-example record
     examples_path: Path | None = None
+    n_examples: int | None = None      # the gradient attacks' test examples
+    noise_examples: int | None = None  # white noise's test examples (None: no noise)
 
 
 def check_attack(run_dir: str | Path, config) -> RunConfig:
@@ -111,21 +116,48 @@ def check_attack(run_dir: str | Path, config) -> RunConfig:
     return run_config
 
 
-def comparable_rows(table: pd.DataFrame, example_seed: int, n_examples: int) -> pd.DataFrame:
-    """The rows of a run's attacks.csv or attack_examples.csv made on the same examples."""
+def comparable_rows(table: pd.DataFrame, example_seed: int, n_examples: int,
+                    noise_examples: int | None = None) -> pd.DataFrame:
+    """The rows of a run's attacks.csv or attack_examples.csv made on the same examples: the
+    gradient attacks' on ``n_examples``, white noise's on ``noise_examples`` (default the same),
+    both chosen by ``example_seed``."""
     keep = pd.Series(True, index=table.index)
     if "example_seed" in table.columns:
         keep &= table["example_seed"] == example_seed
     if "n_examples" in table.columns:
-        keep &= table["n_examples"] == n_examples
+        n_noise = n_examples if noise_examples is None else noise_examples
+        wanted = pd.Series(n_examples, index=table.index).where(table["attack"] != "noise", n_noise)
+        keep &= table["n_examples"] == wanted
     return table[keep]
 
 
-def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_seed: int = 0,
+def default_examples(data: Data, n_examples: int | None) -> int:
+    """``n_examples``, or for None the data set's ``Defaults.attack_examples`` (at most the whole
+    test split): the fixed examples of the gradient attacks, margins and certificates."""
+    return n_examples if n_examples is not None else min(data.info.defaults.attack_examples, len(data.test))
+
+
+def example_counts(data: Data, config, n_examples: int | None) -> tuple[int, int]:
+    """(the gradient attacks' examples, white noise's examples) of ``data``'s test split:
+    ``n_examples`` (None: the data set's ``Defaults.attack_examples``, at most the whole split)
+    and ``config.noise_examples`` (None: the whole split). Raises :class:`UserError` for a noise
+    count above the split's size (counts below 1: ``AttackConfig.validate``, :func:`fixed_examples`)."""
+    total = len(data.test)
+    n_examples = default_examples(data, n_examples)
+    noise = total if config.noise_examples is None else config.noise_examples
+    if noise > total:
+        raise UserError(f"noise_examples (--noise-examples) {noise} is more than the {total} examples "
+                        "of the test set; leave it unset for the whole test set.")
+    return n_examples, noise
+
+
+def attack_run(run_dir: str | Path, config, *, n_examples: int | None = None, example_seed: int = 0,
                device: str = "auto", data_dir: str | None = None,
                on_progress: Progress | None = None) -> AttackResult:
-    """Attack the model of ``run_dir`` on ``n_examples`` fixed test examples; update
-    attacks.csv and attack_examples.csv (the per-example record, written first).
+    """Attack the model of ``run_dir`` on ``n_examples`` fixed test examples (None: the data
+    set's ``Defaults.attack_examples``, 1000) and, white noise, on ``config.noise_examples``
+    (None: the whole test set); update attacks.csv and attack_examples.csv (the per-example
+    record, written first).
     ``on_progress(done, total, label)`` is called after each attack and strength.
 
     ``config`` is an :class:`jrbench.attack_config.AttackConfig`; eps grids left None get the
@@ -142,11 +174,14 @@ def attack_run(run_dir: str | Path, config, *, n_examples: int = 1000, example_s
                    n_examples=n_examples, example_seed=example_seed, device=dev, on_progress=on_progress)
 
 
-def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, *, n_examples: int,
-            example_seed: int, device: torch.device, on_progress: Progress | None = None) -> AttackResult:
+def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, *,
+            n_examples: int | None, example_seed: int, device: torch.device,
+            on_progress: Progress | None = None) -> AttackResult:
     """The attacks of attack_run and attack_model: ``model`` (pixels in, logits out, on ``device``)
-    on the fixed examples of ``data``; rows get ``prov``; tables upserted into ``out`` (None: kept
-    in memory, the warnings then read this call's rows only)."""
+    on the fixed examples of ``data`` (:func:`example_counts`: the gradient attacks' and white
+    noise's, both from :func:`fixed_examples` with ``example_seed``, so the noise set holds the
+    attacks' whenever it is at least as large); rows get ``prov``; tables upserted into ``out``
+    (None: kept in memory, the warnings then read this call's rows only)."""
     from .attack_checks import sanity_warnings
     from .attack_config import default_eps
     from .attacks import run_attacks
@@ -157,10 +192,16 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     filled = dataclasses.replace(config, **{
         f"eps_{norm}": default_eps(dataset, norm) for norm in config.eps_norms()
         if getattr(config, f"eps_{norm}") is None})
+    n_examples, n_noise = example_counts(data, config, n_examples)
     images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, device), labels.to(device)
+    noise_set = None
+    if config.noise and n_noise != n_examples:
+        noise_images, noise_labels, noise_index = fixed_examples(data, n_noise, example_seed)
+        noise_set = (to_pixels(noise_images, device), noise_labels.to(device), noise_index)
     result = run_attacks(model, x, y, filled, num_classes=data.info.num_classes,
-                         example_index=index, example_seed=example_seed, on_progress=on_progress)
+                         example_index=index, example_seed=example_seed, on_progress=on_progress,
+                         noise_set=noise_set)
     table, examples = result.table, result.examples
     for key, value in prov.items():
         table[key] = value
@@ -170,11 +211,12 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     else:
         all_examples = upsert_rows(out / ATTACK_EXAMPLES_CSV, examples, ATTACK_KEYS)
         all_rows = upsert_rows(out / ATTACKS_CSV, table, ATTACK_KEYS)
-    same = comparable_rows(all_rows, example_seed, n_examples)
+    same = comparable_rows(all_rows, example_seed, n_examples, n_noise)
     warnings = sanity_warnings(same, input_dim=int(x[0].numel()), dataset=dataset,
                                examples=comparable_rows(all_examples, example_seed, n_examples))
     return AttackResult(table, warnings, out / ATTACKS_CSV if out else None, examples,
-                        out / ATTACK_EXAMPLES_CSV if out else None)
+                        out / ATTACK_EXAMPLES_CSV if out else None, n_examples,
+                        n_noise if config.noise else None)
 
 
 # ----------------------------------------------------------------------------- margins
@@ -315,12 +357,13 @@ def _prepare_model(model: nn.Module, dataset: str, device: str, data_dir: str | 
     return model, data, dev, prov, out
 
 
-def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int = 1000, example_seed: int = 0,
+def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int | None = None, example_seed: int = 0,
                  device: str = "auto", data_dir: str | None = None, out: str | Path | None = None,
                  name: str | None = None, source: dict | None = None,
                  on_progress: Progress | None = None) -> AttackResult:
     """Attack any image classifier (pixels (N, C, H, W) in [0, 1] in, logits (N, K) out) on the
-    fixed test examples of ``dataset``, as :func:`attack_run` does a run.
+    fixed test examples of ``dataset`` (``n_examples`` None: the data set's default; white
+    noise on ``config.noise_examples``, None: the whole test set), as :func:`attack_run` does a run.
 
     ``out``: a result folder to upsert attacks.csv and attack_examples.csv into (None: nothing is
     written; ``source``: its model.json, e.g. :attr:`jrbench.outside.OutsideModel.provenance`, else the

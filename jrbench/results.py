@@ -302,13 +302,16 @@ def overhead_rows(records: list[RunRecord]) -> tuple[list[tuple[RunRecord, dict]
 def example_sets_gap(record: RunRecord) -> Gap | None:
     """A gap when the run's attacks.csv rows were measured on more than one example set
     (``example_seed``, ``n_examples``): accuracies of different sets sit side by side in the
-    report but are not comparable, and the worst case per example covers one set only."""
+    report but are not comparable, and the worst case per example covers one set only. White noise
+    runs on its own set (by default the whole test set) and is judged apart from the attacks."""
     table = record.tables.get(ATTACKS)
     if table is None or not {"example_seed", "n_examples"} <= set(table.columns):
         return None
-    sets = table[["example_seed", "n_examples"]].dropna().drop_duplicates()
-    if len(sets) < 2:
+    kinds = table["attack"].eq("noise")
+    if all(len(part[["example_seed", "n_examples"]].dropna().drop_duplicates()) < 2
+           for part in (table[kinds], table[~kinds])):
         return None
+    sets = table[["example_seed", "n_examples"]].dropna().drop_duplicates()
     by = table.groupby(["example_seed", "n_examples"])["attack"].apply(lambda a: "+".join(sorted(set(a))))
     detail = "; ".join(f"example seed {int(s)}, {int(n)} examples: {attacks}" for (s, n), attacks in by.items())
     return Gap(record.run_id, ATTACKS, f"rows on {len(sets)} example sets ({detail}): their accuracies are "

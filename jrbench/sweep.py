@@ -83,7 +83,7 @@ def margins_done(run_dir: str | Path, spec: SweepSpec) -> bool:
 def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     """Whether a cell's certify step is finished: certify.csv and certify_examples.csv exist and
     certify.csv has a row of every method, norm, strength and sigma the study's ``[certify]``
-    asks for, on its examples (``example_seed`` and ``n_examples``)."""
+    asks for, on its examples (``example_seed``, and ``n_examples`` where the study gives it)."""
     from . import rundir
     from .certify import CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, NO_SIGMA
     from .data import DATASETS
@@ -98,8 +98,9 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     except (UserError, KeyError):
         return False
     example_seed = c.get("example_seed", (spec.attack or {}).get("example_seed", 0))
-    n_examples = c.get("n_examples", (spec.attack or {}).get("n_examples", 1000))
-    table = table[(table["example_seed"] == example_seed) & (table["n_examples"] == n_examples)]
+    n_examples = c.get("n_examples", (spec.attack or {}).get("n_examples"))  # None: the data set's, not compared
+    table = table[(table["example_seed"] == example_seed)
+                  & ((table["n_examples"] == n_examples) if n_examples is not None else True)]
     done = {(m, n, round(float(e), 9), round(float(s), 9))
             for m, n, e, s in zip(table["method"], table["norm"], table["strength"], table["sigma"])}
     wanted = set()
@@ -211,7 +212,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
             train_cell(config, run_dir)
         if attack is not None and not attack_done(run_dir, spec.attack):
             report("attack")
-            attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples", 1000),
+            attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples"),
                        example_seed=spec.attack.get("example_seed", 0), device=device, on_progress=on_progress)
         if spec.margins is not None and not margins_done(run_dir, spec):
             report("margins")
@@ -226,7 +227,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
             report("certify")
             c = spec.certify
             certify_run(run_dir, certify_config(c),
-                        n_examples=c.get("n_examples", (spec.attack or {}).get("n_examples", 1000)),
+                        n_examples=c.get("n_examples", (spec.attack or {}).get("n_examples")),
                         example_seed=c.get("example_seed", (spec.attack or {}).get("example_seed", 0)),
                         device=device, on_progress=on_progress)
     return status_at(run_dir, config)

@@ -4,6 +4,8 @@ Ray (``pip install 'jrbench[ray]'``) is imported here only, and only when the en
 Without an address Ray starts on this machine's cores; with ``address`` ("auto",
 "HOST:6379", "ray://HOST:10001") or ``$RAY_ADDRESS`` the sweep joins that cluster. Every node
 needs jrbench (the same version) and its data (``$JRBENCH_DATA`` or the spec's ``data_dir``).
+Joining is bounded (``connect_timeout``, 30 s): the address's port is probed first, so an address
+where nothing listens fails at once with a :class:`UserError`, before anything is written.
 
 Each task runs :func:`jrbench.sweep.run_cell`, the local engine's code, on
 :func:`jrbench.sweep.cell_threads` threads, and asks Ray for the spec's ``[resources]``
@@ -162,23 +164,136 @@ def _cell_task(spec: SweepSpec, config: RunConfig, index: int, device: str, shar
 
 
 # ----------------------------------------------------------------------------- the driver
-def connect(ray, address: str | None) -> bool:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start Ray on this machine's
-    cores; reuse a connection this process already has. True when this call connected."""
+CONNECT_TIMEOUT_S = 30.0  # default of --connect-timeout: how long joining a cluster may take
+START_A_CLUSTER = ("Start one with 'ray start --head --port=6379' and pass --address HOST:6379 (or auto on "
+                   "that machine), or leave --address out (and $RAY_ADDRESS unset) to run on this machine's cores.")
+
+
+def _split_host_port(address: str, default_port: int | None = None) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` as (host, port); a UserError for anything else."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "]" in port:
+        host, port = address, str(default_port) if default_port is not None else ""
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379), auto or ray://HOST:10001.")
+    return host, int(port)
+
+
+def dial_address(address: str) -> tuple[str, int] | None:
+    """The (host, port) that joining ``address`` dials: the head's GCS for ``HOST:PORT`` and ``auto``
+    (resolved as ``ray.init`` does: a local host becomes this machine's node IP; ``auto`` reads
+    ``$RAY_ADDRESS``, then the address file of the cluster ``ray start`` made here), the Ray Client
+    server for ``ray://HOST[:PORT]`` (port 10001 by default); None for another ``scheme://``, which
+    only the connection timeout bounds. Raises :class:`UserError` when ``auto`` finds no cluster."""
+    if "://" in address:
+        scheme, _, rest = address.partition("://")
+        return _split_host_port(rest.split("/")[0], 10001) if scheme == "ray" else None
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+    except ImportError:  # another Ray layout: dial what was given
+        return None if address == "auto" else _split_host_port(address)
+    try:
+        resolved = canonicalize_bootstrap_address(address)
+    except (ConnectionError, ValueError, OSError) as e:
+        if address == "auto":
+            raise UserError(f"--address auto found no Ray cluster on this machine (no address file of "
+                            f"'ray start', no running head). {START_A_CLUSTER}") from e
+        raise UserError(f"--address {address!r} is not a Ray address ({e}); use HOST:6379, auto or "
+                        "ray://HOST:10001.") from e
+    if resolved is None:  # "local": Ray would start here
+        return None
+    return _split_host_port(resolved)
+
+
+def probe(address: str, seconds: float, name: str | None = None) -> None:
+    """A TCP connection to the port that joining ``address`` dials, within ``seconds``: a
+    :class:`UserError` naming the address (as ``name``, default the address) and how to start a
+    cluster when nothing answers, so that a wrong address fails at once instead of after Ray's
+    retries (minutes)."""
+    where = dial_address(address)
+    if where is None:
+        return
+    host, port = where
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            pass
+    except OSError as e:
+        dialled = "" if f"{host}:{port}" in address else f" (dialled as {host}:{port})"
+        reason = (f"no answer within --connect-timeout {seconds:g} s" if isinstance(e, socket.timeout)
+                  else (e.strerror or type(e).__name__).lower())
+        raise UserError(f"no Ray cluster answers at {name or address}{dialled}: {reason}. "
+                        f"{START_A_CLUSTER}") from e
+
+
+def _init_within(ray, seconds: float, error: str, **options) -> None:
+    """``ray.init(**options)`` in a helper thread, given up after ``seconds`` (a UserError saying ``error``): Ray's
+    own retries against a port that answers but is no Ray head last minutes. An init that
+    finishes after it was given up shuts down again."""
+    import threading
+
+    lock, done, outcome = threading.Lock(), threading.Event(), {}
+
+    def target() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = e
+        with lock:
+            done.set()
+            late = outcome.get("abandoned") and "error" not in outcome
+        if late:
+            ray.shutdown()
+
+    threading.Thread(target=target, name="jrbench-ray-init", daemon=True).start()
+    done.wait(seconds)
+    with lock:
+        if not done.is_set():
+            outcome["abandoned"] = True
+            raise UserError(error)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def connect(ray, address: str | None, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+            verbose: bool = False) -> bool:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``) within ``connect_timeout`` seconds, or
+    start Ray on this machine's cores (not bounded: starting takes what it takes); reuse a
+    connection this process already has. True when this call connected. Ray's log lines (its
+    'ray' loggers, the workers' output) stay out of the console unless ``verbose``; a :class:`UserError`
+    names the address and how to start a cluster when none answers."""
     import logging
+    import time
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not connect_timeout > 0:
+        raise UserError(f"--connect-timeout must be > 0 seconds, got {connect_timeout:g}.")
+    level = logging.INFO if verbose else logging.ERROR
+    logging.getLogger("ray").setLevel(level)  # before ray.init, which sets the same
+    name = address
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address = os.environ["RAY_ADDRESS"]
+        name = f"{address} ($RAY_ADDRESS)"
+    options = dict(log_to_driver=verbose, logging_level=level)
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    except Exception as e:  # ConnectionError, a timeout, a bad address: say what was tried
-        where = f"join the Ray cluster at {address!r}" if address else "start Ray on this machine"
-        raise UserError(f"cannot {where}: {type(e).__name__}: {e}. Start a cluster with "
-                        "'ray start --head --port=6379' and pass --address HOST:6379 (or auto).") from e
+        if address and address != "local":
+            deadline = time.monotonic() + connect_timeout
+            probe(address, connect_timeout, name)
+            late = (f"the Ray cluster at {name} did not accept this driver within --connect-timeout "
+                    f"{connect_timeout:g} s (its port answers: is it a Ray head's port, with the same Ray "
+                    f"version?). {START_A_CLUSTER}")
+            _init_within(ray, max(deadline - time.monotonic(), 0.1), late, address=address, **options)
+        else:  # start Ray here ("local": a new instance even where one runs)
+            ray.init(address=address, include_dashboard=False, **options)
+    except UserError:
+        raise
+    except Exception as e:  # ConnectionError, a version mismatch, a bad address: say what was tried
+        joining = address and address != "local"
+        where = f"join the Ray cluster at {name}" if joining else "start Ray on this machine"
+        raise UserError(f"cannot {where}: {type(e).__name__}: {e}. {START_A_CLUSTER}") from e
     return True
 
 
@@ -214,16 +329,21 @@ def _ray_failure(ray, error: Exception, retries: int) -> str:
 def run_sweep_ray(spec: SweepSpec, *, device: str = "auto", address: str | None = None,
                   retries: int = 2, shared_dir: bool = False,
                   on_event: Callable[[CellEvent], None] | None = None,
-                  poll_seconds: float = 0.2) -> list[CellStatus]:
+                  poll_seconds: float = 0.2, connect_timeout: float = CONNECT_TIMEOUT_S,
+                  verbose: bool = False) -> list[CellStatus]:
     """Run every unfinished cell of ``spec`` as a Ray task; return the final statuses in cell order.
 
     Independent cells run at the same time, as the cluster's resources allow. A failed cell's
     status carries its ``error``. ``on_event`` gets every change of state (from this thread).
-    Raises :class:`UserError` without Ray or a cluster to join; Ctrl-C (KeyboardInterrupt)
+    Joining ``address`` takes at most ``connect_timeout`` seconds (see :func:`connect`; Ray's
+    log lines only with ``verbose``). Raises :class:`UserError` without Ray or a cluster to join
+    (before anything is written); Ctrl-C (KeyboardInterrupt)
     cancels the tasks still running and is raised again once the finished cells are written.
     """
     if retries < 0:
         raise UserError(f"--retries must be >= 0, got {retries}.")
+    if not connect_timeout > 0:
+        raise UserError(f"--connect-timeout must be > 0 seconds, got {connect_timeout:g}.")
     ray = import_ray()
     spec = dataclasses.replace(spec, out=spec.out.resolve())  # workers see absolute paths
     folder = spec.folder
@@ -241,7 +361,7 @@ def run_sweep_ray(spec: SweepSpec, *, device: str = "auto", address: str | None 
         return [statuses[i] for i in sorted(statuses)]
 
     num_gpus = spec.resources.num_gpus or (1 if device.startswith("cuda") else 0)
-    started_here = connect(ray, address)
+    started_here = connect(ray, address, connect_timeout=connect_timeout, verbose=verbose)
     board = None
     try:
         if started_here:  # joined clusters may grow (an autoscaler); this machine will not

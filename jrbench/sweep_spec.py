@@ -67,7 +67,7 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 # jrbench attack's options; sigma and norm fill AttackConfig's sigmas and norms
 ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack_eps_linf",
-                 "autoattack_eps_l2", "n_examples", "example_seed", "sigma", "draws", "norm",
+                 "autoattack_eps_l2", "n_examples", "example_seed", "noise_examples", "sigma", "draws", "norm",
                  "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
 _ATTACK_LISTS = {"sigma", "norm", "eps_linf", "eps_l2", "autoattack_eps_linf", "autoattack_eps_l2"}  # repeatable flags
 MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}  # all integers

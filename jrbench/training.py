@@ -35,11 +35,12 @@ from .validation import validate
 
 @dataclass
 class StepInfo:
+    """What ``on_step`` gets every ``LOG_EVERY`` steps and at an epoch's last step."""
     epoch: int              # 1-based
-    step: int               # 1-based within the epoch
+    step: int               # 1-based within the epoch: the steps done so far
     steps: int
     ce: float               # running mean of the supervised loss this epoch
-    jacobian: float | None  # running mean of R this epoch (None without jacobian)
+    jacobian: float | None  # running mean of R this epoch (None until a step computed R)
     accuracy: float         # running training accuracy this epoch
     seconds_per_step: float  # running mean, data loading excluded
 
@@ -65,11 +66,6 @@ LIPSCHITZ_STATE = "lipschitz_state"  # checkpoint key: the constraint's power-it
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -112,11 +108,75 @@ def _make_optimizer(model: Classifier, config: RunConfig):
     return opt, sched
 
 
+LOG_EVERY = 50  # steps between host reads of train_epoch's running sums (on_step, the finiteness check)
+STAGE_BYTES = 2**30  # on CUDA, a training split up to this size is copied to the device once an epoch
+
+
+class _StepTimer:
+    """Seconds per SGD step (data loading excluded) without waiting on the device every step.
+
+    On CPU, where an op has finished when it returns, the host clock around the step; on CUDA a
+    pair of events per step on the device's current stream, read by :meth:`collect` once the
+    logged interval's host read has synchronized. Other devices: the host clock (launch time).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.current_stream(device) if self.cuda else None
+        self.seconds: list[float] = []
+        self._begin = None
+        self._events: list[tuple] = []
+
+    def start(self) -> None:
+        if self.cuda:
+            self._begin = torch.cuda.Event(enable_timing=True)
+            self._begin.record(self.stream)
+        else:
+            self._begin = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(self.stream)
+            self._events.append((self._begin, end))
+        else:
+            self.seconds.append(time.perf_counter() - self._begin)
+
+    def collect(self) -> None:
+        """Move the steps timed on the device into ``seconds`` (free after a host read)."""
+        for begin, end in self._events:
+            end.synchronize()
+            self.seconds.append(begin.elapsed_time(end) / 1000)  # ms -> s
+        self._events.clear()
+
+
+def _batches(data: Data, order: torch.Tensor, batch_size: int, device: torch.device):
+    """The epoch's batches in ``order``: pixels (B, C, H, W) in [0, 1] and labels (B,) on ``device``.
+
+    On CUDA a training split of up to :data:`STAGE_BYTES` goes to the device once, and batches are
+    gathered there: a blocking host-to-device copy each step would synchronize as a host read does.
+    """
+    images, labels = data.train.images, data.train.labels
+    if device.type == "cuda" and images.nbytes + labels.nbytes <= STAGE_BYTES:
+        images, labels, order = images.to(device), labels.to(device), order.to(device)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield to_pixels(images.index_select(0, idx), device), labels.index_select(0, idx).to(device)
+
+
 def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, opt,
                 device: torch.device, on_step: Callable[[StepInfo], None] | None = None,
                 constraint: LipschitzConstraint | None = None) -> dict:
     """One pass over the training split; returns the epoch's training columns. ``constraint``
-    (``--reg lipschitz``) projects the weights after every SGD step."""
+    (``--reg lipschitz``) projects the weights after every SGD step.
+
+    No step waits on the device: the running sums (float64, the same numbers as summing on the
+    host), the correct count and the first non-finite step stay device tensors, read in one copy
+    every :data:`LOG_EVERY` steps and at the epoch's last step. Then ``on_step`` gets the running
+    means, and a non-finite loss raises :class:`NonFiniteLoss` naming this epoch and the first bad
+    step (the interval's later steps have run on weights that are never saved). seconds_per_step
+    is the median over steps (:class:`_StepTimer`).
+    """
     t = config.train
     seed = _epoch_seed(t.seed, epoch)
     torch.manual_seed(seed)  # dropout and projections (CPU and CUDA)
@@ -124,44 +184,54 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
     steps = (len(order) + t.batch_size - 1) // t.batch_size
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    ce_sum, jac_sum, ig_sum, correct, seen, times = 0.0, 0.0, 0.0, 0, 0, []
-    for step in range(steps):
-        idx = order[step * t.batch_size:(step + 1) * t.batch_size]
-        x = to_pixels(data.train.images[idx], device)
-        y = data.train.labels[idx].to(device)
-        _sync(device)
-        start = time.perf_counter()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum over examples of CE, R, input-grad penalty
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 1-based step of the first NaN/inf; 0: none
+    bad_value = torch.zeros((), dtype=torch.float64, device=device)  # its loss
+    step_ids = torch.arange(1, steps + 1, device=device)
+    timer = _StepTimer(device)
+    seen, has_r = 0, False
+    for step, (x, y) in enumerate(_batches(data, order, t.batch_size, device)):
+        timer.start()
         opt.zero_grad(set_to_none=True)
         loss = step_loss(model, x, y, config.reg, step)
-        value = float(loss.total.detach())
-        if not torch.isfinite(torch.tensor(value)):
-            raise NonFiniteLoss(epoch, step + 1, value)
+        total = loss.total.detach()
+        fresh = ~torch.isfinite(total) & (first_bad == 0)
+        first_bad = torch.where(fresh, step_ids[step], first_bad)
+        bad_value = torch.where(fresh, total.double(), bad_value)
         loss.total.backward(inputs=params)  # weights only: the input's gradient is not needed
         opt.step()
         if constraint is not None:
             constraint.project()  # no host sync: one power iteration and a rescale per layer
-        _sync(device)
-        times.append(time.perf_counter() - start)
-        n = int(y.shape[0])
+        timer.stop()
+        n = y.shape[0]
         seen += n
-        ce_sum += float(loss.ce) * n
-        jac_sum += float(loss.jacobian) * n if loss.jacobian is not None else 0.0
-        ig_sum += float(loss.input_grad) * n if loss.input_grad is not None else 0.0
-        correct += int((loss.logits.argmax(1) == y).sum())
+        zero = torch.zeros_like(loss.ce)
+        terms = [loss.ce, zero if loss.jacobian is None else loss.jacobian,
+                 zero if loss.input_grad is None else loss.input_grad]
+        sums += torch.stack(terms).double() * n
+        correct += (loss.logits.argmax(1) == y).sum()
+        has_r = has_r or loss.jacobian is not None
+        if (step + 1) % LOG_EVERY and step + 1 < steps:
+            continue
+        ce_sum, jac_sum, ig_sum, right, bad_step, value = torch.cat(
+            [sums, torch.stack([correct, first_bad]).double(), bad_value[None]]).tolist()  # the one host read
+        if bad_step:
+            raise NonFiniteLoss(epoch, int(bad_step), value)
+        timer.collect()
         if on_step is not None:
-            on_step(StepInfo(epoch, step + 1, steps, ce_sum / seen,
-                             jac_sum / seen if loss.jacobian is not None else None,
-                             correct / seen, sum(times) / len(times)))
+            on_step(StepInfo(epoch, step + 1, steps, ce_sum / seen, jac_sum / seen if has_r else None,
+                             right / seen, sum(timer.seconds) / len(timer.seconds)))
     has_jr = "jacobian" in config.reg.names
     has_ig = "input-grad" in config.reg.names
     return {
         "train_ce": ce_sum / seen,
         "train_jacobian_R": jac_sum / seen if has_jr else float("nan"),
         "train_input_grad": ig_sum / seen if has_ig else float("nan"),
-        "train_acc": correct / seen,
+        "train_acc": right / seen,
         "steps": steps,
-        "seconds_per_step": statistics.median(times),
-        "seconds_per_step_mean": sum(times) / len(times),
+        "seconds_per_step": statistics.median(timer.seconds),
+        "seconds_per_step_mean": sum(timer.seconds) / len(timer.seconds),
     }
 
 

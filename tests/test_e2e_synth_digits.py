@@ -39,7 +39,7 @@ def test_jacobian_regularization_buys_robustness_and_margins(demo_runs):
     assert jr["test_jac_frob_z"] < 0.3 * plain["test_jac_frob_z"]
 
     config = AttackConfig(noise=True, pgd=True, fgsm=False, sigmas=[0.0, 0.4], draws=2, norms=("linf", "l2"),
-                          eps_linf=[0.0, 0.1], eps_l2=[1.5], steps=20, batch_size=300)
+                          eps_linf=[0.0, 0.1], eps_l2=[1.5], steps=20, batch_size=300, noise_examples=300)
     acc = {}
     for label, run_dir in (("plain", plain_dir), ("jacobian", jr_dir)):
         table = attack_run(run_dir, config, n_examples=300, device="cpu").table
@@ -47,7 +47,7 @@ def test_jacobian_regularization_buys_robustness_and_margins(demo_runs):
         # attack outputs were checked in-ball; eps 0 and sigma 0 give clean accuracy
         assert acc[label][("pgd", "linf", 0.0)] == acc[label][("noise", "gaussian", 0.0)]
         # re-running replaces rows instead of duplicating them
-        attack_run(run_dir, AttackConfig(noise=True, pgd=False, fgsm=False, sigmas=[0.0], draws=2),
+        attack_run(run_dir, AttackConfig(noise=True, pgd=False, fgsm=False, sigmas=[0.0], draws=2, noise_examples=300),
                    n_examples=300, device="cpu")
         saved = pd.read_csv(run_dir / "attacks.csv")
         assert not saved.duplicated(["attack", "norm", "strength", "loss"]).any()

@@ -27,7 +27,7 @@ import outside_factory  # noqa: E402
 runner = CliRunner()
 MEAN, STD = 0.2, 0.4
 ATTACK = ["--noise", "--sigma", "0.3", "--draws", "2", "--pgd", "--norm", "linf", "--eps", "0.05",
-          "--steps", "2", "--n-examples", "24", "--device", "cpu"]
+          "--steps", "2", "--n-examples", "24", "--noise-examples", "24", "--device", "cpu"]
 MARGINS = ["--n-examples", "6", "--directions", "2", "--device", "cpu"]
 
 
@@ -124,7 +124,7 @@ def test_python_api_takes_any_module(files, tmp_path):
 
     net = outside_factory.make_model()
     net.load_state_dict(torch.load(files / "centroid.pt"))
-    config = AttackConfig(noise=True, pgd=False, fgsm=False, sigmas=[0.3], draws=2)
+    config = AttackConfig(noise=True, pgd=False, fgsm=False, sigmas=[0.3], draws=2, noise_examples=16)
     result = attack_model(net, "synth-digits", config, n_examples=16, device="cpu")
     assert result.path is None and len(result.table) == 1 and len(result.examples) == 16
     out = tmp_path / "api"

@@ -110,6 +110,121 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "--engine ray only" in result.output
 
 
+def _closed_port() -> int:
+    """A port nothing listens on (bound, then released; not listened on)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, extra", [("127.0.0.1:{port}", []), ("ray://127.0.0.1:{port}", ["--verbose"]),
+                                            ("$RAY_ADDRESS", ["--quiet"])])
+def test_an_address_where_nothing_listens_fails_at_once_saying_how_to_start_a_cluster(
+        address, extra, tmp_path, monkeypatch, capfd):
+    """Exit 2 within --connect-timeout with the address and the way out; no run folder, no report,
+    and none of Ray's log lines (ray.init is never reached). --verbose is accepted."""
+    import time
+
+    pytest.importorskip("ray")
+    port = _closed_port()
+    (tmp_path / "s.toml").write_text(TINY.format(train=300, epochs=1, more_grid=""))
+    args = ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--engine", "ray",
+            "--connect-timeout", "20", *extra]
+    if address == "$RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    else:
+        args += ["--address", address.format(port=port)]
+    start = time.monotonic()
+    result = CliRunner().invoke(app, args)
+    assert time.monotonic() - start < 20
+    assert result.exit_code == 2, result.output
+    named = f"127.0.0.1:{port} ($RAY_ADDRESS)" if address == "$RAY_ADDRESS" else address.format(port=port)
+    assert f"no Ray cluster answers at {named}" in result.output
+    assert "connection refused" in result.output
+    assert "'ray start --head --port=6379'" in result.output and "leave --address out" in result.output
+    assert not (tmp_path / "out").exists()
+    import ray
+
+    assert not ray.is_initialized()
+    assert "GCS" not in capfd.readouterr().err  # Ray's C++ client never started
+
+
+def test_auto_without_a_cluster_on_this_machine_is_a_clear_error(monkeypatch):
+    pytest.importorskip("ray")
+    from ray._private import services
+
+    from jrbench.sweep_ray import dial_address
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: set())  # no head running here
+    monkeypatch.setattr(services, "find_bootstrap_address", lambda temp_dir: None)  # no address file
+    with pytest.raises(UserError, match="--address auto found no Ray cluster on this machine .*'ray start --head"):
+        dial_address("auto")
+    assert dial_address("ray://head.example:10002") == ("head.example", 10002)
+    assert dial_address("ray://head.example") == ("head.example", 10001)  # Ray Client's default port
+    with pytest.raises(UserError, match="is not a Ray address"):
+        dial_address("nonsense")
+
+
+def test_a_join_that_hangs_is_given_up_after_the_timeout_and_undone_if_it_finishes_late():
+    """Ray's own retries against a port that answers but is no Ray head last minutes: the join is
+    abandoned at the timeout (a UserError), and an init that completes later is shut down again."""
+    import threading
+    import time
+
+    from jrbench.sweep_ray import _init_within
+
+    release, calls = threading.Event(), []
+
+    class SlowRay:
+        def init(self, **options):
+            calls.append(("init", options))
+            release.wait(10)
+
+        def shutdown(self):
+            calls.append(("shutdown", {}))
+
+    start = time.monotonic()
+    with pytest.raises(UserError, match="did not accept"):
+        _init_within(SlowRay(), 0.2, "did not accept", address="10.0.0.1:6379")
+    assert time.monotonic() - start < 5
+    release.set()
+    for _ in range(100):
+        if len(calls) == 2:
+            break
+        time.sleep(0.05)
+    assert calls == [("init", {"address": "10.0.0.1:6379"}), ("shutdown", {})]
+    _init_within(type("FastRay", (), {"init": lambda self, **o: None})(), 5, "unused")  # in time: returns
+
+
+def test_a_port_that_answers_but_is_no_ray_head_fails_within_the_timeout(tmp_path):
+    """With the real Ray, in a child process (Ray's client keeps retrying until its process ends)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    (tmp_path / "s.toml").write_text(TINY.format(train=300, epochs=1, more_grid=""))
+    with socket.socket() as server:
+        server.bind(("", 0))
+        server.listen(8)  # connections complete, nothing speaks Ray's protocol
+        port = server.getsockname()[1]
+        start = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "jrbench", "sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"),
+             "--engine", "ray", "--address", f"127.0.0.1:{port}", "--connect-timeout", "2", "--quiet"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert f"the Ray cluster at 127.0.0.1:{port} did not accept this driver within --connect-timeout 2 s" \
+        in " ".join(result.stderr.split())
+    assert elapsed < 60  # imports (torch, Ray) included; without the timeout: minutes
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- on Ray
 def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
     local = tiny_spec(tmp_path / "local")

@@ -101,6 +101,34 @@ def test_divergence_in_epoch_two_keeps_epoch_one(tmp_path):
     assert list(pd.read_csv(tmp_path / "run" / METRICS)["epoch"]) == [1]
 
 
+def test_progress_every_log_every_steps_and_the_first_bad_step_named_from_mid_interval(monkeypatch):
+    """The running sums are read every LOG_EVERY steps and at an epoch's end (on_step then); a NaN
+    in the middle of an interval stops the run at the interval's end, naming the step it appeared."""
+    import jrbench.training as training
+
+    monkeypatch.setattr(training, "LOG_EVERY", 3)
+    data = tiny_data(n_train=256)  # batch 32: 8 steps an epoch
+    infos = []
+    train(tiny_config(("jacobian",), epochs=1), data=data, on_step=infos.append)
+    assert [i.step for i in infos] == [3, 6, 8] and all(i.steps == 8 for i in infos)
+    assert infos[-1].jacobian is not None and 0 <= infos[-1].accuracy <= 1
+
+    real = training.step_loss
+
+    def nan_at_step_5(model, x, y, reg, step=0):
+        loss = real(model, x, y, reg, step)
+        if step >= 4:  # steps 5, 6, ... (1-based)
+            loss.total = loss.total * float("nan")
+        return loss
+
+    monkeypatch.setattr(training, "step_loss", nan_at_step_5)
+    infos.clear()
+    with pytest.raises(NonFiniteLoss) as err:
+        train(tiny_config(epochs=1), data=data, on_step=infos.append)
+    assert (err.value.epoch, err.value.step) == (1, 5) and "epoch 1, step 5" in str(err.value)
+    assert [i.step for i in infos] == [3]  # stopped at the read after step 6
+
+
 def test_load_run_gives_the_trained_model_in_eval_mode_on_cpu(tmp_path):
     data = tiny_data()
     result = train(tiny_config(("dropout",), epochs=1), tmp_path / "run", data=data)
