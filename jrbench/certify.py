@@ -236,6 +236,24 @@ def _keep_one_example_set(out: Path, example_seed: int, n_examples: int) -> list
             f"replaced: a run's certificates cover one set (now --example-seed {example_seed}, {n_examples} examples)"]
 
 
+def covers(radius, eps, correct):
+    """Whether certified radii (tensors, arrays or Series, pixel units) of examples that are
+    ``correct`` (clean) cover radius ``eps``: correct and radius >= eps (at eps 0: correct). One
+    rule for every certificate: IBP's radius is the largest eps of its grid it certifies (its
+    closed box; 0 when it certifies only eps 0), and a Lipschitz radius r certifies the open ball
+    of radius r (equality is a measure-zero tie)."""
+    return (radius >= eps) & (correct > 0)
+
+
+def best_radii(examples: pd.DataFrame) -> pd.DataFrame:
+    """The best deterministic certificate per example and norm, from certify_examples.csv rows:
+    columns norm, example, radius (the largest of Lipschitz's and IBP's), clean_correct. These
+    certify the model itself; smoothing (another classifier) is left out."""
+    sel = examples[examples["method"].isin(["lipschitz", "ibp"])]
+    return sel.groupby(["norm", "example"], as_index=False).agg(radius=("radius", "max"),
+                                                              clean_correct=("clean_correct", "max"))
+
+
 def _work_units(config: CertifyConfig, n: int) -> int:
     batches = max(1, math.ceil(n / config.batch_size))
     return ((1 + batches) * config.lipschitz + batches * len(config.eps_linf) * config.ibp
@@ -293,7 +311,8 @@ def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[li
     sqrt_d = math.sqrt(x[0].numel())
     radius = {"l2": radius_l2, "linf": radius_l2 / sqrt_d}
     extra = {"lipschitz_bound": bound.total, "bound_seconds": bound_seconds}
-    rows = [_row("lipschitz", norm, eps, radius[norm] > eps if eps > 0 else radius[norm] > 0, seconds,
+    correct = (clean_pred == y).cpu()
+    rows = [_row("lipschitz", norm, eps, covers(radius[norm], eps, correct), seconds,
                  config.settings("lipschitz"), **extra)
             for norm in ("linf", "l2") for eps in getattr(config, f"eps_{norm}")]
     examples = [_examples("lipschitz", norm, radius[norm], clean_pred, y, clean_pred) for norm in ("linf", "l2")]
@@ -348,13 +367,6 @@ def _smoothing(model, x, y, index, clean_pred, config: CertifyConfig, tick) -> t
     return rows, examples
 
 
-def certified_radii(examples: pd.DataFrame, methods: Sequence[str] = ("lipschitz", "ibp")) -> pd.DataFrame:
-    """The best certificate per example and norm over ``methods`` (deterministic ones by
-    default: they certify the model itself): columns example, norm, radius (max over methods)."""
-    sel = examples[examples["method"].isin(list(methods))]
-    return sel.groupby(["example", "norm"], as_index=False)["radius"].max()
-
-
 SOUNDNESS_TOLERANCE = 1e-6  # relative: a certificate exactly at the attacked radius is not contradicted
 
 
@@ -364,7 +376,8 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     ``certified``: certify_examples.csv rows; ``attacked``: attack_examples.csv rows of the same
     model and examples. An adversarial attack's row (noise is no attack here) with ``broken`` == 1
     at (norm, strength) contradicts every deterministic certificate (Lipschitz, IBP) whose radius
-    at that norm exceeds the strength: one of the two is wrong. Also contradicted: a certificate
+    at that norm covers the strength (IBP: radius >= strength, its closed box; Lipschitz: radius >
+    strength, its open ball, with a relative tolerance for rounding): one of the two is wrong. Also contradicted: a certificate
     with a positive radius on an example the attack's own clean pass got wrong. Returns one row per
     contradiction: example, norm, method, radius, attack, strength, loss.
     """
@@ -376,5 +389,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     broken = adv[(adv["broken"] > 0) | (adv["clean_correct"] == 0)]
     pairs = cert[["example", "norm", "method", "radius"]].merge(
         broken[["example", "norm", "attack", "strength", "loss"]], on=["example", "norm"])
-    bad = pairs[pairs["radius"] > pairs["strength"] * (1 + SOUNDNESS_TOLERANCE)]
+    closed = pairs["method"] == "ibp"  # IBP certifies the closed box at its radius; Lipschitz the open ball
+    bad = pairs[(closed & (pairs["radius"] >= pairs["strength"]))
+                | (~closed & (pairs["radius"] > pairs["strength"] * (1 + SOUNDNESS_TOLERANCE)))]
     return bad[columns].reset_index(drop=True)

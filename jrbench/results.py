@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from . import rundir
+from .certify import best_radii, covers, soundness_violations
 from .errors import UserError
 from .provenance import PROVENANCE, device_label, group_id, group_labels, model_provenance, provenance
 from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_EXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord,
@@ -170,14 +171,15 @@ def certify_rows(record: RunRecord) -> list[dict]:
                  n=r.n_examples, settings=r.settings + (f" sigma={r.sigma:g}" if r.method == "smoothing" else ""),
                  source=source) for r in table.itertuples(index=False)]
     deterministic = table[table["method"].isin(["lipschitz", "ibp"])]
-    best = examples[examples["method"].isin(["lipschitz", "ibp"])].groupby(["norm", "example"])["radius"].max()
+    best = best_radii(examples)
     for norm, strengths in deterministic.groupby("norm")["strength"]:
-        if norm not in best.index.get_level_values(0):
+        if not (best["norm"] == norm).any():
             continue
-        radius = best.loc[norm].to_numpy(float)
+        radius = best.loc[best["norm"] == norm, "radius"].to_numpy(float)
+        correct = best.loc[best["norm"] == norm, "clean_correct"].to_numpy(float)
         methods = "+".join(sorted(deterministic.loc[deterministic["norm"] == norm, "method"].unique()))
         for eps in sorted(set(strengths)):
-            k, n = int((radius > eps).sum()), len(radius)
+            k, n = int(covers(radius, eps, correct).sum()), len(radius)
             lo, hi = wilson_interval(k, n)
             rows.append(_row("certify", "accuracy", k / n, attack=CERTIFIED, norm=norm, strength=float(eps),
                              loss="none", statistic="mean", ci_low=lo, ci_high=hi, n=n,
@@ -197,8 +199,6 @@ def certify_rows(record: RunRecord) -> list[dict]:
 
 def soundness_errors(record: RunRecord) -> list[str]:
     """One line per example and certificate that an attack contradicts (:func:`jrbench.certify.soundness_violations`)."""
-    from .certify import soundness_violations
-
     if CERTIFY_EXAMPLES not in record.tables or ATTACK_EXAMPLES not in record.tables:
         return []
     bad = soundness_violations(record.tables[CERTIFY_EXAMPLES], record.tables[ATTACK_EXAMPLES])

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
+from .certify import best_radii, covers
 from .errors import UserError
 from .provenance import group_id, relevant_config
 from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
@@ -194,25 +195,21 @@ def example_values(record: RunRecord) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def best_radii(record: RunRecord) -> pd.DataFrame | None:
-    """Per example and norm the best deterministic certified radius (Lipschitz, IBP; pixel units)
-    of certify_examples.csv, None without it: columns norm, example, radius."""
+def run_best_radii(record: RunRecord) -> pd.DataFrame | None:
+    """:func:`jrbench.certify.best_radii` of the run's certify_examples.csv; None without it."""
     ex = record.tables.get(CERTIFY_EXAMPLES)
-    if ex is None:
-        return None
-    ex = ex[ex["method"].isin(["lipschitz", "ibp"])]
-    return ex.groupby(["norm", "example"], as_index=False)["radius"].max()
+    return None if ex is None else best_radii(ex)
 
 
 def certified_examples(record: RunRecord) -> pd.DataFrame | None:
     """Per example, norm and strength of the run's certify.csv grid whether the best deterministic
-    certificate covers it (radius > eps; at eps 0: correct): columns norm, strength, example, certified."""
-    best, table = best_radii(record), record.tables.get(CERTIFY)
+    certificate covers it (:func:`jrbench.certify.covers`): columns norm, strength, example, certified."""
+    best, table = run_best_radii(record), record.tables.get(CERTIFY)
     if best is None or table is None:
         return None
     grid = table[table["method"].isin(["lipschitz", "ibp"])][["norm", "strength"]].drop_duplicates()
     rows = best.merge(grid, on="norm")
-    return rows.assign(certified=(rows["radius"] > rows["strength"]).astype(float))
+    return rows.assign(certified=covers(rows["radius"], rows["strength"], rows["clean_correct"]).astype(float))
 
 
 # ----------------------------------------------------------------------------- the verdicts
@@ -352,7 +349,7 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
             continue
         if metric in MARGIN_METRICS or metric == "certified_radius":
             if metric == "certified_radius":  # strength: the norm
-                radii = [best_radii(r) for r in (rg, rb)]
+                radii = [run_best_radii(r) for r in (rg, rb)]
                 sample = [v[v["norm"] == strength]["radius"].to_numpy(float) if v is not None else np.array([])
                           for v in radii]
             else:

@@ -72,6 +72,12 @@ def test_certified_accuracy_starts_at_clean_accuracy_and_falls_with_eps(certifie
         assert (acc[1:] <= acc[:-1] + 1e-12).all(), (method, norm)
         if method != "smoothing":
             assert acc[0] == pytest.approx(clean), (method, norm)
+    # the per-example radii say the same as the table, strength by strength (one rule: covers)
+    from jrbench.certify import covers
+    for r in t[t["method"] != "smoothing"].itertuples():
+        sel = ex[(ex["method"] == r.method) & (ex["norm"] == r.norm)]
+        assert r.certified_acc == pytest.approx(covers(sel["radius"], r.strength, sel["clean_correct"]).mean()), \
+            (r.method, r.norm, r.strength)
     # radii: zero for misclassified examples, never negative; lipschitz L-inf radius = L2 / sqrt(d)
     assert (ex["radius"] >= 0).all()
     assert (ex.loc[(ex["clean_correct"] == 0) & (ex["method"] != "smoothing"), "radius"] == 0).all()
@@ -133,15 +139,19 @@ def test_report_brackets_attacked_accuracy_with_certified(run, certified, attack
 
 
 def test_soundness_check_finds_a_planted_contradiction():
-    cert = pd.DataFrame({"example": [1, 2, 3], "method": ["ibp", "lipschitz", "smoothing"], "norm": ["linf", "l2", "l2"],
-                         "sigma": [-1.0, -1.0, 0.25], "radius": [0.1, 0.5, 2.0]})
-    attacked = pd.DataFrame({"example": [1, 1, 2, 3], "attack": ["pgd", "pgd", "noise", "pgd"],
-                             "norm": ["linf", "linf", "gaussian", "l2"], "strength": [0.05, 0.2, 0.1, 1.0],
-                             "loss": "ce64", "clean_correct": 1, "broken": [1, 1, 1, 1]})
+    cert = pd.DataFrame({"example": [1, 2, 3, 4, 5], "method": ["ibp", "lipschitz", "smoothing", "ibp", "lipschitz"],
+                         "norm": ["linf", "l2", "l2", "linf", "l2"], "sigma": [-1.0, -1.0, 0.25, -1.0, -1.0],
+                         "radius": [0.1, 0.5, 2.0, 0.1, 0.5]})
+    attacked = pd.DataFrame({"example": [1, 1, 2, 3, 4, 5], "attack": ["pgd", "pgd", "noise", "pgd", "fgsm", "pgd"],
+                             "norm": ["linf", "linf", "gaussian", "l2", "linf", "l2"],
+                             "strength": [0.05, 0.2, 0.1, 1.0, 0.1, 0.5],
+                             "loss": "ce64", "clean_correct": 1, "broken": [1, 1, 1, 1, 1, 1]})
     bad = soundness_violations(cert, attacked)
-    # ibp covers example 1 at 0.1 but PGD broke it at 0.05; at 0.2 there is no contradiction;
-    # noise is no attack; smoothing certifies g, not the model
-    assert bad[["example", "method", "strength"]].values.tolist() == [[1, "ibp", 0.05]]
+    # ibp covers example 1 at 0.1 but PGD broke it at 0.05; at 0.2 there is no contradiction; noise
+    # is no attack; smoothing certifies g, not the model; IBP certified example 4 in the closed box of
+    # 0.1, so FGSM breaking it at 0.1 contradicts it; a Lipschitz radius 0.5 is the open ball: PGD at
+    # exactly 0.5 does not
+    assert bad[["example", "method", "strength"]].values.tolist() == [[1, "ibp", 0.05], [4, "ibp", 0.1]]
 
 
 def test_linear_outside_model_radius_is_the_closed_form(tmp_path):
@@ -263,15 +273,16 @@ def test_per_example_certified_outcomes_take_the_best_deterministic_certificate(
                          "sigma": [-1.0, -1.0, -1.0, -1.0, 0.25]})
     ex = pd.DataFrame({"example": [7, 8, 7, 8, 7, 8, 7], "method": ["lipschitz"] * 4 + ["ibp"] * 2 + ["smoothing"],
                        "norm": ["l2", "l2", "linf", "linf", "linf", "linf", "l2"], "sigma": -1.0,
-                       "radius": [0.6, 0.0, 0.02, 0.0, 0.1, 0.2, 9.0]})
+                       "radius": [0.6, 0.001, 0.02, 0.0001, 0.1, 0.2, 9.0], "clean_correct": 1})
     attacked = pd.DataFrame({"example": [7, 8], "attack": "pgd", "norm": "linf", "strength": 0.1, "loss": "ce64",
                              "clean_correct": [1, 1], "robust": [1.0, 0.0], "broken": [0.0, 1.0],
                              "example_seed": 0, "label": [1, 2], "seed": 0})
     record = RunRecord(tmp_path, "r", None, {}, {"certify.csv": cert, "certify_examples.csv": ex,
                                                   "attack_examples.csv": attacked})
     got = certified_examples(record).set_index(["norm", "strength", "example"])["certified"].to_dict()
-    # l2: example 7 at 0.6 (> 0, > 0.5), example 8 nothing; linf: best of 0.02 (lipschitz) and 0.1 / 0.2 (ibp)
-    assert got == {("l2", 0.0, 7): 1.0, ("l2", 0.5, 7): 1.0, ("l2", 0.0, 8): 0.0, ("l2", 0.5, 8): 0.0,
-                   ("linf", 0.0, 7): 1.0, ("linf", 0.1, 7): 0.0, ("linf", 0.0, 8): 1.0, ("linf", 0.1, 8): 1.0}
+    # l2: example 7 at 0.6 (>= 0.5), example 8 at 0.001 only; linf: best of 0.02 (lipschitz) and 0.1 / 0.2 (ibp:
+    # the largest eps of its grid it certifies, so it covers that eps itself)
+    assert got == {("l2", 0.0, 7): 1.0, ("l2", 0.5, 7): 1.0, ("l2", 0.0, 8): 1.0, ("l2", 0.5, 8): 0.0,
+                   ("linf", 0.0, 7): 1.0, ("linf", 0.1, 7): 1.0, ("linf", 0.0, 8): 1.0, ("linf", 0.1, 8): 1.0}
     values = example_values(record)
     assert set(values.loc[values["metric"] == "certified_acc", "strength"]) == {"l2 0", "l2 0.5", "linf 0", "linf 0.1"}
