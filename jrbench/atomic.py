@@ -1,37 +1,67 @@
-"""Atomic file writes: every file goes to a temporary name in its folder, is synced, and is
-renamed into place, so an interrupted command leaves only whole files (run directories, result
-tables, caches). No jrbench imports: any stage may write through it."""
+"""Atomic file writes: every file goes to a temporary name in its folder, is synced, renamed
+into place, and the folder is synced, so an interrupted command (or a crash) leaves only whole
+files (run directories, result tables, caches). :func:`locked` serializes read-modify-write
+cycles of one file across processes (the ``filelock`` package), so two writers never lose each
+other's rows. No jrbench imports: any stage may write through it."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+LOCK_TIMEOUT_S = 600  # a writer waits this long for another's read-modify-write of the same file
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    # created with mode 0666 less the process's umask, as open() would: the umask is never changed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``path`` (a hidden ``.NAME.lock`` beside it) for a
+    read-modify-write cycle; raises ``filelock.Timeout`` after :data:`LOCK_TIMEOUT_S`."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock"), timeout=LOCK_TIMEOUT_S):
+        yield
 
 
 def atomic_write_text(path: Path, text: str) -> None:

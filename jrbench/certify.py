@@ -220,7 +220,14 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
 def _keep_one_example_set(out: Path, example_seed: int, n_examples: int) -> list[str]:
     """A run's certificates cover one example set: rows of another (``example_seed``,
     ``n_examples``) are removed from both tables before this call's rows go in (a note says so)."""
+    from .atomic import locked
+
     path, ex_path = out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV
+    with locked(path), locked(ex_path):
+        return _drop_other_sets(path, ex_path, example_seed, n_examples)
+
+
+def _drop_other_sets(path: Path, ex_path: Path, example_seed: int, n_examples: int) -> list[str]:
     if not path.is_file():
         return []
     old = rundir.read_csv(path)

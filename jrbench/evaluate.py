@@ -64,7 +64,16 @@ def fixed_examples(data: Data, n: int, seed: int) -> tuple[torch.Tensor, torch.T
 
 
 def upsert_rows(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Replace the rows of ``path`` that share ``keys`` with ``new``'s; write atomically."""
+    """Replace the rows of ``path`` that share ``keys`` with ``new``'s; write atomically, the whole
+    read-modify-write under the file's lock (:func:`jrbench.atomic.locked`): two commands writing
+    to one run at once (two attacks, Ray cells on a shared folder) keep each other's rows."""
+    from .atomic import locked
+
+    with locked(path):
+        return _upsert_rows(path, new, keys)
+
+
+def _upsert_rows(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if path.is_file():
         old = rundir.read_csv(path)
         if not set(keys) <= set(old.columns):
