@@ -95,10 +95,6 @@ def index_batches(idx: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(idx.split(batch_size)) if len(idx) else []
 
 
-def sync_device(device: torch.device) -> None:
-    """Wait for a CUDA device's queued work (before reading the clock); a no-op elsewhere."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

@@ -73,8 +73,8 @@ from torch import nn
 
 from . import autoattack as AA
 from .attack_common import (attack_model, check_in_ball, check_inputs, correct_mask, derive_seed,
-                            index_batches, model_device, model_dtype, seeded_global_rng,
-                            sync_device)
+                            index_batches, model_device, model_dtype, seeded_global_rng)
+from .device import sync_device
 from .attack_config import NORMS, AttackConfig  # AttackConfig: public here too (README)
 from .errors import UserError
 from .models import eval_mode

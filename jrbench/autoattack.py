@@ -61,8 +61,8 @@ import torch
 from torch import nn
 
 from .attack_common import (attack_model, check_in_ball, correct_mask, derive_seed,
-                            index_batches, model_device, model_dtype, seeded_global_rng,
-                            sync_device)
+                            index_batches, model_device, model_dtype, seeded_global_rng)
+from .device import sync_device
 from .attack_config import NORMS
 from .errors import UserError
 from .jacobian import cpu_input_gradient_kernels

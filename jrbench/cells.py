@@ -197,7 +197,7 @@ def run_cross_sections(records: list, labels: dict[str, str], *, kinds: tuple[st
 
     from .data import load_data, to_pixels
     from .rundir import load_run
-    from .training import resolve_device
+    from .device import resolve_device
 
     dev = resolve_device(device)
     figures = []

@@ -25,6 +25,7 @@ from torch import nn
 from . import rundir
 from .config import RunConfig
 from .data import Data, load_data, to_pixels
+from .device import resolve_device
 from .errors import UserError
 
 ATTACKS_CSV, MARGINS_CSV, JACOBIAN_CSV = "attacks.csv", "margins.csv", "jacobian.csv"
@@ -86,12 +87,6 @@ def _upsert_rows(path: Path, new: pd.DataFrame, keys: list[str]) -> pd.DataFrame
     table = table.sort_values(keys, kind="stable").reset_index(drop=True)
     rundir.atomic_write_csv(path, table)
     return table
-
-
-def resolve_device(name: str) -> torch.device:
-    from .training import resolve_device as _resolve
-
-    return _resolve(name)
 
 
 # ----------------------------------------------------------------------------- attacks

@@ -335,7 +335,7 @@ def run_gate(spec: GateSpec, *, baseline: str | None = None, reg_options: dict |
     from .config import DataConfig
     from .data import load_data, to_pixels
     from .envinfo import cpu_model, device_name, git_commit
-    from .training import resolve_device
+    from .device import resolve_device
 
     spec = dataclasses.replace(spec, baseline=spec.baseline if baseline is None else baseline, cases=list(
         dict.fromkeys(spec.cases + [b.case for b in spec.bounds] + [b.against for b in spec.bounds

@@ -241,7 +241,7 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     from .data import load_data, to_pixels
     from .envinfo import cpu_model, device_name, package_versions
     from .models import build_model
-    from .training import resolve_device
+    from .device import resolve_device
 
     probe = RunConfig()
     probe.data.dataset, probe.model.name = cfg.dataset, cfg.model

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import rundir
 from .config import RunConfig
+from .device import resolve_device
 from .data import Data, Split, load_data, to_pixels
 from .envinfo import environment
 from .errors import NonFiniteLoss, UserError
@@ -51,14 +52,6 @@ class TrainResult:
     config: RunConfig
     metrics: pd.DataFrame
     run_dir: Path | None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
-    return torch.device(name)
 
 
 LIPSCHITZ_STATE = "lipschitz_state"  # checkpoint key: the constraint's power-iteration vectors

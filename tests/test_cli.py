@@ -213,3 +213,21 @@ def test_attack_refuses_eps_and_the_norms_own_grid_together(tmp_path):
     result = CliRunner().invoke(app, ["attack", str(tmp_path), "--pgd", "--norm", "l2", "--eps", "0.5",
                                       "--eps-l2", "1.0"])
     assert result.exit_code == 2 and "--eps and --eps-l2 both give the l2 grid" in result.output
+
+
+def test_a_cuda_device_the_machine_lacks_is_a_clear_error(monkeypatch):
+    import pytest
+    import torch
+
+    from jrbench.device import resolve_device
+    from jrbench.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(UserError, match=r"--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device is available"):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == torch.device("cpu")
