@@ -201,6 +201,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
     from .training import train
 
     run_dir = Path(run_dir)
+    config = RunConfig.from_dict(config.to_dict())  # the spec's cell stays as it was
     config.train.device = device
     attack = attack_config(spec.attack) if spec.attack is not None else None
     train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))

@@ -268,6 +268,13 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     device = resolve_device(config.train.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     data = data if data is not None else load_data(config.data)
+    # training seeds the global generators (dropout, projections, noise); the caller's are restored
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _train(config, device, run_dir, resume, data, on_step, on_epoch)
+
+
+def _train(config: RunConfig, device: torch.device, run_dir: Path | None, resume: bool, data: Data,
+           on_step, on_epoch) -> TrainResult:
     info = data.info
     torch.manual_seed(config.train.seed)
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,

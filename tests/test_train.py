@@ -179,3 +179,11 @@ def test_a_model_refuses_inputs_of_another_data_set():
     model = build_model("lenet", (1, 28, 28), 10, [0.1], [0.3])
     with pytest.raises(UserError, match=r"built for inputs of shape \(1, 28, 28\).*\(3, 32, 32\)"):
         model(torch.rand(2, 3, 32, 32))
+
+
+def test_training_leaves_the_global_random_state_as_it_found_it(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train(tiny_config(epochs=1), data=tiny_data(64, 32))
+    assert torch.equal(torch.rand(3), expected)
