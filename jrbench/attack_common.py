@@ -5,7 +5,7 @@ APGD-T, FAB-T, Square); neither imports the other's internals from here on. Shap
 (N, C, H, W) float pixels in [0, 1], labels y (N,) integers; per-example results (N,) on x's
 device, batches moved to the model's device and dtype.
 
-- :class:`Float64Logits` / :func:`attack_model`: the module a gradient attack ascends, float64
+- :class:`Float64Logits` / :func:`loss_model`: the module a gradient attack ascends, float64
   logits for loss 'ce64' (see "Numerics" in :mod:`jrbench.attacks`), the model for 'ce32';
 - :func:`seeded_global_rng`, :func:`derive_seed`: deterministic seeds per batch, the caller's
   RNG state left untouched;
@@ -49,7 +49,7 @@ class Float64Logits(nn.Module):
         return self.model(x).double()
 
 
-def attack_model(model: nn.Module, loss: str) -> nn.Module:
+def loss_model(model: nn.Module, loss: str) -> nn.Module:
     """The module torchattacks attacks: float64 logits for 'ce64', the model for 'ce32'."""
     if loss not in LOSSES:
         raise unknown_name("loss", loss, list(LOSSES))

@@ -39,7 +39,7 @@ times the logit gradient, over the batch size; with float32 logits softmax(true)
 rounds to 1.0 once g > 17, and the gradient loses its true-class term. PGD-L2 divides the
 gradient by (||grad|| + 1e-10), so such examples barely move. ``loss="ce64"`` (default)
 attacks a wrapper that returns the logits as float64 (inputs stay float32 pixels;
-:func:`jrbench.attack_common.attack_model`), so the cross-entropy and its gradient are
+:func:`jrbench.attack_common.loss_model`), so the cross-entropy and its gradient are
 computed in float64 (exact up to g of about 37), and gives PGDL2 a division guard of 1e-30
 instead of 1e-10, so its step direction no longer depends on the gradient's scale.
 ``loss="ce32"`` runs torchattacks as is. Measured on a LeNet trained on 8,000 real MNIST
@@ -72,8 +72,8 @@ import torch
 from torch import nn
 
 from . import autoattack as AA
-from .attack_common import (attack_model, check_in_ball, check_inputs, correct_mask, derive_seed,
-                            index_batches, model_device, model_dtype, seeded_global_rng)
+from .attack_common import (check_in_ball, check_inputs, correct_mask, derive_seed,
+                            index_batches, loss_model, model_device, model_dtype, seeded_global_rng)
 from .device import sync_device
 from .attack_config import NORMS, AttackConfig  # AttackConfig: public here too (README)
 from .errors import UserError
@@ -114,7 +114,7 @@ def input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     The cross-entropy is each example's own (reduction 'sum', so the batch size does not
     scale it), computed from float64 logits for 'ce64' and float32 logits for 'ce32'."""
     device, dtype = model_device(model, x.device), model_dtype(model)
-    wrapped = attack_model(model, loss)
+    wrapped = loss_model(model, loss)
     norms = torch.empty(len(x), dtype=torch.float64, device=x.device)
     for idx in index_batches(torch.arange(len(x), device=x.device), batch_size):
         xb = x[idx].to(device, dtype).requires_grad_(True)
@@ -149,14 +149,14 @@ def make_attack(model: nn.Module, attack: str, norm: str, eps: float, *, steps: 
                 device: torch.device | None = None):
     """The torchattacks object for ``attack`` ('pgd' or 'fgsm') at radius eps (pixels).
 
-    Attacks ``attack_model(model, loss)``; for 'ce64' PGDL2's division guard is 1e-30."""
+    Attacks ``loss_model(model, loss)``; for 'ce64' PGDL2's division guard is 1e-30."""
     import torchattacks
 
     if attack not in ("pgd", "fgsm"):
         raise unknown_name("attack", attack, ["pgd", "fgsm"])
     if norm not in NORMS or (attack == "fgsm" and norm != "linf"):
         raise unknown_name(f"{attack} norm", norm, ["linf"] if attack == "fgsm" else list(NORMS))
-    wrapped = attack_model(model, loss)
+    wrapped = loss_model(model, loss)
     with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints if it finds no device
         if attack == "fgsm":
             atk = torchattacks.FGSM(wrapped, eps=eps)

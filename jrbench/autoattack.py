@@ -60,8 +60,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .attack_common import (attack_model, check_in_ball, correct_mask, derive_seed,
-                            index_batches, model_device, model_dtype, seeded_global_rng)
+from .attack_common import (check_in_ball, correct_mask, derive_seed,
+                            index_batches, loss_model, model_device, model_dtype, seeded_global_rng)
 from .device import sync_device
 from .attack_config import NORMS
 from .errors import UserError
@@ -221,10 +221,10 @@ def make_component(model: nn.Module, name: str, norm: str, eps: float, *, n_targ
     ta_norm, fast = _TA_NORM[norm], InputGradModel(model)
     with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints if it finds no device
         if name == "apgd-ce":
-            atk = torchattacks.APGD(attack_model(fast, loss), norm=ta_norm, eps=eps,
+            atk = torchattacks.APGD(loss_model(fast, loss), norm=ta_norm, eps=eps,
                                     steps=APGD_STEPS, n_restarts=RESTARTS, loss="ce", rho=APGD_RHO)
         elif name == "apgd-t":
-            atk = torchattacks.APGDT(attack_model(fast, loss), norm=ta_norm, eps=eps,
+            atk = torchattacks.APGDT(loss_model(fast, loss), norm=ta_norm, eps=eps,
                                      steps=APGD_STEPS, n_restarts=RESTARTS, rho=APGD_RHO,
                                      n_classes=num_classes)
             atk.n_target_classes = n_targets

@@ -42,7 +42,7 @@ from torch import nn
 from . import rundir
 from .data import Data, to_pixels
 from .errors import UserError
-from .evaluate import (Progress, _prepare_model, fixed_examples, load_test_data, provenance, resolve_device,
+from .evaluate import (Progress, _prepare_model, fixed_examples, load_test_data, resolve_device, run_provenance,
                        upsert_rows)
 
 CERTIFY_CSV, CERTIFY_EXAMPLES_CSV = "certify.csv", "certify_examples.csv"
@@ -148,7 +148,7 @@ def certify_run(run_dir: str | Path, config: CertifyConfig, *, n_examples: int |
     dev = resolve_device(device)
     model, _ = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
-    return _certify(model, data, config, provenance(run_config, run_dir), run_dir, n_examples=n_examples,
+    return _certify(model, data, config, run_provenance(run_config, run_dir), run_dir, n_examples=n_examples,
                     example_seed=example_seed, device=dev, on_progress=on_progress)
 
 

@@ -34,7 +34,7 @@ ATTACK_KEYS = ["attack", "norm", "strength", "loss"]
 Progress = Callable[[int, int, str], None]  # on_progress(done, total, label): units of work finished so far
 
 
-def provenance(config: RunConfig, run_dir: Path) -> dict:
+def run_provenance(config: RunConfig, run_dir: Path) -> dict:
     """Columns that say which run a row belongs to."""
     return {
         "run_id": Path(run_dir).name, "dataset": config.data.dataset, "model": config.model.name,
@@ -174,7 +174,7 @@ def attack_run(run_dir: str | Path, config, *, n_examples: int | None = None, ex
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
-    return _attack(model, data, config, provenance(run_config, run_dir), run_dir,
+    return _attack(model, data, config, run_provenance(run_config, run_dir), run_dir,
                    n_examples=n_examples, example_seed=example_seed, device=dev, on_progress=on_progress)
 
 
@@ -265,7 +265,7 @@ def margins_run(run_dir: str | Path, *, n_examples: int = 500, n_directions: int
     dev = resolve_device(device)
     model, run_config = rundir.load_run(run_dir, dev)
     data = load_test_data(run_config, data_dir)
-    return _margins(model, data, provenance(run_config, run_dir), run_dir, n_examples=n_examples,
+    return _margins(model, data, run_provenance(run_config, run_dir), run_dir, n_examples=n_examples,
                     n_directions=n_directions, seed=seed, example_seed=example_seed, device=dev,
                     batch_size=batch_size, on_progress=on_progress)
 

@@ -58,9 +58,9 @@ def is_full_n1(config) -> bool:
 
 def setting_args(config) -> str:
     """The ``jrbench train`` flags of a run, without seed, device, data folder and output."""
-    from .provenance import train_command
+    from .provenance import train_command_line
 
-    args = shlex.split(train_command(config).partition("  # ")[0])[2:]
+    args = shlex.split(train_command_line(config).partition("  # ")[0])[2:]
     drop = {"--seed", "--device", "--data-dir", "--out"}
     keep, skip = [], False
     for a in args:

@@ -6,7 +6,7 @@ Runs with the same :func:`group_id` differ at most by seed, device and data fold
 and :mod:`jrbench.verdicts` pairs them by seed. :func:`provenance` gives the columns of
 :data:`PROVENANCE` that every tidy row of :func:`jrbench.results.collect` carries; outside models
 (``model.json``, :mod:`jrbench.outside`) get theirs from :func:`model_provenance`.
-:func:`train_command` rebuilds the command line from a run's config.json (run ids match).
+:func:`train_command_line` rebuilds the command line from a run's config.json (run ids match).
 
 Records here are :class:`jrbench.run_records.RunRecord` (read through their attributes only, so
 that this module imports no stage after the config).
@@ -137,7 +137,7 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def train_command(config: RunConfig, out: str | Path | None = None) -> str:
+def train_command_line(config: RunConfig, out: str | Path | None = None) -> str:
     """The ``jrbench train ...`` command line that makes ``config`` (run ids match).
 
     Settings the CLI cannot set (subset_seed, jacobian_eval_examples, eval_batch_size) are

@@ -84,7 +84,7 @@ class ReportResult:
     errors: list[str] = field(default_factory=list)  # soundness: certificates an attack contradicts
 
 
-def report_command(paths: list, out: Path, options: ReportOptions) -> str:
+def report_command_line(paths: list, out: Path, options: ReportOptions) -> str:
     """The ``jrbench report`` command line that makes this report."""
     args = ["jrbench", "report", *map(str, paths), "--out", str(out)]
     for name in STRENGTH_NAMES:  # repeatable: the flag once per strength
@@ -144,7 +144,7 @@ def _margin_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
 
 def runs_section(collection, where: Where) -> list[str]:
     """Provenance table, train commands and the files the attack and margin numbers came from."""
-    from .provenance import train_command
+    from .provenance import train_command_line
 
     lines = ["## Runs", "", "| run | group | seed | epochs | torch | jrbench | device | git commit |",
              "|---|---|---:|---:|---|---|---|---|"]
@@ -156,7 +156,7 @@ def runs_section(collection, where: Where) -> list[str]:
                      f"{get('torch_version')} | {get('jrbench_version')} | {get('device')} | {get('git_commit')} |")
     lines += ["", "Links are relative to this report's folder. Train commands, reconstructed from each "
               "run's config.json (add `--out FOLDER` to choose the run directory):", "", "```bash"]
-    lines += [train_command(r.config) for r in collection.runs]
+    lines += [train_command_line(r.config) for r in collection.runs]
     lines += ["```", "", "Attack and margin tables (read from these files; re-run `jrbench attack` / "
               "`jrbench margins` on a run directory to refresh them):", ""]
     for r in collection.runs:
@@ -308,7 +308,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     """Write summary.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
 
     Every file is rendered in memory first and written atomically; report.md comes last.
-    ``command``: the command line to quote (default: :func:`report_command`).
+    ``command``: the command line to quote (default: :func:`report_command_line`).
     ``on_progress(done, total, label)``: the cross-sections' progress (runs x kinds).
     """
     from .rundir import atomic_write_bytes, atomic_write_csv, atomic_write_text
@@ -329,7 +329,7 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     cells, cell_gaps = _cell_figures(collection, options, on_progress)
     gaps += figure_gaps + cell_gaps
-    command = command or report_command(collection.paths, out, options)
+    command = command or report_command_line(collection.paths, out, options)
     here = out.resolve()
 
     def where(path: Path) -> str:  # paths in the report's files: relative to its folder

@@ -52,7 +52,7 @@ def run_styles(summary: pd.DataFrame) -> dict[str, Style]:
     return styles
 
 
-def attack_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
+def accuracy_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
     """The tidy rows of ``attack`` and ``norm``; for the worst case, PGD's rows of the runs
     that have no worst case at that norm (no per-example record)."""
     accuracy = (summary["table"] == "attacks") | ((summary["table"] == "certify")
@@ -68,8 +68,8 @@ def attack_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
 def curve_table(summary: pd.DataFrame, attack: str, norm: str, by_seed_group: bool = True) -> pd.DataFrame:
     """Accuracy against strength per group (or run): value (mean over seeds), err_low/err_high
     (std across seeds where several, else the run's 95% CI), n_runs. The worst case falls back
-    to PGD for runs without a per-example record (:func:`attack_rows`)."""
-    rows = attack_rows(summary, attack, norm)
+    to PGD for runs without a per-example record (:func:`accuracy_rows`)."""
+    rows = accuracy_rows(summary, attack, norm)
     if rows.empty:
         return pd.DataFrame(columns=["key", "label", "strength", "value", "err_low", "err_high", "n_runs"])
     rows = pd.concat([preferred_loss(r) for _, r in rows.groupby("run_id", sort=False)])
@@ -102,7 +102,7 @@ ACCURACY_PLOTS = {
 
 def attack_subtitle(summary: pd.DataFrame, attack: str, norm: str) -> str:
     """'\n<n> test examples, <settings>' when every run used the same, else a pointer."""
-    rows = attack_rows(summary, attack, norm)
+    rows = accuracy_rows(summary, attack, norm)
     settings = rows["settings"].fillna("").str.replace(r"\s*(alpha|seed|example_seed)=\S+", "", regex=True)
     described = (rows["n"].astype(str) + " test examples, " + settings.str.strip()).unique()
     if len(described) != 1:

@@ -115,7 +115,7 @@ def _attack_settings(r) -> str:
     return " ".join(parts)
 
 
-def attack_rows(record: RunRecord) -> list[dict]:
+def attacks_csv_rows(record: RunRecord) -> list[dict]:
     """Accuracy (95% CI) per attack, norm, strength (pixel units) and loss."""
     table, source = record.tables[ATTACKS], str(record.path / ATTACKS)
     need = {"attack", "norm", "strength", "accuracy"}
@@ -323,7 +323,7 @@ def _run_rows(record: RunRecord, gaps: list[Gap]) -> tuple[list[dict], pd.DataFr
     mixed = example_sets_gap(record)
     if mixed is not None:
         gaps.append(mixed)
-    readers = {rundir.METRICS: metrics_rows, ATTACKS: attack_rows, ATTACK_EXAMPLES: worst_case_rows,
+    readers = {rundir.METRICS: metrics_rows, ATTACKS: attacks_csv_rows, ATTACK_EXAMPLES: worst_case_rows,
                JACOBIAN: jacobian_rows, CERTIFY: certify_rows}
     for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN, CERTIFY):
         if name not in record.tables or (name == CERTIFY and CERTIFY_EXAMPLES not in record.tables):

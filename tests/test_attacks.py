@@ -12,7 +12,7 @@ from torch import nn
 
 from jrbench import attacks as A
 from jrbench.attack_checks import sanity_warnings
-from jrbench.attack_common import AttackBoundsError, attack_model, check_in_ball
+from jrbench.attack_common import AttackBoundsError, check_in_ball, loss_model
 from jrbench.attack_config import LOSSES, default_eps, default_sigmas
 from jrbench.errors import UserError
 from jrbench.models import Classifier, build_model
@@ -121,7 +121,7 @@ def test_unknown_attack_norm_or_loss_in_library_calls(trained):
     with pytest.raises(UserError, match="fgsm norm"):
         A.make_attack(model, "fgsm", "l2", 0.1)
     with pytest.raises(UserError, match="unknown loss"):
-        attack_model(model, "ce")
+        loss_model(model, "ce")
 
 
 def test_eps_grid_none_means_default_and_must_be_filled(trained):

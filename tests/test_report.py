@@ -26,9 +26,9 @@ from jrbench.cells import (adversarial_direction, choose_point, make_plane,
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from jrbench.data import write_idx_folder
 from jrbench.evaluate import attack_run, margins_run
-from jrbench.provenance import train_command
+from jrbench.provenance import train_command_line
 from jrbench.errors import UserError
-from jrbench.report import ReportOptions, report_command, write_report
+from jrbench.report import ReportOptions, report_command_line, write_report
 from jrbench.report_table import Strengths, format_wide, group_table, nearest_strength, run_table
 from jrbench.results import TIDY_COLUMNS, collect
 from jrbench.rundir import load_run
@@ -202,7 +202,7 @@ def test_cli_repeats_the_strength_flags(runs_root, tmp_path):
     command = (out / "report.md").read_text().split("```bash\n")[1].split("\n")[0]
     assert "--sigma 0 --sigma 0.5 --eps-l2 1 --eps-l2 2" in command
     assert shlex.split(command)[:3] == ["jrbench", "report", str(runs_root / "runs")]
-    assert report_command(["r"], tmp_path, ReportOptions()) == f"jrbench report r --out {tmp_path}"
+    assert report_command_line(["r"], tmp_path, ReportOptions()) == f"jrbench report r --out {tmp_path}"
     for bad, message in ((["--sigma", "x"], "Invalid value for '--sigma'"),
                          (["--sigma", "0.5", "--sigma", "-1"], "--sigma must be zero or positive (pixel units), got -1.0"),
                          (["--eps-linf", "nan"], "--eps-linf must be zero or positive (pixel units), got nan")):
@@ -348,7 +348,7 @@ def test_train_command_rebuilds_the_config(config, monkeypatch, tmp_path):
         raise Stop
 
     monkeypatch.setattr(cli, "run_training", capture)
-    command = train_command(config, tmp_path / "run")
+    command = train_command_line(config, tmp_path / "run")
     line, _, comment = command.partition("  # ")
     result = runner.invoke(cli.app, shlex.split(line)[1:])
     assert isinstance(result.exception, Stop), result.output
