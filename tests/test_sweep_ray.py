@@ -131,14 +131,14 @@ def test_an_address_where_nothing_listens_fails_at_once_saying_how_to_start_a_cl
     port = _closed_port()
     (tmp_path / "s.toml").write_text(TINY.format(train=300, epochs=1, more_grid=""))
     args = ["sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"), "--engine", "ray",
-            "--connect-timeout", "20", *extra]
+            "--connect-timeout", "60", *extra]
     if address == "$RAY_ADDRESS":
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     else:
         args += ["--address", address.format(port=port)]
     start = time.monotonic()
     result = CliRunner().invoke(app, args)
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < 45  # refused at once; waiting out the timeout would take 60 s
     assert result.exit_code == 2, result.output
     named = f"127.0.0.1:{port} ($RAY_ADDRESS)" if address == "$RAY_ADDRESS" else address.format(port=port)
     assert f"no Ray cluster answers at {named}" in result.output
@@ -181,7 +181,7 @@ def test_a_join_that_hangs_is_given_up_after_the_timeout_and_undone_if_it_finish
     class SlowRay:
         def init(self, **options):
             calls.append(("init", options))
-            release.wait(10)
+            release.wait(60)
 
         def shutdown(self):
             calls.append(("shutdown", {}))
@@ -189,7 +189,7 @@ def test_a_join_that_hangs_is_given_up_after_the_timeout_and_undone_if_it_finish
     start = time.monotonic()
     with pytest.raises(UserError, match="did not accept"):
         _init_within(SlowRay(), 0.2, "did not accept", address="10.0.0.1:6379")
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # given up at 0.2 s; not abandoning it would wait 60 s
     release.set()
     for _ in range(100):
         if len(calls) == 2:
@@ -204,7 +204,6 @@ def test_a_port_that_answers_but_is_no_ray_head_fails_within_the_timeout(tmp_pat
     import socket
     import subprocess
     import sys
-    import time
 
     pytest.importorskip("ray")
     (tmp_path / "s.toml").write_text(TINY.format(train=300, epochs=1, more_grid=""))
@@ -212,16 +211,15 @@ def test_a_port_that_answers_but_is_no_ray_head_fails_within_the_timeout(tmp_pat
         server.bind(("", 0))
         server.listen(8)  # connections complete, nothing speaks Ray's protocol
         port = server.getsockname()[1]
-        start = time.monotonic()
         result = subprocess.run(
             [sys.executable, "-m", "jrbench", "sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"),
              "--engine", "ray", "--address", f"127.0.0.1:{port}", "--connect-timeout", "2", "--quiet"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        elapsed = time.monotonic() - start
+            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2, result.stderr
     assert f"the Ray cluster at 127.0.0.1:{port} did not accept this driver within --connect-timeout 2 s" \
         in " ".join(result.stderr.split())
-    assert elapsed < 60  # imports (torch, Ray) included; without the timeout: minutes
+    # the message is the timeout's own (Ray alone retries for minutes); no wall-clock bound here: the
+    # child's imports of torch and Ray take from seconds to a minute on a loaded machine
     assert not (tmp_path / "out").exists()
 
 
