@@ -31,6 +31,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_margins.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_autoattack.py
+	$(PY) benchmarks/bench_attack_cost.py
+	$(PY) benchmarks/bench_certify.py
 
 # The training overhead against plain SGD, written to results/overhead.csv.
 overhead: $(STAMP)
