@@ -27,8 +27,9 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     table, attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
     (noise, pgd, fgsm, autoattack) and of every strength of its noise and PGD/FGSM grids (the
     data set's defaults where the table gives none). So a study that adds AutoAttack or a
-    strength attacks its finished cells again (``jrbench attack`` adds the missing rows); a
-    changed ``n_examples`` alone is not detected."""
+    strength attacks its finished cells again (``jrbench attack`` adds the missing rows), and so
+    does one whose ``n_examples`` (the gradient attacks') or ``noise_examples`` (white noise's)
+    differs from the rows' where the table gives it."""
     from . import rundir
     from .attack_config import default_eps
 
@@ -42,6 +43,11 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
         rows = rundir.read_csv(run_dir / "attacks.csv")
         if "example_seed" in rows:
             rows = rows[rows["example_seed"] == options.get("example_seed", 0)]
+        if "n_examples" in rows:
+            noise = rows["attack"] == "noise"
+            for key, part in (("n_examples", ~noise), ("noise_examples", noise)):
+                if options.get(key) is not None:
+                    rows = rows[~part | (rows["n_examples"] == options[key])]
         done = {(a, n, round(float(v), 9)) for a, n, v in zip(rows["attack"], rows["norm"], rows["strength"])}
     except (UserError, KeyError, ValueError, TypeError):
         return False

@@ -274,6 +274,13 @@ def test_autoattack_grids_and_sweep_fields(tmp_path):
     _rows(("pgd", "linf", 0.1, 0.4), ("autoattack", "linf", 0.1, 0.3)).to_csv(
         run / "attacks.csv", index=False)
     assert attack_done(run, spec.attack) and attack_done(run)
+    rows = _rows(("pgd", "linf", 0.1, 0.4), ("autoattack", "linf", 0.1, 0.3), ("noise", "gaussian", 0.5, 0.9))
+    rows["n_examples"], rows["example_seed"] = [200, 200, 2000], 0
+    rows.to_csv(run / "attacks.csv", index=False)
+    assert attack_done(run, {**spec.attack, "n_examples": 200, "noise_examples": 2000})
+    assert not attack_done(run, {**spec.attack, "n_examples": 1000})    # a changed n_examples attacks again
+    assert not attack_done(run, {**spec.attack, "n_examples": 200, "noise": True, "sigma": [0.5],
+                                 "noise_examples": 500})                 # so does a changed noise_examples
 
 
 # ----------------------------------------------------------------------------- warnings
