@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_autoattack import ensure_run  # noqa: E402
-from jrbench.attack_config import AttackConfig  # noqa: E402
-from jrbench.attacks import run_attacks  # noqa: E402
-from jrbench.data import load_data, read_idx_split, to_pixels  # noqa: E402
-from jrbench.evaluate import example_counts, fixed_examples  # noqa: E402
-from jrbench.rundir import load_run  # noqa: E402
+from jrbench.evaluate.attack_config import AttackConfig  # noqa: E402
+from jrbench.evaluate.attacks import run_attacks  # noqa: E402
+from jrbench.data.datasets import load_data, read_idx_split, to_pixels  # noqa: E402
+from jrbench.evaluate.api import example_counts, fixed_examples  # noqa: E402
+from jrbench.training.rundir import load_run  # noqa: E402
 
 
 def main() -> int:

@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jrbench.attacks import AttackConfig, run_attacks  # noqa: E402
-from jrbench.models import build_model  # noqa: E402
+from jrbench.evaluate.attacks import AttackConfig, run_attacks  # noqa: E402
+from jrbench.models.architectures import build_model  # noqa: E402
 
 EPS, STEPS, N = 0.1, 40, 200
 

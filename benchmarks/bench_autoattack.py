@@ -1,6 +1,6 @@
 """Time standard AutoAttack on 1,000 real MNIST test digits against a plain LeNet, L-inf 0.1.
 
-What it measures: the wall-clock time of one ``jrbench.attacks.run_attacks`` call with only
+What it measures: the wall-clock time of one ``jrbench.evaluate.attacks.run_attacks`` call with only
 AutoAttack on (``AttackConfig(autoattack=True)``: the clean pass, the gradient statistics, then
 APGD-CE, APGD-T, FAB-T and Square, each in batches of 500 over the examples still unbroken,
 every adversarial batch checked in its ball, and the rows), at one radius, L-inf eps 0.1, on
@@ -35,12 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jrbench.attack_checks import sanity_warnings  # noqa: E402
-from jrbench.attacks import AttackConfig, run_attacks  # noqa: E402
+from jrbench.evaluate.attack_checks import sanity_warnings  # noqa: E402
+from jrbench.evaluate.attacks import AttackConfig, run_attacks  # noqa: E402
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig  # noqa: E402
-from jrbench.data import load_data, split_test_set, to_pixels  # noqa: E402
-from jrbench.evaluate import fixed_examples  # noqa: E402
-from jrbench.rundir import load_run  # noqa: E402
+from jrbench.data.datasets import load_data, split_test_set, to_pixels  # noqa: E402
+from jrbench.evaluate.api import fixed_examples  # noqa: E402
+from jrbench.training.rundir import load_run  # noqa: E402
 
 EPS, N_EXAMPLES = 0.1, 1000
 
@@ -50,7 +50,7 @@ def ensure_run(run_dir: Path, data_dir: Path, source: Path) -> None:
     if not (data_dir / "t10k-labels-idx1-ubyte").exists() and not (data_dir / "t10k-labels-idx1-ubyte.gz").exists():
         split_test_set(source, data_dir, 8000)
     if not (run_dir / "model.pt").is_file():
-        from jrbench.training import train
+        from jrbench.training.loop import train
 
         config = RunConfig(DataConfig("mnist", data_dir=str(data_dir)), ModelConfig("lenet"),
                            RegConfig(["none"]), TrainConfig(epochs=2, seed=0, device="cpu"))

@@ -8,7 +8,7 @@ What it measures (the targets of the certify issue, on this machine's CPU):
   examples within 10 minutes; with fewer examples the time for 500 is projected linearly, and
   the output says so: every example costs the same n0 + n forward passes).
 
-The LeNet-5 (jrbench.models "lenet") is trained for ``--epochs`` epochs (SGD lr 0.05, momentum 0.9,
+The LeNet-5 (jrbench.models.architectures "lenet") is trained for ``--epochs`` epochs (SGD lr 0.05, momentum 0.9,
 batch 64, seed 0) on the first 8,000 digits of the real MNIST test set in
 ../shared/data/mnist-t10k and certified on the other 2,000 (the first 1,000 of them). Without the
 data it keeps its random initialization on uniform-noise images (the timings hardly depend on
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_margins import MNIST, read_idx_gz  # noqa: E402
-from jrbench.envinfo import cpu_model  # noqa: E402
-from jrbench.ibp import certified_linf  # noqa: E402
-from jrbench.lipschitz import certified_radius_l2, lipschitz_bound  # noqa: E402
-from jrbench.models import build_model  # noqa: E402
-from jrbench.smoothing import certify_smoothed  # noqa: E402
+from jrbench.training.envinfo import cpu_model  # noqa: E402
+from jrbench.certify.ibp import certified_linf  # noqa: E402
+from jrbench.models.lipschitz import certified_radius_l2, lipschitz_bound  # noqa: E402
+from jrbench.models.architectures import build_model  # noqa: E402
+from jrbench.certify.smoothing import certify_smoothed  # noqa: E402
 
 
 def data_and_model(epochs: int):

@@ -1,6 +1,6 @@
-"""Time jrbench.margins on 500 examples x 10 directions of a LeNet; exit 1 if over the budget.
+"""Time jrbench.evaluate.margins on 500 examples x 10 directions of a LeNet; exit 1 if over the budget.
 
-The LeNet-5 (jrbench.models "lenet") is trained for ``--epochs`` epochs (SGD lr 0.05,
+The LeNet-5 (jrbench.models.architectures "lenet") is trained for ``--epochs`` epochs (SGD lr 0.05,
 momentum 0.9, batch 64, seed 0) on the first 8,000 digits of the real MNIST test set in
 ../shared/data/mnist-t10k, and the margins are measured on the first 500 correctly
 classified digits among the other 2,000. Training is not timed. Without the data (or with
@@ -25,9 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jrbench.margins import (adversarial_margins, first_correct, first_order_margins,  # noqa: E402
+from jrbench.evaluate.margins import (adversarial_margins, first_correct, first_order_margins,  # noqa: E402
                              predict, random_direction_margins)
-from jrbench.models import build_model  # noqa: E402
+from jrbench.models.architectures import build_model  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist-t10k"
 

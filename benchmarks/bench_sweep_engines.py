@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from jrbench.envinfo import cpu_model  # noqa: E402
-from jrbench.sweep import run_sweep  # noqa: E402
-from jrbench.sweep_spec import Resources, parse_spec  # noqa: E402
+from jrbench.training.envinfo import cpu_model  # noqa: E402
+from jrbench.study.sweep import run_sweep  # noqa: E402
+from jrbench.study.spec import Resources, parse_spec  # noqa: E402
 
 SHRINK = {"train_subset = 10000": "train_subset = 3000", "epochs = 4": "epochs = 2",
           "n_examples = 500": "n_examples = 200", "n_examples = 300": "n_examples = 100"}
@@ -63,11 +63,11 @@ def main() -> int:
     parser.add_argument("--num-cpus", type=float, default=1.0, help="CPUs (threads) per cell, both engines")
     parser.add_argument("--also-local-threads", type=int, default=0, help="also time local with N threads per cell")
     args = parser.parse_args()
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("JRBENCH_DATA", str(Path(tmp) / "data"))
-        from jrbench.data import load_data  # generate the data once, outside the timings
+        from jrbench.data.datasets import load_data  # generate the data once, outside the timings
 
         load_data(quick_spec(Path(tmp), args.shrink, 1).cells[0].data)
         times = {}

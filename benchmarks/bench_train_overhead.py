@@ -2,7 +2,7 @@
 
 Targets (issues 3 and 5; lenet, batch 64, this 2-core CPU): n=1 at most 2.2x plain,
 ``--jr-subsample 16`` at most 1.5x plain, exact (C=10) no slower than the per-row autograd
-reference. The timing is ``jrbench overhead``'s (jrbench/overhead.py): one real synth-digits
+reference. The timing is ``jrbench overhead``'s (jrbench/cost/overhead.py): one real synth-digits
 batch, every case interleaved with plain SGD in one process after warm-up, medians of the
 per-pair ratios. Prints the table and the verdicts; exits 1 when a target is missed.
 Run: .venv/bin/python benchmarks/bench_train_overhead.py [--pairs 30]
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jrbench.overhead import OverheadConfig, run_overhead
+from jrbench.cost.overhead import OverheadConfig, run_overhead
 
 TARGETS = [("jacobian-n1", "ratio_median", 2.2, "x plain"),
            ("jacobian-n1-sub16", "ratio_median", 1.5, "x plain"),

@@ -9,7 +9,7 @@ first 8,000 digits become the train split and the last 2,000 the test split (fil
 import sys
 from pathlib import Path
 
-from jrbench.data import split_test_set
+from jrbench.data.datasets import split_test_set
 from jrbench.errors import UserError
 
 if __name__ == "__main__":

@@ -19,16 +19,16 @@ def __getattr__(name: str):
         from .config import RunConfig
         return RunConfig
     if name == "train":
-        from .training import train
+        from .training.loop import train
         return train
     if name == "load_run":
-        from .rundir import load_run
+        from .training.rundir import load_run
         return load_run
     if name in ("attack_model", "margins_model"):
-        from . import evaluate
+        from .evaluate import api as evaluate
         return getattr(evaluate, name)
     if name == "load_outside_model":
-        from .outside import load_outside_model
+        from .evaluate.outside import load_outside_model
         return load_outside_model
     if name == "UserError":
         from .errors import UserError

@@ -45,13 +45,13 @@ class JrEstimator(str, Enum):
 
 
 class Loss(str, Enum):
-    """Losses of the gradient attacks (jrbench.attack_config.LOSSES)."""
+    """Losses of the gradient attacks (jrbench.evaluate.attack_config.LOSSES)."""
     ce64 = "ce64"  # cross-entropy from float64 logits
     ce32 = "ce32"  # torchattacks as is
 
 
 class Norm(str, Enum):
-    """Norms of the gradient attacks (jrbench.attack_config.NORMS)."""
+    """Norms of the gradient attacks (jrbench.evaluate.attack_config.NORMS)."""
     linf = "linf"
     l2 = "l2"
 
@@ -226,7 +226,7 @@ def _progress_callbacks(total_epochs: int):
 
 
 def run_training(config, out: Path, resume: bool, quiet: bool = False):
-    from .training import train
+    from .training.loop import train
 
     if quiet:
         return train(config, out, resume=resume)
@@ -270,7 +270,7 @@ def train_command(
 ) -> None:
     """Train a model with or without Jacobian regularization; write a run directory."""
     from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
-    from .validation import validate
+    from .training.validation import validate
 
     config = validate(RunConfig(
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
@@ -298,7 +298,7 @@ class Engine(str, Enum):
 
 
 class _CellTable:
-    """The live table of a Ray sweep: one row per cell, fed by jrbench.sweep_ray.CellEvent."""
+    """The live table of a Ray sweep: one row per cell, fed by jrbench.study.ray_engine.CellEvent."""
 
     def __init__(self, spec) -> None:
         self.title = f"{spec.name}: {len(spec.cells)} cells in {spec.folder}"
@@ -357,7 +357,7 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
         from rich.live import Live
 
         from .errors import UserError
-        from .sweep_ray import run_sweep_ray
+        from .study.ray_engine import run_sweep_ray
 
         options = dict(device=device, address=address, retries=retries, shared_dir=shared_dir,
                        connect_timeout=connect_timeout, verbose=verbose)
@@ -376,7 +376,7 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
         finally:
             if show_table:
                 err_console.print(table.render())
-    from .sweep import run_sweep
+    from .study.sweep import run_sweep
 
     if quiet:
         return run_sweep(spec, device=device, keep_going=keep_going)
@@ -411,7 +411,7 @@ def demo_command(
     """The quick profile: a plain and a Jacobian-regularized lenet on synth-digits, end to end.
 
     Ends in the report, whose console table puts the two runs side by side."""
-    from .demo import quick_spec
+    from .study.demo import quick_spec
 
     spec = quick_spec(out)
     run_sweep_with_progress(spec, device, quiet=quiet)
@@ -437,7 +437,7 @@ def sweep_command(
 
     A cell that fails leaves the others running; the command then exits 1 naming it."""
     from .errors import UserError
-    from .sweep_spec import load_spec
+    from .study.spec import load_spec
 
     if engine is Engine.local and (address or shared_dir):
         raise UserError(f"{'--address' if address else '--shared-dir'} applies to --engine ray only.")
@@ -542,10 +542,10 @@ def attack_command(
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
     attacks.csv and the per-example record attack_examples.csv into the run (or model) folder."""
-    from .attack_config import NORMS, AttackConfig, default_sigmas
+    from .evaluate.attack_config import NORMS, AttackConfig, default_sigmas
     from .errors import UserError
-    from .evaluate import attack_model, attack_run, check_attack
-    from .outside import resolve_sources
+    from .evaluate.api import attack_model, attack_run, check_attack
+    from .evaluate.outside import resolve_sources
 
     if autoattack_eps_linf is not None or autoattack_eps_l2 is not None:
         autoattack = True
@@ -591,7 +591,7 @@ def attack_command(
 def print_margins_summary(result, title: str, run_dir: Path) -> None:
     from rich.table import Table
 
-    from .evaluate import margins_summary
+    from .evaluate.api import margins_summary
 
     table = Table(title=title)
     table.add_column("measure")
@@ -628,9 +628,9 @@ def margins_command(
 ) -> None:
     """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example,
     of trained runs or outside models."""
-    from .evaluate import margins_model, margins_run
-    from .outside import resolve_sources
-    from .rundir import check_run_dir
+    from .evaluate.api import margins_model, margins_run
+    from .evaluate.outside import resolve_sources
+    from .training.rundir import check_run_dir
 
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
     for run_dir, model in sources:  # every directory and model is checked before any table is written
@@ -708,8 +708,8 @@ def certify_command(
     """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound, interval
     bound propagation, randomized smoothing; write certify.csv and certify_examples.csv into the run
     (or model) folder. No flag: --lipschitz and --ibp."""
-    from .certify import CertifyConfig, certify_model, certify_run, check_certify, unsupported
-    from .outside import resolve_sources
+    from .certify.api import CertifyConfig, certify_model, certify_run, check_certify, unsupported
+    from .evaluate.outside import resolve_sources
 
     if not (lipschitz or ibp or smoothing):
         lipschitz = ibp = True
@@ -741,12 +741,12 @@ def certify_command(
 
 # ----------------------------------------------------------------------------- report
 def print_verdicts(verdicts) -> None:
-    """One compact table per comparison (jrbench.verdicts.compact_tables): repeats of the clean
+    """One compact table per comparison (jrbench.analysis.verdicts.compact_tables): repeats of the clean
     accuracy and worst cases equal to PGD left out; report.md has every line."""
     from rich.markup import escape
     from rich.table import Table
 
-    from .verdicts import ADJUSTED, compact_tables
+    from .analysis.verdicts import ADJUSTED, compact_tables
 
     if verdicts.empty:
         return
@@ -797,9 +797,9 @@ def report_command(
     """Collect runs into summary.csv; write a paper-style table, verdicts against plain runs, plots and report.md."""
     from rich.table import Table
 
-    from .report import ReportOptions, write_report
-    from .report_table import Strengths
-    from .results import collect
+    from .report.writer import ReportOptions, write_report
+    from .report.table import Strengths
+    from .analysis.results import collect
 
     options = ReportOptions(Strengths(sigma, eps_linf, eps_l2), not per_run, cells, cell_radius, cell_grid,
                             cell_seed, cell_index, cell_panels, device, str(data_dir) if data_dir else None,
@@ -853,9 +853,9 @@ def overhead_command(
         return run_gate_command(gate, baseline, jr_backend.value, device, out, quiet)
     from rich.table import Table
 
-    from .overhead import OverheadConfig, cases_of, run_overhead
-    from .overhead_budgets import check_budget, check_budget_cases, load_budget
-    from .rundir import atomic_write_csv
+    from .cost.overhead import OverheadConfig, cases_of, run_overhead
+    from .cost.budgets import check_budget, check_budget_cases, load_budget
+    from .training.rundir import atomic_write_csv
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
     cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
@@ -891,16 +891,16 @@ def overhead_command(
 
 def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, device: str, out: Path | None,
                      quiet: bool = False) -> None:
-    """The regression gate (jrbench/gate.py): exit 1 naming each case that regressed; ``quiet``: no spinner."""
+    """The regression gate (jrbench/cost/gate.py): exit 1 naming each case that regressed; ``quiet``: no spinner."""
     from contextlib import nullcontext
 
     from rich.table import Table
 
     from .config import JR_BACKENDS
     from .errors import UserError
-    from .gate import load_gate_spec, run_gate
+    from .cost.gate import load_gate_spec, run_gate
     from .registry import unknown_name
-    from .rundir import atomic_write_csv
+    from .training.rundir import atomic_write_csv
 
     if jr_backend not in JR_BACKENDS:
         raise unknown_name("--jr-backend", jr_backend, list(JR_BACKENDS))
@@ -951,9 +951,9 @@ def frontier_command(
     from rich.table import Table
 
     from .errors import UserError
-    from .frontier import frontier, write_frontier
-    from .results import collect
-    from .rundir import read_csv
+    from .study.frontier import frontier, write_frontier
+    from .analysis.results import collect
+    from .training.rundir import read_csv
 
     if not overhead.is_file():
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
@@ -982,9 +982,9 @@ def frontier_command(
 @friendly
 def list_command() -> None:
     """List the registered data sets, models and regularizers."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .regularizers import REGULARIZERS
+    from .data.datasets import DATASETS
+    from .models.architectures import MODELS
+    from .penalty.regularizers import REGULARIZERS
 
     console.print("[bold]datasets:[/] " + ", ".join(DATASETS.names()))
     for name in MODELS.names():

@@ -126,7 +126,7 @@ def check_fields(cfg: RunConfig) -> None:
     """Raise :class:`UserError` naming the first bad field value (ranges, combinations).
 
     Names of data sets, models and regularizers are checked against their registries by
-    :func:`jrbench.validation.validate`, which sits above those modules (no import cycle).
+    :func:`jrbench.training.validation.validate`, which sits above those modules (no import cycle).
     """
     _positive("--train-subset", cfg.data.train_subset, allow_none=True)
     _positive("--test-subset", cfg.data.test_subset, allow_none=True)

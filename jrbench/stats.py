@@ -2,7 +2,7 @@
 
 Every function names its test and what it assumes. Confidence levels are two-sided (0.95
 by default); p values are two-sided. Nothing here knows about runs or files: plain numbers
-and arrays in, plain numbers out (:mod:`jrbench.verdicts` applies them to runs).
+and arrays in, plain numbers out (:mod:`jrbench.analysis.verdicts` applies them to runs).
 
 Intervals of one measurement
 - :func:`wilson_interval`  a binomial proportion (accuracy over independent examples);

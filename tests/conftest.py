@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
-from jrbench.data import DATASETS, Data, Split
+from jrbench.data.datasets import DATASETS, Data, Split
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from jrbench.atomic import atomic_write_text, locked
-from jrbench.evaluate import ATTACK_KEYS, upsert_rows
+from jrbench.evaluate.api import ATTACK_KEYS, upsert_rows
 
 ROWS = 25
 

@@ -1,4 +1,4 @@
-"""Tests for jrbench.attacks (with attack_config, attack_common, attack_checks and the intervals
+"""Tests for jrbench.evaluate.attacks (with attack_config, attack_common, attack_checks and the intervals
 of jrbench.stats): closed-form linear models, a small trained MLP, sanity checks."""
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from jrbench import attacks as A
-from jrbench.attack_checks import sanity_warnings
-from jrbench.attack_common import AttackBoundsError, check_in_ball, loss_model
-from jrbench.attack_config import LOSSES, default_eps, default_sigmas
+from jrbench.evaluate import attacks as A
+from jrbench.evaluate.attack_checks import sanity_warnings
+from jrbench.evaluate.attack_common import AttackBoundsError, check_in_ball, loss_model
+from jrbench.evaluate.attack_config import LOSSES, default_eps, default_sigmas
 from jrbench.errors import UserError
-from jrbench.models import Classifier, build_model
+from jrbench.models.architectures import Classifier, build_model
 from jrbench.stats import Z_95, noise_interval, wilson_interval
 
 SHAPE = (1, 4, 4)  # 16 pixels

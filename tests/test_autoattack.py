@@ -1,4 +1,4 @@
-"""AutoAttack (jrbench.autoattack): closed-form linear models, the per-example record, seeds,
+"""AutoAttack (jrbench.evaluate.autoattack): closed-form linear models, the per-example record, seeds,
 the new sanity warnings and bad input through the CLI."""
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from jrbench import attacks as A
-from jrbench import autoattack as AA
-from jrbench.attack_checks import sanity_warnings
-from jrbench.attack_common import AttackBoundsError, check_in_ball
+from jrbench.evaluate import attacks as A
+from jrbench.evaluate import autoattack as AA
+from jrbench.evaluate.attack_checks import sanity_warnings
+from jrbench.evaluate.attack_common import AttackBoundsError, check_in_ball
 from jrbench.cli import app
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
-from jrbench.data import DATASETS, Data, DatasetInfo, DatasetSpec, Split
+from jrbench.data.datasets import DATASETS, Data, DatasetInfo, DatasetSpec, Split
 from jrbench.errors import UserError
-from jrbench.models import Classifier, build_model
+from jrbench.models.architectures import Classifier, build_model
 from jrbench.stats import wilson_interval
 
 from conftest import tiny_data
@@ -244,8 +244,8 @@ def test_unknown_component_and_target_counts_are_user_errors():
 
 
 def test_autoattack_grids_and_sweep_fields(tmp_path):
-    from jrbench.sweep import attack_done
-    from jrbench.sweep_spec import attack_config, parse_spec
+    from jrbench.study.sweep import attack_done
+    from jrbench.study.spec import attack_config, parse_spec
 
     own = A.AttackConfig(autoattack=True, autoattack_eps_linf=[0.1], eps_linf=[0.0, 0.3],
                          eps_l2=[1.0])
@@ -340,7 +340,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def five_class(tmp_path_factory):
     """A lenet run on a 5-class data set (tiny blocks, labels 0..4) and the data set's entry."""
-    from jrbench.training import train
+    from jrbench.training.loop import train
 
     base = tiny_data(n_train=400, n_test=80)
 

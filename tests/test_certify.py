@@ -8,14 +8,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from jrbench.attack_config import AttackConfig
-from jrbench.certify import (CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, CertifyConfig, certify_model, certify_run,
+from jrbench.evaluate.attack_config import AttackConfig
+from jrbench.certify.api import (CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, CertifyConfig, certify_model, certify_run,
                              soundness_violations)
 from jrbench.cli import app
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from jrbench.errors import UserError
-from jrbench.evaluate import attack_run, fixed_examples
-from jrbench.training import train
+from jrbench.evaluate.api import attack_run, fixed_examples
+from jrbench.training.loop import train
 
 EPS_LINF = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1]
 EPS_L2 = [0.0, 0.05, 0.1, 0.2, 0.5, 1.0]
@@ -50,8 +50,8 @@ def test_tables_are_written_with_one_row_per_example_and_certificate(run, certif
     for col in ("example", "method", "norm", "sigma", "radius", "predicted", "abstain"):
         assert col in examples.columns
     # the examples are jrbench attack's examples for the same --example-seed
-    from jrbench.rundir import load_config
-    from jrbench.data import load_data
+    from jrbench.training.rundir import load_config
+    from jrbench.data.datasets import load_data
     _, labels, index = fixed_examples(load_data(load_config(run).data), N, 3)
     assert sorted(examples["example"].unique()) == sorted(index.tolist())
     lip = table[table["method"] == "lipschitz"]
@@ -73,7 +73,7 @@ def test_certified_accuracy_starts_at_clean_accuracy_and_falls_with_eps(certifie
         if method != "smoothing":
             assert acc[0] == pytest.approx(clean), (method, norm)
     # the per-example radii say the same as the table, strength by strength (one rule: covers)
-    from jrbench.certify import covers
+    from jrbench.certify.api import covers
     for r in t[t["method"] != "smoothing"].itertuples():
         sel = ex[(ex["method"] == r.method) & (ex["norm"] == r.norm)]
         assert r.certified_acc == pytest.approx(covers(sel["radius"], r.strength, sel["clean_correct"]).mean()), \
@@ -117,8 +117,8 @@ def test_no_attack_breaks_a_certified_example(attacked):
 
 
 def test_report_brackets_attacked_accuracy_with_certified(run, certified, attacked, tmp_path):
-    from jrbench.report import ReportOptions, write_report
-    from jrbench.results import collect
+    from jrbench.report.writer import ReportOptions, write_report
+    from jrbench.analysis.results import collect
 
     collection = collect([run])
     summary = collection.summary
@@ -158,12 +158,12 @@ def test_linear_outside_model_radius_is_the_closed_form(tmp_path):
     torch.manual_seed(0)
     lin = nn.Linear(784, 10)
     net = nn.Sequential(nn.Flatten(), lin)
-    from jrbench.models import PixelClassifier
+    from jrbench.models.architectures import PixelClassifier
     model = PixelClassifier(net, (1, 28, 28), 10, "linear")
     config = CertifyConfig(lipschitz=True, ibp=True, eps_linf=[0.0, 0.001], eps_l2=[0.0, 0.01])
     result = certify_model(model, "synth-digits", config, n_examples=50, device="cpu", out=tmp_path / "m")
     ex = result.examples[(result.examples["method"] == "lipschitz") & (result.examples["norm"] == "l2")]
-    from jrbench.data import load_data
+    from jrbench.data.datasets import load_data
     images, labels, index = fixed_examples(load_data(DataConfig("synth-digits")), 50, 0)
     x = images.double().div(255).flatten(1)
     W, b = lin.weight.double().detach(), lin.bias.double().detach()
@@ -239,8 +239,8 @@ example_seed = 3
 
 
 def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, tmp_path):
-    from jrbench.sweep import certify_done
-    from jrbench.sweep_spec import certify_config, parse_spec
+    from jrbench.study.sweep import certify_done
+    from jrbench.study.spec import certify_config, parse_spec
 
     spec = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2, n=N), tmp_path / "c.toml")
     config = certify_config(spec.certify)
@@ -258,15 +258,15 @@ def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, t
     ("ibpp = true", "line 12: field 'ibpp' is not a certify option. Did you mean 'ibp'"),
 ])
 def test_a_bad_certify_table_names_its_line(extra, needle, tmp_path):
-    from jrbench.sweep_spec import parse_spec
+    from jrbench.study.spec import parse_spec
 
     with pytest.raises(UserError, match=needle):
         parse_spec(SPEC.format(linf=[0.0], l2=[0.0], n=10) + extra, tmp_path / "c.toml")
 
 
 def test_per_example_certified_outcomes_take_the_best_deterministic_certificate(tmp_path):
-    from jrbench.run_records import RunRecord
-    from jrbench.verdicts import certified_examples, example_values
+    from jrbench.analysis.run_records import RunRecord
+    from jrbench.analysis.verdicts import certified_examples, example_values
 
     cert = pd.DataFrame({"method": ["lipschitz", "lipschitz", "ibp", "ibp", "smoothing"],
                          "norm": ["l2", "l2", "linf", "linf", "l2"], "strength": [0.0, 0.5, 0.0, 0.1, 0.5],

@@ -168,7 +168,7 @@ def _check_calls(calls):
 
 
 def test_attack_progress_callback_counts_attacks_and_strengths():
-    from jrbench.attacks import AttackConfig, run_attacks
+    from jrbench.evaluate.attacks import AttackConfig, run_attacks
 
     model, x, y = _tiny_problem()
     calls = []
@@ -180,7 +180,7 @@ def test_attack_progress_callback_counts_attacks_and_strengths():
 
 
 def test_margins_progress_callback_counts_batches():
-    from jrbench.margins import measure_margins
+    from jrbench.evaluate.margins import measure_margins
 
     model, x, y = _tiny_problem()
     calls = []
@@ -192,8 +192,8 @@ def test_margins_progress_callback_counts_batches():
 def test_overhead_progress_callback_counts_pairs():
     import torch
 
-    from jrbench.models import build_model
-    from jrbench.overhead import OverheadConfig, cases_of, time_steps
+    from jrbench.models.architectures import build_model
+    from jrbench.cost.overhead import OverheadConfig, cases_of, time_steps
 
     torch.manual_seed(0)
     model = build_model("mlp", (1, 28, 28), 10, (0.5,), (0.5,))

@@ -5,9 +5,9 @@ import urllib.error
 import pytest
 import torch
 
-from jrbench import data as data_mod
+from jrbench.data import datasets as data_mod
 from jrbench.config import DataConfig
-from jrbench.data import Split, load_data, read_idx, to_pixels, write_idx_folder
+from jrbench.data.datasets import Split, load_data, read_idx, to_pixels, write_idx_folder
 from jrbench.errors import UserError
 
 from conftest import tiny_data
@@ -142,9 +142,9 @@ def test_cifar10_is_read_from_a_written_batches_folder_without_download(tmp_path
 
 def test_per_dataset_defaults_live_on_the_dataset_info():
     """Eps grids, report strengths, the sanity radius and the cross-section radius come from DatasetInfo."""
-    from jrbench import attack_config as A
-    from jrbench.data import DATASETS
-    from jrbench.report_table import Strengths
+    from jrbench.evaluate import attack_config as A
+    from jrbench.data.datasets import DATASETS
+    from jrbench.report.table import Strengths
 
     cifar = DATASETS.get("cifar10").info.defaults
     assert A.default_eps("cifar10", "l2") == list(cifar.eps_l2) and cifar.report_eps_linf == pytest.approx(8 / 255)

@@ -12,10 +12,10 @@ on those paths) and the margin ratios (1.3x to 1.6x) are a study's verdicts over
 import pandas as pd
 import pytest
 
-from jrbench.attacks import AttackConfig
-from jrbench.demo import quick_spec
-from jrbench.evaluate import attack_run, margins_run
-from jrbench.training import train
+from jrbench.evaluate.attacks import AttackConfig
+from jrbench.study.demo import quick_spec
+from jrbench.evaluate.api import attack_run, margins_run
+from jrbench.training.loop import train
 
 
 @pytest.fixture(scope="module")

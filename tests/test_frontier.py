@@ -13,13 +13,13 @@ from jrbench import cli
 from jrbench.config import RegConfig
 from jrbench import stats
 from jrbench.errors import UserError
-from jrbench.frontier import FRONTIER_COLUMNS, FRONTIER_VERDICT_COLUMNS, frontier, write_frontier
-from jrbench.overhead import case_name
-from jrbench.results import collect
+from jrbench.study.frontier import FRONTIER_COLUMNS, FRONTIER_VERDICT_COLUMNS, frontier, write_frontier
+from jrbench.cost.overhead import case_name
+from jrbench.analysis.results import collect
 
 
 def test_case_names_match_the_overhead_cases():
-    from jrbench.overhead import default_cases
+    from jrbench.cost.overhead import default_cases
 
     cases = default_cases((1, 3, -1), (16,), True, (4,), True)
     for c in cases:
@@ -119,7 +119,7 @@ def test_frontier_cli(study, tmp_path):
 
 def test_a_missing_verdict_is_not_a_pass():
     """'not worse' needs both the PGD-Linf and the noise verdict; one alone is incomplete."""
-    from jrbench.frontier import _verdict_text
+    from jrbench.study.frontier import _verdict_text
 
     row = dict(diff=-1.0, lower=-2.0, upper=0.0, n_seeds=2, margin=3.0, seeds_needed=4, verdict="not worse")
     noise = pd.DataFrame([dict(row, metric="noise_acc")])

@@ -10,10 +10,10 @@ import torch
 
 import jrbench
 from jrbench.config import RunConfig
-from jrbench.data import DATASETS
+from jrbench.data.datasets import DATASETS
 from jrbench.errors import UserError
-from jrbench.gate import (Arm, GateSpec, _decide, compare_arms, load_baseline_package, load_gate_spec,
-                          median_interval, repo_root, resolve_baseline)
+from jrbench.cost.gate import (Arm, GateSpec, _arm_cases, _decide, compare_arms, load_baseline_package,
+                               load_gate_spec, median_interval, repo_root, resolve_baseline, stage_module)
 
 from conftest import REPO
 
@@ -97,9 +97,7 @@ def test_baseline_auto_is_the_parent_of_the_last_penalty_change_and_imports(tmp_
     assert sha == parent and "newest commit that changed" in why
     pkg = load_baseline_package(root, sha, tmp_path)
     assert pkg.__name__.startswith("jrbench_base_") and pkg is not jrbench
-    import sys
-
-    assert sys.modules[f"{pkg.__name__}.overhead"].__file__.startswith(str(tmp_path))
+    assert stage_module(pkg, "overhead").__file__.startswith(str(tmp_path))
     with pytest.raises(UserError, match="rev-parse"):
         resolve_baseline(dataclasses.replace(spec, baseline="no-such-commit-xyz"), root)
 
@@ -125,8 +123,8 @@ def test_cli_gate_bad_backend_exits_2():
 
 
 def test_without_history_the_gate_checks_the_loose_bounds_and_says_so(monkeypatch):
-    import jrbench.gate as gate
-    from jrbench.overhead_budgets import Budget
+    import jrbench.cost.gate as gate
+    from jrbench.cost.budgets import Budget
 
     def no_git():
         raise UserError("not in a git checkout")
@@ -165,7 +163,7 @@ def test_gate_spec_errors_name_their_own_line(tmp_path):
 
 
 def test_cli_gate_quiet_shows_no_spinner(monkeypatch, tmp_path):
-    import jrbench.gate as gate
+    import jrbench.cost.gate as gate
     from jrbench import cli
 
     calls = []
@@ -187,3 +185,51 @@ def test_cli_gate_quiet_shows_no_spinner(monkeypatch, tmp_path):
     assert calls == [None]
     with pytest.raises(AssertionError, match="spinner"):
         cli.run_gate_command(REPO / "benchmarks" / "overhead_gate.toml", None, "auto", "cpu", None, quiet=False)
+
+
+def _git_in(folder, *args):
+    return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not _git_available(), reason="needs git")
+def test_baseline_auto_follows_the_penalty_through_a_pure_move(tmp_path):
+    """A commit that only moves the penalty's files (the stage folders) is not a change of it:
+    the baseline is the parent of the last commit that changed their content, under the old names."""
+    _git_in(tmp_path, "init", "-q")
+    _git_in(tmp_path, "config", "user.email", "t@t")
+    _git_in(tmp_path, "config", "user.name", "t")
+    (tmp_path / "pen.py").write_text("x = 1\n" * 20)
+    (tmp_path / "other.py").write_text("y = 1\n")
+    _git_in(tmp_path, "add", ".")
+    _git_in(tmp_path, "commit", "-qm", "first")
+    (tmp_path / "pen.py").write_text("x = 2\n" * 20)
+    _git_in(tmp_path, "commit", "-qam", "the penalty changes")
+    change = _git_in(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "pkg").mkdir()
+    _git_in(tmp_path, "mv", "pen.py", "pkg/pen.py")
+    (tmp_path / "other.py").write_text("y = 2\n")
+    _git_in(tmp_path, "commit", "-qam", "move (and an unrelated change)")
+    spec = GateSpec(penalty_paths=["pkg/pen.py"])
+    sha, why = resolve_baseline(spec, tmp_path)
+    assert sha == _git_in(tmp_path, "rev-parse", f"{change}^") and change[:10] in why
+    (tmp_path / "pkg" / "pen.py").write_text("x = 3\n" * 20)
+    _git_in(tmp_path, "commit", "-qam", "changed after the move")
+    sha, _ = resolve_baseline(spec, tmp_path)
+    assert sha == _git_in(tmp_path, "rev-parse", "HEAD^")
+
+
+@pytest.mark.skipif(not _git_available(), reason="needs jrbench's git checkout")
+def test_a_baseline_in_the_flat_layout_loads_and_builds_its_cases(tmp_path):
+    """Baselines before the stage folders have jrbench/overhead.py and jrbench/models.py: the gate
+    finds their modules there and builds the same cases as with this checkout's layout."""
+    root = repo_root()
+    flat = subprocess.run(["git", "log", "-1", "--format=%H", "HEAD", "--", "jrbench/overhead.py"], cwd=root,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    if not flat:
+        pytest.skip("no flat-layout commit in this clone")
+    old = load_baseline_package(root, f"{flat}^", tmp_path)
+    assert stage_module(old, "overhead").__name__ == f"{old.__name__}.overhead"
+    assert stage_module(jrbench, "overhead").__name__ == "jrbench.cost.overhead"
+    assert stage_module(jrbench, "models").__name__ == "jrbench.models.architectures"
+    names = ["jacobian-n1", "jacobian-exact"]
+    assert [c.name for c in _arm_cases(Arm("b", old), names)] == [c.name for c in _arm_cases(Arm("c", jrbench), names)]

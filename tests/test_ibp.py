@@ -1,4 +1,4 @@
-"""Interval bound propagation (jrbench.ibp): soundness at random points and corners of the box,
+"""Interval bound propagation (jrbench.certify.ibp): soundness at random points and corners of the box,
 exact bounds of a linear model, eps = 0 is clean accuracy, and clear refusals."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.ibp import certified_linf, interval_bounds, margin_lower_bounds, supports
-from jrbench.lipschitz import strictly_correct
-from jrbench.models import Classifier, PixelClassifier, build_model
+from jrbench.certify.ibp import certified_linf, interval_bounds, margin_lower_bounds, supports
+from jrbench.models.lipschitz import strictly_correct
+from jrbench.models.architectures import Classifier, PixelClassifier, build_model
 
 
 def linear_model(classes=4, std=0.25):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from jrbench.jacobian import frobenius_sq, frobenius_sq_exact, frobenius_sq_projected, jacobian_frobenius
-from jrbench.models import Classifier, build_model
+from jrbench.penalty.jacobian import frobenius_sq, frobenius_sq_exact, frobenius_sq_projected, jacobian_frobenius
+from jrbench.models.architectures import Classifier, build_model
 
 
 def _exact_by_autograd(model, x):
@@ -68,7 +68,7 @@ def test_random_vectors_follow_input_device_and_dtype():
 
 @pytest.mark.parametrize("kernel, padding", [(5, 2), (3, 0), (3, 1)])
 def test_conv_input_adjoint_is_the_input_gradient_and_differentiates_right(kernel, padding):
-    from jrbench.vjp_tape import _ConvAdjoint, conv_input_adjoint
+    from jrbench.penalty.vjp_tape import _ConvAdjoint, conv_input_adjoint
 
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, kernel, padding=padding).double()
@@ -86,8 +86,8 @@ def test_conv_input_adjoint_is_the_input_gradient_and_differentiates_right(kerne
 def test_training_gradients_equal_the_plain_autograd_route():
     """The first-conv shortcut changes speed, not the gradient of CE + lambda R."""
     from jrbench.config import RegConfig
-    from jrbench.overhead import reference_exact_loss
-    from jrbench.regularizers import step_loss
+    from jrbench.cost.overhead import reference_exact_loss
+    from jrbench.penalty.regularizers import step_loss
 
     torch.manual_seed(0)
     model = build_model("lenet", (1, 28, 28), 10, [0.13], [0.31]).double()

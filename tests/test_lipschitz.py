@@ -1,4 +1,4 @@
-"""Certified Lipschitz bounds (jrbench.lipschitz): closed forms, the dense operator norm of
+"""Certified Lipschitz bounds (jrbench.models.lipschitz): closed forms, the dense operator norm of
 convolutions, power iteration, whole models against their Jacobians, PGD-L2 against the radius,
 and clear refusals."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.lipschitz import (certified_radius_l2, conv2d_bound, layer_bounds, lipschitz_bound,
+from jrbench.models.lipschitz import (certified_radius_l2, conv2d_bound, layer_bounds, lipschitz_bound,
                                pairwise_lipschitz, power_iteration, supports)
-from jrbench.models import Classifier, PixelClassifier, build_model
-from jrbench.outside import ExportedNet
+from jrbench.models.architectures import Classifier, PixelClassifier, build_model
+from jrbench.evaluate.outside import ExportedNet
 
 # Worst ratio certified bound / dense operator norm over CONV_CASES, measured: 1.46 (5x5 kernel, 7x7
 # input, no padding: the border matters most); strides 2-3 at most 1.29. A wider grid (kernels 1-5,

@@ -13,14 +13,14 @@ from jrbench import load_run
 from jrbench.cli import app
 from jrbench.config import RegConfig, RunConfig, check_fields
 from jrbench.errors import UserError
-from jrbench.lipschitz import lipschitz_bound, power_iteration
-from jrbench.lipschitz_constraint import LipschitzConstraint, constraint_for
-from jrbench.models import build_model
-from jrbench.overhead import case_name, default_cases, time_steps
-from jrbench.regularizers import add_noise, step_loss
-from jrbench.rundir import CHECKPOINT, METRICS
-from jrbench.sweep_spec import parse_spec
-from jrbench.training import LIPSCHITZ_STATE, train
+from jrbench.models.lipschitz import lipschitz_bound, power_iteration
+from jrbench.penalty.lipschitz_constraint import LipschitzConstraint, constraint_for
+from jrbench.models.architectures import build_model
+from jrbench.cost.overhead import case_name, default_cases, time_steps
+from jrbench.penalty.regularizers import add_noise, step_loss
+from jrbench.training.rundir import CHECKPOINT, METRICS
+from jrbench.study.spec import parse_spec
+from jrbench.training.loop import LIPSCHITZ_STATE, train
 
 TIMING = ["seconds_per_step", "seconds_per_step_mean", "epoch_seconds"]
 MEAN, STD = [0.13], [0.31]

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.margins import (_find_crossing, adversarial_margins, first_correct, first_order_margins,
+from jrbench.evaluate.margins import (_find_crossing, adversarial_margins, first_correct, first_order_margins,
                              measure_margins, median_over_directions, predict,
                              random_direction_margins, random_unit_directions)
-from jrbench.models import Classifier, build_model
+from jrbench.models.architectures import Classifier, build_model
 
 SHAPE, CLASSES = (2, 4, 4), 5
 MEAN, STD = [0.4, 0.6], [0.2, 0.3]
@@ -234,13 +234,13 @@ def test_margins_refuses_a_corrupt_config_json_and_names_each_bad_option(tmp_pat
 
     from jrbench.cli import app
     from jrbench.errors import UserError
-    from jrbench.evaluate import check_margins_options
+    from jrbench.evaluate.api import check_margins_options
 
     with pytest.raises(UserError, match=r"--directions must be at least 1, got 0; --batch-size must be at least 1, got -1"):
         check_margins_options(5, 0, -1)
     from conftest import tiny_config, tiny_data
-    from jrbench.data import write_idx_folder
-    from jrbench.training import train
+    from jrbench.data.datasets import write_idx_folder
+    from jrbench.training.loop import train
 
     data = tiny_data(64, 32)
     config = tiny_config(epochs=1)

@@ -1,4 +1,4 @@
-"""White noise per example on the whole test set (jrbench.attacks, evaluate._attack): draws seeded
+"""White noise per example on the whole test set (jrbench.evaluate.attacks, evaluate._attack): draws seeded
 by (seed, example index) alone, so the batch size changes no result; noise rows for every test
 example beside the gradient attacks' subset in attack_examples.csv; the data set's default
 --n-examples; the sanity checks and one-seed verdicts with unequal example sets; bad values."""
@@ -17,18 +17,18 @@ from torch import nn
 from typer.testing import CliRunner
 
 from conftest import tiny_config, tiny_data
-from jrbench import attacks as A
-from jrbench.attack_checks import sanity_warnings
-from jrbench.attack_common import derive_seed
+from jrbench.evaluate import attacks as A
+from jrbench.evaluate.attack_checks import sanity_warnings
+from jrbench.evaluate.attack_common import derive_seed
 from jrbench.cli import app
 from jrbench.config import DataConfig, ModelConfig
-from jrbench.data import DATASETS, write_idx_folder
+from jrbench.data.datasets import DATASETS, write_idx_folder
 from jrbench.errors import UserError
-from jrbench.evaluate import ATTACK_EXAMPLES_CSV, ATTACKS_CSV, _attack, comparable_rows, example_counts, fixed_examples
-from jrbench.models import build_model
-from jrbench.results import collect
-from jrbench.sweep_spec import attack_config, parse_spec
-from jrbench.verdicts import verdicts
+from jrbench.evaluate.api import ATTACK_EXAMPLES_CSV, ATTACKS_CSV, _attack, comparable_rows, example_counts, fixed_examples
+from jrbench.models.architectures import build_model
+from jrbench.analysis.results import collect
+from jrbench.study.spec import attack_config, parse_spec
+from jrbench.analysis.verdicts import verdicts
 
 N_TEST = 128  # tiny_data's test split
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from conftest import tiny_config, tiny_data
 from jrbench.cli import app
 from jrbench.config import DataConfig
-from jrbench.data import load_data, write_idx_folder
+from jrbench.data.datasets import load_data, write_idx_folder
 from jrbench.errors import UserError
 
 HERE = Path(__file__).resolve().parent
@@ -120,7 +120,7 @@ def test_input_normalized_gives_the_accuracies_of_the_built_in_normalization(fil
 
 def test_python_api_takes_any_module(files, tmp_path):
     from jrbench import attack_model, margins_model
-    from jrbench.attacks import AttackConfig
+    from jrbench.evaluate.attacks import AttackConfig
 
     net = outside_factory.make_model()
     net.load_state_dict(torch.load(files / "centroid.pt"))
@@ -137,9 +137,9 @@ def test_python_api_takes_any_module(files, tmp_path):
 
 
 def test_report_puts_an_outside_model_beside_a_trained_run(tmp_path):
-    from jrbench.attacks import AttackConfig
-    from jrbench.evaluate import attack_run
-    from jrbench.training import train
+    from jrbench.evaluate.attacks import AttackConfig
+    from jrbench.evaluate.api import attack_run
+    from jrbench.training.loop import train
 
     data = tiny_data(128, 64)
     data_dir = write_idx_folder(tmp_path / "data", data.train, data.test)
@@ -227,7 +227,7 @@ def test_a_folder_of_another_model_is_refused(files, tmp_path):
 
 
 def test_parse_normalization():
-    from jrbench.outside import parse_normalization
+    from jrbench.evaluate.outside import parse_normalization
 
     assert parse_normalization("0.1307,0.3081", 1) == ([0.1307], [0.3081])
     assert parse_normalization("0.5,0.25", 3) == ([0.5] * 3, [0.25] * 3)
@@ -239,7 +239,7 @@ def test_parse_normalization():
 
 def test_gap_hints_repeat_every_argument_of_the_outside_model(tmp_path):
     """The suggested command names the weights and the normalization, so the folder accepts it."""
-    from jrbench.run_records import outside_args
+    from jrbench.analysis.run_records import outside_args
 
     info = {"kind": "factory", "factory": "pkg.mod:make", "weights": "/w/net.pt", "dataset": "mnist",
             "input_normalized": {"mean": [0.1307], "std": [0.3081]}}

@@ -7,10 +7,10 @@ from typer.testing import CliRunner
 from jrbench.cli import app
 from jrbench.config import RegConfig
 from jrbench.errors import UserError
-from jrbench.models import build_model
-from jrbench.overhead import default_cases, reference_exact_loss, summarize, time_steps
-from jrbench.overhead_budgets import Budget, check_budget, load_budget
-from jrbench.regularizers import step_loss
+from jrbench.models.architectures import build_model
+from jrbench.cost.overhead import default_cases, reference_exact_loss, summarize, time_steps
+from jrbench.cost.budgets import Budget, check_budget, load_budget
+from jrbench.penalty.regularizers import step_loss
 
 
 def test_reference_equals_jrbench_exact_penalty():
@@ -70,11 +70,11 @@ def test_malformed_budget_names_line_and_field(tmp_path, text, needle):
 def test_repository_gate_spec_parses():
     from pathlib import Path
 
-    from jrbench.gate import load_gate_spec
+    from jrbench.cost.gate import load_gate_spec
 
     spec = load_gate_spec(Path(__file__).resolve().parents[1] / "benchmarks" / "overhead_gate.toml")
     assert {b.case for b in spec.bounds} >= {"jacobian-n1", "jacobian-n1-sub16", "jacobian-exact"}
-    assert spec.baseline == "auto" and "jrbench/vjp_tape.py" in spec.penalty_paths and 0 < spec.tolerance < 0.5
+    assert spec.baseline == "auto" and "jrbench/penalty/vjp_tape.py" in spec.penalty_paths and 0 < spec.tolerance < 0.5
 
 
 def test_jr_every_case_times_a_cycle_of_k_steps():
@@ -121,7 +121,7 @@ def test_budget_naming_an_untimed_case_fails_before_timing(tmp_path):
 
 
 def test_live_tensor_bytes_counts_storages_once_and_frees_them():
-    from jrbench.overhead_memory import LiveTensorBytes
+    from jrbench.cost.memory import LiveTensorBytes
 
     known = torch.zeros(256)  # 1 KiB, counted from the start
     tracker = LiveTensorBytes("cpu", [known])
@@ -140,7 +140,7 @@ def test_live_tensor_bytes_counts_storages_once_and_frees_them():
                                                  (True, {"plain": 4, "jacobian-n1": 4, "jacobian-n1-every4": 4})])
 def test_same_span_times_every_case_over_the_same_number_of_steps(monkeypatch, same_span, expected):
     """On CUDA (same_span) each timing covers lcm(k) steps of every case, so each pays the synchronize alike."""
-    import jrbench.overhead as ov
+    import jrbench.cost.overhead as ov
 
     model = build_model("mlp", (1, 28, 28), 10, [0.13], [0.31])
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from jrbench.cli import app
 from jrbench.config import DataConfig
-from jrbench.data import load_data, split_test_set
+from jrbench.data.datasets import load_data, split_test_set
 
 from conftest import require_real_mnist
 

@@ -4,9 +4,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from jrbench.config import RegConfig
-from jrbench.jacobian import frobenius_sq_exact
-from jrbench.models import build_model
-from jrbench.regularizers import model_dropout, step_loss, weight_decay
+from jrbench.penalty.jacobian import frobenius_sq_exact
+from jrbench.models.architectures import build_model
+from jrbench.penalty.regularizers import model_dropout, step_loss, weight_decay
 
 
 def _setup():
@@ -78,7 +78,7 @@ def test_jvp_estimator_is_unbiased_against_the_exact_value():
 
 def test_jvp_estimator_gradients_match_autograd_in_expectation_of_one_direction():
     """For one fixed direction u the jvp path's weight gradient equals autograd's of ||J u||^2."""
-    from jrbench.regularizers import jvp_frobenius_sq
+    from jrbench.penalty.regularizers import jvp_frobenius_sq
 
     model, x, y = _setup()
     z = model.normalize(x).detach()
@@ -109,8 +109,8 @@ def test_jr_every_applies_the_penalty_every_kth_step_with_lambda_times_k():
 def test_backend_paths_are_taken_and_agree():
     from unittest import mock
 
-    from jrbench import vjp_tape
-    from jrbench.regularizers import jacobian_path
+    from jrbench.penalty import vjp_tape
+    from jrbench.penalty.regularizers import jacobian_path
 
     model, x, y = _setup()
     assert jacobian_path(model, RegConfig(["jacobian"])) == "tape"

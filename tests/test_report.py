@@ -20,20 +20,20 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config, tiny_data
 from jrbench import cli
-from jrbench.attacks import AttackConfig
-from jrbench.cells import (adversarial_direction, choose_point, make_plane,
+from jrbench.evaluate.attacks import AttackConfig
+from jrbench.report.cells import (adversarial_direction, choose_point, make_plane,
                            orthonormal_directions, predict_plane, run_cross_sections)
 from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
-from jrbench.data import write_idx_folder
-from jrbench.evaluate import attack_run, margins_run
-from jrbench.provenance import train_command_line
+from jrbench.data.datasets import write_idx_folder
+from jrbench.evaluate.api import attack_run, margins_run
+from jrbench.analysis.provenance import train_command_line
 from jrbench.errors import UserError
-from jrbench.report import ReportOptions, report_command_line, write_report
-from jrbench.report_table import Strengths, format_wide, group_table, nearest_strength, run_table
-from jrbench.results import TIDY_COLUMNS, collect
-from jrbench.rundir import load_run
+from jrbench.report.writer import ReportOptions, report_command_line, write_report
+from jrbench.report.table import Strengths, format_wide, group_table, nearest_strength, run_table
+from jrbench.analysis.results import TIDY_COLUMNS, collect
+from jrbench.training.rundir import load_run
 from jrbench.stats import median_ci
-from jrbench.training import train
+from jrbench.training.loop import train
 
 runner = CliRunner()
 RUNS = {"plain-s0": (("none",), 0), "plain-s1": (("none",), 1), "jr-s0": (("jacobian",), 0)}
@@ -435,8 +435,8 @@ def test_rows_on_different_example_sets_are_a_gap():
     """attacks.csv rows of two example sets (example_seed, n_examples) are named, with their attacks."""
     from pathlib import Path
 
-    from jrbench.results import example_sets_gap
-    from jrbench.run_records import RunRecord
+    from jrbench.analysis.results import example_sets_gap
+    from jrbench.analysis.run_records import RunRecord
 
     rows = pd.DataFrame({"attack": ["pgd", "noise", "pgd"], "norm": ["linf", "gaussian", "linf"],
                          "strength": [0.1, 0.5, 0.2], "example_seed": [0, 0, -1], "n_examples": [500, 500, 5]})

@@ -10,7 +10,7 @@ from scipy.stats import beta, norm
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.smoothing import SmoothingResult, certified_accuracy, certify_smoothed, check_smoothing_options
+from jrbench.certify.smoothing import SmoothingResult, certified_accuracy, certify_smoothed, check_smoothing_options
 
 SHAPE = (1, 4, 4)
 

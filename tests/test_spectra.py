@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.margins import first_order_margins
-from jrbench.models import build_model
-from jrbench.spectra import (jacobian_table, per_example_jacobian,
+from jrbench.evaluate.margins import first_order_margins
+from jrbench.models.architectures import build_model
+from jrbench.evaluate.spectra import (jacobian_table, per_example_jacobian,
                              spectral_norm_power_iteration)
 
 MODELS = {  # name -> (input shape, classes, mean, std)

@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from jrbench.cli import app
-from jrbench.demo import quick_spec
+from jrbench.study.demo import quick_spec
 from jrbench.errors import UserError
-from jrbench.sweep import cell_status, run_sweep
-from jrbench.sweep_spec import load_spec, parse_spec
+from jrbench.study.sweep import cell_status, run_sweep
+from jrbench.study.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ directions = 2
 
 
 def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
-    from jrbench.sweep_spec import parse_spec
+    from jrbench.study.spec import parse_spec
 
     text = ('name = "b"\n[base]\ndataset = "synth-digits"\nepochs = 1\n'
             '[[block]]\nname = "fast"\nlr = 0.05\nbatch_size = 64\n'
@@ -139,7 +139,7 @@ def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
 
 def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
     from jrbench import cli
-    from jrbench.sweep_spec import parse_spec
+    from jrbench.study.spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = 0.25\ncells = false\n', tmp_path / "r.toml", tmp_path)
@@ -156,7 +156,7 @@ def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
 
 def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
     from jrbench import cli
-    from jrbench.sweep_spec import parse_spec
+    from jrbench.study.spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = [0.3, 0.5]\neps_linf = 0.1\neps_l2 = [1, 1.5]\n',
@@ -173,8 +173,8 @@ def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
     def write_report(collection, out, options, **kw):
         raise Seen(options.strengths)
 
-    monkeypatch.setattr("jrbench.report.write_report", write_report)
-    monkeypatch.setattr("jrbench.results.collect", lambda paths: None)
+    monkeypatch.setattr("jrbench.report.writer.write_report", write_report)
+    monkeypatch.setattr("jrbench.analysis.results.collect", lambda paths: None)
     with pytest.raises(Seen) as seen:
         cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
     strengths = seen.value.args[0]  # the lists reach the report: a table column per strength
@@ -208,7 +208,7 @@ def test_cli_refuses_an_old_key_with_exit_2(tmp_path):
 
 
 def test_the_flag_named_keys_work():
-    from jrbench.sweep_spec import attack_config
+    from jrbench.study.spec import attack_config
 
     spec = parse_spec('name = "t"\n[base]\nreg = "jacobian"\nlambda_jr = 0.1\n'
                       '[[variant]]\nname = "plain"\nreg = ["none"]\n[[variant]]\nname = "jr"\n'

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from jrbench.cli import app
 from jrbench.errors import UserError
-from jrbench.sweep import cell_status, cell_threads, run_sweep
-from jrbench.sweep_spec import parse_spec
+from jrbench.study.sweep import cell_status, cell_threads, run_sweep
+from jrbench.study.spec import parse_spec
 
 TINY = '''name = "tiny"
 [base]
@@ -63,7 +63,7 @@ def ray_local():
 
 
 def run_ray(spec, events=None, **kwargs):
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     return run_sweep_ray(spec, device="cpu", on_event=events.append if events is not None else None, **kwargs)
 
@@ -102,7 +102,7 @@ def test_without_ray_the_engine_says_how_to_install_it(monkeypatch, tmp_path):
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     with pytest.raises(UserError, match=r"pip install 'jrbench\[ray\]'"):
         run_sweep_ray(tiny_spec(tmp_path))
@@ -155,7 +155,7 @@ def test_auto_without_a_cluster_on_this_machine_is_a_clear_error(monkeypatch):
     pytest.importorskip("ray")
     from ray._private import services
 
-    from jrbench.sweep_ray import dial_address
+    from jrbench.study.ray_engine import dial_address
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(services, "find_gcs_addresses", lambda: set())  # no head running here
@@ -174,7 +174,7 @@ def test_a_join_that_hangs_is_given_up_after_the_timeout_and_undone_if_it_finish
     import threading
     import time
 
-    from jrbench.sweep_ray import _init_within
+    from jrbench.study.ray_engine import _init_within
 
     release, calls = threading.Event(), []
 
@@ -256,7 +256,7 @@ def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
             killed.append(event.index)
             os.kill(event.pid, signal.SIGKILL)  # the worker process dies in the middle of the cell
 
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     statuses = run_sweep_ray(spec, device="cpu", retries=2, on_event=kill_first_training)
     assert killed and all(s.trained and s.error is None for s in statuses)
@@ -278,7 +278,7 @@ def test_with_a_shared_dir_a_killed_cell_resumes_from_its_last_epoch(ray_local, 
             killed.append(event.index)
             os.kill(event.pid, signal.SIGKILL)  # epoch 1 is in checkpoint.pt, epoch 2 is running
 
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     statuses = run_sweep_ray(spec, device="cpu", shared_dir=True, on_event=kill_after_the_first_epoch)
     assert killed and all(s.trained and s.error is None for s in statuses)
@@ -313,7 +313,7 @@ def test_ctrl_c_cancels_running_cells_keeps_finished_ones_and_rerunning_resumes(
             finished.append(event.index)
             raise KeyboardInterrupt  # as Ctrl-C would, in the driver's loop
 
-    from jrbench.sweep_ray import run_sweep_ray
+    from jrbench.study.ray_engine import run_sweep_ray
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep_ray(spec, device="cpu", on_event=interrupt_after_the_first_cell)
@@ -345,7 +345,7 @@ def test_local_engine_also_lets_a_bad_cell_fail_alone(tmp_path):
 
 
 def test_a_cell_no_node_can_run_is_an_error_not_a_wait(ray_local):
-    from jrbench.sweep_ray import _check_feasible
+    from jrbench.study.ray_engine import _check_feasible
 
     _check_feasible(ray_local, 2, 0)
     with pytest.raises(UserError, match="needs 1 CPUs and 1 GPUs .* Ray here has 2 CPUs and 0 GPUs"):

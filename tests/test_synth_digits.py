@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jrbench.models import build_model
-from jrbench.synth_digits import (
+from jrbench.models.architectures import build_model
+from jrbench.data.synth_digits import (
     CHUNK, SYNTH_DIGITS_MEAN, SYNTH_DIGITS_STD, make_synth_digits, measure_mean_std,
 )
 

@@ -7,8 +7,8 @@ import torch
 
 from jrbench import load_run
 from jrbench.errors import NonFiniteLoss, UserError
-from jrbench.training import train
-from jrbench.rundir import CHECKPOINT, CONFIG, ENV, METRICS, MODEL
+from jrbench.training.loop import train
+from jrbench.training.rundir import CHECKPOINT, CONFIG, ENV, METRICS, MODEL
 
 from conftest import tiny_config, tiny_data
 
@@ -104,7 +104,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(tmp_path):
 def test_progress_every_log_every_steps_and_the_first_bad_step_named_from_mid_interval(monkeypatch):
     """The running sums are read every LOG_EVERY steps and at an epoch's end (on_step then); a NaN
     in the middle of an interval stops the run at the interval's end, naming the step it appeared."""
-    import jrbench.training as training
+    import jrbench.training.loop as training
 
     monkeypatch.setattr(training, "LOG_EVERY", 3)
     data = tiny_data(n_train=256)  # batch 32: 8 steps an epoch
@@ -154,7 +154,7 @@ def test_corrupt_or_missing_run_files_are_user_errors(tmp_path):
 
 
 def test_top_level_api_names_are_the_functions_whatever_was_imported_first():
-    import jrbench.training  # noqa: F401  (a submodule named like the function would shadow it)
+    import jrbench.training.loop  # noqa: F401  (a submodule named like the function would shadow it)
     from jrbench import RunConfig, load_run, train as train_fn
 
     assert callable(train_fn) and train_fn.__name__ == "train"
@@ -174,7 +174,7 @@ def test_cosine_and_step_schedules_set_each_epochs_lr():
 
 
 def test_a_model_refuses_inputs_of_another_data_set():
-    from jrbench.models import build_model
+    from jrbench.models.architectures import build_model
 
     model = build_model("lenet", (1, 28, 28), 10, [0.1], [0.3])
     with pytest.raises(UserError, match=r"built for inputs of shape \(1, 28, 28\).*\(3, 32, 32\)"):

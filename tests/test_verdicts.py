@@ -15,14 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from jrbench import cli, stats
-from jrbench.report import ReportOptions, write_report
-from jrbench.report_table import format_wide, group_table, run_table
-from jrbench.results import collect
+from jrbench import cli
+from jrbench import stats
+from jrbench.report.writer import ReportOptions, write_report
+from jrbench.report.table import format_wide, group_table, run_table
+from jrbench.analysis.results import collect
 from jrbench.errors import UserError
-from jrbench.verdicts import (COMPACT_COLUMNS, VERDICT_COLUMNS, apply_correction, compact_tables, correction_note,
+from jrbench.analysis.verdicts import (COMPACT_COLUMNS, VERDICT_COLUMNS, apply_correction, compact_tables, correction_note,
                               raw_verdicts, verdict_lines, verdicts)
-from jrbench.worst_case import worst_case_examples
+from jrbench.analysis.worst_case import worst_case_examples
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 97.5%, 2 degrees of freedom
 EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",
@@ -374,7 +375,7 @@ def test_cli_report_prints_the_verdicts(three_seeds, tmp_path):
 
 
 def test_a_spec_names_the_correction(tmp_path, monkeypatch):
-    from jrbench.sweep_spec import parse_spec
+    from jrbench.study.spec import parse_spec
 
     text = 'name = "s"\n[grid]\nseed = [0]\n[report]\ncorrection = "{}"\n'
     spec = parse_spec(text.format("holm"), "s.toml")
@@ -388,8 +389,8 @@ def test_a_spec_names_the_correction(tmp_path, monkeypatch):
     def write_report(collection, out, options, **kw):
         raise Seen(options.correction)
 
-    monkeypatch.setattr("jrbench.report.write_report", write_report)
-    monkeypatch.setattr("jrbench.results.collect", lambda paths: None)
+    monkeypatch.setattr("jrbench.report.writer.write_report", write_report)
+    monkeypatch.setattr("jrbench.analysis.results.collect", lambda paths: None)
     with pytest.raises(Seen) as seen:
         cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
     assert seen.value.args[0] == "holm"

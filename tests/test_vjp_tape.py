@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch import nn
 
-from jrbench import vjp_tape
+from jrbench.penalty import vjp_tape
 from jrbench.config import RegConfig
-from jrbench.models import build_model
-from jrbench.regularizers import step_loss
+from jrbench.models.architectures import build_model
+from jrbench.penalty.regularizers import step_loss
 
 
 def _odd_net() -> nn.Sequential:

@@ -1,0 +1,535 @@
+"""Verdicts: is a group of runs better or worse than the plain runs of the same recipe?
+
+For every group of runs (runs differing only by seed, :func:`jrbench.analysis.provenance.group_id`) with
+regularizers, the baseline is the plain group (``--reg none``) with the same data set, model
+and recipe: the same training settings other than the regularizers and their options and
+the seed (:func:`recipe_key`). A group without one gets no verdict, and a gap says so.
+
+Metrics (``metric``, ``strength``): ``clean_acc``; ``noise_acc`` at each sigma
+("sigma 0.5"); ``worst_case_acc`` (the worst case per example over every adversarial attack,
+:func:`jrbench.analysis.worst_case.worst_case_examples`), ``pgd_acc`` and ``autoattack_acc`` at each norm
+and eps ("linf 0.1"); ``R_z`` (test_R_z of metrics.csv, last epoch; smaller is better); the
+medians over examples of ``margin_random_median`` and ``margin_adv_l2`` (margins.csv, pixel
+L2). ``diff`` is group minus baseline, in percentage points for accuracies.
+
+Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
+- two or more seeds in common: runs paired by seed, paired t-test and t interval on the
+  per-seed differences (per-seed medians for margins): covers training noise;
+- one seed in common: tests over the test examples of that seed's two runs, paired by
+  ``example`` (attack_examples.csv): exact McNemar for 0/1 outcomes (clean, attacks), an
+  exact sign test for the noise shares; for margins a bootstrap interval of the difference of
+  medians with a permutation test (two independent samples). These cover the choice of test
+  examples only, not training noise: the method text says so. R_z has no per-example values
+  in metrics.csv: one seed gets no verdict (a gap).
+
+Multiplicity: the verdicts of one report are one family. ``p_adjusted`` is the p value adjusted
+over all of them (:func:`jrbench.stats.adjust_p_values`; ``correction``: ``bh``, Benjamini-Hochberg,
+the default, controls the false discovery rate; ``holm`` the family-wise error; ``none``).
+The intervals stay the per-comparison 95% ones.
+
+``verdict``: ``better`` or ``worse`` when the adjusted p < 0.05 and the 95% interval excludes 0
+(the same condition for the raw p and the paired t or McNemar; the sign test and the bootstrap
+must agree with their intervals), in the metric's good direction; else ``no significant
+difference``. Plain functions returning DataFrames; nothing prints.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..certify.api import best_radii, covers
+from ..errors import UserError
+from .provenance import group_id, relevant_config
+from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
+from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
+
+VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
+                   "correction", "n_seeds", "method", "verdict"]
+BETTER, WORSE, SAME = "better", "worse", "no significant difference"
+ALPHA = 1 - stats.CONFIDENCE
+# metric -> (readable name, unit of diff, larger is better, scale of diff)
+METRICS = {
+    "clean_acc": ("clean accuracy", "points", True, 100.0),
+    "noise_acc": ("noise", "points", True, 100.0),
+    "worst_case_acc": ("worst case", "points", True, 100.0),
+    "pgd_acc": ("PGD", "points", True, 100.0),
+    "autoattack_acc": ("AutoAttack", "points", True, 100.0),
+    "certified_acc": ("certified (best of Lipschitz and IBP)", "points", True, 100.0),
+    "certified_radius": ("median certified radius (best of Lipschitz and IBP)", "pixel", True, 1.0),
+    "R_z": ("R_z = ½ mean ‖J_z‖_F²", "", False, 1.0),
+    "margin_random_median": ("median random-direction margin", "pixel L2", True, 1.0),
+    "margin_adv_l2": ("median adversarial margin", "pixel L2", True, 1.0),
+}
+ATTACK_METRICS = {"noise": "noise_acc", WORST_CASE: "worst_case_acc", "pgd": "pgd_acc",
+                  "autoattack": "autoattack_acc"}
+MARGIN_METRICS = ("margin_random_median", "margin_adv_l2")
+ONE_SEED = "examples only; 1 seed: training noise not covered"
+
+
+# ----------------------------------------------------------------------------- who against whom
+def recipe_key(config) -> str:
+    """Data set, model and training settings without the regularizers (and their options),
+    the seed, the device and the data folder: runs with the same key compare."""
+    d = relevant_config(config)
+    d.pop("reg")
+    return json.dumps(d, sort_keys=True)
+
+
+def is_plain(config) -> bool:
+    return list(config.reg.names) == ["none"]
+
+
+@dataclass
+class Comparison:
+    """A group of runs and its plain baseline; ``runs``/``baseline_runs``: seed -> run."""
+
+    group: str
+    baseline: str
+    runs: dict[int, RunRecord] = field(default_factory=dict)
+    baseline_runs: dict[int, RunRecord] = field(default_factory=dict)
+
+
+def comparisons(records: list[RunRecord], labels: dict[str, str],
+                is_baseline: Callable[[object], bool] | None = None) -> tuple[list[Comparison], list[str]]:
+    """Every other group against the baseline group of its recipe (``is_baseline(config)``; by
+    default the plain group); gaps for groups without one and for seeds that occur twice in a
+    group (the first run by id is used)."""
+    is_base = is_baseline or is_plain
+    groups: dict[str, list[RunRecord]] = {}
+    for r in sorted(records, key=lambda r: r.run_id):
+        groups.setdefault(group_id(r.config), []).append(r)
+    gaps: list[str] = []
+
+    def by_seed(gid: str) -> dict[int, RunRecord]:
+        out: dict[int, RunRecord] = {}
+        for r in groups[gid]:
+            seed = int(r.config.train.seed)
+            if seed in out:
+                gaps.append(f"{labels[gid]}: verdicts: runs {out[seed].run_id} and {r.run_id} share seed {seed}; "
+                            f"{out[seed].run_id} is used")
+            else:
+                out[seed] = r
+        return out
+
+    plain = {recipe_key(rs[0].config): gid for gid, rs in groups.items() if is_base(rs[0].config)}
+    found = []
+    for gid, rs in groups.items():
+        if is_base(rs[0].config):
+            continue
+        base = plain.get(recipe_key(rs[0].config))
+        if base is None:
+            what = "plain ('--reg none')" if is_baseline is None else "baseline"
+            gaps.append(f"{labels[gid]}: verdicts: no {what} group with the same data set, model "
+                        "and recipe (training settings other than the regularizers and the seed); no verdict")
+            continue
+        found.append(Comparison(gid, base, by_seed(gid), by_seed(base)))
+    return found, gaps
+
+
+# ----------------------------------------------------------------------------- per-run values
+def strength_label(norm: str, strength: float) -> str:
+    """'sigma 0.5' for noise, 'linf 0.1' / 'l2 1.5' for attacks (pixel units)."""
+    return f"{'sigma' if norm == 'gaussian' else norm} {float(strength):g}"
+
+
+def _prefer_ce64(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per ``keys``: the ce64 one where there are several losses."""
+    rank = (rows["loss"].fillna("none") != "ce64").astype(int)
+    return rows.assign(_rank=rank).sort_values("_rank", kind="stable").drop_duplicates(keys).drop(columns="_rank")
+
+
+def run_values(summary: pd.DataFrame) -> pd.DataFrame:
+    """One value per run, metric and strength (run_id, metric, strength, value), from the
+    tidy table: accuracies as fractions, R_z, per-run medians of the margins."""
+    parts = []
+    m = summary[(summary["table"] == "metrics") & (summary["statistic"] == "last_epoch")]
+    for quantity, metric in (("test_acc", "clean_acc"), ("test_R_z", "R_z")):
+        sel = m[m["quantity"] == quantity]
+        parts.append(pd.DataFrame({"run_id": sel["run_id"], "metric": metric, "strength": "", "value": sel["value"]}))
+    a = summary[(summary["table"] == "attacks") & summary["attack"].isin(list(ATTACK_METRICS))]
+    a = _prefer_ce64(a, ["run_id", "attack", "norm", "strength"])
+    parts.append(pd.DataFrame({"run_id": a["run_id"], "metric": a["attack"].map(ATTACK_METRICS),
+                               "strength": [strength_label(n, s) for n, s in zip(a["norm"], a["strength"])],
+                               "value": a["value"]}))
+    c = summary[(summary["table"] == "certify") & (summary["attack"] == "certified")]
+    acc, radius = c[c["quantity"] == "accuracy"], c[c["quantity"] == "certified_radius"]
+    parts.append(pd.DataFrame({"run_id": acc["run_id"], "metric": "certified_acc",
+                               "strength": [strength_label(n, s) for n, s in zip(acc["norm"], acc["strength"])],
+                               "value": acc["value"]}))
+    parts.append(pd.DataFrame({"run_id": radius["run_id"], "metric": "certified_radius", "strength": radius["norm"],
+                               "value": radius["value"]}))
+    g = summary[(summary["table"] == "margins") & (summary["statistic"] == "median")
+                & summary["quantity"].isin(list(MARGIN_METRICS))]
+    parts.append(pd.DataFrame({"run_id": g["run_id"], "metric": g["quantity"], "strength": "", "value": g["value"]}))
+    out = pd.concat(parts, ignore_index=True)
+    return out[out["value"].notna()].reset_index(drop=True)
+
+
+def example_values(record: RunRecord) -> pd.DataFrame:
+    """Per-example outcomes of one run from attack_examples.csv (metric, strength, example,
+    value): clean_correct (0/1), the share of noise draws classified correctly, robust (0/1)
+    under the worst case, PGD and AutoAttack (ce64 where there are several losses)."""
+    table = check_attack_examples(record.tables[ATTACK_EXAMPLES], str(record.path / ATTACK_EXAMPLES))
+
+    def part(metric: str, rows: pd.DataFrame, value: str) -> pd.DataFrame:
+        strength = ([""] * len(rows) if metric == "clean_acc"
+                    else [strength_label(n, s) for n, s in zip(rows["norm"], rows["strength"])])
+        return pd.DataFrame({"metric": metric, "strength": pd.Series(strength, dtype=object),
+                             "example": rows["example"].to_numpy(), "value": rows[value].to_numpy(float)})
+
+    parts = [part("clean_acc", table.drop_duplicates("example"), "clean_correct"),
+             part("noise_acc", table[table["attack"] == "noise"], "robust"),
+             part("worst_case_acc", worst_case_examples(table), "robust")]
+    for attack in ("pgd", "autoattack"):
+        sel = _prefer_ce64(table[table["attack"] == attack], ["example", "norm", "strength"])
+        parts.append(part(ATTACK_METRICS[attack], sel, "robust"))
+    certified = certified_examples(record)
+    if certified is not None:
+        parts.append(part("certified_acc", certified, "certified"))
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_best_radii(record: RunRecord) -> pd.DataFrame | None:
+    """:func:`jrbench.certify.api.best_radii` of the run's certify_examples.csv; None without it."""
+    ex = record.tables.get(CERTIFY_EXAMPLES)
+    return None if ex is None else best_radii(ex)
+
+
+def certified_examples(record: RunRecord) -> pd.DataFrame | None:
+    """Per example, norm and strength of the run's certify.csv grid whether the best deterministic
+    certificate covers it (:func:`jrbench.certify.api.covers`): columns norm, strength, example, certified."""
+    best, table = run_best_radii(record), record.tables.get(CERTIFY)
+    if best is None or table is None:
+        return None
+    grid = table[table["method"].isin(["lipschitz", "ibp"])][["norm", "strength"]].drop_duplicates()
+    rows = best.merge(grid, on="norm")
+    return rows.assign(certified=covers(rows["radius"], rows["strength"], rows["clean_correct"]).astype(float))
+
+
+# ----------------------------------------------------------------------------- the verdicts
+def _decide(p: float, ci_low: float, ci_high: float, larger_is_better: bool) -> str:
+    if not (math.isfinite(p) and p < ALPHA) or math.isnan(ci_low) or math.isnan(ci_high):
+        return SAME
+    if ci_low > 0:
+        return BETTER if larger_is_better else WORSE
+    if ci_high < 0:
+        return WORSE if larger_is_better else BETTER
+    return SAME
+
+
+def decide(d: stats.Difference, larger_is_better: bool, p_value: float | None = None) -> str:
+    """better / worse when the interval excludes 0 and p < 0.05 (``p_value``: an adjusted p
+    instead of ``d.p_value``), in the metric's direction."""
+    return _decide(d.p_value if p_value is None else p_value, d.ci_low, d.ci_high, larger_is_better)
+
+
+def apply_correction(table: pd.DataFrame, correction: str = "bh") -> pd.DataFrame:
+    """The table with ``p_adjusted`` (``p_value`` adjusted over all its rows, one family:
+    :func:`jrbench.stats.adjust_p_values`), ``correction`` (the method's name) and ``verdict``
+    decided by the adjusted p and the (unadjusted, per-comparison) 95% interval."""
+    if correction not in stats.CORRECTIONS:
+        raise UserError(f"--correction must be one of {', '.join(stats.CORRECTIONS)}, got {correction!r}.")
+    out = table.copy()
+    if out.empty:
+        return out
+    out["p_adjusted"] = stats.adjust_p_values(out["p_value"].to_numpy(float), correction)
+    out["correction"] = correction
+    out["verdict"] = [_decide(p, lo, hi, METRICS[m][2])
+                      for p, lo, hi, m in zip(out["p_adjusted"], out["ci_low"], out["ci_high"], out["metric"])]
+    return out
+
+
+def raw_verdicts(table: pd.DataFrame) -> list[str]:
+    """Each row's verdict from its raw p (no correction), for counting what a correction changed."""
+    return [_decide(p, lo, hi, METRICS[m][2])
+            for p, lo, hi, m in zip(table["p_value"], table["ci_low"], table["ci_high"], table["metric"])]
+
+
+def correction_note(table: pd.DataFrame) -> str:
+    """What the family is, which correction was made and how many verdicts it changed."""
+    if table.empty:
+        return ""
+    correction = str(table["correction"].iloc[0])
+    n, raw = len(table), raw_verdicts(table)
+    claims = sum(v != SAME for v in raw)
+    kept = sum(v != SAME for v in table["verdict"])
+    family = (f"The family is every verdict of this report: {n} rows of verdicts.csv ({claims} better or worse "
+              "by their raw p).")
+    if correction == "none":
+        return (family + " No correction for testing many comparisons was made (--correction none): "
+                "p_adjusted = p; read a lone better or worse among many rows with care.")
+    what = ("Benjamini-Hochberg (the expected share of false claims among the better / worse verdicts is at "
+            "most 5%, for independent or positively dependent tests)" if correction == "bh" else
+            "Holm (the chance of any false better / worse verdict in the family is at most 5%, under any "
+            "dependence)")
+    return (f"{family} Verdicts use p adjusted over the family by {what}; the intervals stay the per-comparison "
+            f"95% ones (not adjusted), so an interval excluding 0 can come with an adjusted p above 0.05. The "
+            f"correction changed {claims - kept} of the {claims} raw better / worse verdicts to no significant "
+            f"difference ({kept} remain).")
+
+
+def verdict_row(metric: str, strength: str, group: str, baseline: str, d: stats.Difference, n_seeds: int,
+                method: str) -> dict:
+    _, _, larger, scale = METRICS[metric]
+    return {"metric": metric, "strength": strength, "group": group, "baseline": baseline,
+            "diff": scale * d.diff, "ci_low": scale * d.ci_low, "ci_high": scale * d.ci_high,
+            "p_value": d.p_value, "p_adjusted": d.p_value, "correction": "none", "n_seeds": n_seeds,
+            "method": method, "verdict": decide(d, larger)}
+
+
+def _keys(values: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, strength) pairs in display order: metrics as in METRICS, strengths ascending."""
+    pairs = values[["metric", "strength"]].drop_duplicates()
+    order = {m: i for i, m in enumerate(METRICS)}
+
+    def key(p):
+        metric, strength = p
+        norm, _, value = strength.partition(" ")
+        return order.get(metric, len(order)), norm, float(value) if value else 0.0
+
+    return sorted(map(tuple, pairs.to_numpy()), key=key)
+
+
+def _what(metric: str, strength: str) -> str:
+    return f"{metric} {strength}".strip()
+
+
+def seed_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, seeds: list[int]) -> tuple[list[dict], list[str]]:
+    """Paired t over the seeds both groups have, for every metric both have at two of them."""
+    group, base = labels[c.group], labels[c.baseline]
+    run_seed = {c.runs[s].run_id: s for s in seeds}
+    base_seed = {c.baseline_runs[s].run_id: s for s in seeds}
+    g = values[values["run_id"].isin(list(run_seed))].assign(seed=lambda v: v["run_id"].map(run_seed))
+    b = values[values["run_id"].isin(list(base_seed))].assign(seed=lambda v: v["run_id"].map(base_seed))
+    both = g.merge(b, on=["metric", "strength", "seed"], suffixes=("_g", "_b"))
+    rows, gaps = [], []
+    for metric, strength in _keys(pd.concat([g, b])):
+        sel = both[(both["metric"] == metric) & (both["strength"] == strength)].sort_values("seed")
+        if len(sel) < 2:
+            gaps.append(f"{group}: verdicts: {_what(metric, strength)}: values at {len(sel)} of the {len(seeds)} "
+                        f"seeds both groups have; a paired test needs 2")
+            continue
+        d = stats.paired_t(sel["value_g"].to_numpy(float), sel["value_b"].to_numpy(float))
+        method = "paired t over seeds" + (" (per-seed medians)" if metric in MARGIN_METRICS + ("certified_radius",)
+                                          else "")
+        rows.append(verdict_row(metric, strength, group, base, d, len(sel), method))
+    return rows, gaps
+
+
+def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, examples: pd.DataFrame,
+                     seed: int) -> tuple[list[dict], list[str]]:
+    """One seed in common: per-example tests on that seed's two runs."""
+    group, base = labels[c.group], labels[c.baseline]
+    rg, rb = c.runs[seed], c.baseline_runs[seed]
+    rows, gaps = [], []
+    wanted = values[values["run_id"].isin([rg.run_id, rb.run_id])]
+    per_example: list[pd.DataFrame] = []
+    for r in (rg, rb):
+        if ATTACK_EXAMPLES not in r.tables:
+            gaps.append(f"{group}: verdicts: one seed ({seed}) and run {r.run_id} has no per-example record "
+                        f"({ATTACK_EXAMPLES}): no accuracy verdicts; re-run 'jrbench attack {r.path}'")
+            break
+        try:
+            per_example.append(example_values(r))
+        except UserError as e:
+            gaps.append(f"{group}: verdicts: {r.run_id}: {e}")
+            break
+    keys = _keys(pd.concat([wanted[["metric", "strength"]]] + [p[["metric", "strength"]] for p in per_example]))
+    for metric, strength in keys:
+        what = _what(metric, strength)
+        if metric == "R_z":
+            gaps.append(f"{group}: verdicts: R_z: one seed in common with the baseline and metrics.csv has no "
+                        "per-example values; a verdict needs 2 seeds")
+            continue
+        if metric in MARGIN_METRICS or metric == "certified_radius":
+            if metric == "certified_radius":  # strength: the norm
+                radii = [run_best_radii(r) for r in (rg, rb)]
+                sample = [v[v["norm"] == strength]["radius"].to_numpy(float) if v is not None else np.array([])
+                          for v in radii]
+            else:
+                sample = [examples[(examples["run_id"] == r.run_id) & (examples["quantity"] == metric)]["value"]
+                          .to_numpy(float) for r in (rg, rb)]
+            sample = [v[~np.isnan(v)] for v in sample]
+            if min(len(v) for v in sample) < 2:
+                gaps.append(f"{group}: verdicts: {what}: fewer than 2 per-example margins in a run")
+                continue
+            d = stats.median_difference(sample[0], sample[1])
+            method = (f"bootstrap of the difference of medians (percentile, {stats.BOOTSTRAP_RESAMPLES} resamples, "
+                      f"seed 0) and permutation test ({d.note}; {ONE_SEED})")
+            rows.append(verdict_row(metric, strength, group, base, d, 1, method))
+            continue
+        if len(per_example) < 2:
+            continue  # named above
+        pg, pb = (p[(p["metric"] == metric) & (p["strength"] == strength)] for p in per_example)
+        paired = pg.merge(pb, on="example", suffixes=("_g", "_b"))
+        if paired.empty:
+            gaps.append(f"{group}: verdicts: {what}: no test example in the per-example records of both "
+                        f"{rg.run_id} and {rb.run_id}")
+            continue
+        if metric == "noise_acc":
+            d = stats.sign_test(paired["value_g"], paired["value_b"])
+            method = (f"sign test exact on examples whose shares of correct noise draws differ ({d.note}); "
+                      f"t interval over {d.n} examples ({ONE_SEED})")
+        else:
+            d = stats.mcnemar_exact(paired["value_g"], paired["value_b"])
+            method = f"McNemar exact ({d.n} examples, {d.note}; {ONE_SEED})"
+        rows.append(verdict_row(metric, strength, group, base, d, 1, method))
+    return rows, gaps
+
+
+def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
+             correction: str = "bh") -> tuple[pd.DataFrame, list[str]]:
+    """The verdicts of a :class:`jrbench.analysis.results.Collection` (columns :data:`VERDICT_COLUMNS`)
+    and the gaps: comparisons or metrics that could not be decided, and why. ``is_baseline``
+    picks the baseline group of each recipe (default: the plain one); ``correction``: the
+    multiplicity correction over all the verdicts (:func:`apply_correction`)."""
+    if correction not in stats.CORRECTIONS:
+        raise UserError(f"--correction must be one of {', '.join(stats.CORRECTIONS)}, got {correction!r}.")
+    labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
+    for r in collection.runs:
+        labels.setdefault(group_id(r.config), r.run_id)
+    found, gaps = comparisons(collection.runs, labels, is_baseline)
+    values = run_values(collection.summary) if len(collection.summary) else pd.DataFrame(
+        columns=["run_id", "metric", "strength", "value"])
+    rows = []
+    for c in found:
+        common = sorted(set(c.runs) & set(c.baseline_runs))
+        if not common:
+            gaps.append(f"{labels[c.group]}: verdicts: no seed in common with {labels[c.baseline]} (seeds "
+                        f"{sorted(c.runs)} against {sorted(c.baseline_runs)}); runs are paired by seed")
+            continue
+        if len(common) >= 2:
+            new, new_gaps = seed_verdicts(c, labels, values, common)
+        else:
+            new, new_gaps = example_verdicts(c, labels, values, collection.examples, common[0])
+        rows += new
+        gaps += new_gaps
+    return apply_correction(pd.DataFrame(rows, columns=VERDICT_COLUMNS), correction), gaps
+
+
+# ----------------------------------------------------------------------------- sentences
+def _measure(metric: str, strength: str) -> str:
+    name = METRICS[metric][0]
+    norm, _, value = strength.partition(" ")
+    sym = {"linf": "L∞", "l2": "L2"}.get(norm, norm)
+    if metric == "noise_acc":
+        return f"noise σ {value}"
+    if metric in ("pgd_acc", "autoattack_acc"):
+        return f"{name}-{sym} {value}"
+    if metric == "worst_case_acc":
+        return f"{sym} {value} worst case"
+    if metric == "certified_acc":
+        return f"{sym} {value} certified"
+    if metric == "certified_radius":
+        return f"median certified {sym} radius"
+    return name
+
+
+def _number(value: float, unit: str) -> str:
+    return f"{value:+.1f}" if unit == "points" else f"{value:+.3g}"
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+ADJUSTED = {"bh": "BH-adjusted", "holm": "Holm-adjusted"}
+
+
+def _p_text(r) -> str:
+    """'p = 0.026, BH-adjusted p = 0.035' (the raw p alone without a correction)."""
+    correction = getattr(r, "correction", "none")
+    if correction not in ADJUSTED:
+        return _p(r.p_value)
+    return f"{_p(r.p_value)}, {ADJUSTED[correction]} {_p(r.p_adjusted)}"
+
+
+def verdict_lines(table: pd.DataFrame) -> list[str]:
+    """One sentence per verdict, e.g. 'lenet jacobian λ_JR=0.01 n_proj=1 vs lenet none, L∞ 0.1
+    worst case: +5.8 points [2.1, 9.5], p = 0.01, BH-adjusted p = 0.03, 5 seeds, paired t over
+    seeds: better'."""
+    lines = []
+    for r in table.itertuples(index=False):
+        unit = METRICS[r.metric][1]
+        lo, hi = (f"{v:.1f}" if unit == "points" else f"{v:.3g}" for v in (r.ci_low, r.ci_high))
+        amount = _number(r.diff, unit) + (f" {unit}" if unit else "")
+        seeds = f"{r.n_seeds} seed" + ("s" if r.n_seeds != 1 else "")
+        lines.append(f"{r.group} vs {r.baseline}, {_measure(r.metric, r.strength)}: {amount} [{lo}, {hi}], "
+                     f"{_p_text(r)}, {seeds}, {r.method}: {r.verdict}")
+    return lines
+
+
+# metrics whose strength 0 is the clean accuracy again (noise σ 0, an attack at ε 0)
+ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc")
+COMPACT_COLUMNS = ["metric", "strength", "difference [95% CI]", "adjusted p", "verdict"]
+SHORT_NAMES = {"clean_acc": "clean", "R_z": "R_z", "margin_random_median": "margin, random",
+               "margin_adv_l2": "margin, adversarial"}  # the rest: METRICS' names
+SHORT_VERDICTS = {SAME: "n.s."}
+
+
+def _is_zero(strength: str) -> bool:
+    _, _, value = strength.partition(" ")
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
+def compact_tables(table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The verdicts for a terminal: one table per comparison (group, baseline, rows with
+    :data:`COMPACT_COLUMNS`, strings; accuracies in points, 'n.s.' for no significant
+    difference). Left out, as repeats: rows at strength 0 of noise and attacks (the clean
+    accuracy again) and a worst case whose difference, interval and p are PGD's at the same
+    strength (the PGD row then reads 'PGD = worst case'). report.md keeps every line and
+    verdicts.csv every number."""
+    out = []
+    numbers = ["diff", "ci_low", "ci_high", "p_value"]
+    for (group, baseline), rows in table.groupby(["group", "baseline"], sort=False):
+        keep = rows[~(rows["metric"].isin(ZERO_IS_CLEAN) & rows["strength"].map(_is_zero))]
+        pgd = keep[keep["metric"] == "pgd_acc"].set_index("strength")
+        same = set()
+        for i, r in keep[keep["metric"] == "worst_case_acc"].iterrows():
+            if r["strength"] in pgd.index and np.allclose(pgd.loc[r["strength"], numbers].to_numpy(float),
+                                                          r[numbers].to_numpy(float), rtol=1e-12, atol=1e-12,
+                                                          equal_nan=True):
+                same.add(r["strength"])
+                keep = keep.drop(index=i)
+        lines = []
+        for r in keep.itertuples(index=False):
+            name, unit = SHORT_NAMES.get(r.metric, METRICS[r.metric][0]), METRICS[r.metric][1]
+            if r.metric == "pgd_acc" and r.strength in same:
+                name += " = worst case"
+            if unit not in ("", "points"):
+                name += f" ({unit})"
+            lo, hi = (f"{v:+.1f}" if unit == "points" else f"{v:+.3g}" for v in (r.ci_low, r.ci_high))
+            norm, _, value = r.strength.partition(" ")
+            strength = f"{ {'sigma': 'σ', 'linf': 'L∞', 'l2': 'L2'}.get(norm, norm)} {value}".strip()
+            p = r.p_adjusted if r.correction in ADJUSTED else r.p_value
+            lines.append({"metric": name, "strength": strength,
+                          "difference [95% CI]": f"{_number(r.diff, unit)} [{lo}, {hi}]",
+                          "adjusted p": "< 0.001" if p < 0.001 else f"{p:.2g}",
+                          "verdict": SHORT_VERDICTS.get(r.verdict, r.verdict)})
+        out.append((group, baseline, pd.DataFrame(lines, columns=COMPACT_COLUMNS)))
+    return out
+
+
+VERDICT_NOTES = (
+    "Each regularized group against the plain (--reg none) group of the same data set, model and training "
+    "recipe; difference = group minus plain (accuracies in percentage points), with its 95% interval and "
+    "two-sided p. With 2 or more seeds in common: runs paired by seed, paired t-test and t interval on the "
+    "per-seed differences (covers training noise). With 1 seed: tests over the test examples of the two runs "
+    "(attack_examples.csv, paired by example): exact McNemar on the discordant examples, interval "
+    "Clopper-Pearson on them, conditional on their number; for noise, an exact sign test on the examples whose "
+    "shares of correct draws differ, t interval over examples; for margins, a percentile bootstrap of the "
+    "difference of medians (two independent samples) and a permutation test. One-seed verdicts cover the choice "
+    "of test examples only, not training noise. Worst case: an example counts as robust only if robust under "
+    "every adversarial attack run at that norm and strength. better / worse: the multiplicity-adjusted p < 0.05 "
+    "and the interval excludes 0 (for R_z smaller is better); p_value in verdicts.csv is the raw p, p_adjusted "
+    "the adjusted one. verdicts.csv has every number."
+)

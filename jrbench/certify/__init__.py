@@ -1,0 +1,1 @@
+"""Stage 6, certificates: the Lipschitz bound, interval bounds, randomized smoothing."""

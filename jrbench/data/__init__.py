@@ -1,0 +1,1 @@
+"""Stage 1, data: the data sets (torchvision, IDX folders, generated digits) and their defaults."""

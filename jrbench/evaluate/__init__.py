@@ -1,0 +1,1 @@
+"""Stage 5, evaluation: attacks (noise, PGD, FGSM, AutoAttack), margins, spectra, outside models."""

@@ -1,0 +1,1 @@
+"""Stage 2, models: the architectures and their certified layer norms (Lipschitz bounds)."""

@@ -1,0 +1,1 @@
+"""Stage 3, the penalty: Jacobian estimators, the VJP tape, regularizers, the Lipschitz constraint."""

@@ -1,0 +1,186 @@
+"""Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise.
+
+Each acts in one place: ``l2`` through SGD weight decay, ``dropout`` through the model
+(p before each hidden fully connected layer), ``jacobian`` and ``input-grad`` through a
+penalty added to the cross-entropy loss, ``noise`` on the training batch (here), ``lipschitz``
+on the weights after each SGD step (:mod:`jrbench.penalty.lipschitz_constraint`). Both penalties are
+taken with respect to the normalized input z = (x - mean) / std, as in the paper and the
+authors' code.
+
+- jacobian (Hoffman, Roberts, Yaida 2019): R = 1/2 * batch mean of ||J_z||_F^2,
+  estimated with ``n_proj`` random projections (-1: exact); with ``jr_subsample`` = K,
+  R is computed on K samples of each (shuffled) batch only: still unbiased, K/B of the cost.
+- input-grad (double backpropagation, Drucker & LeCun 1992): 1/2 * batch mean of
+  ||d CE_b / d z_b||^2 for the per-example cross-entropy CE_b.
+- noise (Gaussian data augmentation: Bishop 1995, its first-order equivalence to a Jacobian
+  penalty; Cohen, Rosenfeld, Kolter 2019, the training randomized smoothing assumes): pixels
+  x + sigma N(0, I), clipped to [0, 1], before normalization; the penalties see the noisy x.
+- lipschitz (Gouk, Frank, Pfahringer, Cridge 2021): every weight layer projected after each
+  step so that the certified L2 Lipschitz bound of the model in pixel space is at most K.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import RegConfig
+from ..errors import UserError
+from . import vjp_tape
+from .jacobian import autograd_vjp, frobenius_sq_from_vjp
+from ..models.architectures import Classifier
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class RegularizerSpec:
+    name: str
+    description: str
+
+
+REGULARIZERS: Registry[RegularizerSpec] = Registry("regularizer")
+for _name, _desc in [
+    ("none", "plain SGD with momentum"),
+    ("l2", "weight decay (--weight-decay) in SGD"),
+    ("dropout", "dropout (--dropout) before each hidden fully connected layer"),
+    ("jacobian", "1/2 ||d logits/dz||_F^2 by random projections (--lambda-jr, --n-proj, --jr-subsample)"),
+    ("input-grad", "double backpropagation: 1/2 ||d CE/dz||^2 (--lambda-ig)"),
+    ("lipschitz", "weights projected after each step so the certified L2 Lipschitz bound in pixels is "
+                  "<= K (--lipschitz-bound; Gouk et al. 2021)"),
+    ("noise", "Gaussian data augmentation: pixels x + sigma N(0, I) clipped to [0, 1] (--noise-sigma)"),
+]:
+    REGULARIZERS.register(_name)(RegularizerSpec(_name, _desc))
+
+
+def add_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Pixels ``x`` (B, C, H, W) in [0, 1] plus Gaussian noise of std ``sigma`` (pixel units),
+    clipped to [0, 1]; drawn on ``x``'s device and dtype from the global RNG (seeded per epoch)."""
+    return (x + sigma * torch.randn_like(x)).clamp_(0.0, 1.0)
+
+
+def model_dropout(reg: RegConfig) -> float:
+    return reg.dropout if "dropout" in reg.names else 0.0
+
+
+def weight_decay(reg: RegConfig) -> float:
+    return reg.weight_decay if "l2" in reg.names else 0.0
+
+
+@dataclass
+class StepLoss:
+    """The loss of one training batch: ``total`` to backpropagate and its parts (detached)."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    logits: torch.Tensor
+    jacobian: torch.Tensor | None = None    # R, before lambda
+    input_grad: torch.Tensor | None = None  # before lambda
+
+
+def jacobian_path(model: Classifier, reg: RegConfig) -> str:
+    """Which code computes the Jacobian penalty of ``reg`` for ``model``: 'tape', 'autograd' or 'jvp'.
+
+    ``jr_backend`` auto takes the explicit-VJP tape where the net allows it; 'tape' insists on
+    it (a UserError for a net it does not cover); 'autograd' forces the double backward.
+    """
+    if reg.jr_estimator == "jvp":
+        return "jvp"
+    if reg.jr_backend == "autograd":
+        return "autograd"
+    if vjp_tape.supports(model.net):
+        return "tape"
+    if reg.jr_backend == "tape":
+        raise UserError(f"--jr-backend tape needs a sequential net of {', '.join(t.__name__ for t in vjp_tape.SUPPORTED)}"
+                        f" layers; this model's net is not one. Use --jr-backend auto or autograd.")
+    return "autograd"
+
+
+def jvp_frobenius_sq(net, z: torch.Tensor, n_proj: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (K, C) of ``net`` at ``z`` (K, ...) and the estimate of ||J_z||_F^2 per example (K,).
+
+    Input-side estimator: ||J u||^2 with u ~ N(0, I_D) per example, E[u u^T] = I, so
+    E ||J u||^2 = tr(J^T J) = ||J||_F^2; the mean over ``n_proj`` directions. Each J u is one
+    forward-mode product, which also returns the logits: no double backward, so any
+    differentiable net works (``resnet18`` included), and the weight gradient is one reverse
+    pass through the forward-mode graph. The product is ``torch.func.jvp``'s; for nets that
+    update buffers in place (BatchNorm's running statistics in train mode), which
+    ``torch.func`` refuses, the dual numbers of ``torch.autograd.forward_ad`` that it is built
+    on. Directions are drawn on ``z``'s device and dtype from the global RNG.
+    """
+    updates_buffers = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                          and m.track_running_stats for m in net.modules())
+    total, logits = None, None
+    for _ in range(n_proj):
+        u = torch.randn(z.shape, device=z.device, dtype=z.dtype)
+        if updates_buffers:
+            with fwAD.dual_level():
+                out = fwAD.unpack_dual(net(fwAD.make_dual(z, u)))
+                out, ju = out.primal, out.tangent
+        else:
+            out, ju = torch.func.jvp(net, (z,), (u,))
+        logits = out if logits is None else logits
+        sq = ju.reshape(ju.shape[0], -1).pow(2).sum(1)
+        total = sq if total is None else total + sq
+    return logits, total / n_proj
+
+
+def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig, step: int = 0) -> StepLoss:
+    """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,).
+
+    The Jacobian penalty takes the path of :func:`jacobian_path`: the explicit-VJP route of
+    :mod:`jrbench.penalty.vjp_tape` when the net allows it (all the registry's sequential models),
+    else autograd's double backward (both give the same value and gradients,
+    tests/test_vjp_tape.py), or forward mode for ``jr_estimator`` 'jvp'. With ``jr_every`` k the
+    penalty is computed on steps where ``step`` % k == 0 only, weighted lambda_jr * k, so that
+    its expected gradient over k steps is unchanged. With ``noise`` the batch is
+    :func:`add_noise`'s x + sigma N(0, I) in [0, 1] before anything else sees it.
+    """
+    if "noise" in reg.names:
+        x = add_noise(x, reg.noise_sigma)
+    use_jr = "jacobian" in reg.names and reg.lambda_jr > 0 and step % reg.jr_every == 0
+    use_ig = "input-grad" in reg.names and reg.lambda_ig > 0
+    lambda_jr = reg.lambda_jr * reg.jr_every
+    z = model.normalize(x)
+    batch = x.shape[0]
+    k = batch if not use_jr or reg.jr_subsample is None else min(reg.jr_subsample, batch)
+    path = jacobian_path(model, reg) if use_jr else None
+    vjp = None  # v (k, C) -> J_z^T v for the first k rows
+    frob_sq = None  # or the per-example estimate itself (jvp)
+    if path == "jvp" and not use_ig:
+        logits_jr, frob_sq = jvp_frobenius_sq(model.net, z[:k].detach(), reg.n_proj)
+        logits = logits_jr if k == batch else torch.cat([logits_jr, model.net(z[k:])])
+    elif path == "tape" and not use_ig:
+        logits, vjp = vjp_tape.forward(model.net, z.detach(), k)
+    elif use_jr and k < batch and not use_ig:
+        # Two forwards so that the double backward runs over the K sub-sampled rows only.
+        z_jr = z[:k].detach().requires_grad_(True)
+        logits_jr = model.net(z_jr)
+        logits = torch.cat([logits_jr, model.net(z[k:])])
+        vjp = autograd_vjp(logits_jr, z_jr, create_graph=True)
+    else:
+        z = z.detach().requires_grad_(use_jr or use_ig)
+        logits = model.net(z)
+        if path == "jvp":  # with input-grad: a forward of its own for the input-side estimate
+            frob_sq = jvp_frobenius_sq(model.net, z[:k].detach(), reg.n_proj)[1]
+        elif use_jr:
+            full = autograd_vjp(logits[:k], z, create_graph=True)
+            vjp = lambda v: full(v)[:k]  # noqa: E731  (rows k: of the gradient are zero)
+    ce = F.cross_entropy(logits, y)
+    total = ce
+    out = StepLoss(total, ce.detach(), logits.detach())
+    if use_jr:
+        if frob_sq is None:
+            frob_sq = frobenius_sq_from_vjp(vjp, k, model.num_classes, logits, reg.n_proj)
+        r = 0.5 * frob_sq.mean()
+        total = total + lambda_jr * r
+        out.jacobian = r.detach()
+    if use_ig:
+        (g,) = torch.autograd.grad(ce * batch, z, create_graph=True)
+        ig = 0.5 * g.reshape(batch, -1).pow(2).sum(1).mean()
+        total = total + reg.lambda_ig * ig
+        out.input_grad = ig.detach()
+    out.total = total
+    return out

@@ -1,0 +1,1 @@
+"""Stage 8, the report: wide tables, plots, decision cells, report.md."""

@@ -1,0 +1,277 @@
+"""Sweeps run locally: every cell of a study (a :class:`~jrbench.study.spec.SweepSpec`, read by
+:func:`jrbench.study.spec.load_spec`) trained, attacked and measured in turn, resumable.
+
+A finished step of a cell (trained, attacked, measured) is skipped, so re-running a sweep
+resumes it.
+
+:func:`run_cell` is the work of one cell; :func:`run_sweep` (the local engine) calls it cell
+after cell in this process, and ``jrbench.study.ray_engine`` (the Ray engine) calls it in one Ray task
+per cell. Both set torch's thread count by :func:`cell_threads`, so a cell computes the same
+numbers under either engine.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..config import RunConfig
+from ..errors import UserError
+from .spec import SweepSpec, attack_config, certify_config
+
+
+def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> bool:
+    """Whether a cell's attack step is finished: attacks.csv and the per-example record
+    attack_examples.csv exist (attacks.csv is written last) and, given the study's ``[attack]``
+    table, attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
+    (noise, pgd, fgsm, autoattack) and of every strength of its noise and PGD/FGSM grids (the
+    data set's defaults where the table gives none). So a study that adds AutoAttack or a
+    strength attacks its finished cells again (``jrbench attack`` adds the missing rows), and so
+    does one whose ``n_examples`` (the gradient attacks') or ``noise_examples`` (white noise's)
+    differs from the rows' where the table gives it."""
+    from ..training import rundir
+    from ..evaluate.attack_config import default_eps
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / "attacks.csv").is_file() and (run_dir / "attack_examples.csv").is_file()):
+        return False
+    if options is None:
+        return True
+    config = attack_config(options)
+    try:
+        rows = rundir.read_csv(run_dir / "attacks.csv")
+        if "example_seed" in rows:
+            rows = rows[rows["example_seed"] == options.get("example_seed", 0)]
+        if "n_examples" in rows:
+            noise = rows["attack"] == "noise"
+            for key, part in (("n_examples", ~noise), ("noise_examples", noise)):
+                if options.get(key) is not None:
+                    rows = rows[~part | (rows["n_examples"] == options[key])]
+        done = {(a, n, round(float(v), 9)) for a, n, v in zip(rows["attack"], rows["norm"], rows["strength"])}
+    except (UserError, KeyError, ValueError, TypeError):
+        return False
+    wanted = {("autoattack",)} if config.autoattack else set()
+    if config.noise:
+        wanted |= {("noise", "gaussian", round(float(s), 9)) for s in config.sigmas}
+    for attack in ("pgd", "fgsm"):
+        if getattr(config, attack):
+            for norm in [n for n in config.norms if attack == "pgd" or n == "linf"]:  # FGSM: L-inf only
+                grid = getattr(config, f"eps_{norm}")
+                if grid is None:  # the run's data set's default grid
+                    try:
+                        grid = default_eps(rundir.load_config(run_dir).data.dataset, norm)
+                    except UserError:
+                        return False
+                wanted |= {(attack, norm, round(float(e), 9)) for e in grid}
+    return all(w[0] in {d[0] for d in done} if len(w) == 1 else w in done for w in wanted)
+
+
+def margins_done(run_dir: str | Path, spec: SweepSpec) -> bool:
+    """Whether a cell's margins step is finished: margins.csv and jacobian.csv exist and
+    margins.csv was measured with the study's ``directions``, ``seed`` and example seed (a
+    changed ``[margins]`` table measures the cell again; ``n_examples`` alone is not compared)."""
+    from ..training import rundir
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file()):
+        return False
+    m = spec.margins or {}
+    want = {"n_directions": m.get("directions", 10), "direction_seed": m.get("seed", 0),
+            "example_seed": m.get("example_seed", (spec.attack or {}).get("example_seed", 0))}
+    try:
+        table = rundir.read_csv(run_dir / "margins.csv")
+    except UserError:
+        return False
+    return all(key not in table or table.empty or (table[key] == value).all() for key, value in want.items())
+
+
+def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
+    """Whether a cell's certify step is finished: certify.csv and certify_examples.csv exist and
+    certify.csv has a row of every method, norm, strength and sigma the study's ``[certify]``
+    asks for, on its examples (``example_seed``, and ``n_examples`` where the study gives it)."""
+    from ..training import rundir
+    from ..certify.api import CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, NO_SIGMA
+    from ..data.datasets import DATASETS
+
+    run_dir = Path(run_dir)
+    if not ((run_dir / CERTIFY_CSV).is_file() and (run_dir / CERTIFY_EXAMPLES_CSV).is_file()):
+        return False
+    c = spec.certify or {}
+    try:
+        table = rundir.read_csv(run_dir / CERTIFY_CSV)
+        config = certify_config(c).filled(DATASETS.get(rundir.load_config(run_dir).data.dataset).info.name)
+    except (UserError, KeyError):
+        return False
+    example_seed = c.get("example_seed", (spec.attack or {}).get("example_seed", 0))
+    n_examples = c.get("n_examples", (spec.attack or {}).get("n_examples"))  # None: the data set's, not compared
+    table = table[(table["example_seed"] == example_seed)
+                  & ((table["n_examples"] == n_examples) if n_examples is not None else True)]
+    done = {(m, n, round(float(e), 9), round(float(s), 9))
+            for m, n, e, s in zip(table["method"], table["norm"], table["strength"], table["sigma"])}
+    wanted = set()
+    for method, on in (("lipschitz", config.lipschitz), ("ibp", config.ibp), ("smoothing", config.smoothing)):
+        if not on:
+            continue
+        norms = ("linf", "l2") if method == "lipschitz" else ("linf",) if method == "ibp" else ("l2",)
+        sigmas = config.sigmas if method == "smoothing" else [NO_SIGMA]
+        wanted |= {(method, norm, round(float(e), 9), round(float(sigma), 9))
+                   for norm in norms for e in getattr(config, f"eps_{norm}") for sigma in sigmas}
+    return wanted <= done
+
+
+@dataclass
+class CellStatus:
+    run_dir: Path
+    trained: bool
+    attacked: bool
+    measured: bool
+    error: str | None = None      # why the cell failed (its message), None when it did not
+    traceback: str | None = None  # for a failure that is not a user error: where it happened
+
+
+def status_at(run_dir: str | Path, config: RunConfig) -> CellStatus:
+    """What is done of the cell ``config`` in ``run_dir``: trained (model.pt, the last file an
+    epoch writes, holds the last epoch), attacked, measured (their tables exist; after changing
+    a study's [attack] grid, run `jrbench attack` on its runs)."""
+    from ..training import rundir
+
+    run_dir = Path(run_dir)
+    trained = False
+    if (run_dir / rundir.MODEL).is_file():
+        try:
+            trained = int(rundir.torch_load(run_dir / rundir.MODEL).get("epoch", 0)) >= config.train.epochs
+        except (UserError, TypeError, ValueError):
+            trained = False
+    return CellStatus(run_dir, trained, attack_done(run_dir),
+                      (run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file())
+
+
+def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
+    """What is done of a cell in its run directory of the study (see :func:`status_at`)."""
+    return status_at(spec.folder / config.run_id(), config)
+
+
+def is_done(spec: SweepSpec, status: CellStatus) -> bool:
+    """Whether a cell has every step its study asks for."""
+    return (status.trained and (spec.attack is None or attack_done(status.run_dir, spec.attack))
+            and (spec.margins is None or margins_done(status.run_dir, spec))
+            and (spec.certify is None or certify_done(status.run_dir, spec)))
+
+
+def cell_threads(num_cpus: float) -> int:
+    """torch's intra-op threads for a cell granted ``num_cpus`` CPUs: its whole CPUs, at least 1.
+
+    The one rule of every engine: the thread count changes float rounding (lenet, one epoch:
+    train CE 2.3495273 on 1 thread, 2.3495271 on 2), so a cell gives the same numbers locally
+    and on Ray only with the same count; and concurrent cells do not fight over cores."""
+    return max(1, int(num_cpus))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run on ``n`` torch intra-op threads, then restore the caller's count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def failure_message(error: BaseException) -> str:
+    """What a failed cell reports: a user error's own message, else the exception's type and text."""
+    from ..errors import NonFiniteLoss
+
+    if isinstance(error, (UserError, NonFiniteLoss)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: str = "auto", *,
+             train_cell: Callable[[RunConfig, Path], Any] | None = None,
+             on_step: Callable[[str], None] | None = None,
+             on_progress: Callable[[int, int, str], None] | None = None) -> CellStatus:
+    """Train, attack and measure one cell in ``run_dir``, skipping the steps done there; return its status.
+
+    Runs on :func:`cell_threads` of the spec's ``num_cpus`` torch threads (the caller's count is
+    restored). ``train_cell(config, run_dir)`` trains (default: ``train(..., resume=True)``, so a
+    cell stopped mid-training resumes from its last finished epoch); ``on_step(step)`` is called
+    with ``"train"``, ``"attack"``, ``"margins"`` or ``"certify"`` before each step that runs, and
+    ``on_progress(done, total, label)`` within the attack, margins and certify steps. Raises what the
+    steps raise (:class:`UserError` for bad input); files already finished stay whole.
+    """
+    from ..evaluate.api import attack_run, margins_run
+    from ..training.loop import train
+
+    run_dir = Path(run_dir)
+    config = RunConfig.from_dict(config.to_dict())  # the spec's cell stays as it was
+    config.train.device = device
+    attack = attack_config(spec.attack) if spec.attack is not None else None
+    train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))
+    report = on_step or (lambda step: None)
+    status = status_at(run_dir, config)
+    with torch_threads(cell_threads(spec.resources.num_cpus)):
+        if not status.trained:
+            report("train")
+            train_cell(config, run_dir)
+        if attack is not None and not attack_done(run_dir, spec.attack):
+            report("attack")
+            attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples"),
+                       example_seed=spec.attack.get("example_seed", 0), device=device, on_progress=on_progress)
+        if spec.margins is not None and not margins_done(run_dir, spec):
+            report("margins")
+            m = spec.margins
+            example_seed = m.get("example_seed", (spec.attack or {}).get("example_seed", 0))
+            margins_run(run_dir, n_examples=m.get("n_examples", 500), n_directions=m.get("directions", 10),
+                        seed=m.get("seed", 0), example_seed=example_seed, device=device,
+                        batch_size=m.get("batch_size", 500), on_progress=on_progress)
+        if spec.certify is not None and not certify_done(run_dir, spec):
+            from ..certify.api import certify_run
+
+            report("certify")
+            c = spec.certify
+            certify_run(run_dir, certify_config(c),
+                        n_examples=c.get("n_examples", (spec.attack or {}).get("n_examples")),
+                        example_seed=c.get("example_seed", (spec.attack or {}).get("example_seed", 0)),
+                        device=device, on_progress=on_progress)
+    return status_at(run_dir, config)
+
+
+def run_sweep(spec: SweepSpec, *, device: str = "auto",
+              train_cell: Callable[[RunConfig, Path], Any] | None = None,
+              on_cell: Callable[[int, int, str, str], None] | None = None,
+              keep_going: bool = False,
+              on_progress: Callable[[int, int, str], None] | None = None) -> list[CellStatus]:
+    """The local engine: :func:`run_cell` on every cell in turn, in this process; return the statuses.
+
+    ``train_cell(config, run_dir)`` trains one cell (the CLI passes one with a progress bar);
+    ``on_cell(i, n, run_id, step)`` reports overall progress (``step``: train, attack, margins,
+    done, failed); ``on_progress`` is :func:`run_cell`'s. With ``keep_going`` a failing cell is recorded in its status's ``error`` and
+    the other cells run; without it, the first failure is raised.
+    """
+    import traceback
+
+    from ..errors import NonFiniteLoss
+
+    statuses = []
+    for i, config in enumerate(spec.cells, 1):
+        run_dir = spec.folder / config.run_id()
+        report = (lambda step: on_cell(i, len(spec.cells), config.run_id(), step)) if on_cell else (lambda step: None)
+        try:
+            status = run_cell(spec, config, run_dir, device, train_cell=train_cell, on_step=report,
+                              on_progress=on_progress)
+        except Exception as e:
+            if not keep_going:
+                raise
+            report("failed")
+            status = status_at(run_dir, config)
+            status.error = failure_message(e)
+            if not isinstance(e, (UserError, NonFiniteLoss)):
+                status.traceback = traceback.format_exc()
+        else:
+            report("done")
+        statuses.append(status)
+    return statuses

@@ -1,0 +1,23 @@
+"""Whole-configuration validation: field checks plus the names against the registries.
+
+:mod:`jrbench.config` holds plain dataclasses and imports no stage of the flow; this module
+sits above the data sets, models and regularizers whose registries it consults, so the flow
+config -> data -> model -> regularizer has no import cycle.
+"""
+from __future__ import annotations
+
+from ..config import RunConfig, check_fields
+from ..data.datasets import DATASETS
+from ..models.architectures import MODELS
+from ..penalty.regularizers import REGULARIZERS
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """``cfg`` itself if every name is registered and every field is in range; else raise
+    :class:`jrbench.errors.UserError` naming the first bad one (with the valid choices)."""
+    DATASETS.get(cfg.data.dataset)
+    MODELS.get(cfg.model.name)
+    for name in cfg.reg.names:
+        REGULARIZERS.get(name)
+    check_fields(cfg)
+    return cfg
