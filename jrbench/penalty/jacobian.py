@@ -7,7 +7,11 @@ For logits f(z) in R^C of an input z in R^D (per example), J = df/dz is C x D an
     ||J||_F^2 = C E_v ||v^T J||^2,  v uniform on S^{C-1}  (one VJP per projection; E[v v^T] = I/C)
 
 Shapes: ``z`` (B, ...) with ``requires_grad``, ``logits`` (B, C) computed from it, examples
-independent of each other (no batch norm in train mode). Results are per example, (B,).
+independent of each other. BatchNorm that normalizes with the batch's own statistics (train
+mode) couples them; :func:`recorded_batch_stats` and :func:`frozen_batch_norm` make each such
+layer the per-channel affine map it was for one batch, so that J_b depends on example b alone
+(the definition the training penalty uses, :func:`jrbench.penalty.regularizers.step_loss`).
+Results are per example, (B,).
 Random vectors are drawn on ``logits``' device and dtype from the global RNG (training seeds
 it per epoch) or from ``generator``.
 """
@@ -18,6 +22,9 @@ from typing import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ..errors import UserError
 
 
 @contextmanager
@@ -42,6 +49,70 @@ def cpu_input_gradient_kernels(like: torch.Tensor) -> Iterator[None]:
 
 
 Vjp = Callable[[torch.Tensor], torch.Tensor]
+BatchStats = dict[_BatchNorm, tuple[torch.Tensor, torch.Tensor]]  # layer -> (mean, biased var), (C,) each
+
+
+def batch_statistic_norms(net: nn.Module) -> list[_BatchNorm]:
+    """The BatchNorm layers of ``net`` that normalize with the statistics of the batch they see
+    (train mode, or no running statistics in either mode): the ones that couple its examples.
+    Eval-mode BatchNorm on running statistics is a fixed affine map and is not listed."""
+    return [m for m in net.modules()
+            if isinstance(m, _BatchNorm) and (m.training or (m.running_mean is None and m.running_var is None))]
+
+
+@contextmanager
+def recorded_batch_stats(norms: list[_BatchNorm]) -> Iterator[BatchStats]:
+    """Record each layer's batch statistics in the forward pass run inside.
+
+    Yields a dict, filled during that forward, of layer -> (mean, biased variance) over all
+    dims but the channel dim 1 of the layer's input (detached; the statistics the layer
+    normalizes with in that pass), in the dtype of the layer's running statistics, else of
+    the input. Forward pre-hooks, removed on exit (also after an exception). A layer called
+    twice in the pass is refused: its one affine map would be ambiguous.
+    """
+    stats: BatchStats = {}
+
+    def record(module: _BatchNorm, args: tuple) -> None:
+        if module in stats:
+            raise UserError(f"the Jacobian penalty needs each train-mode BatchNorm layer called once per forward; "
+                            f"{module} is called more than once (a shared layer): give each call its own layer.")
+        x = args[0].detach()
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x if x.dtype in (torch.float32, torch.float64) else x.float(),
+                                   dim=dims, correction=0)
+        dtype = x.dtype if module.running_mean is None else module.running_mean.dtype
+        stats[module] = (mean.to(dtype), var.to(dtype))
+
+    handles = [m.register_forward_pre_hook(record) for m in norms]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def frozen_batch_norm(stats: BatchStats) -> Iterator[None]:
+    """Inside, each layer of ``stats`` is the per-channel affine map it was for the recorded batch:
+    y = (x - mean) / sqrt(var + eps) * weight + bias with ``stats``' mean and biased var,
+    i.e. ``F.batch_norm(x, mean, var, weight, bias, training=False, eps=eps)``, so each
+    example's output depends on that example alone and no running statistic changes.
+
+    Done by the layer's own eval-mode forward on the recorded statistics: its ``training``
+    flag and its ``running_mean`` / ``running_var`` buffers are swapped for the pass and the
+    very same objects put back on exit (also after an exception). Gradients reach ``weight``
+    and ``bias``, not the (detached) statistics.
+    """
+    saved = [(m, m.training, m.running_mean, m.running_var) for m in stats]
+    try:
+        for m, (mean, var) in stats.items():
+            m.training = False
+            m.running_mean, m.running_var = mean.detach(), var.detach()
+        yield
+    finally:
+        for m, training, running_mean, running_var in saved:
+            m.training = training
+            m.running_mean, m.running_var = running_mean, running_var
 
 
 def autograd_vjp(logits: torch.Tensor, z: torch.Tensor, create_graph: bool = False) -> Vjp:

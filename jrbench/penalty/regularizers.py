@@ -10,6 +10,8 @@ authors' code.
 - jacobian (Hoffman, Roberts, Yaida 2019): R = 1/2 * batch mean of ||J_z||_F^2,
   estimated with ``n_proj`` random projections (-1: exact); with ``jr_subsample`` = K,
   R is computed on K samples of each (shuffled) batch only: still unbiased, K/B of the cost.
+  With train-mode BatchNorm, J_z is taken with each BatchNorm held at the batch statistics of
+  the step's one cross-entropy forward (:func:`step_loss`), so it stays per example.
 - input-grad (double backpropagation, Drucker & LeCun 1992): 1/2 * batch mean of
   ||d CE_b / d z_b||^2 for the per-example cross-entropy CE_b.
 - noise (Gaussian data augmentation: Bishop 1995, its first-order equivalence to a Jacobian
@@ -23,14 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import RegConfig
 from ..errors import UserError
 from . import vjp_tape
-from .jacobian import autograd_vjp, frobenius_sq_from_vjp
+from .jacobian import (autograd_vjp, batch_statistic_norms, frobenius_sq_from_vjp, frozen_batch_norm,
+                       recorded_batch_stats)
 from ..models.architectures import Classifier
 from ..registry import Registry
 
@@ -103,24 +104,24 @@ def jvp_frobenius_sq(net, z: torch.Tensor, n_proj: int) -> tuple[torch.Tensor, t
 
     Input-side estimator: ||J u||^2 with u ~ N(0, I_D) per example, E[u u^T] = I, so
     E ||J u||^2 = tr(J^T J) = ||J||_F^2; the mean over ``n_proj`` directions. Each J u is one
-    forward-mode product, which also returns the logits: no double backward, so any
-    differentiable net works (``resnet18`` included), and the weight gradient is one reverse
-    pass through the forward-mode graph. The product is ``torch.func.jvp``'s; for nets that
-    update buffers in place (BatchNorm's running statistics in train mode), which
-    ``torch.func`` refuses, the dual numbers of ``torch.autograd.forward_ad`` that it is built
-    on. Directions are drawn on ``z``'s device and dtype from the global RNG.
+    forward-mode product (``torch.func.jvp``), which also returns the logits: no double
+    backward, so any differentiable net works (``resnet18`` included), and the weight gradient
+    is one reverse pass through the forward-mode graph. A net with train-mode BatchNorm gets
+    one ordinary forward at ``z`` (the logits; running statistics updated once), then the
+    products with every BatchNorm held at that forward's batch statistics
+    (:func:`jrbench.penalty.jacobian.frozen_batch_norm`), whatever ``n_proj``. Directions are
+    drawn on ``z``'s device and dtype from the global RNG.
     """
-    updates_buffers = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                          and m.track_running_stats for m in net.modules())
+    norms = batch_statistic_norms(net)
+    if norms:
+        with recorded_batch_stats(norms) as stats:
+            logits = net(z)
+        with frozen_batch_norm(stats):
+            return logits, jvp_frobenius_sq(net, z, n_proj)[1]
     total, logits = None, None
     for _ in range(n_proj):
         u = torch.randn(z.shape, device=z.device, dtype=z.dtype)
-        if updates_buffers:
-            with fwAD.dual_level():
-                out = fwAD.unpack_dual(net(fwAD.make_dual(z, u)))
-                out, ju = out.primal, out.tangent
-        else:
-            out, ju = torch.func.jvp(net, (z,), (u,))
+        out, ju = torch.func.jvp(net, (z,), (u,))
         logits = out if logits is None else logits
         sq = ju.reshape(ju.shape[0], -1).pow(2).sum(1)
         total = sq if total is None else total + sq
@@ -137,6 +138,19 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     penalty is computed on steps where ``step`` % k == 0 only, weighted lambda_jr * k, so that
     its expected gradient over k steps is unchanged. With ``noise`` the batch is
     :func:`add_noise`'s x + sigma N(0, I) in [0, 1] before anything else sees it.
+
+    BatchNorm that normalizes with batch statistics (train mode) couples the examples, while
+    the penalties are per example. Here: the cross-entropy forward runs once over the whole
+    batch, as in plain training (its batch statistics, its gradient through them, running
+    statistics updated once per step). J_z (and input-grad's d CE_b / d z_b) is the Jacobian of
+    the net with every such BatchNorm held at THAT forward's batch mean and biased variance,
+    detached: each BatchNorm is the per-channel affine map it was for this batch, so J_b
+    depends on example b alone. A second pass computes it, over the K penalized rows only
+    (all rows with input-grad), with no running-statistic update, whatever the path
+    (autograd, sub-sample, jvp with any ``n_proj``, ``jr_every``); the tape covers no
+    BatchNorm. Dropout in such a net draws its masks afresh in that pass. Nets without
+    batch-statistic BatchNorm (eval-mode BatchNorm is already affine) take the single-forward
+    paths, unchanged.
     """
     if "noise" in reg.names:
         x = add_noise(x, reg.noise_sigma)
@@ -149,7 +163,24 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     path = jacobian_path(model, reg) if use_jr else None
     vjp = None  # v (k, C) -> J_z^T v for the first k rows
     frob_sq = None  # or the per-example estimate itself (jvp)
-    if path == "jvp" and not use_ig:
+    ig_out = ig_in = None  # input-grad: d ig_out / d ig_in, when not d (CE * B) / d z
+    norms = batch_statistic_norms(model.net) if use_jr or use_ig else []
+    if norms:  # one CE forward; the penalties with its batch statistics frozen (docstring)
+        with recorded_batch_stats(norms) as stats:
+            logits = model.net(z)
+        rows = batch if use_ig else k
+        with frozen_batch_norm(stats):
+            if path == "jvp":
+                frob_sq = jvp_frobenius_sq(model.net, z[:k].detach(), reg.n_proj)[1]
+            if use_ig or (use_jr and path != "jvp"):
+                z_frozen = z[:rows].detach().requires_grad_(True)
+                logits_frozen = model.net(z_frozen)
+        if use_jr and path != "jvp":  # 'autograd': the tape supports no BatchNorm
+            full = autograd_vjp(logits_frozen[:k], z_frozen, create_graph=True)
+            vjp = full if rows == k else (lambda v: full(v)[:k])  # rows k: are zero: frozen stats
+        if use_ig:
+            ig_out, ig_in = F.cross_entropy(logits_frozen, y, reduction="sum"), z_frozen
+    elif path == "jvp" and not use_ig:
         logits_jr, frob_sq = jvp_frobenius_sq(model.net, z[:k].detach(), reg.n_proj)
         logits = logits_jr if k == batch else torch.cat([logits_jr, model.net(z[k:])])
     elif path == "tape" and not use_ig:
@@ -178,7 +209,9 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
         total = total + lambda_jr * r
         out.jacobian = r.detach()
     if use_ig:
-        (g,) = torch.autograd.grad(ce * batch, z, create_graph=True)
+        if ig_out is None:
+            ig_out, ig_in = ce * batch, z
+        (g,) = torch.autograd.grad(ig_out, ig_in, create_graph=True)
         ig = 0.5 * g.reshape(batch, -1).pow(2).sum(1).mean()
         total = total + reg.lambda_ig * ig
         out.input_grad = ig.detach()
