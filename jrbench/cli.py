@@ -211,6 +211,7 @@ def _progress_callbacks(total_epochs: int):
     task = progress.add_task("train", total=None, epoch=0, stats="")
 
     def on_step(info) -> None:
+        progress.start()  # at the first step, once train() has accepted the config (a no-op later)
         jr = f"  R {info.jacobian:.3f}" if info.jacobian is not None else ""
         progress.update(task, completed=info.step, total=info.steps, epoch=info.epoch,
                         stats=f"CE {info.ce:.3f}{jr}  acc {info.accuracy:.3f}  "
@@ -231,8 +232,11 @@ def run_training(config, out: Path, resume: bool, quiet: bool = False):
     if quiet:
         return train(config, out, resume=resume)
     progress, on_step, on_epoch = _progress_callbacks(config.train.epochs)
-    with progress:
+    try:  # the bar starts at the first step: a config train() refuses shows no bar
         return train(config, out, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 @app.command("train")
@@ -270,15 +274,14 @@ def train_command(
 ) -> None:
     """Train a model with or without Jacobian regularization; write a run directory."""
     from .config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
-    from .training.validation import validate
 
-    config = validate(RunConfig(
+    config = RunConfig(  # checked once, by train() (jrbench.training.loop), before anything is written
         DataConfig(dataset, str(data_dir) if data_dir else None, train_subset, test_subset),
         ModelConfig(model),
         RegConfig(list(reg or ["none"]), lambda_jr, n_proj, jr_subsample, weight_decay, dropout, lambda_ig,
                   jr_backend.value, jr_estimator.value, jr_every, lipschitz_bound, noise_sigma),
         TrainConfig(epochs, batch_size, lr, momentum, schedule.value, step_epochs, gamma, seed, device),
-    ))
+    )
     out = out or Path("results/runs") / config.run_id()
     if resume and not (out / "model.pt").is_file():
         console.print(f"--resume: {out} holds no finished epoch yet; training from the first epoch.", highlight=False)
@@ -503,11 +506,11 @@ def print_attack_table(result, title: str) -> None:
 def attack_command(
     run_dirs: Annotated[list[Path], typer.Argument(
         help="Run directories written by 'jrbench train', or outside models: a torch.export .pt2 file or a 'module:function' factory.")],
-    noise: Annotated[bool, typer.Option("--noise", help="White Gaussian pixel noise.")] = False,
-    pgd: Annotated[bool, typer.Option("--pgd", help="PGD (torchattacks), L-inf and/or L2.")] = False,
-    fgsm: Annotated[bool, typer.Option("--fgsm", help="FGSM (torchattacks), L-inf.")] = False,
-    autoattack: Annotated[bool, typer.Option(
-        "--autoattack", help="Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; slow) on --norm and the eps grids.")] = False,
+    noise: Annotated[Optional[bool], typer.Option("--noise/--no-noise", help="White Gaussian pixel noise.")] = None,
+    pgd: Annotated[Optional[bool], typer.Option("--pgd/--no-pgd", help="PGD (torchattacks), L-inf and/or L2.")] = None,
+    fgsm: Annotated[Optional[bool], typer.Option("--fgsm/--no-fgsm", help="FGSM (torchattacks), L-inf.")] = None,
+    autoattack: Annotated[Optional[bool], typer.Option(
+        "--autoattack/--no-autoattack", help="Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; slow) on --norm and the eps grids.")] = None,
     aa_targets: Annotated[Optional[int], typer.Option(
         help="AutoAttack's target classes for APGD-T and FAB-T (default 9; required below 10 classes).")] = None,
     autoattack_eps_linf: Annotated[Optional[list[float]], typer.Option(
@@ -541,16 +544,14 @@ def attack_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
-    attacks.csv and the per-example record attack_examples.csv into the run (or model) folder."""
-    from .evaluate.attack_config import NORMS, AttackConfig, default_sigmas
+    attacks.csv and the per-example record attack_examples.csv into the run (or model) folder.
+    Naming selects: the attacks named (an --autoattack-eps-* grid names AutoAttack) run, and only
+    they; none named: noise, PGD and FGSM, less those given as --no-noise, --no-pgd, --no-fgsm."""
+    from .evaluate.attack_config import NORMS, build_attack_config
     from .errors import UserError
     from .evaluate.api import attack_model, attack_run, check_attack
     from .evaluate.outside import resolve_sources
 
-    if autoattack_eps_linf is not None or autoattack_eps_l2 is not None:
-        autoattack = True
-    if not (noise or pgd or fgsm or autoattack):  # the defaults of the API's AttackConfig, AutoAttack aside
-        noise = pgd = fgsm = True
     norms = tuple(n.value for n in norm) if norm else NORMS
     if eps is not None:
         if len(norms) != 1:
@@ -558,19 +559,19 @@ def attack_command(
         if (eps_linf if norms[0] == "linf" else eps_l2) is not None:
             raise UserError(f"--eps and --eps-{norms[0]} both give the {norms[0]} grid; give one of them.")
         eps_linf, eps_l2 = (eps, eps_l2) if norms[0] == "linf" else (eps_linf, eps)
-    config = AttackConfig(noise=noise, pgd=pgd, fgsm=fgsm, autoattack=autoattack, aa_targets=aa_targets,
-                          autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2,
-                          sigmas=sigma or default_sigmas(), draws=draws, noise_examples=noise_examples,
-                          norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
-                          restarts=restarts, loss=loss.value, batch_size=batch_size, seed=seed)
-    config.validate()
+    config = build_attack_config(  # sigma None: each run's data set's noise grid
+        noise=noise, pgd=pgd, fgsm=fgsm, autoattack=autoattack, aa_targets=aa_targets,
+        autoattack_eps_linf=autoattack_eps_linf, autoattack_eps_l2=autoattack_eps_l2, sigmas=sigma, draws=draws,
+        noise_examples=noise_examples, norms=norms, eps_linf=eps_linf, eps_l2=eps_l2, steps=steps, alpha=alpha,
+        restarts=restarts, loss=loss.value, batch_size=batch_size, seed=seed)
     if n_examples is not None and n_examples < 1:
         raise UserError(f"--n-examples must be at least 1, got {n_examples}.")
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
-    for run_dir, model in sources:  # every directory and model is checked before any table is written
-        if model is None:
-            check_attack(run_dir, config)
+    configs = []  # every directory and model is checked before any table is written
     for run_dir, model in sources:
+        data_set = model.dataset if model is not None else check_attack(run_dir, config).data.dataset
+        configs.append(config.filled(data_set))  # grids not given: the data set's defaults
+    for (run_dir, model), config in zip(sources, configs):
         data = str(data_dir) if data_dir else None
         with Bars(quiet) as bars:
             on_progress = bars.callback(f"{run_dir.name}: attacks")

@@ -236,3 +236,43 @@ def test_a_bad_key_is_blamed_on_its_own_table_line():
         parse_spec(blocks, Path("t.toml"))
     with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' gives an invalid cell: --lr must be positive"):
         parse_spec(blocks.replace('"fast"', "-1.0"), Path("t.toml"))
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (REPO / "benchmarks").glob("*.toml") if p.stem != "overhead_gate")
+                         + [REPO / "jrbench" / "study" / "quick.toml"], ids=lambda p: p.stem)
+def test_committed_specs_finished_cells_stay_done(path, tmp_path):
+    """A cell attacked under the rule before it was shared with the CLI (noise, PGD and FGSM on
+    unless false; AutoAttack on when true or given a grid) still counts as attacked, so a sweep
+    resumed after the change attacks nothing again; a missing attack is still noticed."""
+    from jrbench.evaluate.attack_config import default_eps
+    from jrbench.study.sweep import attack_done
+    from jrbench.training import rundir
+
+    spec = load_spec(path)
+    table = spec.attack
+    if table is None:
+        pytest.skip("no [attack] table")
+    old = {a for a in ("noise", "pgd", "fgsm") if table.get(a, True)}
+    if table.get("autoattack", "autoattack_eps_linf" in table or "autoattack_eps_l2" in table):
+        old.add("autoattack")
+    cell = spec.cells[0]
+    run = tmp_path / "cell"
+    run.mkdir()
+    rundir.atomic_write_json(run / rundir.CONFIG, cell.to_dict())
+    pd.DataFrame({"attack": sorted(old)}).to_csv(run / "attack_examples.csv", index=False)
+    rows = []
+    if "noise" in old:
+        rows += [("noise", "gaussian", s, table.get("noise_examples", 10_000)) for s in table["sigma"]]
+    for attack in ("pgd", "fgsm"):
+        for norm in (table.get("norm", ["linf", "l2"]) if attack == "pgd" else ["linf"]):
+            if attack in old:
+                grid = table.get(f"eps_{norm}", default_eps(cell.data.dataset, norm))
+                rows += [(attack, norm, e, table.get("n_examples", 1000)) for e in grid]
+    if "autoattack" in old:
+        rows += [("autoattack", "linf", e, table.get("n_examples", 1000)) for e in table["autoattack_eps_linf"]]
+    frame = pd.DataFrame(rows, columns=["attack", "norm", "strength", "n_examples"]).assign(example_seed=0)
+    frame.to_csv(run / "attacks.csv", index=False)
+    assert attack_done(run, table)
+    for attack in old:  # without one attack's rows the cell is attacked again
+        frame[frame["attack"] != attack].to_csv(run / "attacks.csv", index=False)
+        assert not attack_done(run, table), attack

@@ -6,19 +6,28 @@ lie in [0, 1]), and the loss the gradient attacks ascend ('ce64', 'ce32'; see
 :mod:`jrbench.evaluate.attacks`). The data set's defaults (eps grids, noise grid, the radius at which
 a working attack leaves about chance) come from its :class:`jrbench.data.datasets.Defaults`.
 Nothing here imports torch: :mod:`jrbench.evaluate.attacks` runs a config.
+
+Which attacks run is one rule, :func:`select_attacks`, shared by ``jrbench attack`` and a study's
+``[attack]`` table: naming selects. Attacks named true (``--pgd``, ``pgd = true``; an AutoAttack
+grid names AutoAttack) run, and only they; when none is named true, noise, PGD and FGSM run, less
+those named false (``--no-noise``, ``noise = false``). :func:`build_attack_config` is the one
+builder of both: it applies the rule and validates the config once.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..errors import UserError
 from ..registry import unknown_name
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce64", "ce32")
+ATTACKS = ("noise", "pgd", "fgsm", "autoattack")
+DEFAULT_ATTACKS = ("noise", "pgd", "fgsm")  # what runs when no attack is named true (AutoAttack is slow)
 
 
 def default_eps(dataset_name: str, norm: str) -> list[float]:
@@ -56,16 +65,18 @@ def huge_eps_linf(dataset_name: str | None) -> float:
 
 @dataclass
 class AttackConfig:
-    """What to run. Radii and sigmas are pixel units. An eps grid of None means "the data
-    set's default" and must be filled (:meth:`for_dataset`, :func:`default_eps`) before
-    :func:`jrbench.evaluate.attacks.run_attacks`. FGSM is L-infinity and uses ``eps_linf`` whatever
-    ``norms`` says. AutoAttack (off by default: it is slow) runs on the norms that have an
-    AutoAttack grid (``autoattack_eps_linf``, ``autoattack_eps_l2``) or, when neither is
-    given, on ``norms`` with PGD's grids; ``aa_targets`` None means the standard 9 target
-    classes (data sets of at least 10 classes). ``noise_examples`` is read where examples are
-    chosen from a data set (:func:`jrbench.evaluate.api.attack_run`, ``attack_model``): white noise
-    on that many test examples, None the whole test set; the gradient attacks take
-    ``n_examples`` there."""
+    """What to run. Radii and sigmas are pixel units. An eps grid or ``sigmas`` of None means
+    "the data set's default" and must be filled (:meth:`for_dataset`, :meth:`filled`) before
+    :func:`jrbench.evaluate.attacks.run_attacks`; ``sigmas`` left out is the noise grid every
+    registered data set shares (:func:`default_sigmas`). The CLI and specs build configs with
+    :func:`build_attack_config` (which attacks run: :func:`select_attacks`). FGSM is
+    L-infinity and uses ``eps_linf`` whatever ``norms`` says. AutoAttack (off by default: it is
+    slow) runs on the norms that have an AutoAttack grid (``autoattack_eps_linf``,
+    ``autoattack_eps_l2``) or, when neither is given, on ``norms`` with PGD's grids;
+    ``aa_targets`` None means the standard 9 target classes (data sets of at least 10 classes).
+    ``noise_examples`` is read where examples are chosen from a data set
+    (:func:`jrbench.evaluate.api.attack_run`, ``attack_model``): white noise on that many test
+    examples, None the whole test set; the gradient attacks take ``n_examples`` there."""
 
     noise: bool = True
     pgd: bool = True
@@ -74,7 +85,7 @@ class AttackConfig:
     aa_targets: int | None = None   # AutoAttack's APGD-T / FAB-T target classes; None: 9
     autoattack_eps_linf: list[float] | None = None  # AutoAttack's own grids (pixel units)
     autoattack_eps_l2: list[float] | None = None
-    sigmas: list[float] = field(default_factory=default_sigmas)
+    sigmas: list[float] | None = field(default_factory=default_sigmas)  # None: the data set's
     draws: int = 5                  # noise draws per image
     # White noise's test examples (attack_run / attack_model): None = the whole test set (noise
     # costs only forward passes, so its accuracy is precise where that is cheap); N = the first N
@@ -93,10 +104,26 @@ class AttackConfig:
 
     @classmethod
     def for_dataset(cls, dataset_name: str, **overrides) -> "AttackConfig":
-        """A config whose eps and noise grids are the data set's defaults (:func:`default_eps`)."""
+        """A config whose eps and noise grids are the data set's defaults (:func:`default_eps`,
+        :func:`default_sigmas`) except where ``overrides`` gives one (a grid given as None is
+        the default too)."""
         grids = {f"eps_{n}": default_eps(dataset_name, n) for n in NORMS}
         grids["sigmas"] = default_sigmas(dataset_name)
-        return cls(**{**grids, **overrides})
+        given = {k: v for k, v in overrides.items() if not (k in grids and v is None)}
+        return cls(**{**grids, **given})
+
+    def unfilled(self) -> list[str]:
+        """The grids the selected attacks use that are left None: ``sigmas`` (noise) and the
+        ``eps_*`` of :meth:`eps_norms`."""
+        names = ["sigmas"] if self.noise and self.sigmas is None else []
+        return names + [f"eps_{n}" for n in self.eps_norms() if getattr(self, f"eps_{n}") is None]
+
+    def filled(self, dataset_name: str) -> "AttackConfig":
+        """A copy whose :meth:`unfilled` grids are the data set's defaults (:func:`default_sigmas`,
+        :func:`default_eps`); itself when none is left None."""
+        grids: dict[str, Any] = {name: default_sigmas(dataset_name) if name == "sigmas"
+                                 else default_eps(dataset_name, name[len("eps_"):]) for name in self.unfilled()}
+        return dataclasses.replace(self, **grids) if grids else self
 
     def eps_norms(self) -> list[str]:
         """The norms whose eps grid the selected attacks use."""
@@ -114,7 +141,8 @@ class AttackConfig:
         return own or {n: getattr(self, f"eps_{n}") for n in NORMS if n in self.norms}
 
     def validate(self) -> None:
-        """Raise :class:`UserError` for anything out of range or unknown (None grids pass)."""
+        """Raise :class:`UserError` for anything out of range or unknown (None grids pass).
+        :func:`build_attack_config` calls it where a config is built."""
         if not (self.noise or self.pgd or self.fgsm or self.autoattack):
             raise UserError("no attack selected: enable at least one of noise, pgd, fgsm, "
                             "autoattack.")
@@ -127,7 +155,8 @@ class AttackConfig:
                 raise unknown_name("norm", norm, list(NORMS))
         if self.loss not in LOSSES:
             raise unknown_name("loss", self.loss, list(LOSSES))
-        _check_grid("sigma", self.sigmas, upper=None)
+        if self.sigmas is not None:
+            _check_grid("sigma", self.sigmas, upper=None)
         for norm in self.eps_norms():
             if getattr(self, f"eps_{norm}") is not None:
                 _check_grid(f"eps_{norm}", getattr(self, f"eps_{norm}"),
@@ -145,6 +174,46 @@ class AttackConfig:
             _check_int("noise_examples", self.noise_examples, low=1)
         if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
             raise UserError(f"alpha (--alpha, the PGD step, pixel units) must be > 0, got {self.alpha}.")
+
+
+def select_attacks(noise: bool | None = None, pgd: bool | None = None, fgsm: bool | None = None,
+                   autoattack: bool | None = None, aa_grids_given: bool = False) -> dict[str, bool]:
+    """Which attacks run, the one rule of ``jrbench attack`` and of a study's ``[attack]`` table:
+    naming selects. Each attack is True (named: ``--pgd``, ``pgd = true``), False (``--no-pgd``,
+    ``pgd = false``) or None (not said); an AutoAttack grid (``aa_grids_given``) names AutoAttack.
+    If any attack is named True, exactly those run; else noise, PGD and FGSM run
+    (:data:`DEFAULT_ATTACKS`) less those named False. Returns {attack: on} over :data:`ATTACKS`.
+
+    >>> select_attacks(autoattack=True)["noise"], select_attacks(noise=False)["pgd"]
+    (False, True)
+    """
+    said = {"noise": noise, "pgd": pgd, "fgsm": fgsm, "autoattack": autoattack}
+    for name, value in said.items():
+        if value is not None and not isinstance(value, bool):
+            raise UserError(f"{_named(name)} must be true or false, got {value!r}.")
+    if aa_grids_given:
+        if autoattack is False:
+            raise UserError("autoattack (--autoattack) is off but an AutoAttack grid (autoattack_eps_linf or "
+                            "autoattack_eps_l2) is given: drop one of them.")
+        said["autoattack"] = True
+    if any(value is True for value in said.values()):
+        return {name: value is True for name, value in said.items()}
+    return {name: name in DEFAULT_ATTACKS and value is not False for name, value in said.items()}
+
+
+def build_attack_config(*, noise: bool | None = None, pgd: bool | None = None, fgsm: bool | None = None,
+                        autoattack: bool | None = None, sigmas: Sequence[float] | None = None,
+                        **settings: Any) -> AttackConfig:
+    """The validated :class:`AttackConfig` of ``jrbench attack``'s options or a study's ``[attack]``
+    table (their one builder): the attacks by :func:`select_attacks` (tri-state: None is "not
+    said"), ``sigmas`` None the data set's default noise grid (:meth:`AttackConfig.filled`), the
+    other ``settings`` AttackConfig's fields. Validated here, once; raises :class:`UserError`
+    (and TypeError for an unknown field)."""
+    aa_grids = any(settings.get(f"autoattack_eps_{n}") is not None for n in NORMS)
+    selected = select_attacks(noise, pgd, fgsm, autoattack, aa_grids_given=aa_grids)
+    config = AttackConfig(**selected, sigmas=sigmas, **settings)
+    config.validate()
+    return config
 
 
 def _named(name: str) -> str:

@@ -13,6 +13,7 @@ A spec (see ``benchmarks/*.toml``); every key is the flag of the command it feed
     seed = [0, 1]
     [attack]                              # jrbench attack options (omit the table: no attacks)
     n_examples = 500; steps = 20; sigma = [0.0, 0.2, 0.4]
+    fgsm = false                          # as the flags: none true -> noise, PGD, FGSM less the false
     [margins]                             # jrbench margins options (omit the table: no margins)
     n_examples = 300; directions = 10     # example_seed: default [attack]'s, so both see the same examples
     [certify]                             # jrbench certify options (omit the table: no certificates)
@@ -397,9 +398,12 @@ def _is_strength(value: Any) -> bool:
 def attack_config(options: dict[str, Any]):
     """The validated :class:`~jrbench.evaluate.attack_config.AttackConfig` of an ``[attack]`` table (flag
     names: ``sigma`` and ``norm`` fill ``sigmas`` and ``norms``; a single value of a repeatable
-    flag is a list of one; an AutoAttack grid turns AutoAttack on, as ``--autoattack-eps-*`` does).
-    Noise, PGD and FGSM are on unless set to false (AttackConfig's defaults)."""
-    from ..evaluate.attack_config import AttackConfig
+    flag is a list of one), built as ``jrbench attack`` builds its own
+    (:func:`~jrbench.evaluate.attack_config.build_attack_config`). The attacks are chosen by the
+    command's rule (:func:`~jrbench.evaluate.attack_config.select_attacks`): those set to true run,
+    an AutoAttack grid naming AutoAttack; with none set to true, noise, PGD and FGSM less those set
+    to false. Without ``sigma`` the noise grid is each cell's data set's (filled per cell)."""
+    from ..evaluate.attack_config import build_attack_config
 
     kwargs: dict[str, Any] = {}
     for key, value in options.items():
@@ -410,8 +414,4 @@ def attack_config(options: dict[str, Any]):
         kwargs[{"sigma": "sigmas", "norm": "norms"}.get(key, key)] = value
     if "norms" in kwargs:
         kwargs["norms"] = tuple(kwargs["norms"])
-    if "autoattack" not in kwargs and ("autoattack_eps_linf" in kwargs or "autoattack_eps_l2" in kwargs):
-        kwargs["autoattack"] = True
-    config = AttackConfig(**kwargs)
-    config.validate()
-    return config
+    return build_attack_config(**kwargs)

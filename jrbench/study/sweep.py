@@ -25,13 +25,13 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     """Whether a cell's attack step is finished: attacks.csv and the per-example record
     attack_examples.csv exist (attacks.csv is written last) and, given the study's ``[attack]``
     table, attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
-    (noise, pgd, fgsm, autoattack) and of every strength of its noise and PGD/FGSM grids (the
-    data set's defaults where the table gives none). So a study that adds AutoAttack or a
+    (noise, pgd, fgsm, autoattack; chosen by :func:`jrbench.evaluate.attack_config.select_attacks`)
+    and of every strength of its noise and PGD/FGSM grids (the run's data set's defaults where the
+    table gives none). So a study that adds AutoAttack or a
     strength attacks its finished cells again (``jrbench attack`` adds the missing rows), and so
     does one whose ``n_examples`` (the gradient attacks') or ``noise_examples`` (white noise's)
     differs from the rows' where the table gives it."""
     from ..training import rundir
-    from ..evaluate.attack_config import default_eps
 
     run_dir = Path(run_dir)
     if not ((run_dir / "attacks.csv").is_file() and (run_dir / "attack_examples.csv").is_file()):
@@ -39,6 +39,11 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     if options is None:
         return True
     config = attack_config(options)
+    if config.unfilled():
+        try:  # the run's data set's default grids
+            config = config.filled(rundir.load_config(run_dir).data.dataset)
+        except UserError:
+            return False
     try:
         rows = rundir.read_csv(run_dir / "attacks.csv")
         if "example_seed" in rows:
@@ -56,14 +61,8 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
         wanted |= {("noise", "gaussian", round(float(s), 9)) for s in config.sigmas}
     for attack in ("pgd", "fgsm"):
         if getattr(config, attack):
-            for norm in [n for n in config.norms if attack == "pgd" or n == "linf"]:  # FGSM: L-inf only
-                grid = getattr(config, f"eps_{norm}")
-                if grid is None:  # the run's data set's default grid
-                    try:
-                        grid = default_eps(rundir.load_config(run_dir).data.dataset, norm)
-                    except UserError:
-                        return False
-                wanted |= {(attack, norm, round(float(e), 9)) for e in grid}
+            for norm in config.norms if attack == "pgd" else ("linf",):  # FGSM: L-inf whatever norm says
+                wanted |= {(attack, norm, round(float(e), 9)) for e in getattr(config, f"eps_{norm}")}
     return all(w[0] in {d[0] for d in done} if len(w) == 1 else w in done for w in wanted)
 
 
@@ -209,7 +208,8 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
     run_dir = Path(run_dir)
     config = RunConfig.from_dict(config.to_dict())  # the spec's cell stays as it was
     config.train.device = device
-    attack = attack_config(spec.attack) if spec.attack is not None else None
+    # the [attack] table's config, its grids left None the cell's data set's defaults
+    attack = attack_config(spec.attack).filled(config.data.dataset) if spec.attack is not None else None
     train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))
     report = on_step or (lambda step: None)
     status = status_at(run_dir, config)

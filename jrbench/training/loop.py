@@ -262,7 +262,9 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     """Train ``config``; write ``run_dir`` when given (resuming it with ``resume``).
 
     Raises :class:`UserError` for bad input and :class:`NonFiniteLoss` when the loss diverges
-    (the run directory then keeps its last finished epoch).
+    (the run directory then keeps its last finished epoch). ``config`` is checked here
+    (:func:`jrbench.training.validation.validate`), before anything is loaded or written: the
+    one check of a config that is trained, the CLI's included.
     """
     validate(config)
     device = resolve_device(config.train.device)

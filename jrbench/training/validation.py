@@ -14,7 +14,12 @@ from ..penalty.regularizers import REGULARIZERS
 
 def validate(cfg: RunConfig) -> RunConfig:
     """``cfg`` itself if every name is registered and every field is in range; else raise
-    :class:`jrbench.errors.UserError` naming the first bad one (with the valid choices)."""
+    :class:`jrbench.errors.UserError` naming the first bad one (with the valid choices).
+
+    Where a config is checked: :func:`jrbench.training.loop.train`, before anything is loaded
+    or written, is the one check of a config that is trained (``jrbench train`` builds its
+    config and leaves the check to it); a study's spec reader checks every cell when the spec
+    is read, so a bad cell is named with its line before any cell runs."""
     DATASETS.get(cfg.data.dataset)
     MODELS.get(cfg.model.name)
     for name in cfg.reg.names:
