@@ -269,7 +269,8 @@ def test_committed_specs_finished_cells_stay_done(path, tmp_path):
                 grid = table.get(f"eps_{norm}", default_eps(cell.data.dataset, norm))
                 rows += [(attack, norm, e, table.get("n_examples", 1000)) for e in grid]
     if "autoattack" in old:
-        rows += [("autoattack", "linf", e, table.get("n_examples", 1000)) for e in table["autoattack_eps_linf"]]
+        rows += [("autoattack", norm, e, table.get("n_examples", 1000))
+                 for norm in ("linf", "l2") for e in table.get(f"autoattack_eps_{norm}", [])]
     frame = pd.DataFrame(rows, columns=["attack", "norm", "strength", "n_examples"]).assign(example_seed=0)
     frame.to_csv(run / "attacks.csv", index=False)
     assert attack_done(run, table)
