@@ -534,7 +534,7 @@ def attack_command(
     restarts: Annotated[int, typer.Option(help="PGD restarts; broken if any restart breaks it.")] = 1,
     loss: Annotated[Loss, typer.Option(help="ce64: cross-entropy from float64 logits; ce32: torchattacks as is.")] = Loss.ce64,
     seed: Annotated[int, typer.Option(help="Seed of noise draws and random starts.")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Examples per batch: memory only; no noise, PGD or FGSM result changes with it (AutoAttack's can: README).")] = 500,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
     dataset: OutsideDatasetOpt = None,
@@ -898,7 +898,6 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
     from rich.table import Table
 
     from .config import JR_BACKENDS
-    from .errors import UserError
     from .cost.gate import load_gate_spec, run_gate
     from .registry import unknown_name
     from .training.rundir import atomic_write_csv

@@ -345,7 +345,8 @@ def test_run_attacks_rows_are_tidy(trained):
     assert fgsm.alpha.tolist() == [0.0, 0.1] and (fgsm.steps == 1).all()
     assert (df.accuracy == df.n_correct / df.n_trials).all()
     assert ((df.ci_low <= df.accuracy) & (df.accuracy <= df.ci_high)).all()
-    assert df.grad_vanish_frac.notna().sum() == 4 and (df.seconds >= 0).all()
+    attacked = (df.attack != "noise") & (df.strength > 0)  # gradient statistics: attacked rows
+    assert (df.grad_vanish_frac.notna() == attacked).all() and (df.seconds >= 0).all()
     assert df.dtypes["strength"] == float and df.dtypes["n_examples"] == int
 
 

@@ -13,7 +13,6 @@ interrupted run leaves the previous table as it was.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -187,15 +186,12 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     attacks' whenever it is at least as large); rows get ``prov``; tables upserted into ``out``
     (None: kept in memory, the warnings then read this call's rows only)."""
     from .attack_checks import sanity_warnings
-    from .attack_config import default_eps
     from .attacks import run_attacks
 
     dataset = data.info.name
-    # the data set's default grids, only where a used grid is left None (a data set without
-    # defaults can still be attacked with explicit radii)
-    filled = dataclasses.replace(config, **{
-        f"eps_{norm}": default_eps(dataset, norm) for norm in config.eps_norms()
-        if getattr(config, f"eps_{norm}") is None})
+    # the data set's default grids (noise sigmas, eps), only where a used grid is left None (a
+    # data set without defaults can still be attacked with explicit radii)
+    filled = config.filled(dataset)
     n_examples, n_noise = example_counts(data, config, n_examples)
     images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, device), labels.to(device)

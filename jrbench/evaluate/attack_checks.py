@@ -118,6 +118,8 @@ def _huge_eps(df: pd.DataFrame, eps_huge: float, max_accuracy: float) -> list[st
 
 
 def _vanishing(df: pd.DataFrame, limit: float) -> list[str]:
+    """Per loss, the largest share over the PGD and FGSM rows (each row's statistic is over the
+    examples it attacked; NaN rows, at eps 0, are skipped)."""
     out = []
     attacked = df[df.attack.isin(["pgd", "fgsm"])]
     for loss, g in attacked.groupby("loss", sort=False):
@@ -126,13 +128,13 @@ def _vanishing(df: pd.DataFrame, limit: float) -> list[str]:
         if zero > limit:
             out.append(
                 f"the {loss} loss gradient is exactly zero at the clean point for {_pct(zero)} of "
-                "the examples: gradient attacks cannot move them, so accuracy under attack "
-                "overstates robustness (gradient masking or saturated softmax).")
+                "the attacked examples: gradient attacks cannot move them, so accuracy under "
+                "attack overstates robustness (gradient masking or saturated softmax).")
         elif loss == "ce32" and vanish > limit:
             out.append(
                 f"the float32 cross-entropy gradient is below {GRAD_VANISH_THRESHOLD:g} for "
-                f"{_pct(vanish)} of the examples (softmax rounds to 1): PGD-L2 barely moves "
-                "them; rerun with loss 'ce64'.")
+                f"{_pct(vanish)} of the attacked examples (softmax rounds to 1): PGD-L2 barely "
+                "moves them; rerun with loss 'ce64'.")
     return out
 
 
@@ -210,7 +212,8 @@ def sanity_warnings(df: pd.DataFrame, *, input_dim: int | None = None,
       interval when noise ran on other examples (another ``n_examples``);
     - PGD-linf leaves more than ``huge_eps_max_accuracy`` at eps >=
       :func:`jrbench.evaluate.attack_config.huge_eps_linf`;
-    - more than ``vanish_limit`` of the examples have an exactly zero loss gradient, or
+    - more than ``vanish_limit`` of the examples a PGD or FGSM row attacked (its
+      ``grad_zero_frac`` / ``grad_vanish_frac``) have an exactly zero loss gradient, or
       (loss 'ce32') one below 1e-10. With 'ce64' the PGD steps are scale-free, so small but
       non-zero gradients do not stall them and are not reported (``grad_vanish_frac`` of
       a plain MNIST LeNet is about 0.2 without any masking);

@@ -14,10 +14,10 @@ Attacks:
 - ``pgd``: projected gradient ascent on the cross-entropy (Madry et al. 2018,
   arXiv:1706.06083), ``torchattacks.PGD`` (L-infinity ball) or ``torchattacks.PGDL2`` (L2
   ball), ``steps`` steps of size ``alpha`` (default 2.5 * eps / steps, the Madry et al.
-  rule), uniform random start, ``restarts`` restarts: an example counts as broken if any
-  restart breaks it. Robust accuracy counts an example as correct only if it is correct
-  clean and after every restart (the AutoAttack/RobustBench convention), so only clean
-  correct, not yet broken examples are attacked.
+  rule), uniform random start drawn per example, ``restarts`` restarts: an example counts
+  as broken if any restart breaks it. Robust accuracy counts an example as correct only if it
+  is correct clean and after every restart (the AutoAttack/RobustBench convention), so only
+  clean correct, not yet broken examples are attacked.
 - ``fgsm``: one signed-gradient step of size eps (Goodfellow et al. 2015, arXiv:1412.6572),
   ``torchattacks.FGSM``, L-infinity.
 - ``autoattack``: standard AutoAttack (Croce and Hein 2020, arXiv:2003.01690) on PGD's norms
@@ -39,27 +39,40 @@ times the logit gradient, over the batch size; with float32 logits softmax(true)
 rounds to 1.0 once g > 17, and the gradient loses its true-class term. PGD-L2 divides the
 gradient by (||grad|| + 1e-10), so such examples barely move. ``loss="ce64"`` (default)
 attacks a wrapper that returns the logits as float64 (inputs stay float32 pixels;
-:func:`jrbench.evaluate.attack_common.loss_model`), so the cross-entropy and its gradient are
-computed in float64 (exact up to g of about 37), and gives PGDL2 a division guard of 1e-30
-instead of 1e-10, so its step direction no longer depends on the gradient's scale.
-``loss="ce32"`` runs torchattacks as is. Measured on a LeNet trained on 8,000 real MNIST
+:func:`jrbench.evaluate.attack_common.mean_loss_model`), so the cross-entropy and its gradient
+are computed in float64 (exact up to g of about 37), multiplies the logit gradient by the
+batch size before it returns to float32 (each example ascends its own loss, not 1/B of it),
+and gives PGDL2 a division guard of 1e-30 instead of 1e-10, so its step direction no longer
+depends on the gradient's scale. ``loss="ce32"`` runs torchattacks as is. Measured (with
+per-batch random starts and the batch mean's 1/B) on a LeNet trained on 8,000 real MNIST
 digits, 500 other digits, PGD-L2 eps 3, 40 steps, batch 100: accuracy 34.4% (ce32), 21.4%
 (float32, guard 1e-30), 15.8% (float64, guard 1e-10), 1.4% (ce64); PGD-Linf eps 0.1, batch
 500: 43.2% (ce32), 36.2% (ce64). Per-pixel gradients below about 1e-22 still underflow in
 float32 when PGDL2 squares them for the norm; its step then jumps to the sphere along the
 gradient (the projection keeps it in the ball).
 
-Randomness: the random starts use the global RNG (torchattacks draws with
-``torch.empty_like(x).uniform_()``); each batch is attacked with the global RNG seeded
-from (seed, attack, norm, restart, batch) inside ``torch.random.fork_rng``, so results are
-deterministic by seed and batch size and the caller's RNG state is left untouched. The
-seed does not depend on eps, so every eps sees the same random directions (common random
-numbers). Noise uses an explicit CPU ``torch.Generator`` per example (:func:`noise_draws`),
-moved to the model's device, so CPU and CUDA add the same noise.
+Randomness and the batch size: PGD's random start of example i in restart r comes from a CPU
+``torch.Generator`` seeded by (seed, norm, r, ``example_index[i]``) alone
+(:func:`pgd_start_seed`), then moved to the model's device and dtype: torchattacks draws it
+as usual and :class:`jrbench.evaluate.attack_common.PerExampleDraws` serves each row from its
+example's generator. With 'ce64' each example also ascends its own gradient. So an example's
+result depends neither on ``batch_size`` nor on the examples sharing its batch nor on the
+device's RNG, up to floating-point rounding: a batched kernel may round a logit differently
+in the last bit for another batch size, which can move an L2 step by one ulp (L-infinity
+steps take signs; on the CPUs tested they came out bit-identical). With 'ce32' each gradient
+is 1/B of the example's (torchattacks as is), so where float32 gradients underflow the batch
+size can still change results. FGSM draws nothing. The seeds do not depend on eps, so every
+eps sees the same random directions (common random numbers). The global RNG is seeded per
+batch inside ``torch.random.fork_rng`` only for a model that draws randomness itself; the
+caller's RNG state is left untouched. AutoAttack's random parts are seeded per batch, so
+``batch_size`` can change its results (:mod:`jrbench.evaluate.autoattack`). Noise uses an
+explicit CPU ``torch.Generator`` per example (:func:`noise_draws`), moved to the model's
+device, so CPU and CUDA add the same noise.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import time
@@ -72,7 +85,7 @@ import torch
 from torch import nn
 
 from . import autoattack as AA
-from .attack_common import (check_in_ball, check_inputs, correct_mask, derive_seed, index_batches, loss_model, model_device, model_dtype, seeded_global_rng)
+from .attack_common import (PerExampleDraws, check_in_ball, check_inputs, correct_mask, derive_seed, index_batches, loss_model, mean_loss_model, model_device, model_dtype, seeded_global_rng)
 from ..device import sync_device
 from .attack_config import NORMS, AttackConfig  # AttackConfig: public here too (README)
 from ..errors import UserError
@@ -81,13 +94,18 @@ from ..registry import unknown_name
 from ..stats import noise_interval, wilson_interval
 
 GRAD_VANISH_THRESHOLD = 1e-10  # per-example ||d CE / d x||_2 below this counts as vanished
+NO_GRAD_STATS = {"grad_vanish_frac": math.nan, "grad_zero_frac": math.nan}
+CE_AUTOATTACK_ROWS = ("aa-apgd-ce", "autoattack")  # AutoAttack rows that start with APGD-CE
 # One row per (attack, norm, strength). attack: 'noise' | 'pgd' | 'fgsm'; norm: 'gaussian' |
 # 'linf' | 'l2'; strength: sigma or eps (pixel units); accuracy = n_correct / n_trials with
 # a 95% interval [ci_low, ci_high]; n_examples: the examples of the row (noise rows: its own
 # set, by default the whole test set); n_trials = n_examples (attacks) or n_examples * draws
 # (noise); steps, alpha (pixel units), restarts: PGD/FGSM settings (NaN for noise); draws:
 # noise only; loss: 'ce64' | 'ce32' ('none' for noise); seconds: wall time of the row;
-# grad_vanish_frac / grad_zero_frac: see gradient_stats (NaN for noise); seed; targets:
+# grad_vanish_frac / grad_zero_frac: gradient_stats of the examples the row's attack attacks
+# (the clean-correct ones) under the row's loss, for rows whose attack ascends that
+# cross-entropy from the clean point (pgd, fgsm, aa-apgd-ce, autoattack; eps > 0), else NaN
+# (noise, eps 0, aa-apgd-t's targeted DLR loss, aa-fab-t, aa-square); seed; targets:
 # target classes of AutoAttack's APGD-T and FAB-T (NaN for other rows). AutoAttack rows: attack
 # 'aa-apgd-ce' | 'aa-apgd-t' | 'aa-fab-t' | 'aa-square' | 'autoattack', steps = iterations
 # (Square: queries), loss = the loss of APGD-CE.
@@ -126,13 +144,24 @@ def input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce64",
                    batch_size: int = 500) -> dict[str, float]:
-    """Shares of examples whose clean-point loss gradient is < 1e-10 (``grad_vanish_frac``)
-    or exactly zero / not finite (``grad_zero_frac``); see :func:`input_gradient_norms`."""
+    """Shares of the examples (x, y) whose clean-point loss gradient is < 1e-10
+    (``grad_vanish_frac``) or exactly zero / not finite (``grad_zero_frac``); see
+    :func:`input_gradient_norms`. NaN for no examples. The table's rows give the statistic of
+    the examples their attack attacks (:func:`attacked_gradient_stats`)."""
     with eval_mode(model):
         norms = input_gradient_norms(model, x, y, loss, batch_size)
     zero = (norms == 0) | ~torch.isfinite(norms)
     return {"grad_vanish_frac": float(((norms < GRAD_VANISH_THRESHOLD) | zero).double().mean()),
             "grad_zero_frac": float(zero.double().mean())}
+
+
+def attacked_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                            clean_correct: torch.Tensor, loss: str = "ce64",
+                            batch_size: int = 500) -> dict[str, float]:
+    """:func:`gradient_stats` of the examples a gradient attack attacks: the clean-correct ones
+    (``clean_correct`` bool (N,)); the statistic of a pgd, fgsm, aa-apgd-ce or autoattack row."""
+    idx = clean_correct.nonzero().flatten().to(x.device)
+    return gradient_stats(model, x[idx], y[idx], loss, batch_size)
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -143,29 +172,61 @@ def pgd_alpha(eps: float, steps: int, alpha: float | None = None) -> float:
     return float(alpha) if alpha is not None else 2.5 * eps / steps
 
 
+class _PerExampleStart:
+    """Mixin for torchattacks' PGD and PGDL2: ``atk(x, y, start_seeds=seeds)`` draws example
+    i's random start from its own generator seeded with ``seeds[i]``
+    (:class:`jrbench.evaluate.attack_common.PerExampleDraws`); the attack itself is
+    torchattacks' own. Without ``start_seeds`` (or with ``random_start=False``) the class is
+    torchattacks' as is (start from the global RNG)."""
+
+    start_draws = 0  # the global-RNG draws torchattacks makes for the start
+
+    def forward(self, images, labels, start_seeds=None):
+        if start_seeds is None or not self.random_start:
+            return super().forward(images, labels)
+        if len(start_seeds) != len(images):
+            raise ValueError(f"{len(start_seeds)} start seeds for {len(images)} images")
+        with PerExampleDraws(start_seeds, self.start_draws):
+            return super().forward(images, labels)
+
+
+@functools.cache
+def per_example_pgd(norm: str) -> type:
+    """``torchattacks.PGD`` ('linf': the start is one uniform draw in the eps cube) or
+    ``torchattacks.PGDL2`` ('l2': a normal direction, then a uniform radius) with
+    :class:`_PerExampleStart`."""
+    import torchattacks
+
+    base, draws = (torchattacks.PGD, 1) if norm == "linf" else (torchattacks.PGDL2, 2)
+    return type(f"PerExample{base.__name__}", (_PerExampleStart, base), {"start_draws": draws})
+
+
 def make_attack(model: nn.Module, attack: str, norm: str, eps: float, *, steps: int = 40,
                 alpha: float | None = None, random_start: bool = True, loss: str = "ce64",
                 device: torch.device | None = None):
     """The torchattacks object for ``attack`` ('pgd' or 'fgsm') at radius eps (pixels).
 
-    Attacks ``loss_model(model, loss)``; for 'ce64' PGDL2's division guard is 1e-30."""
+    Attacks ``mean_loss_model(model, loss)`` (for 'ce64', float64 logits and each example's own
+    gradient whatever the batch size); for 'ce64' PGDL2's division guard is 1e-30. PGD is
+    :func:`per_example_pgd`'s class: ``atk(x, y, start_seeds=seeds)`` draws per-example random
+    starts (:func:`attack_correct` passes them), ``atk(x, y)`` torchattacks' global-RNG start."""
     import torchattacks
 
     if attack not in ("pgd", "fgsm"):
         raise unknown_name("attack", attack, ["pgd", "fgsm"])
     if norm not in NORMS or (attack == "fgsm" and norm != "linf"):
         raise unknown_name(f"{attack} norm", norm, ["linf"] if attack == "fgsm" else list(NORMS))
-    wrapped = loss_model(model, loss)
+    wrapped = mean_loss_model(model, loss)
     with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints if it finds no device
         if attack == "fgsm":
             atk = torchattacks.FGSM(wrapped, eps=eps)
         elif norm == "linf":
-            atk = torchattacks.PGD(wrapped, eps=eps, alpha=pgd_alpha(eps, steps, alpha),
-                                   steps=steps, random_start=random_start)
+            atk = per_example_pgd(norm)(wrapped, eps=eps, alpha=pgd_alpha(eps, steps, alpha),
+                                        steps=steps, random_start=random_start)
         else:
-            atk = torchattacks.PGDL2(wrapped, eps=eps, alpha=pgd_alpha(eps, steps, alpha),
-                                     steps=steps, random_start=random_start,
-                                     eps_for_division=1e-30 if loss == "ce64" else 1e-10)
+            atk = per_example_pgd(norm)(wrapped, eps=eps, alpha=pgd_alpha(eps, steps, alpha),
+                                        steps=steps, random_start=random_start,
+                                        eps_for_division=1e-30 if loss == "ce64" else 1e-10)
     if device is not None:
         atk.set_device(device)
     return atk
@@ -175,17 +236,24 @@ def attack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack
                    norm: str = "linf", eps: float, steps: int = 40, alpha: float | None = None,
                    restarts: int = 1, random_start: bool = True, loss: str = "ce64",
                    seed: int = 0, batch_size: int = 500,
-                   clean_correct: torch.Tensor | None = None) -> torch.Tensor:
+                   clean_correct: torch.Tensor | None = None,
+                   example_index: torch.Tensor | None = None) -> torch.Tensor:
     """Bool (N,) on x's device: example i is correct clean and after every restart.
 
     ``attack`` 'pgd' (norm 'linf' or 'l2') or 'fgsm' (norm 'linf', one deterministic run);
     eps in pixel units; eps == 0 returns the clean result without calling torchattacks.
-    Every adversarial batch is checked with :func:`check_in_ball`."""
+    PGD's random start of example i in restart r is drawn from a generator seeded with
+    :func:`pgd_start_seed` (seed, norm, r, example_index[i]) alone (``example_index`` (N,),
+    default 0..N-1), so no result depends on ``batch_size`` or on the other examples (up to
+    rounding: the module's "Randomness and the batch size"). Every adversarial batch is
+    checked with :func:`check_in_ball`."""
     with eval_mode(model):
         robust = (correct_mask(model, x, y, batch_size) if clean_correct is None
                   else clean_correct.clone())
         if eps == 0:
             return robust
+        index = (torch.arange(len(x)) if example_index is None
+                 else example_index.detach().cpu()).tolist()
         device, dtype = model_device(model, x.device), model_dtype(model)
         atk = make_attack(model, attack, norm, eps, steps=steps, alpha=alpha,
                           random_start=random_start, loss=loss, device=device)
@@ -193,14 +261,24 @@ def attack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack
             alive = robust.nonzero().flatten()
             for b, idx in enumerate(index_batches(alive, batch_size)):
                 xb, yb = x[idx].to(device, dtype), y[idx].to(device)
-                seed_b = derive_seed(seed, attack, norm, restart, b)
-                with seeded_global_rng(seed_b, device), torch.enable_grad():
-                    adv = atk(xb, yb)
+                starts = ({} if attack == "fgsm" else {"start_seeds": [
+                    pgd_start_seed(seed, norm, restart, index[i]) for i in idx.tolist()]})
+                # The global RNG only matters to a model that draws randomness itself.
+                with seeded_global_rng(derive_seed(seed, attack, norm, restart, "batch", b),
+                                       device), torch.enable_grad():
+                    adv = atk(xb, yb, **starts)
                 check_in_ball(xb, adv, eps, norm)
                 with torch.no_grad():
                     still = model(adv).argmax(1) == yb
                 robust[idx] = still.to(x.device)
         return robust
+
+
+def pgd_start_seed(seed: int, norm: str, restart: int, example: int) -> int:
+    """The seed of PGD's random start for one example (its index in the test split) in one
+    restart: derive_seed(seed, 'pgd', norm, restart, example). Independent of eps (common
+    random numbers across the grid), of the batch and of the device."""
+    return derive_seed(seed, "pgd", norm, restart, int(example))
 
 
 def _row(attack: str, norm: str, strength: float, n_examples: int, n_correct: float,
@@ -225,16 +303,21 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
     """One row per eps for PGD ('linf'/'l2') or FGSM ('linf'); see :func:`attack_correct`.
 
     accuracy = n_correct / n_examples with a 95% Wilson interval (examples independent).
+    ``grad_stats``: :func:`attacked_gradient_stats` of (x, y) under ``loss`` (computed if
+    None), written to the rows with eps > 0 (NaN at eps 0, where nothing is attacked).
     With ``record`` given, appends each eps's per-example frame (:func:`example_frame`) to it."""
     with eval_mode(model):
         clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
-        stats = grad_stats or gradient_stats(model, x, y, loss, batch_size)
+        stats = grad_stats
+        if stats is None and any(eps > 0 for eps in eps_list):
+            stats = attacked_gradient_stats(model, x, y, clean, loss, batch_size)
         device, rows = model_device(model, x.device), []
         for eps in eps_list:
             start = time.perf_counter()
             ok = attack_correct(model, x, y, attack=attack, norm=norm, eps=eps, steps=steps,
                                 alpha=alpha, restarts=restarts, random_start=random_start,
-                                loss=loss, seed=seed, batch_size=batch_size, clean_correct=clean)
+                                loss=loss, seed=seed, batch_size=batch_size, clean_correct=clean,
+                                example_index=example_index)
             sync_device(device)
             k, n = int(ok.sum()), len(x)
             if record is not None:
@@ -245,7 +328,8 @@ def attack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, attack: s
                              time.perf_counter() - start, seed, loss=loss,
                              steps=1 if fgsm else steps,
                              alpha=eps if fgsm else pgd_alpha(eps, steps, alpha),
-                             restarts=1 if fgsm else restarts, **stats))
+                             restarts=1 if fgsm else restarts,
+                             **(stats if eps > 0 else NO_GRAD_STATS)))
         return rows
 
 
@@ -347,11 +431,16 @@ def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm:
                     example_index: torch.Tensor | None = None) -> list[dict]:
     """Per eps, one row per AutoAttack component (``aa-<component>``: the accuracy after it,
     cumulative) and one ``autoattack`` row (after the last); see
-    :func:`jrbench.evaluate.autoattack.autoattack_correct`. Intervals as :func:`attack_rows`."""
+    :func:`jrbench.evaluate.autoattack.autoattack_correct`. Intervals as :func:`attack_rows`.
+    ``grad_stats`` (:func:`attacked_gradient_stats`, computed if None) goes to the rows of
+    :data:`CE_AUTOATTACK_ROWS` with eps > 0: APGD-CE ascends ``loss`` from the clean-correct
+    examples; APGD-T (targeted DLR), FAB-T and Square (no gradient) get NaN."""
     targets = AA.resolve_targets(num_classes, n_targets)
     with eval_mode(model):
         clean = correct_mask(model, x, y, batch_size) if clean_correct is None else clean_correct
-        stats = grad_stats or gradient_stats(model, x, y, loss, batch_size)
+        stats = grad_stats
+        if stats is None and any(eps > 0 for eps in eps_list):
+            stats = attacked_gradient_stats(model, x, y, clean, loss, batch_size)
         rows, n = [], len(x)
         settings = {"apgd-ce": (AA.APGD_STEPS, math.nan), "apgd-t": (AA.APGD_STEPS, targets),
                     "fab-t": (AA.FAB_STEPS, targets), "square": (AA.SQUARE_QUERIES, math.nan)}
@@ -365,9 +454,10 @@ def autoattack_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm:
                           targets))
             for attack, ok, seconds, steps, n_targets_row in named:
                 k = int(ok.sum())
+                row_stats = stats if eps > 0 and attack in CE_AUTOATTACK_ROWS else NO_GRAD_STATS
                 rows.append(_row(attack, norm, eps, n, k, n, wilson_interval(k, n), seconds, seed,
                                  loss=loss, steps=steps, restarts=AA.RESTARTS,
-                                 targets=n_targets_row, **stats))
+                                 targets=n_targets_row, **row_stats))
                 if record is not None:
                     record.append(example_frame(attack, norm, eps, loss, clean, ok, y, seed,
                                                 example_index))
@@ -458,7 +548,7 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Atta
                 step(f"noise sigma={sigma:g}")
         if config.pgd or config.fgsm or config.autoattack:
             clean = correct_mask(model, x, y, config.batch_size)
-            stats = gradient_stats(model, x, y, config.loss, config.batch_size)
+            stats = attacked_gradient_stats(model, x, y, clean, config.loss, config.batch_size)
             shared = dict(loss=config.loss, clean_correct=clean, grad_stats=stats, record=record,
                           example_index=example_index, **common)
             for attack, norm in runs:

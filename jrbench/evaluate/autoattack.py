@@ -39,11 +39,19 @@ the maximum of strided views (:func:`fast_forward_copy`), several times faster t
 ``max_pool2d`` on the CPU. Both give the same values; whether an example is broken is decided
 by the model itself.
 
-Randomness. Every component seeds the global RNG itself (``torch.manual_seed(seed)``); each
-batch of each component runs with seed derive_seed(seed, 'autoattack', component, norm,
-batch) inside ``torch.random.fork_rng``, so results are deterministic by seed and batch size
-and the caller's RNG state is left untouched. The seed does not depend on eps (common
-random numbers across the grid, as for PGD).
+Randomness: seeded per batch, so the batch size can change results. Every component seeds
+the global RNG itself (``torch.manual_seed(seed)``); each batch of each component runs with
+seed derive_seed(seed, 'autoattack', component, norm, batch) inside ``torch.random.fork_rng``,
+so results are deterministic by seed and batch size, and the caller's RNG state is left
+untouched. The draws are made on the CPU (``torch.rand(shape)``, then moved), so CPU
+and CUDA draw alike. The seed does not depend on eps (common random numbers across the grid,
+as for PGD). Unlike PGD's starts (:class:`jrbench.evaluate.attack_common.PerExampleDraws`),
+the draws are not per example, and cannot cheaply be: APGD-CE and APGD-T draw start points
+for the whole batch at once (APGD-T again for each target class, over whichever examples are
+still unbroken), and Square draws each query's square position (in L-infinity also its
+signs) once for all the examples of its batch. So an example's result depends on the batch
+it is attacked in, and ``batch_size`` can change AutoAttack's accuracy. FAB-T with its one
+restart draws nothing.
 
 Every adversarial batch is checked with :func:`jrbench.evaluate.attack_common.check_in_ball` (in its ball
 and in [0, 1]) and re-classified by the model itself before an example counts as broken.
@@ -266,8 +274,9 @@ def autoattack_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, no
                        clean_correct: torch.Tensor | None = None) -> AutoAttackOutcome:
     """Run standard AutoAttack at radius ``eps`` (pixel units, norm 'linf' or 'l2') on
     (x, y); ``n_targets`` None means :func:`resolve_targets`' default. Each component runs in
-    batches of up to ``batch_size`` over the examples still unbroken; eps == 0 returns the
-    clean result without attacking."""
+    batches of up to ``batch_size`` over the examples still unbroken, its randomness seeded per
+    batch (so ``batch_size`` can change the result; see "Randomness" above); eps == 0 returns
+    the clean result without attacking."""
     targets = resolve_targets(num_classes, n_targets)
     with eval_mode(model), frozen(model):
         clean = (correct_mask(model, x, y, batch_size) if clean_correct is None

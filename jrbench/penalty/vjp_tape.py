@@ -21,6 +21,8 @@ Shapes: ``z`` (B, ...) the normalized input, v (K, C), g (K, ...) like ``z[:K]``
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
