@@ -2,6 +2,7 @@
 of jrbench.stats): closed-form linear models, a small trained MLP, sanity checks."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -102,9 +103,11 @@ def test_default_eps_grids():
     (dict(noise=False, pgd=False, fgsm=False), "no attack"),
 ])
 def test_validate_raises_user_error(change, message):
-    cfg = A.AttackConfig.for_dataset("mnist", **change)
-    with pytest.raises(UserError, match=message):
-        cfg.validate()
+    with pytest.raises(UserError, match=message):  # where it is built
+        A.AttackConfig.for_dataset("mnist", **change)
+    cfg = A.AttackConfig.for_dataset("mnist")
+    with pytest.raises(UserError, match=message):  # and where it is rebuilt
+        dataclasses.replace(cfg, **change)
 
 
 def test_grids_accept_numpy_numbers_and_reject_empty_norms():

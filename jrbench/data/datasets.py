@@ -265,16 +265,26 @@ def _cifar10(data_dir: Path | None) -> tuple[Split, Split]:
     return splits[0], splits[1]
 
 
-def _synth_digits(data_dir: Path | None) -> tuple[Split, Split]:
-    """Generated once (seconds) and cached in the data folder; a bad cache is made again."""
+def synth_digits_cache_key() -> str:
+    """The synth-digits cache's key: the rendering's version and a hash of the generator's source.
+
+    ``v{RENDER_VERSION}-{sha1 of synth_digits.py, 12 hex}``: a cache written by another
+    rendering (a bumped version or any edit of the generator) is never reused.
+    """
     import hashlib
 
     from . import synth_digits
 
-    version = hashlib.sha1(Path(synth_digits.__file__).read_bytes()).hexdigest()[:12]
-    make_synth_digits = synth_digits.make_synth_digits
+    source = hashlib.sha1(Path(synth_digits.__file__).read_bytes()).hexdigest()[:12]
+    return f"v{synth_digits.RENDER_VERSION}-{source}"
+
+
+def _synth_digits(data_dir: Path | None) -> tuple[Split, Split]:
+    """Generated once (seconds) and cached in the data folder; a bad cache is made again."""
+    from .synth_digits import make_synth_digits
+
     cache = (Path(data_dir) if data_dir else default_data_dir()) / (
-        f"synth-digits-{version}-{SYNTH_TRAIN_SIZE}-{SYNTH_TEST_SIZE}.pt")
+        f"synth-digits-{synth_digits_cache_key()}-{SYNTH_TRAIN_SIZE}-{SYNTH_TEST_SIZE}.pt")
     try:
         saved = torch.load(cache, weights_only=True)
         return Split(*saved["train"]), Split(*saved["test"])

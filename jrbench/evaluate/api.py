@@ -107,7 +107,6 @@ def check_attack(run_dir: str | Path, config) -> RunConfig:
     from .autoattack import resolve_targets
     from ..data.datasets import DATASETS
 
-    config.validate()
     run_dir = rundir.check_run_dir(Path(run_dir))
     run_config = rundir.load_config(run_dir)
     if config.autoattack:
@@ -374,7 +373,6 @@ def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int | No
     from .autoattack import resolve_targets
     from ..data.datasets import DATASETS
 
-    config.validate()
     if config.autoattack:
         resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
     model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)

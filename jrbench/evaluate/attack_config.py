@@ -140,9 +140,12 @@ class AttackConfig:
                if getattr(self, f"autoattack_eps_{n}") is not None}
         return own or {n: getattr(self, f"eps_{n}") for n in NORMS if n in self.norms}
 
+    def __post_init__(self) -> None:
+        self.validate()  # checked where it is built (and every dataclasses.replace builds anew)
+
     def validate(self) -> None:
         """Raise :class:`UserError` for anything out of range or unknown (None grids pass).
-        :func:`build_attack_config` calls it where a config is built."""
+        Every construction calls it (``__post_init__``): a config that exists is valid."""
         if not (self.noise or self.pgd or self.fgsm or self.autoattack):
             raise UserError("no attack selected: enable at least one of noise, pgd, fgsm, "
                             "autoattack.")
@@ -207,13 +210,11 @@ def build_attack_config(*, noise: bool | None = None, pgd: bool | None = None, f
     """The validated :class:`AttackConfig` of ``jrbench attack``'s options or a study's ``[attack]``
     table (their one builder): the attacks by :func:`select_attacks` (tri-state: None is "not
     said"), ``sigmas`` None the data set's default noise grid (:meth:`AttackConfig.filled`), the
-    other ``settings`` AttackConfig's fields. Validated here, once; raises :class:`UserError`
+    other ``settings`` AttackConfig's fields. Validated as it is built; raises :class:`UserError`
     (and TypeError for an unknown field)."""
     aa_grids = any(settings.get(f"autoattack_eps_{n}") is not None for n in NORMS)
     selected = select_attacks(noise, pgd, fgsm, autoattack, aa_grids_given=aa_grids)
-    config = AttackConfig(**selected, sigmas=sigmas, **settings)
-    config.validate()
-    return config
+    return AttackConfig(**selected, sigmas=sigmas, **settings)
 
 
 def _named(name: str) -> str:

@@ -498,7 +498,6 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Atta
     n_examples = M and the record has a noise row for each of the M examples.
     ``on_progress(done, total, label)`` is called before the first and after each attack and
     strength (``total``: the number of (attack, norm, strength) runs)."""
-    config.validate()
     for norm in config.eps_norms():
         if getattr(config, f"eps_{norm}") is None:
             raise UserError(f"eps_{norm} is not set: give radii or use default_eps(dataset, "
