@@ -2,12 +2,12 @@
 
 A Jacobian-regularized lenet against the plain one trained with the same seed (the demo's
 two configurations). Measured on three kernel paths (ATEN_CPU_CAPABILITY default, avx2 and
-avx512, one thread; see the numbers beside each assertion), only two claims hold with a margin
-far wider than the spread between CPUs: a much smaller ||J_z||_F (ratio 0.09-0.13 against the
-0.3 asserted) and much higher accuracy under PGD (L-inf 0.1: +0.56 to +0.68 points of share; L2
-1.5: +0.45 to +0.65, against +0.25 asserted). Accuracy under noise sigma 0.4 (plain 0.74 to 0.93
-on those paths) and the margin ratios (1.3x to 1.6x) are a study's verdicts over seeds
-(`jrbench demo`, results/demo/report), not unit-test assertions.
+avx512, one thread, synth-digits render version 2), only two claims hold with a margin far wider
+than the spread between CPUs: a much smaller ||J_z||_F (ratio 0.07-0.08 against the 0.3
+asserted) and much higher accuracy under PGD (L-inf 0.1: +0.58 to +0.59 points of share; L2
+1.5: +0.47 to +0.52, against +0.25 asserted). Accuracy under noise sigma 0.4 (plain 0.74 to
+0.90 on those paths, Jacobian +0.01 to +0.23 over it) and the margin ratios are a study's
+verdicts over seeds (`jrbench demo`, results/demo/report), not unit-test assertions.
 """
 import pandas as pd
 import pytest
