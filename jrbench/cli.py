@@ -717,7 +717,6 @@ def certify_command(
     config = CertifyConfig(lipschitz=lipschitz, ibp=ibp, smoothing=smoothing, sigmas=sigma or [0.25], n0=n0, n=n,
                            alpha=alpha, eps_linf=eps_linf, eps_l2=eps_l2, seed=seed, batch_size=batch_size,
                            smoothing_batch_size=smoothing_batch_size)
-    config.validate()
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
     for run_dir, model in sources:  # every directory and model is checked before any table is written
         if model is None:

@@ -72,7 +72,11 @@ class CertifyConfig:
     batch_size: int = 500            # examples per batch (Lipschitz, IBP)
     smoothing_batch_size: int = 1000  # noisy images per forward (smoothing)
 
+    def __post_init__(self) -> None:
+        self.validate()  # checked where it is built (and every dataclasses.replace builds anew)
+
     def validate(self) -> None:
+        """Raise :class:`UserError` naming the bad setting; every construction calls it."""
         from .smoothing import check_smoothing_options
 
         if not (self.lipschitz or self.ibp or self.smoothing):
@@ -122,9 +126,9 @@ def unsupported(model: nn.Module, config: CertifyConfig) -> str | None:
 
 
 def check_certify(run_dir: str | Path, config: CertifyConfig):
-    """Before any work: a finished run directory, valid settings, and a model the chosen
-    deterministic certificates have rules for. Returns the run's configuration."""
-    config.validate()
+    """Before any work: a finished run directory and a model the chosen deterministic
+    certificates have rules for (the settings were checked when ``config`` was built). Returns
+    the run's configuration."""
     run_dir = rundir.check_run_dir(Path(run_dir))
     run_config = rundir.load_config(run_dir)
     if config.lipschitz or config.ibp:
@@ -158,7 +162,6 @@ def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_ex
     """Certify any image classifier (pixels (N, C, H, W) in [0, 1] in, logits out), as
     :func:`certify_run` does a run; ``out``: a result folder for the two tables (None: nothing
     written). Lipschitz and IBP need a chain of layers they have rules for (UserError otherwise)."""
-    config.validate()
     problem = unsupported(model, config)
     if problem is not None:
         raise UserError(problem)

@@ -332,9 +332,7 @@ def certify_config(options: dict[str, Any]):
     for key in ("lipschitz", "ibp", "smoothing"):
         if not isinstance(kwargs[key], bool):
             raise UserError(f"{key} must be true or false, got {kwargs[key]!r}.")
-    config = CertifyConfig(**kwargs)
-    config.validate()
-    return config
+    return CertifyConfig(**kwargs)  # validated as it is built
 
 
 def _parse_resources(table: Any, f: SpecFile) -> Resources:
