@@ -962,11 +962,16 @@ def frontier_command(
     files = write_frontier(result, out, cpu, eps_linf, sigma)
     table = Table(title=f"training overhead ({cpu}) against robustness; non-inferiority to full-batch n=1, "
                         f"margin {margin:g} points")
-    for col in ("setting", "x plain", "R", "PGD-L∞", "noise", "vs full n=1"):
+    for col in ("setting", "x plain", "R", "PGD-L∞ % [95% over seeds]", "noise %", "seeds", "vs full n=1"):
         table.add_column(col, overflow="fold")
+
+    def with_interval(mean: float, low: float, high: float) -> str:
+        return f"{100 * mean:.1f}" + ("" if low != low else f" [{100 * low:.1f}, {100 * high:.1f}]")
+
     for r in result.table.itertuples():
-        table.add_row(r.setting, f"{r.overhead_ratio:.2f}", f"{r.R:.3g}", f"{100 * r.pgd_linf_acc:.1f}",
-                      f"{100 * r.noise_acc:.1f}", r.verdict_vs_full)
+        table.add_row(r.setting, f"{r.overhead_ratio:.2f}", f"{r.R:.3g}",
+                      with_interval(r.pgd_linf_acc, r.pgd_linf_low, r.pgd_linf_high),
+                      with_interval(r.noise_acc, r.noise_low, r.noise_high), str(r.n_seeds), r.verdict_vs_full)
     console.print(table)
     for line in result.goal:
         console.print(f"[bold]goal ({goal_ratio}x plain, not worse than full n=1 at a {margin:g}-point margin):[/] "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -13,7 +14,8 @@ from jrbench import cli
 from jrbench.config import RegConfig
 from jrbench import stats
 from jrbench.errors import UserError
-from jrbench.study.frontier import FRONTIER_COLUMNS, FRONTIER_VERDICT_COLUMNS, frontier, write_frontier
+from jrbench.study.frontier import (FRONTIER_COLUMNS, FRONTIER_VERDICT_COLUMNS, frontier, frontier_figure,
+                                    spread_labels, write_frontier)
 from jrbench.cost.overhead import case_name
 from jrbench.analysis.results import collect
 
@@ -130,3 +132,42 @@ def test_a_missing_verdict_is_not_a_pass():
     assert _verdict_text(both.assign(verdict=["inconclusive", "not worse"], seeds_needed=[9, 40])).startswith(
         "inconclusive (9 seeds would decide it")  # only the open metric counts
     assert _verdict_text(both.iloc[:0]).startswith("no verdict")
+
+
+def test_spread_labels_keeps_the_gap_and_the_order():
+    assert spread_labels([], 0.1) == []
+    assert spread_labels([0.5], 0.1) == [0.5]
+    # three wanted at one place: pushed up from it, 0.1 apart, order kept
+    assert spread_labels([0.3, 0.3, 0.3], 0.1) == pytest.approx([0.3, 0.4, 0.5])
+    # crowded at the top: pushed down from 1
+    assert spread_labels([0.99, 0.98, 0.97], 0.1) == pytest.approx([1.0, 0.9, 0.8])
+    # far apart: left where they are
+    assert spread_labels([0.1, 0.9, 0.5], 0.1) == pytest.approx([0.1, 0.9, 0.5])
+    # more than fit: evenly spread over [0, 1]
+    assert spread_labels([0.5] * 5, 0.5) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+
+
+def test_frontier_plot_has_intervals_and_names_that_do_not_overlap(study):
+    """Each point has its interval over seeds; the setting names' boxes on the canvas are disjoint,
+    even where settings sit at almost the same overhead and accuracy."""
+    root, overhead = study
+    overhead = overhead.assign(ratio_median=[1.0, 2.0, 1.21, 1.2, 1.22])  # three settings crowded together
+    result = frontier(collect([root]), overhead)
+    t = result.table.set_index("setting")
+    sub = t.loc["mnist: jacobian-n1-sub16"]
+    mean, low, high = stats.mean_ci(np.array([0.49, 0.56, 0.51]))
+    assert (sub["pgd_linf_acc"], sub["pgd_linf_low"], sub["pgd_linf_high"]) == pytest.approx((mean, low, high))
+    assert sub["noise_low"] == pytest.approx(0.90) and sub["n_seeds"] == 3   # no spread: the interval is the mean
+    fig = frontier_figure(result.table, "test CPU")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    names = [a for a in ax.texts]
+    assert sorted(a.get_text() for a in names) == sorted(["n1", "n1-sub16", "n1-every4", "n1-sub8"])
+    from matplotlib.text import Text
+    boxes = [Text.get_window_extent(a, renderer) for a in names]   # the name's own box, without its leader line
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (names[i].get_text(), names[j].get_text())
+    bars = [c for c in ax.containers if c.has_yerr]
+    assert len(bars) == 2   # PGD and noise, each with error bars

@@ -12,7 +12,9 @@ several data sets x settings x seeds) this module joins
 - ``R`` = 1/2 mean ||J_z||_F^2 on fixed test examples after training (mean over seeds);
 - ``pgd_linf_acc``: the worst-case robust accuracy at L-inf ``eps_linf`` (every adversarial
   attack run there, per example; PGD alone where no per-example record exists), and
-  ``noise_acc`` at ``sigma`` (means over seeds, fractions);
+  ``noise_acc`` at ``sigma`` (means over seeds, fractions), each with its 95% Student t
+  interval over seeds (``*_low``, ``*_high``; :func:`jrbench.stats.mean_ci`; NaN below 2 seeds)
+  and ``n_seeds``, the setting's number of runs;
 - ``verdict_vs_full``: a non-inferiority verdict of the setting against full-batch n=1 of the
   same data set and recipe (:func:`jrbench.stats.noninferiority`: runs paired by seed, one-sided
   paired t, margin delta = ``margin`` points, default 3) on those two accuracies. "not worse"
@@ -42,7 +44,8 @@ import pandas as pd
 from .. import stats
 from ..errors import UserError
 
-FRONTIER_COLUMNS = ["setting", "train_args", "overhead_ratio", "R", "pgd_linf_acc", "noise_acc", "verdict_vs_full"]
+FRONTIER_COLUMNS = ["setting", "train_args", "overhead_ratio", "R", "pgd_linf_acc", "pgd_linf_low", "pgd_linf_high",
+                    "noise_acc", "noise_low", "noise_high", "n_seeds", "verdict_vs_full"]
 FRONTIER_VERDICT_COLUMNS = ["setting", "metric", "strength", "n_seeds", "diff", "lower", "upper", "margin", "p_value",
                             "sd", "verdict", "seeds_needed", "assumed_diff"]
 FULL_CASE = "jacobian-n1"
@@ -181,13 +184,20 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
         ids = [r.run_id for r in runs]
         v = values[values["run_id"].isin(ids)]
 
-        def mean(metric: str, strength: str = "") -> float:
-            sel = v[(v["metric"] == metric) & (v["strength"] == strength)]
-            return float(sel["value"].mean()) if len(sel) else float("nan")
+        def per_seed(metric: str, strength: str = "") -> pd.Series:
+            return v[(v["metric"] == metric) & (v["strength"] == strength)]["value"]
 
-        pgd = mean("worst_case_acc", linf)
-        if pgd != pgd:
-            pgd = mean("pgd_acc", linf)
+        def mean(metric: str, strength: str = "") -> float:
+            sel = per_seed(metric, strength)
+            return float(sel.mean()) if len(sel) else float("nan")
+
+        pgd_values = per_seed("worst_case_acc", linf)
+        if not len(pgd_values):
+            pgd_values = per_seed("pgd_acc", linf)
+        pgd, pgd_low, pgd_high = stats.mean_ci(pgd_values.to_numpy(float)) if len(pgd_values) else (float("nan"),) * 3
+        noise_values = per_seed("noise_acc", noise)
+        noise_acc, noise_low, noise_high = (stats.mean_ci(noise_values.to_numpy(float)) if len(noise_values)
+                                            else (float("nan"),) * 3)
         setting = f"{dataset}: {case}"
         comparison = against.get(group_id(runs[0].config))
         mine: list[dict] = []
@@ -200,8 +210,9 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
         if case not in ratios:
             gaps.append(f"{dataset}: {case}: no overhead case '{case}' in the overhead table")
         rows.append({"setting": setting, "train_args": setting_args(runs[0].config),
-                     "overhead_ratio": ratio, "R": mean("R_z"), "pgd_linf_acc": pgd, "noise_acc": mean("noise_acc", noise),
-                     "verdict_vs_full": verdict})
+                     "overhead_ratio": ratio, "R": mean("R_z"), "pgd_linf_acc": pgd, "pgd_linf_low": pgd_low,
+                     "pgd_linf_high": pgd_high, "noise_acc": noise_acc, "noise_low": noise_low, "noise_high": noise_high,
+                     "n_seeds": len(runs), "verdict_vs_full": verdict})
     table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
     penalty = ~table["setting"].str.endswith(": plain")  # plain SGD is the overhead's unit, not a penalty setting
     meets = table[penalty & (table["overhead_ratio"] <= goal_ratio) & table["verdict_vs_full"].str.startswith("not worse")]
@@ -218,27 +229,64 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
     return FrontierResult(table, goal, gaps, found_rows)
 
 
+def spread_labels(wanted: list[float], gap: float, low: float = 0.0, high: float = 1.0) -> list[float]:
+    """Label positions (same order as ``wanted``) as close to ``wanted`` as a simple sweep puts
+    them, at least ``gap`` apart and inside [low, high] (where n * gap fits; else evenly spread)."""
+    n = len(wanted)
+    if n == 0:
+        return []
+    if (n - 1) * gap > high - low:
+        gap = (high - low) / max(n - 1, 1)
+    order = sorted(range(n), key=lambda i: wanted[i])
+    pos = [min(max(wanted[i], low), high) for i in order]
+    for k in range(1, n):                      # push up from the bottom
+        pos[k] = max(pos[k], pos[k - 1] + gap)
+    if pos[-1] > high:                         # then down from the top
+        pos[-1] = high
+        for k in range(n - 2, -1, -1):
+            pos[k] = min(pos[k], pos[k + 1] - gap)
+    out = [0.0] * n
+    for k, i in enumerate(order):
+        out[i] = pos[k]
+    return out
+
+
 def frontier_figure(table: pd.DataFrame, cpu: str, eps_linf: float = 0.1, sigma: float = 0.5):
-    """Overhead (x) against robust accuracy (y), one panel per data set; PGD filled, noise hollow."""
+    """Overhead (x) against robust accuracy (y), one panel per data set; PGD filled, noise hollow,
+    each point with its 95% interval over seeds. Each setting is named once, in a column right of
+    its panel, joined to its PGD point by a thin line: the names never overlap."""
     from ..report.figures import new_figure
 
     datasets = sorted({s.split(": ")[0] for s in table["setting"]})
-    fig, axes = new_figure(4.2 * len(datasets), 3.6, ncols=len(datasets))
+    fig, axes = new_figure(6.0 * len(datasets), 3.8, ncols=len(datasets))
     axes = axes if hasattr(axes, "__len__") else [axes]
+    font_pt, height_in = 7, 3.8
     for ax, dataset in zip(axes, datasets):
-        part = table[table["setting"].str.startswith(dataset + ": ")]
-        ax.scatter(part["overhead_ratio"], 100 * part["pgd_linf_acc"], label=f"L∞ {eps_linf:g}, worst case over PGD and FGSM")
-        ax.scatter(part["overhead_ratio"], 100 * part["noise_acc"], facecolors="none", edgecolors="C1",
-                   label=f"noise σ {sigma:g}")
-        for i, r in enumerate(part.sort_values("overhead_ratio").itertuples()):
-            name = r.setting.split(": ")[1].removeprefix("jacobian-")
-            ax.annotate(name, (r.overhead_ratio, 100 * r.pgd_linf_acc), fontsize=7, rotation=60,
-                        xytext=(2, 4 + 9 * (i % 2)), textcoords="offset points")
+        part = table[table["setting"].str.startswith(dataset + ": ")].sort_values("overhead_ratio")
+        x = part["overhead_ratio"].to_numpy(float)
+        for col, low, high, style in (("pgd_linf_acc", "pgd_linf_low", "pgd_linf_high",
+                                       dict(fmt="o", color="C0", label=f"L∞ {eps_linf:g}, worst case over PGD and FGSM")),
+                                      ("noise_acc", "noise_low", "noise_high",
+                                       dict(fmt="o", color="C1", mfc="none", label=f"noise σ {sigma:g}"))):
+            y = 100 * part[col].to_numpy(float)
+            below = (y - 100 * part[low].to_numpy(float)) if low in part else 0 * y
+            above = (100 * part[high].to_numpy(float) - y) if high in part else 0 * y
+            ax.errorbar(x, y, yerr=[pd.Series(below).fillna(0), pd.Series(above).fillna(0)], capsize=2, lw=0.8,
+                        ms=4, **style)
         ax.axvline(1.3, color="gray", lw=0.8, ls=":")
-        ax.set_title(dataset, fontsize=9)
+        ax.set_title(dataset + " (bars: 95% interval over seeds)", fontsize=9)
         ax.set_xlabel(f"training step / plain step ({cpu})", fontsize=8)
         ax.set_ylabel("accuracy %", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_ylim(0, 100)
+        names = [s.split(": ")[1].removeprefix("jacobian-") for s in part["setting"]]
+        # an accuracy fraction is its axes fraction (ylim 0..100); a setting without one is named at the bottom
+        wanted = [0.0 if w != w else float(w) for w in part["pgd_linf_acc"]]
+        gap = 1.5 * font_pt / 72 / (0.8 * height_in)
+        for name, xi, yi, at in zip(names, x, wanted, spread_labels(wanted, gap)):
+            ax.annotate(name, xy=(xi, 100 * yi), xycoords="data", xytext=(1.03, at), textcoords="axes fraction",
+                        fontsize=font_pt, va="center", ha="left", annotation_clip=False,
+                        arrowprops=dict(arrowstyle="-", lw=0.4, color="gray", shrinkA=0, shrinkB=3))
     return fig
 
 
