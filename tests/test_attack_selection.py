@@ -141,6 +141,8 @@ def test_cli_refuses_contradictions_with_exit_2(monkeypatch, tmp_path):
 COMMITTED = {
     "benchmarks/certified.toml": ALL,  # noise and AutoAttack-L2 named since (the study ran them by command)
     "benchmarks/frontier.toml": THREE,
+    "benchmarks/frontier-seeds-mnist.toml": THREE,
+    "benchmarks/frontier-seeds.toml": THREE,
     "benchmarks/lambda-sweep.toml": ALL,
     "benchmarks/mnist-t10k-paper.toml": THREE,
     "benchmarks/mnist-t10k.toml": ALL,

@@ -172,3 +172,25 @@ def test_frontier_plot_has_intervals_and_names_that_do_not_overlap(study):
             assert not boxes[i].overlaps(boxes[j]), (names[i].get_text(), names[j].get_text())
     bars = [c for c in ax.containers if c.has_yerr]
     assert len(bars) == 2   # PGD and noise, each with error bars
+
+
+@pytest.mark.parametrize("extra", ["frontier-seeds.toml", "frontier-seeds-mnist.toml"])
+def test_the_seed_specs_add_seeds_to_frontier_cells(extra):
+    """The seed specs write into the frontier's folder and pair with its runs by seed: every cell is
+    a cell of frontier.toml with another seed (same recipe, settings and attacks), and no seed repeats."""
+    import dataclasses
+    from pathlib import Path
+    from jrbench.study.spec import load_spec
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    base, more = load_spec(bench / "frontier.toml"), load_spec(bench / extra)
+    assert more.name == base.name and more.attack == base.attack
+
+    def unseeded(c):
+        return dataclasses.replace(c, train=dataclasses.replace(c.train, seed=-1))
+
+    known = {json.dumps(unseeded(c).to_dict(), sort_keys=True) for c in base.cells}
+    base_seeds = {c.train.seed for c in base.cells}
+    for c in more.cells:
+        assert json.dumps(unseeded(c).to_dict(), sort_keys=True) in known
+        assert c.train.seed not in base_seeds
