@@ -155,7 +155,8 @@ def test_report_puts_an_outside_model_beside_a_trained_run(tmp_path):
     assert result.exit_code == 0, text
     result, text = cli("report", tmp_path / "runs", tmp_path / "models", "--out", tmp_path / "report", "--no-cells")
     assert result.exit_code == 0, text
-    summary = pd.read_csv(tmp_path / "report" / "summary.csv")
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv").merge(
+        pd.read_csv(tmp_path / "report" / "runs.csv"), on=["run_id", "group_id", "group_label"])
     mine = summary[summary["run_id"] == "mine"]
     assert set(summary["run_id"]) == {"plain", "mine"} and len(mine)
     assert (mine["group_label"] == "mine").all() and (mine["regularizers"] == "outside").all()

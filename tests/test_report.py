@@ -10,6 +10,7 @@ import json
 import math
 import shlex
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,6 +296,22 @@ def test_cli_empty_or_unreadable_folder_exits_2(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the whole report
+def test_summary_files_write_provenance_once_and_join_back(collection):
+    """summary.csv names each row's run; runs.csv holds each run's provenance once; joined on the run
+    they give back the collected table (with the source as a path inside the run folder)."""
+    from jrbench.report.writer import summary_files
+
+    s = collection.summary
+    measurements, runs = summary_files(s)
+    assert len(runs) == s["run_id"].nunique() == len(collection.runs) and runs["run_id"].is_unique
+    assert len(measurements) == len(s) and not {"git_commit", "device", "run_dir"} & set(measurements)
+    joined = measurements.merge(runs, how="left", validate="many_to_one")  # on SUMMARY_KEYS
+    back = joined.assign(source=[str(Path(d) / f) for d, f in zip(joined["run_dir"], joined["source"])])
+    pd.testing.assert_frame_equal(back[list(s.columns)].reset_index(drop=True),
+                                  s.assign(source=s["source"].astype(str)).reset_index(drop=True),
+                                  check_dtype=False)
+
+
 def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     out = tmp_path / "report"
     result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(out), "--cell-grid", "21",
@@ -303,14 +320,20 @@ def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     assert "clean acc %" in result.output and "gap:" in result.output and "jr-s0" in result.output
     for name in PNGS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    for name in ["summary.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md"]:
+    for name in ["summary.csv", "runs.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md"]:
         assert (out / name).stat().st_size > 0
     assert "## Verdicts" in (out / "summary.md").read_text() and "## Verdicts" in (out / "report.md").read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     report = (out / "report.md").read_text()
     # paths in the report's files are relative to its folder, not to where the command ran
     rel = os.path.relpath(runs_root / "runs" / "plain-s0", out)
-    assert str(runs_root) not in pd.read_csv(out / "summary.csv")["run_dir"].iloc[0]
+    runs = pd.read_csv(out / "runs.csv")  # one row per run, its provenance; summary.csv names the run only
+    assert str(runs_root) not in runs["run_dir"].iloc[0] and runs["run_id"].is_unique
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["run_id"]) == set(runs["run_id"]) and "git_commit" not in summary
+    assert set(summary["source"]) <= {"metrics.csv", "attacks.csv", "attack_examples.csv", "margins.csv",
+                                      "jacobian.csv", "certify.csv", "certify_examples.csv"}
+    assert (out / runs["run_dir"].iloc[0] / "metrics.csv").exists()  # run_dir is relative to the report folder
     for name in PNGS:
         assert f"]({name})" in report
     assert report.count("jrbench train --dataset mnist") == 3 and "NOT clipped" in report
@@ -433,8 +456,6 @@ def test_linear_cross_section_boundary_is_where_the_closed_form_says():
 
 def test_rows_on_different_example_sets_are_a_gap():
     """attacks.csv rows of two example sets (example_seed, n_examples) are named, with their attacks."""
-    from pathlib import Path
-
     from jrbench.analysis.results import example_sets_gap
     from jrbench.analysis.run_records import RunRecord
 

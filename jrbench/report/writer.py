@@ -1,8 +1,8 @@
 """The report's files: from the collected runs to summary.csv, the table, plots and report.md.
 
 :func:`write_report` is what ``jrbench report`` calls. From a :class:`jrbench.analysis.results.Collection`
-it writes, into one folder: ``summary.csv`` (the tidy table, paths relative to the folder),
-``examples.csv`` (per-example margins), ``verdicts.csv`` (:mod:`jrbench.analysis.verdicts`), ``summary.md``
+it writes, into one folder: ``summary.csv`` (the tidy table: one measurement a row, named by run id and
+group label), ``runs.csv`` (one row per run: its provenance, :func:`run_provenance`), ``examples.csv`` (per-example margins), ``verdicts.csv`` (:mod:`jrbench.analysis.verdicts`), ``summary.md``
 (the wide table of :mod:`jrbench.report.table` and the verdicts), the PNGs of
 :mod:`jrbench.report.plots` and the decision-cell cross-sections (computed and drawn by
 :mod:`jrbench.report.cells`, which needs the models), and ``report.md`` putting them together with the
@@ -246,8 +246,9 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
                     verdict_lines: list[str] | None = None, verdict_note: str = "") -> str:
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
-             f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, with "
-             "provenance), `examples.csv` (per-example margins, a row per run and example), `verdicts.csv` "
+             f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, "
+             "named by run id and group), `runs.csv` (one row per run: its provenance and folder; "
+             "`summary.merge(runs)` joins them), `examples.csv` (per-example margins, a row per run and example), `verdicts.csv` "
              "(each regularized group against its plain group), `summary.md` (the table below and the verdicts).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
              *bracket_section(collection, by_seed_group),
@@ -302,9 +303,34 @@ def examples_wide(examples: pd.DataFrame) -> pd.DataFrame:
     return wide.reset_index().rename_axis(columns=None)
 
 
+SUMMARY_KEYS = ["run_id", "group_id", "group_label"]  # the run columns summary.csv keeps; runs.csv has the rest
+
+
+def summary_files(summary: pd.DataFrame, where: Where = str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy table as written: ``(measurements, runs)``.
+
+    ``measurements``: one row per measurement (:data:`jrbench.analysis.results.MEASURE`, with ``source``
+    the table's file inside its run folder) and :data:`SUMMARY_KEYS`; ``runs``: one row per run with
+    every provenance column (:data:`jrbench.analysis.provenance.PROVENANCE`, ``run_dir`` through
+    ``where``). ``measurements.merge(runs)`` (on :data:`SUMMARY_KEYS`, the columns both have) gives back the collected table; the
+    provenance is written once per run instead of on each of its thousands of rows.
+    """
+    from ..analysis.provenance import PROVENANCE
+
+    def inside(row) -> str:  # the source's path inside its run folder (else as it was)
+        source, run_dir = Path(row["source"]), Path(row["run_dir"])
+        return source.relative_to(run_dir).as_posix() if source.is_relative_to(run_dir) else where(source)
+
+    measures = [c for c in summary.columns if c not in PROVENANCE]
+    measurements = summary[measures + SUMMARY_KEYS].assign(
+        source=[inside(r) for r in summary[["source", "run_dir"]].to_dict("records")])
+    runs = summary[PROVENANCE].drop_duplicates("run_id").reset_index(drop=True)
+    return measurements, runs.assign(run_dir=runs["run_dir"].map(where))
+
+
 def write_report(collection, out: str | Path, options: ReportOptions | None = None,
                  command: str | None = None, on_progress=None) -> ReportResult:
-    """Write summary.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
+    """Write summary.csv, runs.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
 
     Every file is rendered in memory first and written atomically; report.md comes last.
     ``command``: the command line to quote (default: :func:`report_command_line`).
@@ -336,17 +362,17 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
 
     markdown = report_markdown(collection, table, list(pngs), [(p, f) for p, f, _ in cells], gaps, command,
                                options.by_seed_group, where, lines, verdict_note=note)
-    summary = collection.summary.assign(run_dir=collection.summary["run_dir"].map(where),
-                                        source=collection.summary["source"].map(where))
+    summary, run_rows = summary_files(collection.summary, where)
     files = []
     for name, data in [*pngs.items(), *((p, b) for p, _, b in cells)]:
         atomic_write_bytes(out / name, data)
         files.append(out / name)
     atomic_write_csv(out / "summary.csv", summary)
+    atomic_write_csv(out / "runs.csv", run_rows)
     atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
     atomic_write_csv(out / "verdicts.csv", verdict_table)
     atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n\n"
                       + "\n".join(bracket_section(collection, options.by_seed_group) + verdicts_section(lines, note)))
     atomic_write_text(out / "report.md", markdown)
-    files += [out / n for n in ("summary.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md")]
+    files += [out / n for n in ("summary.csv", "runs.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md")]
     return ReportResult(out, files, wide, table, gaps, verdict_table, lines, note, list(collection.errors))
