@@ -3,12 +3,15 @@
 #
 #   OUT=results/cuda bash benchmarks/cuda_check.sh            # writes overhead-cuda.csv + log
 #   DEVICE=cpu QUICK=1 OUT=/tmp/x bash benchmarks/cuda_check.sh  # dry run of the script here
+#   EPOCH_ONLY=1 OUT=results/cuda bash benchmarks/cuda_check.sh  # step 4 only (about a minute on a GPU)
 #   BATCHES="64 512" OVERHEAD_ONLY=1 PAIRS=25 BIG_PAIRS=12 CASES="--n-proj 1 --no-reference" ...
 #                                  # batch sizes, pairs, fewer cases; OVERHEAD_ONLY skips steps 1 and 2
 #
 # 1) the CUDA tests; 2) train -> attack (PGD, FGSM, noise, AutoAttack) -> margins -> report on
 # the GPU; 3) `jrbench overhead` for lenet (MNIST shape), ddnet and resnet18 (CIFAR-10 shape),
-# with the tape and with autograd (resnet18 has BatchNorm: autograd only), all rows in one table.
+# with the tape and with autograd (resnet18 has BatchNorm: autograd only), all rows in one table;
+# 4) whole-epoch time with a host read every step against one per 50 steps (issue 17, item 6):
+# benchmarks/bench_epoch_sync.py, into epoch-sync.csv.
 set -uo pipefail
 out=${OUT:-results/cuda}
 dev=${DEVICE:-cuda}
@@ -41,7 +44,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 "$py" -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 
-if [ -z "${OVERHEAD_ONLY:-}" ]; then
+if [ -z "${OVERHEAD_ONLY:-}${EPOCH_ONLY:-}" ]; then
 echo "== 1. CUDA tests"
 "$py" -m pytest -q -p no:cacheprovider tests/test_margins.py tests/test_spectra.py tests/test_noise_examples.py tests/test_certify.py -k cuda || echo "!! CUDA tests failed"
 
@@ -55,6 +58,7 @@ jr margins "$tmp/run" --n-examples 100 --device "$dev" --quiet
 jr report "$tmp/run" --out "$tmp/report" --quiet && ls "$tmp/report"
 fi
 
+if [ -z "${EPOCH_ONLY:-}" ]; then
 echo "== 3. overhead on $dev"
 for b in ${BATCHES:-64}; do
   ref=(); [ "$b" -le 64 ] || ref=(--no-reference)   # the per-row reference only at batch 64
@@ -67,3 +71,9 @@ for b in ${BATCHES:-64}; do
   jr overhead --device "$dev" --dataset cifar10 --random-batch --model resnet18 --batch-size $b \
      --jr-every 4 --jvp --no-reference "${cases[@]}" "${big[@]}" --out "$out/part.csv" --quiet; keep
 done
+fi
+
+echo "== 4. whole-epoch time on $dev: host read every step / every 50 steps"
+if [ -n "${QUICK:-}" ]; then epoch=(--pairs 1 --train 640); else epoch=(--pairs "${EPOCH_PAIRS:-10}"); fi
+PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" "$py" benchmarks/bench_epoch_sync.py --device "$dev" "${epoch[@]}" \
+  --out "$out/epoch-sync.csv" || echo "!! bench_epoch_sync failed"

@@ -960,9 +960,10 @@ def frontier_command(
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
     result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
     files = write_frontier(result, out, cpu, eps_linf, sigma)
-    table = Table(title=f"training overhead ({cpu}) against robustness; non-inferiority to full-batch n=1, "
-                        f"margin {margin:g} points")
-    for col in ("setting", "x plain", "R", "PGD-L∞ % [95% over seeds]", "noise %", "seeds", "vs full n=1"):
+    table = Table(title=f"training overhead ({cpu}) against robustness; accuracies: mean [95% interval over "
+                        f"seeds]; non-inferiority to full-batch n=1, margin {margin:g} points")
+    for col in ("setting", "x plain", "R", f"PGD-L∞ ε={eps_linf:g} %", f"noise σ={sigma:g} %", "seeds",
+                "vs full n=1"):
         table.add_column(col, overflow="fold")
 
     def with_interval(mean: float, low: float, high: float) -> str:

@@ -28,6 +28,7 @@ from jrbench.config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainC
 from jrbench.data.datasets import write_idx_folder
 from jrbench.evaluate.api import attack_run, margins_run
 from jrbench.analysis.provenance import train_command_line
+from jrbench.analysis.worst_case import WORST_CASE
 from jrbench.errors import UserError
 from jrbench.report.writer import ReportOptions, report_command_line, write_report
 from jrbench.report.table import Strengths, format_wide, group_table, nearest_strength, run_table
@@ -466,3 +467,51 @@ def test_rows_on_different_example_sets_are_a_gap():
     assert gap is not None and "2 example sets" in str(gap)
     assert "example seed -1, 5 examples: pgd" in str(gap) and "example seed 0, 500 examples: noise+pgd" in str(gap)
     assert example_sets_gap(RunRecord(Path("r"), "r", None, {}, {"attacks.csv": rows.iloc[:2]})) is None
+
+
+def _many_groups(n_groups: int = 10, n_seeds: int = 5):
+    """A tidy summary and per-example margins of n_groups x n_seeds synthetic runs (long labels)."""
+    rng = np.random.default_rng(0)
+    rows, examples = [], []
+    for g in range(n_groups):
+        label = f"lenet l2+dropout+jacobian λ_JR=0.01 n_proj=1 wd=0.0005 p=0.5 [{g:06x}]"
+        for seed in range(n_seeds):
+            run = dict(run_id=f"g{g}-s{seed}", group_id=f"g{g}", group_label=label, dataset="mnist",
+                       model="lenet", seed=seed, regularizers="none" if g == 0 else "jacobian")
+            for k in range(10):
+                rows.append({**run, "table": "jacobian", "quantity": "singular_value_pixel", "statistic": "mean",
+                             "k": k, "value": float(rng.uniform(0.1, 10) / (k + 1)), "n": 290 + seed})
+            for eps in (0.0, 0.1, 0.2):
+                acc = float(np.clip(0.95 - eps * rng.uniform(2, 4), 0, 1))
+                rows.append({**run, "table": "attacks", "attack": WORST_CASE, "norm": "linf", "strength": eps,
+                             "value": acc, "ci_low": acc - 0.02, "ci_high": acc + 0.02, "n": 200,
+                             "settings": "attacks=pgd/ce64", "loss": "ce64"})
+            for quantity in ("margin_random_median", "margin_adv_l2"):
+                for i, v in enumerate(rng.lognormal(0, 1, 50)):
+                    examples.append({"run_id": run["run_id"], "group_id": run["group_id"],
+                                     "group_label": label, "quantity": quantity, "index": i, "value": v})
+    return pd.DataFrame(rows), pd.DataFrame(examples)
+
+
+def test_plots_with_many_runs_name_each_group_once_below_the_axes():
+    """50 runs in 10 groups: the legend has one entry per group and lies outside every axes (inside,
+    it covered the curves and collapsed the layout), and the layout warns of nothing."""
+    import warnings
+
+    from jrbench.report.plots import accuracy_figure, margins_figure, spectra_figure
+
+    summary, examples = _many_groups()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figures = [margins_figure(examples, summary), spectra_figure(summary),
+                   accuracy_figure(summary, WORST_CASE, "linf", "robust accuracy", "eps")]
+        for fig in figures:
+            fig.canvas.draw()
+            (legend,) = fig.legends
+            texts = [t.get_text() for t in legend.get_texts()]
+            assert [t.split(" (")[0] for t in texts] == list(dict.fromkeys(summary["group_label"]))
+            assert all(t.endswith(("(5 seeds, a line each)", "(mean ± std, 5 seeds)")) for t in texts), texts
+            box = legend.get_window_extent()
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent()), ax.get_title()
+            assert box.y0 >= 0 and box.x0 >= 0 and box.x1 <= fig.bbox.x1  # on the canvas

@@ -3,13 +3,15 @@
 Accuracy against sigma (white noise); robust accuracy against eps L-inf and eps L2 (the worst
 case per example over every attack, with PGD and AutoAttack as thinner lines); ECDFs of the
 per-example margins; mean singular-value spectra of the pixel Jacobian. Every run keeps one
-colour per group and one line style per seed (:func:`run_styles`). The decision-cell
+colour per group and one line style per seed (:func:`run_styles`); the legend, below the axes,
+names each group once (:func:`legend_below`). The decision-cell
 cross-sections need the models and live in :mod:`jrbench.report.cells`; the canvas helpers in
 :mod:`jrbench.report.figures`. :func:`report_figures` draws them all and names what it could not draw.
 """
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,9 +24,12 @@ from ..analysis.worst_case import WORST_CASE
 
 @dataclass
 class Style:
+    """A run's line: its group's colour, its seed's line style, its label, and ``legend``: what the
+    legend shows for it (the group once, on its first run, when a group has several runs; else None)."""
     color: str
     linestyle: str
     label: str
+    legend: str | None = None
 
 
 def ordered_runs(summary: pd.DataFrame) -> pd.DataFrame:
@@ -46,10 +51,39 @@ def run_styles(summary: pd.DataFrame) -> dict[str, Style]:
     styles = {}
     for g, sel in runs.groupby("group_id", sort=False):
         color = cmap(groups.index(g) % 10)
+        several = f"{sel['group_label'].iloc[0]} ({len(sel)} seeds, a line each)" if len(sel) > 1 else None
         for rank, r in enumerate(sel.sort_values("seed").itertuples()):
             label = r.group_label if len(sel) == 1 else f"{r.group_label}, seed {r.seed}"
-            styles[r.run_id] = Style(color, dashes[rank % len(dashes)], label)
+            legend = label if len(sel) == 1 else (several if rank == 0 else None)
+            styles[r.run_id] = Style(color, dashes[rank % len(dashes)], label, legend)
     return styles
+
+
+LEGEND_ROW_INCHES = 0.19  # one legend line at font size 8
+
+
+def legend_shape(labels: list[str], title_lines: int = 0, width_chars: int = 120) -> tuple[int, float]:
+    """Columns of a legend below the axes and the height it adds to the figure (inches):
+    two columns when every label fits half of ``width_chars``."""
+    ncols = 2 if len(labels) > 3 and max(map(len, labels), default=0) <= width_chars // 2 - 4 else 1
+    rows = -(-len(labels) // ncols) + title_lines
+    return ncols, LEGEND_ROW_INCHES * rows + 0.25
+
+
+def legend_below(fig, ncols: int, title: str | None = None, fontsize: int = 8):
+    """The figure's legend (one entry per labelled line of every axes) below the axes, outside them:
+    with many runs an inside legend covers the curves and collapses the layout."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=fontsize,
+                        title=title, title_fontsize=7, frameon=False)
+    if title:
+        legend.get_title().set_color("0.35")
+    return legend
 
 
 def accuracy_rows(summary: pd.DataFrame, attack: str, norm: str) -> pd.DataFrame:
@@ -119,33 +153,37 @@ def accuracy_figure(summary: pd.DataFrame, attack: str, norm: str, title: str, x
     styles = run_styles(summary)
     style = {(r.group_id if by_seed_group else r.run_id): styles[r.run_id]
              for r in ordered_runs(summary).iloc[::-1].itertuples()}  # a group: its first run's
-    fig, (ax,) = new_figure(7.5, 4.8)
+    labels = {}
     for k, c in curves.groupby("key", sort=False):
         n = int(c["n_runs"].max())
-        label = (c["label"].iloc[0] + (f" (mean ± std, {n} seeds)" if n > 1 else "")) if by_seed_group \
+        labels[k] = (c["label"].iloc[0] + (f" (mean ± std, {n} seeds)" if n > 1 else "")) if by_seed_group \
             else style[k].label
+    certified = curve_table(summary, CERTIFIED, norm, by_seed_group) if attack == WORST_CASE else curves.iloc[:0]
+    note = ""
+    if attack == WORST_CASE:
+        note = ("solid: worst case per example over every attack (PGD only for runs without attack_examples.csv); "
+                "dashed: PGD; dotted: AutoAttack. ")
+        if not certified.empty:
+            note += ("dash-dot ▼: certified (best of Lipschitz and IBP), a lower bound: the truth lies between it "
+                     "and solid. ")
+    note = textwrap.fill(note + "Error bars: ± std across seeds where a line has several, else the run's 95% CI.",
+                         width=110)
+    ncols, extra = legend_shape(list(labels.values()), title_lines=note.count("\n") + 1)
+    fig, (ax,) = new_figure(7.5, 4.2 + extra)
+    for k, c in curves.groupby("key", sort=False):
         ax.errorbar(c["strength"], 100 * c["value"], yerr=100 * np.vstack([c["err_low"], c["err_high"]]),
                     marker="o", ms=4, capsize=3, color=style[k].color,
-                    linestyle="-" if by_seed_group else style[k].linestyle, label=label)
-    note = ""
+                    linestyle="-" if by_seed_group else style[k].linestyle, label=labels[k])
     if attack == WORST_CASE:  # the attacks' own curves, thinner: PGD dashed, AutoAttack dotted
         for other, linestyle in (("pgd", "--"), ("autoattack", ":")):
             for k, c in curve_table(summary, other, norm, by_seed_group).groupby("key", sort=False):
                 ax.plot(c["strength"], 100 * c["value"], linestyle=linestyle, lw=1, alpha=0.7, color=style[k].color)
-        certified = curve_table(summary, CERTIFIED, norm, by_seed_group)
         for k, c in certified.groupby("key", sort=False):  # the bracket's lower end
             ax.plot(c["strength"], 100 * c["value"], linestyle="-.", lw=2, marker="v", ms=4, color=style[k].color)
-        note = ("solid: worst case per example over every attack (PGD\nonly for runs without attack_examples.csv); "
-                "dashed: PGD;\ndotted: AutoAttack. ")
-        if not certified.empty:
-            note += ("dash-dot ▼: certified (best of Lipschitz and\nIBP), a lower bound: the truth lies between it "
-                     "and solid. ")
     ax.set(title=title + attack_subtitle(summary, attack, norm), xlabel=xlabel, ylabel="accuracy (%)",
            ylim=(-2, 102))
     ax.grid(alpha=0.3)
-    legend = ax.legend(fontsize=8, loc="best", title=note + "error bars: ± std across seeds where a line has\n"
-                       "several, else the run's 95% CI", title_fontsize=7)
-    legend.get_title().set_color("0.35")
+    legend_below(fig, ncols, title=note)
     return fig
 
 
@@ -171,7 +209,9 @@ def margins_figure(examples: pd.DataFrame, summary: pd.DataFrame):
     if examples.empty:
         return None
     styles = run_styles(summary)
-    fig, axes = new_figure(11, 4.6, ncols=2)
+    shown = [st.legend for r, st in styles.items() if st.legend and r in set(examples["run_id"])]
+    ncols, extra = legend_shape(shown, width_chars=170)
+    fig, axes = new_figure(11, 4.4 + extra, ncols=2)
     for ax, (quantity, title) in zip(axes, MARGIN_PANELS):
         panel = examples[examples["quantity"] == quantity]
         for run_id in [r for r in ordered_runs(summary)["run_id"] if r in set(panel["run_id"])]:
@@ -182,12 +222,16 @@ def margins_figure(examples: pd.DataFrame, summary: pd.DataFrame):
                 continue
             y = np.arange(1, len(finite) + 1) / len(v)  # inf and NaN: never reached
             st = styles[run_id]
-            ax.step(finite, y, where="post", color=st.color, linestyle=st.linestyle, label=f"{st.label} (n={len(v)})")
+            ax.step(finite, y, where="post", color=st.color, linestyle=st.linestyle,
+                    label=st.legend or "_nolegend_")
         log_x(ax)
-        ax.set(title=title, xlabel="margin: L2 distance to a class change (pixel units, log scale)",
+        n = panel.groupby("run_id").size()
+        n_text = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
+        ax.set(title=f"{title}\n{n_text} test examples a run",
+               xlabel="margin: L2 distance to a class change (pixel units, log scale)",
                ylabel="fraction of examples with margin ≤ x", ylim=(0, 1.02))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper left")
+    legend_below(fig, ncols)
     return fig
 
 
@@ -198,19 +242,24 @@ def spectra_figure(summary: pd.DataFrame):
     if rows.empty:
         return None
     styles = run_styles(summary)
-    fig, (ax,) = new_figure(7.5, 4.8)
+    shown = [st.legend for r, st in styles.items() if st.legend and r in set(rows["run_id"])]
+    ncols, extra = legend_shape(shown)
+    fig, (ax,) = new_figure(7.5, 4.4 + extra)
     for run_id in [r for r in ordered_runs(summary)["run_id"] if r in set(rows["run_id"])]:
         sel = rows[rows["run_id"] == run_id].sort_values("k")
         st = styles[run_id]
         ax.plot(sel["k"], sel["value"], marker="o", ms=3, color=st.color, linestyle=st.linestyle,
-                label=f"{st.label} (n={int(sel['n'].iloc[0])})")
+                label=st.legend or "_nolegend_")
+    n = rows.groupby("run_id")["n"].first().astype(int)
+    n_text = f"{n.min()}" if n.min() == n.max() else f"{n.min()}-{n.max()}"
     ax.set_yscale("log")
-    ax.set(title="Singular-value spectrum of the input Jacobian J_x = d logits / d pixels",
+    ax.set(title="Singular-value spectrum of the input Jacobian J_x = d logits / d pixels\n"
+                 f"mean over {n_text} test examples a run",
            xlabel="k (singular values in decreasing order; k = 0 is the spectral norm)",
            ylabel="mean σ_k over examples (logit units per pixel-L2 unit)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    legend_below(fig, ncols)
     return fig
 
 

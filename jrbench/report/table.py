@@ -165,19 +165,17 @@ def group_table(runs: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
     ``_std`` (sample std, ddof=1; NaN for one value) and ``_n`` (runs that have it)."""
     key = "group_id" if by_seed_group else "run_id"
     g = runs.groupby(key, sort=False)
-    out = g[["group_label", "dataset", "model", "regularizers"]].first()
-    out["label"] = out["group_label"] if by_seed_group else g["run_id"].first()
-    out["n_seeds"] = g.size()
-    out["seeds"] = g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))  # outside models: none
-    out["run_ids"] = g["run_id"].apply(lambda s: " ".join(s))
+    first = g[["group_label", "dataset", "model", "regularizers"]].first()
+    cols = {"label": first["group_label"] if by_seed_group else g["run_id"].first(), "n_seeds": g.size(),
+            "seeds": g["seed"].apply(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna()))),  # outside: none
+            "run_ids": g["run_id"].apply(lambda s: " ".join(s))}
     for k in value_keys(runs):
-        out[k] = g[k].mean()
-        out[f"{k}_std"] = g[k].std(ddof=1)
-        out[f"{k}_n"] = g[k].count()
+        cols[k], cols[f"{k}_std"], cols[f"{k}_n"] = g[k].mean(), g[k].std(ddof=1), g[k].count()
     for k, _ in _attack_keys_of(runs):
-        out[f"{k}_target"] = g[f"{k}_target"].first()
-        out[f"{k}_fallback"] = g[f"{k}_fallback"].sum()  # runs whose worst case is PGD only
-        out[f"{k}_strengths"] = g[f"{k}_strength"].apply(lambda s: sorted(set(s.dropna().tolist())))
+        cols[f"{k}_target"] = g[f"{k}_target"].first()
+        cols[f"{k}_fallback"] = g[f"{k}_fallback"].sum()  # runs whose worst case is PGD only
+        cols[f"{k}_strengths"] = g[f"{k}_strength"].apply(lambda s: sorted(set(s.dropna().tolist())))
+    out = pd.concat([first, pd.DataFrame(cols)], axis=1)  # columns at once: no fragmented frame
     return out.reset_index(drop=not by_seed_group).reset_index(drop=True)
 
 
