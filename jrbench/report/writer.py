@@ -2,7 +2,8 @@
 
 :func:`write_report` is what ``jrbench report`` calls. From a :class:`jrbench.analysis.results.Collection`
 it writes, into one folder: ``summary.csv`` (the tidy table: one measurement a row, named by run id and
-group label), ``runs.csv`` (one row per run: its provenance, :func:`run_provenance`), ``examples.csv`` (per-example margins), ``verdicts.csv`` (:mod:`jrbench.analysis.verdicts`), ``summary.md``
+group label), ``runs.csv`` (one row per run: its provenance; both from :func:`summary_files`),
+``examples.csv`` (per-example margins), ``verdicts.csv`` (:mod:`jrbench.analysis.verdicts`), ``summary.md``
 (the wide table of :mod:`jrbench.report.table` and the verdicts), the PNGs of
 :mod:`jrbench.report.plots` and the decision-cell cross-sections (computed and drawn by
 :mod:`jrbench.report.cells`, which needs the models), and ``report.md`` putting them together with the
@@ -25,6 +26,7 @@ from ..errors import UserError
 from .plots import report_figures
 from .table import (BRACKET_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, format_wide, group_table, markdown_table, run_table, table_gaps)
 from ..stats import CORRECTIONS
+from ..analysis.provenance import PROVENANCE
 from ..analysis.verdicts import VERDICT_NOTES, correction_note, verdict_lines, verdicts
 from ..analysis.worst_case import WORST_CASE  # attack name of the worst case per example over every attack
 
@@ -248,7 +250,8 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, "
              "named by run id and group), `runs.csv` (one row per run: its provenance and folder; "
-             "`summary.merge(runs)` joins them), `examples.csv` (per-example margins, a row per run and example), `verdicts.csv` "
+             "`summary.merge(runs)` joins them), `examples.csv` (per-example margins, a row per run and example), "
+             "`verdicts.csv` "
              "(each regularized group against its plain group), `summary.md` (the table below and the verdicts).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
              *bracket_section(collection, by_seed_group),
@@ -312,11 +315,9 @@ def summary_files(summary: pd.DataFrame, where: Where = str) -> tuple[pd.DataFra
     ``measurements``: one row per measurement (:data:`jrbench.analysis.results.MEASURE`, with ``source``
     the table's file inside its run folder) and :data:`SUMMARY_KEYS`; ``runs``: one row per run with
     every provenance column (:data:`jrbench.analysis.provenance.PROVENANCE`, ``run_dir`` through
-    ``where``). ``measurements.merge(runs)`` (on :data:`SUMMARY_KEYS`, the columns both have) gives back the collected table; the
-    provenance is written once per run instead of on each of its thousands of rows.
+    ``where``). ``measurements.merge(runs)`` (on :data:`SUMMARY_KEYS`, the columns both have) gives back
+    the collected table; the provenance is written once per run instead of on each of its thousands of rows.
     """
-    from ..analysis.provenance import PROVENANCE
-
     def inside(row) -> str:  # the source's path inside its run folder (else as it was)
         source, run_dir = Path(row["source"]), Path(row["run_dir"])
         return source.relative_to(run_dir).as_posix() if source.is_relative_to(run_dir) else where(source)
@@ -330,7 +331,8 @@ def summary_files(summary: pd.DataFrame, where: Where = str) -> tuple[pd.DataFra
 
 def write_report(collection, out: str | Path, options: ReportOptions | None = None,
                  command: str | None = None, on_progress=None) -> ReportResult:
-    """Write summary.csv, runs.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into ``out``.
+    """Write summary.csv, runs.csv, examples.csv, verdicts.csv, summary.md, the PNGs and report.md into
+    ``out``.
 
     Every file is rendered in memory first and written atomically; report.md comes last.
     ``command``: the command line to quote (default: :func:`report_command_line`).
