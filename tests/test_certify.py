@@ -152,6 +152,9 @@ def test_soundness_check_finds_a_planted_contradiction():
     # 0.1, so FGSM breaking it at 0.1 contradicts it; a Lipschitz radius 0.5 is the open ball: PGD at
     # exactly 0.5 does not
     assert bad[["example", "method", "strength"]].values.tolist() == [[1, "ibp", 0.05], [4, "ibp", 0.1]]
+    # an older attack_examples.csv without the broken column: derived from clean_correct and robust
+    older = attacked.drop(columns="broken").assign(robust=0)
+    pd.testing.assert_frame_equal(soundness_violations(cert, older), bad)
 
 
 def test_linear_outside_model_radius_is_the_closed_form(tmp_path):

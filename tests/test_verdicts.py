@@ -394,3 +394,46 @@ def test_a_spec_names_the_correction(tmp_path, monkeypatch):
     with pytest.raises(Seen) as seen:
         cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
     assert seen.value.args[0] == "holm"
+
+
+def test_plain_runs_differing_only_in_unused_settings_are_one_baseline(tmp_path):
+    """Options of a regularizer a run does not use (jr_every, jr_backend, lipschitz_bound,
+    noise_sigma on a plain run) change nothing: those plain runs form one group, and the Jacobian
+    group is paired with every seed of it. Group ids of default configs are those of earlier
+    versions (pinned), so earlier reports keep their labels."""
+    from jrbench.analysis.provenance import group_id
+
+    assert group_id(tiny_config(("none",))) == "mnist-lenet-none-8a1847"
+    assert group_id(tiny_config(("jacobian",))) == "mnist-lenet-jacobian-d77a02"
+    assert group_id(tiny_config(("jacobian", "noise"))) == "mnist-lenet-jacobian+noise-4227d1"
+    plain_acc, jr_acc = [0.75, 0.77, 0.81, 0.70], [0.80, 0.84, 0.85, 0.78]
+    odd = [{}, {"jr_every": 4}, {"lipschitz_bound": 30.0, "jr_backend": "autograd"}, {"noise_sigma": 0.5}]
+    for seed in range(4):
+        run = write_run(tmp_path, f"plain-s{seed}", ("none",), seed, acc=plain_acc[seed])
+        config = json.loads((run / "config.json").read_text())
+        config["reg"].update(odd[seed])
+        (run / "config.json").write_text(json.dumps(config))
+        write_run(tmp_path, f"jr-s{seed}", ("jacobian",), seed, acc=jr_acc[seed])
+    table, gaps = verdicts(collect([tmp_path]))
+    clean = row(table, "clean_acc")
+    assert clean["n_seeds"] == 4 and not [g for g in gaps if "baseline" in g], gaps
+    diffs = np.subtract(jr_acc, plain_acc) * 100
+    assert clean["diff"] == pytest.approx(diffs.mean())
+
+
+def test_two_baseline_groups_of_one_recipe_are_a_gap(tmp_path):
+    """A custom baseline rule that admits two groups of one recipe: the one with more runs is
+    used and the other is named in a gap (before, the last one silently won)."""
+    from jrbench.analysis.provenance import group_labels
+    from jrbench.analysis.verdicts import comparisons
+
+    for seed in range(3):
+        write_run(tmp_path, f"l2-s{seed}", ("l2",), seed)
+        write_run(tmp_path, f"jr-s{seed}", ("jacobian",), seed)
+    write_run(tmp_path, "drop-s0", ("dropout",), 0)
+    records = collect([tmp_path]).runs
+    labels = group_labels(records)
+    found, gaps = comparisons(records, labels, is_baseline=lambda c: c.reg.names != ["jacobian"])
+    (only,) = found
+    assert only.baseline.startswith("mnist-lenet-l2-") and len(only.baseline_runs) == 3
+    assert any("second baseline group" in g and "dropout" in g for g in gaps), gaps

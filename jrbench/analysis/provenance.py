@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import DataConfig, RunConfig, TrainConfig
+from ..config import DataConfig, RegConfig, RunConfig, TrainConfig
 
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
@@ -29,6 +29,10 @@ PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regulari
 
 
 # ----------------------------------------------------------------------------- groups and labels
+UNUSED_AS_DEFAULT = {"jacobian": ("jr_backend", "jr_estimator", "jr_every"), "lipschitz": ("lipschitz_bound",),
+                     "noise": ("noise_sigma",)}
+
+
 def relevant_config(config: RunConfig) -> dict:
     """The config without what does not change the result: seed, device, data folder, and the
     settings of regularizers the run does not use."""
@@ -43,6 +47,14 @@ def relevant_config(config: RunConfig) -> dict:
         if reg not in names:
             for key in keys:
                 d["reg"].pop(key)
+    # the other options of an unused regularizer are set to their defaults rather than dropped, so
+    # that the group ids of runs made before they counted stay (as RunConfig.run_id ignores them)
+    default = RegConfig().__dict__
+    for reg, keys in UNUSED_AS_DEFAULT.items():
+        if reg not in names:
+            for key in keys:
+                if key in d["reg"]:
+                    d["reg"][key] = default[key]
     return d
 
 

@@ -117,7 +117,18 @@ def comparisons(records: list[RunRecord], labels: dict[str, str],
                 out[seed] = r
         return out
 
-    plain = {recipe_key(rs[0].config): gid for gid, rs in groups.items() if is_base(rs[0].config)}
+    bases: dict[str, list[str]] = {}
+    for gid, rs in groups.items():
+        if is_base(rs[0].config):
+            bases.setdefault(recipe_key(rs[0].config), []).append(gid)
+    plain = {}
+    for key, gids in bases.items():  # one baseline a recipe: the group with most runs, the others named
+        gids = sorted(gids, key=lambda g: -len(groups[g]))
+        plain[key] = gids[0]
+        for other in gids[1:]:
+            gaps.append(f"{labels[other]}: verdicts: a second baseline group of the recipe of {labels[gids[0]]} "
+                        f"(their settings differ); the comparisons use {labels[gids[0]]} "
+                        f"({len(groups[gids[0]])} runs), not these {len(groups[other])}")
     found = []
     for gid, rs in groups.items():
         if is_base(rs[0].config):

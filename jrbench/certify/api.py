@@ -395,7 +395,9 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     if cert.empty or attacked.empty:
         return pd.DataFrame(columns=columns)
     adv = attacked[attacked["attack"] != "noise"]
-    broken = adv[(adv["broken"] > 0) | (adv["clean_correct"] == 0)]
+    # older attack_examples.csv files have no broken column: it is clean_correct and not robust
+    was_broken = adv["broken"] if "broken" in adv else adv["clean_correct"] * (1 - adv["robust"])
+    broken = adv[(was_broken > 0) | (adv["clean_correct"] == 0)]
     pairs = cert[["example", "norm", "method", "radius"]].merge(
         broken[["example", "norm", "attack", "strength", "loss"]], on=["example", "norm"])
     closed = pairs["method"] == "ibp"  # IBP certifies the closed box at its radius; Lipschitz the open ball
