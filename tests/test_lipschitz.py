@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jrbench.errors import UserError
-from jrbench.models.lipschitz import (certified_radius_l2, conv2d_bound, layer_bounds, lipschitz_bound,
+from jrbench.models.lipschitz import (certified_radius_l2, conv2d_bound, layer_bounds, layer_chain, lipschitz_bound,
                                pairwise_lipschitz, power_iteration, supports)
 from jrbench.models.architectures import Classifier, PixelClassifier, build_model
 from jrbench.evaluate.outside import ExportedNet
@@ -240,3 +240,59 @@ def test_resnet18_is_refused_and_the_zoo_chains_are_supported():
         assert supports(build_model(name, (3, 16, 16), 10, [0.5] * 3, [0.25] * 3, dropout=0.5)) is None
     with pytest.raises(UserError, match="input_shape"):
         lipschitz_bound(nn.Sequential(nn.Linear(3, 2)))
+
+
+class _Residual(nn.Sequential):
+    """x + block(x): an nn.Sequential subclass with its own forward, not a chain."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
+class _Doubled(Classifier):
+    """A chain of supported layers whose forward is not the chain (twice its logits)."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_models_that_are_not_their_chain_are_refused_by_both_certificates():
+    """A Sequential subclass with its own forward (a residual block) and a model whose forward is not
+    its layers in order: certifying them as chains was unsound (the review found a certified L2 radius
+    of 53.9 where the class changed at 0.59). Both certificates refuse them, naming why."""
+    from jrbench.certify.ibp import interval_bounds
+
+    residual = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 4), _Residual(nn.Linear(4, 4), nn.ReLU()),
+                                        nn.Linear(4, 3)), [0.5], [1.0], (1, 2, 2), 3, "res")
+    doubled = _Doubled(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), [0.5], [1.0], (1, 2, 2), 3, "doubled")
+    x = torch.rand(1, 1, 2, 2)
+    with pytest.raises(UserError, match=r"layer net.2 \(_Residual: sub-modules that are not an nn.Sequential"):
+        lipschitz_bound(residual)
+    with pytest.raises(UserError, match="net.2"):
+        interval_bounds(residual, x, x)
+    for certify in (lambda: lipschitz_bound(doubled), lambda: interval_bounds(doubled, x, x)):
+        with pytest.raises(UserError, match="forward is not the chain of its layers"):
+            certify()
+
+
+def test_a_layer_used_twice_counts_twice():
+    """nn.Sequential runs a module listed twice twice; named_children lists it once. The chain, the
+    Lipschitz bound and IBP follow the forward: the bound dominates the Jacobian's spectral norm at
+    random points and IBP at a point gives the logits."""
+    from jrbench.certify.ibp import interval_bounds
+
+    torch.manual_seed(0)
+    act, shared = nn.ReLU(), nn.Linear(8, 8)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, 8), act, shared, act, shared, act, nn.Linear(8, 3))
+    model = Classifier(net, [0.5], [0.25], (1, 2, 2), 3, "shared").eval()
+    with torch.no_grad():
+        shared.weight.mul_(20)
+    assert [layer.path for layer in layer_chain(model)] == ["normalize"] + [f"net.{i}" for i in range(8)]
+    bound = lipschitz_bound(model).total
+    for _ in range(20):
+        x = torch.rand(1, 1, 2, 2)
+        jac = torch.autograd.functional.jacobian(lambda t: model(t.view(1, 1, 2, 2)).flatten(), x.flatten())
+        assert torch.linalg.matrix_norm(jac, 2).item() <= bound
+        low, high = interval_bounds(model, x, x)
+        assert torch.allclose(low.float(), model(x).detach(), atol=1e-4)
+        assert torch.allclose(high.float(), model(x).detach(), atol=1e-4)

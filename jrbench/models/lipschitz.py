@@ -1,7 +1,8 @@
 """Certified upper bounds on the L2 Lipschitz constant of a classifier, pixels x -> logits.
 
 The model is walked as a chain of layers (:func:`layer_chain`): its ``normalize`` when it has one,
-then its ``net`` with nested ``nn.Sequential`` flattened. The chain's constant is at most the product
+then its ``net`` with nested ``nn.Sequential`` flattened (a layer listed twice runs twice; a subclass
+with its own ``forward`` is not a chain), and the chain must give the model's logits on a probe input. The chain's constant is at most the product
 of its layers' constants (Tsuzuku, Sato, Sugiyama 2018, "Lipschitz-margin training"; Gouk et al.
 2021). Each layer's constant is bounded from above, in eval mode (dropout off, batch norm on its
 running statistics; the model's modes are restored after):
@@ -119,10 +120,19 @@ def layer_kind(m: nn.Module, ibp: bool = False) -> tuple[str | None, str]:
     return None, name
 
 
+def _is_chain(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` that runs its children in order: not a subclass with its own forward
+    (a residual block written as one is not a chain)."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def _leaves(module: nn.Module, path: str):
-    if isinstance(module, nn.Sequential):
-        for name, child in module.named_children():
-            yield from _leaves(child, f"{path}.{name}" if path else name)
+    """(path, layer) in the order the chain runs them; a layer used twice comes twice (as
+    ``nn.Sequential.forward`` runs it twice), which ``named_children`` would hide."""
+    if _is_chain(module):
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from _leaves(child, f"{path}.{name}" if path else name)
     else:
         yield path, module
 
@@ -145,20 +155,26 @@ def layer_chain(model: nn.Module, flag: str = "--lipschitz", ibp: bool = False) 
             raise UserError(f"certify {flag} has no rule for layer {path or 'the model'} ({why}); it "
                             f"bounds chains (nested nn.Sequential) of {SUPPORTED} layers.")
         kinds.append(kind)
-    x = _zeros(model)
-    chain = []
+    probe = _probe(model)
+    chain, x = [], probe
     with eval_mode(model), torch.no_grad():
         for (path, m), kind in zip(leaves, kinds):
             chain.append(Layer(path, kind, m, tuple(x.shape[1:])))
             x = m(x)
+        expected = model(probe)
+    if x.shape != expected.shape or not torch.allclose(x, expected, rtol=1e-4, atol=1e-5):
+        raise UserError(f"certify {flag}: the model's forward is not the chain of its layers (on a probe input "
+                        f"they differ by {(x - expected).abs().max().item() if x.shape == expected.shape else 'shape'}"
+                        f"); it bounds chains (nested nn.Sequential) of {SUPPORTED} layers, not models that "
+                        "add, reuse or reorder them in forward.")
     return chain
 
 
-def _zeros(model: nn.Module) -> torch.Tensor:
-    """A batch of one input of zeros on the model's device, in its floating dtype."""
+def _probe(model: nn.Module) -> torch.Tensor:
+    """A batch of two fixed pseudo-random inputs in [0, 1] on the model's device, in its floating dtype."""
     ref = next(iter(model.parameters()), next(iter(model.buffers()), torch.zeros(())))
-    return torch.zeros(1, *model.input_shape, device=ref.device,
-                       dtype=ref.dtype if ref.is_floating_point() else None)
+    x = torch.rand((2, *model.input_shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return x.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else torch.float32)
 
 
 def supports(model: nn.Module) -> str | None:
@@ -248,7 +264,7 @@ def lipschitz_bound(model: nn.Module) -> LipschitzBound:
         classes = getattr(model, "num_classes", None)
         if classes is None:
             with eval_mode(model), torch.no_grad():
-                classes = model(_zeros(model)).shape[-1]
+                classes = model(_probe(model)).shape[-1]
         return LipschitzBound(layers, total, total, None, int(classes))
     below = math.prod(l.bound for i, l in enumerate(layers) if i != last)
     weight = layers[last].module.weight.detach().double().cpu()

@@ -103,7 +103,7 @@ def _conv_padding(layer: nn.Conv2d) -> tuple[int, ...] | None:
 
 def supports(net: nn.Module) -> bool:
     """True for an ``nn.Sequential`` made only of layers this module has an explicit VJP for."""
-    return (isinstance(net, nn.Sequential) and len(net) > 0
+    return (isinstance(net, nn.Sequential) and type(net).forward is nn.Sequential.forward and len(net) > 0
             and all(type(layer) in SUPPORTED for layer in net)
             and not any(isinstance(layer, nn.ReLU) and layer.inplace for layer in net)
             and all(_conv_padding(layer) is not None for layer in net if isinstance(layer, nn.Conv2d)))
