@@ -289,3 +289,31 @@ def test_per_example_certified_outcomes_take_the_best_deterministic_certificate(
                    ("linf", 0.0, 7): 1.0, ("linf", 0.1, 7): 1.0, ("linf", 0.0, 8): 1.0, ("linf", 0.1, 8): 1.0}
     values = example_values(record)
     assert set(values.loc[values["metric"] == "certified_acc", "strength"]) == {"l2 0", "l2 0.5", "linf 0", "linf 0.1"}
+
+
+def test_a_new_ibp_grid_never_lowers_what_an_earlier_grid_certified(run, tmp_path):
+    """IBP run with a fine grid of small eps, then with one large eps: the per-example radius keeps the
+    larger, so the certified share (best of Lipschitz and IBP) at each earlier eps stays at least IBP's
+    own row there (the review found it fell to 0 after the second call)."""
+    import shutil
+
+    from jrbench.analysis.results import collect
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("certify*.csv"))
+    small = [0.0, 1e-6, 1e-4]
+    certify_run(copy, CertifyConfig(lipschitz=False, ibp=True, eps_linf=small, eps_l2=[0.0]), n_examples=40,
+                device="cpu")
+    first = pd.read_csv(copy / CERTIFY_EXAMPLES_CSV)
+    certify_run(copy, CertifyConfig(lipschitz=False, ibp=True, eps_linf=[0.3], eps_l2=[0.0]), n_examples=40,
+                device="cpu")
+    second = pd.read_csv(copy / CERTIFY_EXAMPLES_CSV)
+    ibp = first.merge(second, on=["example", "method", "norm", "sigma"], suffixes=("_first", "_second"))
+    assert len(ibp) == 40 and (ibp["radius_second"] >= ibp["radius_first"]).all()
+    assert (ibp["radius_first"] > 0).any()  # the check is not vacuous: something was certified at 1e-6
+    summary = collect([tmp_path]).summary
+    rows = summary[summary["table"] == "certify"]
+    for eps in small[1:]:
+        own = rows[(rows["attack"] == "ibp") & (rows["norm"] == "linf") & (rows["strength"] == eps)]
+        best = rows[(rows["attack"] == "certified") & (rows["norm"] == "linf") & (rows["strength"] == eps)]
+        assert len(own) == 1 and len(best) == 1 and best["value"].iloc[0] >= own["value"].iloc[0]

@@ -23,7 +23,8 @@ seconds, settings, and for ``lipschitz`` the bound itself (``lipschitz_bound``).
 ``certify_examples.csv``: one row per example and (method, norm, sigma): ``example`` (index in
 the test split, as in attack_examples.csv), ``radius`` (pixel units; 0 when misclassified,
 uncertified or abstained), ``predicted``, ``abstain``, ``label``, ``clean_correct``.
-Both are written atomically; re-running replaces the rows of the same keys.
+Both are written atomically; re-running replaces the rows of the same keys (an example's IBP
+radius keeps the largest eps any call's grid certified: :func:`keep_larger_ibp_radius`).
 """
 from __future__ import annotations
 
@@ -214,9 +215,24 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
     if out is None:
         return CertifyResult(table, ex)
     notes = _keep_one_example_set(out, example_seed, n_examples)
-    upsert_rows(out / CERTIFY_EXAMPLES_CSV, ex, EXAMPLE_KEYS + ["example"])
+    upsert_rows(out / CERTIFY_EXAMPLES_CSV, ex, EXAMPLE_KEYS + ["example"], combine=keep_larger_ibp_radius)
     upsert_rows(out / CERTIFY_CSV, table, ROW_KEYS)
     return CertifyResult(table, ex, out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV, notes)
+
+
+def keep_larger_ibp_radius(earlier: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``new``'s certify_examples rows with each IBP radius the larger of its own and the run's
+    earlier one. IBP's radius of an example is the largest eps of a call's grid that it certifies, so
+    a call with another grid (same examples: a run keeps one example set) must not lower what an
+    earlier grid certified; the best-of certificate is computed from these radii."""
+    old = earlier[earlier["method"] == "ibp"][["example", "norm", "radius"]]
+    if old.empty or not (new["method"] == "ibp").any():
+        return new
+    merged = new.merge(old.rename(columns={"radius": "_earlier"}), on=["example", "norm"], how="left")
+    is_ibp = (merged["method"] == "ibp").to_numpy()
+    larger = merged["radius"].where(merged["radius"] >= merged["_earlier"].fillna(0), merged["_earlier"])
+    merged.loc[is_ibp, "radius"] = larger[is_ibp]
+    return merged.drop(columns="_earlier")[list(new.columns)]
 
 
 def _keep_one_example_set(out: Path, example_seed: int, n_examples: int) -> list[str]:
