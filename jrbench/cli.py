@@ -14,8 +14,9 @@ from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Robustness benchmarks for PyTorch image classifiers and Jacobian regularization.")
 console = Console()
 err_console = Console(stderr=True)
@@ -158,7 +159,7 @@ class Bars:
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -340,8 +341,8 @@ class _CellTable:
         now = time.monotonic()
         for i, r in self.rows.items():
             seconds = "" if r["start"] is None else f"{(r['end'] or now) - r['start']:.0f}"
-            table.add_row(str(i), r["cell"], f"[{style[r['state']]}]{r['state']}[/]", r["step"], r["where"],
-                          str(r["try"] or ""), seconds)
+            table.add_row(str(i), escape(str(r["cell"])), f"[{style[r['state']]}]{r['state']}[/]",
+                          escape(str(r["step"])), escape(str(r["where"])), str(r["try"] or ""), seconds)
         return table
 
 
@@ -391,7 +392,7 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
         bars.stop()  # the previous step's bar ends; training shows its own
         current["progress"] = bars.callback(f"[{i}/{n}] {step}")
         if step != "done":
-            console.print(f"[bold][{i}/{n}][/] {run_id}: {step}", highlight=False)
+            console.print(f"[bold][{i}/{n}][/] {escape(run_id)}: {escape(step)}", highlight=False)
 
     def on_progress(done: int, total: int, label: str) -> None:
         current["progress"](done, total, label)
@@ -468,8 +469,8 @@ def sweep_command(
     if report and len(failed) < len(statuses):
         finish_sweep_report(spec.folder, spec.folder / "report", spec.report_options, device, quiet)
     for status in failed:
-        err_console.print(f"[bold red]failed:[/] {status.run_dir.name}: {status.error}", highlight=False,
-                          soft_wrap=True)
+        err_console.print(f"[bold red]failed:[/] {escape(status.run_dir.name)}: {escape(str(status.error))}",
+                          highlight=False, soft_wrap=True)
         if status.traceback:
             err_console.print(status.traceback, markup=False, highlight=False)
     if failed:
@@ -497,7 +498,7 @@ def print_attack_table(result, title: str) -> None:
                       f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n_examples), r.loss, f"{r.seconds:.1f}")
     console.print(table)
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
     console.print(f"written: {result.path}" + (f", {result.examples_path}" if result.examples_path else ""))
 
 
@@ -604,7 +605,7 @@ def print_margins_summary(result, title: str, run_dir: Path) -> None:
         console.print(f"[yellow]note:[/] {len(result.margins)} of the {result.n_requested} examples are classified "
                       "correctly; only those are measured.", highlight=False)
     for note in getattr(result, "notes", []):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
     console.print(f"written: {run_dir / 'margins.csv'}, {run_dir / 'jacobian.csv'}")
 
 
@@ -736,14 +737,13 @@ def certify_command(
                                        name=model.name, source=model.provenance, on_progress=on_progress)
         print_certify_table(result, f"{run_dir.name}: certified accuracy (a lower bound; pixel units)")
         for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}", highlight=False)
+            console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- report
 def print_verdicts(verdicts) -> None:
     """One compact table per comparison (jrbench.analysis.verdicts.compact_tables): repeats of the clean
     accuracy and worst cases equal to PGD left out; report.md has every line."""
-    from rich.markup import escape
     from rich.table import Table
 
     from .analysis.verdicts import ADJUSTED, compact_tables
@@ -810,15 +810,15 @@ def report_command(
     table = Table(title="per run" if per_run else "per group of runs differing by seed: mean ± std across seeds")
     table.add_column("")
     for label in rows.columns:
-        table.add_column(str(label), justify="right")
+        table.add_column(escape(str(label)), justify="right")  # labels such as "lenet l2 [ebcf4b]"
     for measure, values in rows.iterrows():
-        table.add_row(str(measure), *map(str, values))
+        table.add_row(escape(str(measure)), *(escape(str(v)) for v in values))
     console.print(table)
     print_verdicts(result.verdicts)
     for gap in result.gaps:
-        console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]gap:[/] {escape(str(gap))}", highlight=False, soft_wrap=True)
     for error in result.errors:
-        console.print(f"[bold red]ERROR (soundness):[/] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]ERROR (soundness):[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     console.print(f"written: {out / 'report.md'} ({len(result.files)} files in {out})", highlight=False)
 
 
@@ -842,7 +842,7 @@ def overhead_command(
     warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
     device: DeviceOpt = "auto",
     data_dir: NewDataDirOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/overhead.csv without --check/--gate, else nowhere).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/runs/overhead.csv without --check/--gate, else nowhere).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
     gate: Annotated[Optional[Path], typer.Option(help="Gate spec (benchmarks/overhead_gate.toml): time this checkout against a baseline commit, interleaved; exit 1 on a regression.")] = None,
     baseline: Annotated[Optional[str], typer.Option(help="With --gate: the baseline commit (default: the spec's).")] = None,
@@ -865,7 +865,8 @@ def overhead_command(
         check_budget_cases(budgets, cases_of(cfg))
     with Bars(quiet) as bars:
         summary = run_overhead(cfg, on_progress=bars.callback(f"{model}: timing pairs"))
-    out = out if out is not None or check is not None else Path("results/overhead.csv")
+    # the default lies with the default run folders (git-ignored), not on a committed results table
+    out = out if out is not None or check is not None else Path("results/runs/overhead.csv")
     if out is not None:
         atomic_write_csv(out, summary)
     table = Table(title=f"{model}, batch {batch_size}, {summary['device_name'].iloc[0]}, "
@@ -883,7 +884,7 @@ def overhead_command(
     if budgets is not None:
         failures = check_budget(summary, budgets)
         for failure in failures:
-            err_console.print(f"[bold red]over budget:[/] {failure}", highlight=False)
+            err_console.print(f"[bold red]over budget:[/] {escape(str(failure))}", highlight=False)
         if failures:
             raise typer.Exit(1)
         console.print(f"all {len(budgets)} overhead budgets hold ({check})")
@@ -922,12 +923,12 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
                       f"{r.relative:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.rounds), r.verdict)
     console.print(table)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
     if out is not None:
         atomic_write_csv(out, t)
         console.print(f"written: {out}")
     for failure in result.failures:
-        err_console.print(f"[bold red]regression:[/] {failure}", highlight=False)
+        err_console.print(f"[bold red]regression:[/] {escape(str(failure))}", highlight=False)
     if result.failures:
         raise typer.Exit(1)
     console.print(f"the gate holds: no case worse than the baseline by more than {spec.tolerance:.0%} beyond the "
@@ -940,7 +941,7 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
 def frontier_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders of the study's runs (e.g. results/frontier).")],
     overhead: Annotated[Path, typer.Option(help="A table of 'jrbench overhead --out' timing the study's settings.")],
-    out: Annotated[Path, typer.Option(help="Folder of frontier.csv and frontier.png.")] = Path("results/frontier"),
+    out: Annotated[Optional[Path], typer.Option(help="Folder of frontier.csv, frontier_verdicts.csv and frontier.png (default: the first PATH, the study's folder).")] = None,
     eps_linf: Annotated[float, typer.Option(help="L-inf radius of the robustness column (pixel units).")] = 0.1,
     sigma: Annotated[float, typer.Option(help="Noise sigma of the noise column (pixel units).")] = 0.5,
     goal_ratio: Annotated[float, typer.Option(help="The overhead goal (x plain).")] = 1.3,
@@ -956,6 +957,7 @@ def frontier_command(
 
     if not overhead.is_file():
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
+    out = out if out is not None else paths[0]
     timing = read_csv(overhead)
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
     result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
@@ -970,15 +972,16 @@ def frontier_command(
         return f"{100 * mean:.1f}" + ("" if low != low else f" [{100 * low:.1f}, {100 * high:.1f}]")
 
     for r in result.table.itertuples():
-        table.add_row(r.setting, f"{r.overhead_ratio:.2f}", f"{r.R:.3g}",
-                      with_interval(r.pgd_linf_acc, r.pgd_linf_low, r.pgd_linf_high),
-                      with_interval(r.noise_acc, r.noise_low, r.noise_high), str(r.n_seeds), r.verdict_vs_full)
+        table.add_row(escape(r.setting), f"{r.overhead_ratio:.2f}", f"{r.R:.3g}",
+                      escape(with_interval(r.pgd_linf_acc, r.pgd_linf_low, r.pgd_linf_high)),
+                      escape(with_interval(r.noise_acc, r.noise_low, r.noise_high)), str(r.n_seeds),
+                      escape(r.verdict_vs_full))
     console.print(table)
     for line in result.goal:
         console.print(f"[bold]goal ({goal_ratio}x plain, not worse than full n=1 at a {margin:g}-point margin):[/] "
-                      f"{line}", highlight=False)
+                      f"{escape(line)}", highlight=False)
     for gap in result.gaps:
-        console.print(f"[yellow]gap:[/] {gap}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]gap:[/] {escape(str(gap))}", highlight=False, soft_wrap=True)
     console.print("written: " + ", ".join(map(str, files)))
 
 

@@ -91,11 +91,14 @@ def noise_interval(counts, draws: int, confidence: float = CONFIDENCE) -> tuple[
     return wilson_interval(p * n_eff, n_eff, confidence)
 
 
-def mean_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def mean_ci(values: np.ndarray, confidence: float = CONFIDENCE,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
     """(mean, low, high): Student t interval, mean -+ t_{n-1} * s / sqrt(n) (scipy.stats.t).
 
     Assumes independent values whose mean is about normal (exact for normal values, the
-    central limit theorem otherwise). NaN bounds for fewer than 2 values or non-finite ones."""
+    central limit theorem otherwise). NaN bounds for fewer than 2 values or non-finite ones.
+    ``bounds``: the range every value lies in (accuracies: (0, 1)); the interval is cut to it,
+    which keeps its coverage since the true mean lies there too."""
     values = np.asarray(values, dtype=float)
     n = len(values)
     mean = float(np.mean(values)) if n else math.nan
@@ -105,7 +108,7 @@ def mean_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, 
     if se == 0:
         return mean, mean, mean
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=se)
-    return mean, float(low), float(high)
+    return mean, max(float(low), bounds[0]), min(float(high), bounds[1])
 
 
 def median_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:

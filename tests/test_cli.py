@@ -231,3 +231,32 @@ def test_a_cuda_device_the_machine_lacks_is_a_clear_error(monkeypatch):
     with pytest.raises(UserError, match="no CUDA device is available"):
         resolve_device("cuda:0")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_messages_keep_their_brackets(tmp_path):
+    """Rich markup would eat '[[case]]' and labels such as 'lenet l2 [ebcf4b]' (a tag to rich): every
+    message and table cell that carries outside text is escaped."""
+    from rich.console import Console
+
+    from jrbench.cli import escape
+
+    bad = tmp_path / "budget.toml"
+    bad.write_text("x = 1\n")
+    result = runner.invoke(app, ["overhead", "--check", str(bad)])
+    assert result.exit_code == 2 and "[[case]] tables" in result.output, result.output
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\nblock = 1\n')
+    result = runner.invoke(app, ["sweep", str(spec)])
+    assert result.exit_code == 2 and "[[block]] tables" in result.output, result.output
+    console = Console(width=200, record=True)
+    console.print(escape("lenet l2 wd=0.0005 [ebcf4b]"))
+    assert "[ebcf4b]" in console.export_text()
+
+
+def test_help_names_every_flag_whole_on_an_80_column_terminal():
+    """Rich's help panels cut long flag names ('--autoattack-eps…' twice); click's plain help wraps."""
+    result = runner.invoke(app, ["attack", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    for flag in ("--autoattack-eps-linf", "--autoattack-eps-l2", "--input-normalized", "--noise-examples"):
+        assert flag in result.output, flag
+    assert "…" not in result.output and max(map(len, result.output.splitlines())) <= 80

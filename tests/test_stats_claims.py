@@ -119,3 +119,16 @@ def test_seeds_needed_fixed_values_and_edges():
     assert stats.seeds_for_noninferiority(2.0, 3.0, true_diff=-3.0) is None  # worse by the margin: never
     assert stats.seeds_for_noninferiority(math.nan, 3.0) is None
     assert stats.noninferiority_power(1, 2.0, 3.0) == 0.0
+
+
+def test_mean_ci_is_cut_to_the_range_of_the_values():
+    """Accuracies of three seeds far apart: the t interval runs past 0 and 1 (the review saw
+    62.5 [-0.4, 125.4] in the frontier); cut to [0, 1] it keeps the rest of the interval as it was."""
+    from jrbench.stats import mean_ci
+
+    values = np.array([0.2, 0.95, 0.7])
+    mean, low, high = mean_ci(values)
+    assert low < 0 and high > 1
+    assert mean_ci(values, bounds=(0.0, 1.0)) == (mean, 0.0, 1.0)
+    narrow = np.array([0.5, 0.52, 0.55])
+    assert mean_ci(narrow, bounds=(0.0, 1.0)) == mean_ci(narrow)

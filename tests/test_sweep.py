@@ -54,6 +54,8 @@ seed = [0, 1]
     ('name = "t"\n[base]\nepochs = 1\n[grid]\nlambda_jr = 0.1\n', "line 5: field 'lambda_jr' in [grid] must be a non-empty list"),
     ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nreg = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
     ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not an attack option. Did you mean 'steps'"),
+    ('name = "t"\n\n[atack]\npgd = true\n', "line 3: field 'atack' is not a sweep field. Did you mean 'attack'"),
+    ('name = "t"\ngird = 1\n', "line 2: field 'gird' is not a sweep field. Did you mean 'grid'"),
     ('name = "t"\n[attack]\neps = [0.1]\n', "line 3: field 'eps' is not an attack option: a spec names each grid, 'eps_linf'"),
     ('name = "t"\n[base\n', "bad.toml, line 2, column 6: not valid TOML"),
     ('[base]\nepochs = 1\n', "field 'name'"),

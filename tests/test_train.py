@@ -72,8 +72,10 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, regs):
 def test_resume_with_other_config_is_refused(tmp_path):
     data = tiny_data()
     train(tiny_config(epochs=1), tmp_path / "run", data=data)
-    with pytest.raises(UserError, match="another configuration"):
+    with pytest.raises(UserError, match=r"another configuration \(names \['none'\] there, \['jacobian'\] here\)"):
         train(tiny_config(("jacobian",), epochs=1), tmp_path / "run", data=data, resume=True)
+    with pytest.raises(UserError, match="epochs 1 there, 2 here.*not extended"):  # the message names what differs
+        train(tiny_config(epochs=2), tmp_path / "run", data=data, resume=True)
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_writes_no_model(tmp_path):

@@ -347,6 +347,7 @@ def test_compact_tables_leave_out_repeats():
                           dict(base, metric="pgd_acc", strength="linf 0", **numbers),
                           dict(base, metric="pgd_acc", strength="linf 0.1", **numbers),
                           dict(base, metric="pgd_acc", strength="linf 0.2", **numbers),
+                          dict(base, metric="certified_acc", strength="l2 0", **numbers),
                           dict(base, metric="R_z", strength="", **dict(numbers, p_adjusted=0.0004))])
     [(group, baseline, rows)] = compact_tables(table)
     assert (group, baseline) == ("g", "b") and list(rows.columns) == COMPACT_COLUMNS

@@ -477,7 +477,7 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
 
 
 # metrics whose strength 0 is the clean accuracy again (noise σ 0, an attack at ε 0)
-ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc")
+ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc", "certified_acc")
 COMPACT_COLUMNS = ["metric", "strength", "difference [95% CI]", "adjusted p", "verdict"]
 SHORT_NAMES = {"clean_acc": "clean", "R_z": "R_z", "margin_random_median": "margin, random",
                "margin_adv_l2": "margin, adversarial"}  # the rest: METRICS' names

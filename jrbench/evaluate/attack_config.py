@@ -218,8 +218,9 @@ def build_attack_config(*, noise: bool | None = None, pgd: bool | None = None, f
 
 
 def _named(name: str) -> str:
-    """A setting as both its spec key and its flag: 'eps_linf (--eps-linf)'."""
-    return f"{name} (--{name.replace('_', '-')})"
+    """A setting as both its spec key and its flags: 'eps_linf (--eps-linf, or --eps with --norm linf)'."""
+    also = f", or --eps with --norm {name[4:]}" if name in ("eps_linf", "eps_l2") else ""
+    return f"{name} (--{name.replace('_', '-')}{also})"
 
 
 def _check_grid(name: str, values: Sequence[float], upper: float | None) -> None:

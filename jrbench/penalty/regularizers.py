@@ -22,6 +22,7 @@ authors' code.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -121,7 +122,9 @@ def jvp_frobenius_sq(net, z: torch.Tensor, n_proj: int) -> tuple[torch.Tensor, t
     total, logits = None, None
     for _ in range(n_proj):
         u = torch.randn(z.shape, device=z.device, dtype=z.dtype)
-        out, ju = torch.func.jvp(net, (z,), (u,))
+        with warnings.catch_warnings():  # torch.func.jvp's own first use calls the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+            out, ju = torch.func.jvp(net, (z,), (u,))
         logits = out if logits is None else logits
         sq = ju.reshape(ju.shape[0], -1).pow(2).sum(1)
         total = sq if total is None else total + sq

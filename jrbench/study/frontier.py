@@ -13,7 +13,7 @@ several data sets x settings x seeds) this module joins
 - ``pgd_linf_acc``: the worst-case robust accuracy at L-inf ``eps_linf`` (every adversarial
   attack run there, per example; PGD alone where no per-example record exists), and
   ``noise_acc`` at ``sigma`` (means over seeds, fractions), each with its 95% Student t
-  interval over seeds (``*_low``, ``*_high``; :func:`jrbench.stats.mean_ci`; NaN below 2 seeds)
+  interval over seeds (``*_low``, ``*_high``; :func:`jrbench.stats.mean_ci` cut to [0, 1]; NaN below 2 seeds)
   and ``n_seeds``, the setting's number of runs;
 - ``verdict_vs_full``: a non-inferiority verdict of the setting against full-batch n=1 of the
   same data set and recipe (:func:`jrbench.stats.noninferiority`: runs paired by seed, one-sided
@@ -194,10 +194,12 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
         pgd_values = per_seed("worst_case_acc", linf)
         if not len(pgd_values):
             pgd_values = per_seed("pgd_acc", linf)
-        pgd, pgd_low, pgd_high = stats.mean_ci(pgd_values.to_numpy(float)) if len(pgd_values) else (float("nan"),) * 3
+        share = (0.0, 1.0)  # accuracies: the t interval is cut to [0, 1]
+        pgd, pgd_low, pgd_high = (stats.mean_ci(pgd_values.to_numpy(float), bounds=share) if len(pgd_values)
+                                  else (float("nan"),) * 3)
         noise_values = per_seed("noise_acc", noise)
-        noise_acc, noise_low, noise_high = (stats.mean_ci(noise_values.to_numpy(float)) if len(noise_values)
-                                            else (float("nan"),) * 3)
+        noise_acc, noise_low, noise_high = (stats.mean_ci(noise_values.to_numpy(float), bounds=share)
+                                            if len(noise_values) else (float("nan"),) * 3)
         setting = f"{dataset}: {case}"
         comparison = against.get(group_id(runs[0].config))
         mine: list[dict] = []

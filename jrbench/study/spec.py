@@ -191,7 +191,12 @@ def spec_from_file(f: SpecFile, out: str | Path | None = None) -> SweepSpec:
         raise f.error("field 'name' must be a non-empty name without '/'.", (), "name")
     for key in doc:
         if key not in TOP_FIELDS:
-            raise f.error(f"field '{key}' is not a sweep field (expected {', '.join(TOP_FIELDS)}).", (), key)
+            from ..registry import did_you_mean
+
+            header = isinstance(doc[key], dict)  # a [table]: its header's line
+            raise f.error(f"field '{key}' is not a sweep field.{did_you_mean(key, list(TOP_FIELDS))} "
+                          f"Expected one of: {', '.join(TOP_FIELDS)}.", (key,) if header else (),
+                          None if header else key)
     cells = _cells(f, *_train_tables(f))
     attack, margins = _attack_table(doc.get("attack"), f), _margins_table(doc.get("margins"), f)
     resources = _parse_resources(doc.get("resources", {}), f)

@@ -228,6 +228,15 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
     }
 
 
+def _differences(saved: RunConfig, config: RunConfig) -> str:
+    """'epochs 1 there, 2 here; ...': the settings in which two configs differ (device and data folder aside)."""
+    there, here = saved.to_dict(), config.to_dict()
+    diffs = [f"{key} {there[part].get(key)!r} there, {value!r} here"
+             for part in here for key, value in here[part].items()
+             if key not in ("device", "data_dir") and there.get(part, {}).get(key) != value]
+    return "; ".join(diffs) or f"run id {saved.run_id()} there, {config.run_id()} here"
+
+
 def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: torch.device):
     """Create ``run_dir`` or, with ``resume``, return its saved state (None when fresh)."""
     exists = (run_dir / rundir.CONFIG).is_file()
@@ -239,8 +248,8 @@ def _prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, device: tor
         saved = rundir.load_config(run_dir)
         if saved.run_id() != config.run_id():
             raise UserError(
-                f"{run_dir} holds a run with another configuration ({saved.run_id()}); "
-                f"--resume needs the same options (this one is {config.run_id()})."
+                f"{run_dir} holds a run with another configuration ({_differences(saved, config)}); "
+                "--resume needs the same options (a finished run is not extended: train a new one)."
             )
         if (run_dir / rundir.CHECKPOINT).is_file():
             checkpoint = rundir.torch_load(run_dir / rundir.CHECKPOINT, device)
