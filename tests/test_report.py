@@ -282,6 +282,24 @@ def test_missing_and_corrupt_tables_are_gaps(runs_root, tmp_path):
     assert any("jr-s0: margins.csv" in g for g in result.gaps)
 
 
+def test_a_column_no_run_has_is_one_gap_for_all_runs(runs_root, tmp_path):
+    """Runs attacked at L-inf only (a study's choice): one gap line for all runs, no per-run
+    command to run; a column some runs lack stays a gap of each of those runs."""
+    from jrbench.report.table import run_table, table_gaps
+
+    for name in ("plain-s0", "plain-s1"):
+        shutil.copytree(runs_root / "runs" / name, tmp_path / name)
+        for table in ("attacks.csv", "attack_examples.csv"):
+            rows = pd.read_csv(tmp_path / name / table)
+            rows[~((rows["attack"] == "pgd") & (rows["norm"] == "l2"))].to_csv(tmp_path / name / table, index=False)
+    (tmp_path / "plain-s1" / "margins.csv").unlink()
+    c = collect([tmp_path])
+    gaps = table_gaps(run_table(c.summary), c)
+    assert gaps.count("all runs: attacks.csv: no PGD L2 rows in any run") == 1
+    assert not [g for g in gaps if "no PGD L2 rows;" in g], gaps
+    assert not [g for g in gaps if g.startswith("all runs: margins.csv")], gaps  # plain-s0 has margins
+
+
 def test_cli_empty_or_unreadable_folder_exits_2(tmp_path):
     result = runner.invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "no run directories" in result.output, result.output

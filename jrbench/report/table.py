@@ -291,7 +291,9 @@ _COLUMN_GAPS = {
 
 
 def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
-    """Values missing from the wide table whose file is there (missing files are gaps already)."""
+    """Values missing from the wide table whose file is there (missing files are gaps already).
+    A value no run has (a study that attacked at L-inf only) is one line for all runs, without a
+    command to run: a choice of the study, not a hole in some of its runs."""
     known = {(g.run_id, g.item) for g in collection.gaps}
     paths = {r.run_id: r.path for r in [*collection.runs, *getattr(collection, "models", [])]}
     outside = {r.run_id for r in getattr(collection, "models", [])}
@@ -299,8 +301,15 @@ def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
     for key, base in _attack_keys_of(runs):
         first_key.setdefault(base, key)
     gaps = []
+    nobody = {key for key in _COLUMN_GAPS if runs[first_key.get(key, key)].isna().all()}
+    for key in nobody:
+        file, what, _ = _COLUMN_GAPS[key]
+        if any((run_id, file) not in known for run_id in runs["run_id"]):  # else each run's missing file says it
+            gaps.append(f"all runs: {file}: {what} in any run")
     for r in runs.to_dict("records"):
         for key, (file, what, fix) in _COLUMN_GAPS.items():
+            if key in nobody:
+                continue
             if pd.isna(r[first_key.get(key, key)]) and (r["run_id"], file) not in known:
                 if r["run_id"] in outside:  # its source must be named again: the folder's gaps say how
                     gaps.append(f"{r['run_id']}: {file}: {what}")
