@@ -2,8 +2,8 @@
 
 The model is walked as a chain of layers (:func:`layer_chain`): its ``normalize`` when it has one,
 then its ``net`` with nested ``nn.Sequential`` flattened (a layer listed twice runs twice; a subclass
-with its own ``forward`` is not a chain), and the chain must give the model's logits on a probe input. The chain's constant is at most the product
-of its layers' constants (Tsuzuku, Sato, Sugiyama 2018, "Lipschitz-margin training"; Gouk et al.
+with its own ``forward`` is not a chain), and the chain must give the model's logits on a probe
+input. The chain's constant is at most the product of its layers' constants (Tsuzuku, Sato, Sugiyama 2018, "Lipschitz-margin training"; Gouk et al.
 2021). Each layer's constant is bounded from above, in eval mode (dropout off, batch norm on its
 running statistics; the model's modes are restored after):
 
