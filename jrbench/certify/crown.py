@@ -1,0 +1,644 @@
+"""Linear-relaxation certificates: CROWN (Zhang et al. 2018, arXiv:1811.00866) and alpha-CROWN
+(Xu et al. 2021, arXiv:2011.13824), for L-inf and L2 balls intersected with the pixel box [0, 1].
+
+A bound on a linear function of the logits (the margin f_y - f_j, folded into the last layer) is
+propagated backwards through the model's chain of layers (:func:`jrbench.models.lipschitz.layer_chain`):
+an affine layer maps the coefficients exactly (Lambda <- Lambda W, constant += Lambda b); a ReLU or
+LeakyReLU(a), 0 <= a <= 1, with pre-activation bounds l < 0 < u is bounded above by its chord
+(slope (u - a l) / (u - l)) and below by a line through 0 of slope in [a, 1] (CROWN: 1 when u > -l,
+else a; alpha-CROWN optimizes it per example, margin and neuron by projected gradient steps, and
+every slope in [a, 1] stays sound); a max-pool window is bounded below by its input with the
+largest lower bound and above by that input when its lower bound beats every other input's upper
+bound, else by the largest upper bound (DeepPoly, Singh et al. 2019). The coefficients reach the
+pixels last: over the L-inf box [x - eps, x + eps] ∩ [0, 1], min a.x = sum(min(a lo, a hi)); over
+the L2 ball ∩ [0, 1], the larger of the box's bound, a.x0 - eps ||a||_2, and (for margins) the
+Lagrangian dual max_mu sum_i min_{t in [lo_i, hi_i]} (a_i t + mu (t - x0_i)^2) - mu eps^2, which any
+mu >= 0 keeps sound.
+
+Pre-activation bounds: interval bounds everywhere first (:mod:`jrbench.certify.ibp`), then, layer by
+layer, the inputs of each ReLU (or max pool) that are not already exact get the same backward pass
+run from that layer (one lower and one upper specification per neuron that can matter: the unstable
+ones, and for a ReLU feeding a max pool every neuron that can be positive), and each neuron keeps
+the tighter of its two bounds. The input of the first nonlinearity is an affine map of a box: exact
+for L-inf; for L2 its ball bound (row norms) is intersected with the box's.
+
+Arithmetic: float64 on the input's device. Every step adds the rounding slack of its products and
+sums (:func:`jrbench.certify.rounding.gamma` times the sum of |Lambda| times the magnitudes its layer's
+input can reach, from the sound bounds) and rounds the constant downward; the relaxation's slopes and
+intercepts round outward. So a certified margin holds for the network in exact arithmetic with the
+model's weights. Layers without a rule here (Tanh, Sigmoid, Hardtanh, ceil-mode pooling) are
+refused with a message naming the layer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..models.architectures import eval_mode
+from ..models.lipschitz import Layer, layer_chain, strictly_correct
+from .rounding import U, down, gamma, up
+
+FLAG = "--crown"
+NORMS = ("linf", "l2")
+SPEC_BUDGET = 1 << 24  # float64 elements of one chunk of coefficients (128 MB)
+AFFINE = ("normalize", "linear", "conv2d", "batchnorm", "avgpool2d")
+
+
+# ----------------------------------------------------------------------------- the chain
+def _relu_slope(m: nn.Module) -> float | None:
+    """The negative-side slope a of a ReLU (0) or LeakyReLU (0 <= a <= 1); None otherwise."""
+    if type(m) is nn.ReLU:
+        return 0.0
+    if isinstance(m, nn.LeakyReLU) and 0 <= m.negative_slope <= 1:
+        return float(m.negative_slope)
+    return None
+
+
+def crown_chain(model: nn.Module, flag: str = FLAG) -> list[Layer]:
+    """The model's layer chain, or :class:`UserError` naming the first layer CROWN has no rule for."""
+    layers = layer_chain(model, flag, ibp=True)
+    for layer in layers:
+        m = layer.module
+        why = None
+        if layer.kind == "activation" and _relu_slope(m) is None:
+            why = f"{type(m).__name__}: linear relaxations are written for ReLU and LeakyReLU (slope in [0, 1])"
+        if layer.kind == "maxpool2d" and m.ceil_mode:
+            why = "MaxPool2d with ceil_mode=True"
+        if why is not None:
+            raise UserError(f"certify {flag} has no rule for layer {layer.path} ({why}); interval bounds "
+                            "(--ibp) and the Lipschitz bound cover more layers.")
+    return layers
+
+
+def supports(model: nn.Module) -> str | None:
+    """None when CROWN covers ``model``, else the :class:`UserError` message."""
+    try:
+        crown_chain(model)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+# ----------------------------------------------------------------------------- the input set
+@dataclass
+class InputSet:
+    """The perturbation set in pixels: the ball of radius ``eps`` (``norm``) around ``x0`` (N, C, H, W)
+    intersected with [0, 1]; ``lo``, ``hi`` the box [x0 - eps, x0 + eps] ∩ [0, 1], rounded outward."""
+
+    x0: torch.Tensor
+    eps: float
+    norm: str
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    @classmethod
+    def make(cls, x: torch.Tensor, eps: float, norm: str) -> "InputSet":
+        if norm not in NORMS:
+            raise UserError(f"certify {FLAG}: norm must be one of {', '.join(NORMS)}, not {norm!r}.")
+        if not (isinstance(eps, (int, float)) and 0 <= eps < math.inf):
+            raise UserError(f"certify {FLAG}: eps must be a finite number >= 0 (pixel units), not {eps!r}.")
+        x0 = x.detach().double()
+        if bool(((x0 < 0) | (x0 > 1)).any()):
+            raise UserError(f"certify {FLAG}: the inputs must be pixels in [0, 1].")
+        lo, hi = down(x0 - eps).clamp_min(0), up(x0 + eps).clamp_max(1)
+        return cls(x0, float(eps), norm, lo, hi)
+
+    def select(self, k: int) -> "InputSet":
+        """The set of example ``k`` alone."""
+        return InputSet(self.x0[k:k + 1], self.eps, self.norm, self.lo[k:k + 1], self.hi[k:k + 1])
+
+    def lower(self, lam: torch.Tensor, dual_steps: int = 0) -> torch.Tensor:
+        """(N, S) sound lower bounds of min over the set of lam . x, lam (N, S, C, H, W) float64."""
+        a = lam.flatten(2)
+        d = a.shape[-1]
+        lo, hi = self.lo.flatten(1)[:, None], self.hi.flatten(1)[:, None]
+        box = (a.clamp(min=0) * lo + a.clamp(max=0) * hi).sum(-1)
+        best = down(box - up(gamma(d) * (a.abs() * hi).sum(-1)))  # |x| <= hi on [0, 1]
+        if self.norm == "linf" or self.eps == 0:
+            return best
+        x0 = self.x0.flatten(1)[:, None]
+        center = (a * x0).sum(-1) - up(gamma(d) * (a.abs() * x0).sum(-1))
+        norm_a = up(torch.sqrt(up((a * a).sum(-1) * (1 + gamma(d)))))
+        best = torch.maximum(best, down(down(center) - up(self.eps * norm_a)))
+        if dual_steps > 0:
+            best = torch.maximum(best, self._dual(a, x0, lo, hi, norm_a, dual_steps))
+        return best
+
+    def _dual(self, a, x0, lo, hi, norm_a, steps: int) -> torch.Tensor:
+        """max over mu >= 0 of g(mu) = sum_i min_{t in [lo_i, hi_i]} (a_i t + mu (t - x0_i)^2) - mu eps^2,
+        a lower bound of min a.x over the L2 ball ∩ box for every mu (weak duality). Golden-section
+        search on log mu around the ball's optimum ||a|| / (2 eps); the value at the best mu is
+        evaluated soundly (the tangent of each convex term at the computed minimizer, rounded)."""
+        eps2 = self.eps * self.eps
+
+        def value(mu):  # (N, S) g(mu) at the computed minimizers (for the search only)
+            t = (x0 - a / (2 * mu[..., None])).clamp(min=lo, max=hi)
+            return (a * t + mu[..., None] * (t - x0) ** 2).sum(-1) - mu * eps2
+
+        center = torch.log(norm_a.clamp_min(1e-300) / (2 * self.eps))
+        left, right = center - 9.0, center + 5.0
+        ratio = (math.sqrt(5) - 1) / 2
+        m1, m2 = right - ratio * (right - left), left + ratio * (right - left)
+        v1, v2 = value(m1.exp()), value(m2.exp())
+        for _ in range(steps):
+            go_right = v2 > v1
+            left = torch.where(go_right, m1, left)
+            right = torch.where(go_right, right, m2)
+            m1, m2 = right - ratio * (right - left), left + ratio * (right - left)
+            v1, v2 = value(m1.exp()), value(m2.exp())
+        mu = torch.where(v1 > v2, m1, m2).exp()[..., None]
+        t = (x0 - a / (2 * mu)).clamp(min=lo, max=hi)
+        slope = a + 2 * mu * (t - x0)  # the derivative of a t + mu (t - x0)^2 at t
+        terms = a * t + mu * (t - x0) ** 2 + torch.minimum(slope * (lo - t), slope * (hi - t))
+        d = a.shape[-1]
+        slack = gamma(8 * d) * (3 * a.abs() + 4 * mu).sum(-1)  # |t|, |t - x0|, |lo - t| <= 1
+        total = down(terms.sum(-1) - up(slack))
+        return down(total - up(up(mu[..., 0] * eps2) * (1 + 4 * U)))
+
+
+# ----------------------------------------------------------------------------- one layer backwards
+def _diag(layer: Layer, like: torch.Tensor):
+    """(scale, shift, |shift| bound) of a per-channel affine layer, float64, channel-broadcast."""
+    m = layer.module
+    view = (1, -1) + (1,) * (len(layer.input_shape) - 1)
+    if layer.kind == "normalize":
+        std, mean = m.std.detach().to(like).reshape(view), m.mean.detach().to(like).reshape(view)
+        return 1 / std, -mean / std, mean.abs() / std
+    scale = (m.running_var.detach().to(like) + m.eps).rsqrt()
+    scale = scale * m.weight.detach().to(like) if m.weight is not None else scale
+    mean_part = -m.running_mean.detach().to(like) * scale
+    shift = mean_part + m.bias.detach().to(like) if m.bias is not None else mean_part
+    mag = mean_part.abs() + (m.bias.detach().to(like).abs() if m.bias is not None else 0)
+    return scale.reshape(view), shift.reshape(view), mag.reshape(view)
+
+
+def _affine_reach(layer: Layer, mag_in: torch.Tensor) -> torch.Tensor:
+    """(N, 1): the largest |A| mag_in + |b| over an affine layer's outputs (mag_in (N, *in) bounds
+    |h|), the factor of the rounding slack of a step through it."""
+    m, kind = layer.module, layer.kind
+    if kind in ("normalize", "batchnorm"):
+        scale, _, shift_mag = _diag(layer, mag_in)
+        reach = mag_in * scale.abs() + shift_mag
+    elif kind == "linear":
+        w = m.weight.detach().to(mag_in)
+        reach = F.linear(mag_in, w.abs(), m.bias.detach().to(mag_in).abs() if m.bias is not None else None)
+    elif kind == "conv2d":
+        w = m.weight.detach().to(mag_in)
+        reach = F.conv2d(mag_in, w.abs(), m.bias.detach().to(mag_in).abs() if m.bias is not None else None,
+                         m.stride, m.padding, m.dilation, m.groups)
+    else:  # average pooling: non-negative weights
+        reach = m(mag_in)
+    return reach.flatten(1).amax(-1, keepdim=True)
+
+
+def _affine_back(layer: Layer, lam: torch.Tensor, mag_in: torch.Tensor):
+    """(Lambda A, Lambda . b, ||Lambda||_1 max(|A| mag_in + |b|), n) for an affine layer h -> A h + b;
+    lam (N, S, *out). The third bounds sum |Lambda| (|A| mag_in + |b|), whose gamma(n) multiple covers
+    the step's rounding."""
+    m, kind = layer.module, layer.kind
+    n_, s_ = lam.shape[:2]
+    in_shape = layer.input_shape
+    slack = _l1(lam) * _affine_reach(layer, mag_in)
+    if kind in ("normalize", "batchnorm"):
+        scale, shift, _ = _diag(layer, lam)
+        return lam * scale.unsqueeze(1), (lam * shift.unsqueeze(1)).flatten(2).sum(-1), slack, 16
+    if kind == "linear":
+        w = m.weight.detach().to(lam)
+        bias_term = (lam * m.bias.detach().to(lam)).flatten(2).sum(-1) if m.bias is not None else lam.new_zeros(n_, s_)
+        return lam @ w, bias_term, slack, w.shape[1]
+    if kind == "conv2d":
+        w = m.weight.detach().to(lam)
+        out = lam.reshape(n_ * s_, *lam.shape[2:])
+        if not isinstance(m.padding, str):
+            new = torch.nn.grad.conv2d_input((n_ * s_, *in_shape), w, out, m.stride, m.padding, m.dilation, m.groups)
+        else:
+            new = _adjoint(lambda t: F.conv2d(t, w, None, m.stride, m.padding, m.dilation, m.groups), in_shape, out)
+        bias_term = (lam.sum((-2, -1)) * m.bias.detach().to(lam)).sum(-1) if m.bias is not None \
+            else lam.new_zeros(n_, s_)
+        return new.reshape(n_, s_, *in_shape), bias_term, slack, w[0].numel()
+    if kind == "avgpool2d":
+        out = lam.reshape(n_ * s_, *lam.shape[2:])
+        k = m.kernel_size if isinstance(m.kernel_size, int) else math.prod(m.kernel_size)
+        return _adjoint(m, in_shape, out).reshape(n_, s_, *in_shape), lam.new_zeros(n_, s_), slack, k * k + 4
+    raise AssertionError(kind)
+
+
+def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
+    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
+    with torch.enable_grad():
+        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
+    return grad
+
+
+def _relu_lines(l: torch.Tensor, u: torch.Tensor, a: float, alpha: torch.Tensor | None):
+    """(lower slope, upper slope, upper intercept, unstable) of ReLU/LeakyReLU(a) on [l, u] (any
+    shapes that broadcast with ``alpha``), sound under
+    rounding: the chord's slope and intercept round up. ``alpha`` in [0, 1] chooses the lower slope
+    a + alpha (1 - a) of unstable neurons (None: CROWN's, 1 when u > -l)."""
+    active, inactive = l >= 0, u <= 0
+    unstable = ~(active | inactive)
+    num = up(u - down(a * l)) if a else u
+    den = down(u - l)
+    chord = up(num / torch.where(unstable, den, torch.ones_like(den)))
+    chord = chord.clamp(max=1.0)  # the exact chord slope is < 1; rounding must not pass it
+    upper_slope = torch.where(active, 1.0, torch.where(inactive, a, chord))
+    intercept = torch.where(unstable, up(up(chord - a) * (-l)), 0.0)
+    if alpha is None:
+        alpha = (u > -l).to(l)
+    lower = a + alpha * (1 - a) if a else alpha
+    lower_slope = torch.where(active, 1.0, torch.where(inactive, a, lower))
+    return lower_slope, upper_slope, intercept, unstable
+
+
+def _l1(lam: torch.Tensor) -> torch.Tensor:
+    """(N, S) ||lam||_1 over each specification's coefficients."""
+    return torch.linalg.vector_norm(lam.flatten(2), 1, dim=-1)
+
+
+def _relu_back(layer: Layer, lam, l, u, mag_in, alpha):
+    """ReLU/LeakyReLU backwards. Stable neurons scale their coefficient by 1 or a; the relaxation's
+    two lines are applied to the columns where some example's neuron is unstable (all columns when
+    alpha is optimized, or when most are unstable)."""
+    a = _relu_slope(layer.module)
+    n_, s_ = lam.shape[:2]
+    lf, uf = l.flatten(1), u.flatten(1)
+    cols = ((lf < 0) & (uf > 0)).any(0).nonzero().flatten()
+    if alpha is not None or 3 * len(cols) > lf.shape[1]:
+        lower_slope, upper_slope, intercept, _ = _relu_lines(l.unsqueeze(1), u.unsqueeze(1), a, alpha)
+        pos = lam.clamp(min=0)
+        new = lam * upper_slope + pos * (lower_slope - upper_slope)
+        t = intercept.flatten(2)
+        bias_term = (lam.flatten(2) * t).sum(-1) - (pos.flatten(2) * t).sum(-1)  # sum of min(lam, 0) t
+        reach = (mag_in.unsqueeze(1) + intercept).flatten(2).amax(-1)
+        return new, bias_term, _l1(lam) * reach, 8
+    flat = lam.flatten(2)
+    new = flat * torch.where(lf >= 0, 1.0, a).unsqueeze(1)
+    reach = mag_in.flatten(1).amax(-1, keepdim=True)
+    bias_term = lam.new_zeros(n_, s_)
+    if len(cols):
+        lower_slope, upper_slope, intercept, _ = _relu_lines(lf[:, None, cols], uf[:, None, cols], a, None)
+        sub = flat[:, :, cols]
+        neg = sub.clamp(max=0)
+        new[:, :, cols] = sub * lower_slope + neg * (upper_slope - lower_slope)
+        bias_term = (neg * intercept).sum(-1)
+        reach = reach + intercept.flatten(1).amax(-1, keepdim=True)
+    return new.reshape(lam.shape), bias_term, _l1(lam) * reach, 8
+
+
+def _pool_windows(m: nn.MaxPool2d, t: torch.Tensor, fill: float) -> torch.Tensor:
+    """(N, C, K, L): the K inputs of each of the L windows of max pool ``m`` over t (N, C, H, W)."""
+    kh, kw = (m.kernel_size,) * 2 if isinstance(m.kernel_size, int) else m.kernel_size
+    ph, pw = (m.padding,) * 2 if isinstance(m.padding, int) else m.padding
+    padded = F.pad(t, (pw, pw, ph, ph), value=fill)
+    cols = F.unfold(padded, (kh, kw), dilation=m.dilation, stride=m.stride or m.kernel_size)
+    return cols.reshape(t.shape[0], t.shape[1], kh * kw, -1)
+
+
+def _maxpool_back(layer: Layer, lam, l, u, mag_in):
+    m = layer.module
+    n_, s_ = lam.shape[:2]
+    c, h, w = layer.input_shape
+    lw, uw = _pool_windows(m, l, -math.inf), _pool_windows(m, u, -math.inf)
+    best, star = lw.max(2)  # (N, C, L)
+    others = uw.scatter(2, star[:, :, None], -math.inf).amax(2)
+    decided = best >= others  # the window's max is its input star exactly
+    top = uw.amax(2)
+    index = _pool_windows(m, torch.arange(h * w, dtype=l.dtype, device=l.device).view(1, 1, h, w), -1.0)
+    flat = _star_index(index, star)
+    lam_w = lam.reshape(n_, s_, c, -1)
+    pos, neg = lam_w.clamp(min=0), lam_w.clamp(max=0)
+    coef = pos + neg * decided.unsqueeze(1)
+    bias_term = (neg * (~decided * top).unsqueeze(1)).flatten(2).sum(-1)
+    new = lam.new_zeros(n_, s_, c, h * w)
+    new.scatter_add_(3, flat.unsqueeze(1).expand(n_, s_, c, flat.shape[-1]), coef)
+    reach = _pool_windows(m, mag_in, 0.0).amax(2) + top.abs()
+    slack = _l1(lam_w) * reach.flatten(1).amax(-1, keepdim=True)
+    return new.reshape(n_, s_, c, h, w), bias_term, slack, lw.shape[2] + lw.shape[3]
+
+
+def _star_index(index: torch.Tensor, star: torch.Tensor) -> torch.Tensor:
+    """(N, C, L) flat input positions of the chosen window entries ``star`` (N, C, L)."""
+    table = index[0, 0].long()  # (K, L)
+    return table[star, torch.arange(star.shape[-1], device=star.device)]
+
+
+def _step_back(layer: Layer, lam, l, u, alpha, sound: bool):
+    """One layer backwards: (lam on the layer's input, constant term, rounding slack)."""
+    mag = torch.maximum(-l, u)
+    if layer.kind in AFFINE:
+        new, const, slack, n = _affine_back(layer, lam, mag)
+    elif layer.kind == "activation":
+        new, const, slack, n = _relu_back(layer, lam, l, u, mag, alpha)
+    elif layer.kind == "maxpool2d":
+        new, const, slack, n = _maxpool_back(layer, lam, l, u, mag)
+    else:  # Flatten, Unflatten, Identity, Dropout in eval mode
+        return lam.reshape(*lam.shape[:2], *layer.input_shape), None, None
+    if not sound:
+        return new, const, None
+    return new, const, up(gamma(n + math.prod(lam.shape[2:])) * slack)
+
+
+# ----------------------------------------------------------------------------- bounds
+@dataclass
+class Bounds:
+    """Sound float64 bounds of every layer's input: ``lower[i]``, ``upper[i]`` (N, *input_shape of
+    layer i); index len(layers) is the output (logits)."""
+
+    layers: list[Layer]
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+    input_set: InputSet
+
+
+def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = None, sound: bool = True,
+             dual_steps: int = 0, const: torch.Tensor | None = None, slack: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, S) lower bounds of lam . h_k (+ ``const``) over the input set, h_k the input of layer k
+    (k = len(layers): the logits), lam (N, S, *shape of h_k); sound (outward rounding, ``slack`` the
+    rounding slack so far) unless ``sound`` is False (the alpha optimizer's differentiable pass)."""
+    const = lam.new_zeros(lam.shape[:2]) if const is None else const
+    slack = lam.new_zeros(lam.shape[:2]) if slack is None else slack
+    for i in reversed(range(k)):
+        layer = bounds.layers[i]
+        alpha = alphas.get(i) if alphas else None
+        lam, c, s = _step_back(layer, lam, bounds.lower[i], bounds.upper[i], alpha, sound)
+        if c is not None:
+            const = down(const + c) if sound else const + c
+        if s is not None:
+            slack = up(slack + s)
+    if not sound:
+        return const + _plain_concretize(lam, bounds.input_set)
+    return down(down(const + bounds.input_set.lower(lam, dual_steps)) - slack)
+
+
+def _plain_concretize(lam, s: InputSet) -> torch.Tensor:
+    """The box (L-inf) or ball (L2) bound without rounding slack: the alpha optimizer's objective."""
+    a = lam.flatten(2)
+    if s.norm == "linf" or s.eps == 0:
+        return (a.clamp(min=0) * s.lo.flatten(1)[:, None] + a.clamp(max=0) * s.hi.flatten(1)[:, None]).sum(-1)
+    box = (a.clamp(min=0) * s.lo.flatten(1)[:, None] + a.clamp(max=0) * s.hi.flatten(1)[:, None]).sum(-1)
+    ball = (a * s.x0.flatten(1)[:, None]).sum(-1) - s.eps * a.norm(dim=-1)
+    return torch.maximum(box, ball)
+
+
+def _ibp_step(layer: Layer, l: torch.Tensor, u: torch.Tensor):
+    from .ibp import _box, _center, _step
+
+    return _box(*_step(layer.kind, layer.module, *_center(l, u)))
+
+
+def _next_kind(layers, i: int) -> str | None:
+    for layer in layers[i + 1:]:
+        if layer.kind != "identity":
+            return layer.kind
+    return None
+
+
+def _prev_kind(layers, i: int) -> str | None:
+    for layer in reversed(layers[:i]):
+        if layer.kind != "identity":
+            return layer.kind
+    return None
+
+
+def compute_bounds(model: nn.Module, input_set: InputSet, layers: list[Layer] | None = None) -> Bounds:
+    """Interval bounds of every layer's input, tightened by CROWN at the input of each ReLU and max
+    pool (see the module docstring); the model in eval mode, float64."""
+    layers = layers if layers is not None else crown_chain(model)
+    lower, upper = [input_set.lo], [input_set.hi]
+    bounds = Bounds(layers, lower, upper, input_set)
+    seen_nonlinear = False
+    with eval_mode(model), torch.no_grad():
+        for i, layer in enumerate(layers):
+            if layer.kind in ("activation", "maxpool2d"):
+                if seen_nonlinear and _prev_kind(layers, i) != "activation":
+                    _refine(bounds, i)
+                seen_nonlinear = True
+            l, u = _ibp_step(layer, lower[i], upper[i])
+            if not seen_nonlinear and input_set.norm == "l2" and layer.kind in ("linear", "conv2d"):
+                l, u = _l2_prefix(layers, i, input_set, l, u)
+            lower.append(l)
+            upper.append(u)
+    return bounds
+
+
+def _l2_prefix(layers, i: int, s: InputSet, l, u):
+    """Tighten the box after the first general affine layer ``i`` (only diagonal maps before it) by
+    the L2 ball: center +- eps ||row||_2 of the composite map, intersected with the box."""
+    from .ibp import _affine, _step
+
+    if any(layer.kind not in ("normalize", "batchnorm", "identity") for layer in layers[:i]):
+        return l, u
+    scale = torch.ones((1, *layers[0].input_shape), dtype=torch.float64, device=l.device)
+    mu, r = s.x0, torch.zeros_like(s.x0)
+    for layer in layers[:i]:
+        if layer.kind != "identity":
+            d, _, _ = _diag(layer, scale)
+            scale = scale * d.abs() * (1 + 4 * U)
+        mu, r = _step(layer.kind, layer.module, mu, r)
+    m = layers[i].module
+    w = m.weight.detach().to(l)
+    sq = scale * scale * (1 + 4 * U)
+    if layers[i].kind == "linear":
+        rows = F.linear(sq.flatten(1) if sq.dim() > 2 else sq, w * w)
+        n = w.shape[1]
+    else:
+        rows = F.conv2d(sq, w * w, None, m.stride, m.padding, m.dilation, m.groups)
+        n = w[0].numel()
+    radius = up(s.eps * up(torch.sqrt(up(rows * (1 + gamma(n))))))
+    center, rounding = _step(layers[i].kind, m, mu, r)
+    low, high = down(center - up(rounding + radius)), up(center + up(rounding + radius))
+    return torch.maximum(l, low.reshape(l.shape)), torch.minimum(u, high.reshape(u.shape))
+
+
+def _pool_candidates(m: nn.MaxPool2d, l: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) bool: inputs of max-pool windows that are not decided (no input's lower bound
+    beats every other's upper bound) and that can be the window's max (u >= the window's best l)."""
+    n, c, h, w = l.shape
+    lw, uw = _pool_windows(m, l, -math.inf), _pool_windows(m, u, -math.inf)
+    best, star = lw.max(2)
+    decided = best >= uw.scatter(2, star[:, :, None], -math.inf).amax(2)
+    cand = (uw >= best[:, :, None]) & ~decided[:, :, None]  # (N, C, K, L)
+    index = _pool_windows(m, torch.arange(h * w, dtype=l.dtype, device=l.device).view(1, 1, h, w), -1.0)
+    flat = index[0, 0].long().expand_as(cand)  # (N, C, K, L) input positions, -1 for padding
+    out = torch.zeros(n, c, h * w + 1, dtype=l.dtype, device=l.device)
+    pos = torch.where(flat >= 0, flat, h * w)  # padding goes to a spare column
+    out.scatter_add_(2, pos.reshape(n, c, -1), cand.reshape(n, c, -1).to(l))
+    return out[:, :, :h * w].reshape(n, c, h, w) > 0
+
+
+def _needed(bounds: Bounds, i: int) -> torch.Tensor:
+    """(N, *shape) bool: the neurons of layer i's input whose CROWN bounds can change a relaxation:
+    unstable ReLU inputs, and the candidates of undecided max-pool windows (through a ReLU)."""
+    l, u = bounds.lower[i], bounds.upper[i]
+    layers = bounds.layers
+    if layers[i].kind == "maxpool2d":
+        return _pool_candidates(layers[i].module, l, u)
+    need = (l < 0) & (u > 0)
+    if _next_kind(layers, i) == "maxpool2d":
+        pool = next(layer for layer in layers[i + 1:] if layer.kind != "identity")
+        if pool.input_shape == tuple(l.shape[1:]):
+            slope = _relu_slope(layers[i].module)
+            act = lambda t: torch.where(t >= 0, t, slope * t)  # noqa: E731  monotone: bounds map to bounds
+            need = need | (_pool_candidates(pool.module, act(l), act(u)) & (u > 0))
+        else:
+            need = need | (u > 0)
+    return need
+
+
+def _first_step(bounds: Bounds, i: int, neurons: torch.Tensor):
+    """The backward step through the affine layer just below layer ``i`` for the unit specifications
+    of ``neurons`` (flat indices into layer i's input), the same for every example: (index of that
+    layer, coefficients on its input (S, *shape), constants (S,), ||coefficients||_1 (S,), n)
+    where the rounding slack of an example is gamma(n) ||.||_1 times its reach; None when the layer
+    below is not affine."""
+    j = i - 1
+    while j >= 0 and bounds.layers[j].kind == "identity":
+        j -= 1
+    if j < 0 or bounds.layers[j].kind not in AFFINE:
+        return None
+    layer = bounds.layers[j]
+    d = math.prod(bounds.layers[i].input_shape)
+    lam = bounds.lower[0].new_zeros(1, len(neurons), d)
+    lam[0, torch.arange(len(neurons), device=lam.device), neurons] = 1.0
+    lam = lam.reshape(1, len(neurons), *layer_output_shape(bounds, j))
+    mag = torch.zeros((1, *layer.input_shape), dtype=lam.dtype, device=lam.device)
+    new, const, _, n = _affine_back(layer, lam, mag)
+    return j, new[0], const[0], _l1(lam)[0], n + d
+
+
+def layer_output_shape(bounds: Bounds, j: int) -> tuple[int, ...]:
+    return tuple(bounds.lower[j + 1].shape[1:])
+
+
+def _refine(bounds: Bounds, i: int) -> None:
+    """CROWN lower and upper bounds of the input of nonlinear layer ``i`` for the neurons where
+    they can matter (:func:`_needed`), example by example (each its own list of neurons); each
+    neuron keeps the tighter of its interval and CROWN bounds. The step through the affine layer
+    below is the same for every example and is taken once."""
+    l, u = bounds.lower[i], bounds.upper[i]
+    layer = bounds.layers[i]
+    n, d = l.shape[0], l[0].numel()
+    need = _needed(bounds, i).reshape(n, d)
+    union = need.any(0).nonzero().flatten()
+    if len(union) == 0:
+        return
+    first = _first_step(bounds, i, union)
+    position = torch.full((d,), -1, dtype=torch.long, device=l.device)
+    position[union] = torch.arange(len(union), device=l.device)
+    largest = max(math.prod(x.shape[1:]) for x in bounds.lower[:i + 1])
+    chunk = max(1, SPEC_BUDGET // max(1, 2 * largest))
+    lf, uf = l.reshape(n, d).clone(), u.reshape(n, d).clone()
+    for k in range(n):
+        one = Bounds(bounds.layers, [t[k:k + 1] for t in bounds.lower], [t[k:k + 1] for t in bounds.upper],
+                     bounds.input_set.select(k))
+        if first is not None:
+            j, rows, consts, norms, n_ops = first
+            m = bounds.layers[j]
+            mag = torch.maximum(-one.lower[j], one.upper[j])
+            reach = _affine_reach(m, mag)
+        for idx in need[k].nonzero().flatten().split(chunk):
+            s = len(idx)
+            if first is None:
+                lam = l.new_zeros(1, 2 * s, d)
+                rows_s = torch.arange(s, device=l.device)
+                lam[0, rows_s, idx] = 1.0
+                lam[0, rows_s + s, idx] = -1.0
+                out = backward(one, i, lam.reshape(1, 2 * s, *layer.input_shape))[0]
+            else:
+                p = position[idx]
+                lam = torch.cat([rows[p], -rows[p]])[None]
+                const = torch.cat([consts[p], -consts[p]])[None]
+                slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]])[None] * reach)
+                out = backward(one, j, lam, const=const, slack=slack)[0]
+            lf[k, idx] = torch.maximum(lf[k, idx], out[:s])
+            uf[k, idx] = torch.minimum(uf[k, idx], -out[s:])
+    bounds.lower[i], bounds.upper[i] = lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+# ----------------------------------------------------------------------------- margins
+def _margin_spec(labels: torch.Tensor, classes: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, C, C): row j is e_y - e_j (row y is zero)."""
+    eye = torch.eye(classes, dtype=like.dtype, device=like.device)
+    return (eye[labels][:, None, :] - eye[None]).contiguous()
+
+
+def margin_lower_bounds(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
+                        alpha_steps: int = 0, alpha_lr: float = 0.1, dual_steps: int = 30) -> torch.Tensor:
+    """(N, C) float64 lower bounds of f_y - f_j over the ``norm`` ball of radius ``eps`` (pixels)
+    around x (N, C, H, W) intersected with [0, 1]; +inf on the label's own column. ``alpha_steps``
+    > 0: alpha-CROWN (that many Adam steps on the lower slopes, learning rate ``alpha_lr``; the
+    result is never looser than CROWN's, both being sound)."""
+    layers = crown_chain(model, "--alpha-crown" if alpha_steps else FLAG)
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise UserError(f"certify {FLAG}: the model takes inputs of shape {tuple(model.input_shape)} "
+                        f"(channels, height, width) but got {tuple(x.shape[1:])}.")
+    s = InputSet.make(x, eps, norm)
+    y = labels.to(x.device).long().view(-1)
+    with eval_mode(model):
+        with torch.no_grad():
+            bounds = compute_bounds(model, s, layers)
+            classes = bounds.lower[-1].shape[1]
+            spec = _margin_spec(y, classes, s.x0)
+            low = backward(bounds, len(layers), spec, dual_steps=dual_steps)
+        if alpha_steps > 0:
+            alphas = _optimize_alphas(bounds, spec, alpha_steps, alpha_lr)
+            with torch.no_grad():
+                low = torch.maximum(low, backward(bounds, len(layers), spec, alphas, dual_steps=dual_steps))
+    return low.scatter(1, y[:, None], math.inf)
+
+
+def _optimize_alphas(bounds: Bounds, spec: torch.Tensor, steps: int, lr: float) -> dict:
+    """alpha-CROWN: per example, margin and unstable neuron, the lower slope of each ReLU in [0, 1]
+    (LeakyReLU: the share of the way from a to 1), by Adam on the sum of the margins' lower bounds
+    (intermediate bounds stay CROWN's). Returns the best slopes seen per margin."""
+    n, s = spec.shape[:2]
+    params = {}
+    for i, layer in enumerate(bounds.layers):
+        if layer.kind == "activation":
+            l, u = bounds.lower[i], bounds.upper[i]
+            if bool(((l < 0) & (u > 0)).any()):
+                init = (u > -l).to(l).unsqueeze(1).expand(n, s, *l.shape[1:]).clone()
+                params[i] = init.requires_grad_(True)
+    if not params:
+        return {}
+    best = {i: p.detach().clone() for i, p in params.items()}
+    best_value = torch.full((n, s), -math.inf, dtype=spec.dtype, device=spec.device)
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    for _ in range(steps + 1):
+        with torch.enable_grad():
+            value = backward(bounds, len(bounds.layers), spec, params, sound=False)
+        better = value.detach() > best_value
+        best_value = torch.where(better, value.detach(), best_value)
+        for i, p in params.items():
+            mask = better.view(n, s, *([1] * (p.dim() - 2)))
+            best[i] = torch.where(mask, p.detach(), best[i])
+        opt.zero_grad()
+        (-value.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            for p in params.values():
+                p.clamp_(0.0, 1.0)
+    return best
+
+
+def certified(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, eps: float, norm: str = "linf",
+              alpha_steps: int = 0, batch_size: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) bool, (N,) float64 on x's device): certified (strictly correct and every margin's lower
+    bound > 0) and the smallest margin lower bound, over the ``norm`` ball of radius ``eps`` ∩ [0, 1]."""
+    labels = labels.to(x.device).long().view(-1)
+    flags, mins = [], []
+    for xb, yb in zip(x.split(batch_size), labels.split(batch_size)):
+        with eval_mode(model), torch.no_grad():
+            correct = strictly_correct(model(xb), yb)
+        low = margin_lower_bounds(model, xb, yb, eps, norm, alpha_steps=alpha_steps).amin(1)
+        flags.append(correct & (low > 0))
+        mins.append(low)
+    if not flags:
+        return torch.zeros(0, dtype=torch.bool, device=x.device), torch.zeros(0, dtype=torch.float64, device=x.device)
+    return torch.cat(flags), torch.cat(mins)
