@@ -673,6 +673,14 @@ def print_certify_table(result, title: str) -> None:
     if (result.table["method"] == "smoothing").any():
         console.print("smoothing certifies the smoothed classifier g (Cohen et al. 2019), not the model itself.",
                       highlight=False)
+    if result.bounds is not None:
+        counts = result.bounds.groupby(["method", "status"]).size()
+        parts = [f"{method} {status} {n}" for (method, status), n in counts.items()
+                 if status not in ("misclassified",)]
+        console.print("per example and eps (certify_bounds.csv): " + ", ".join(parts), highlight=False)
+        if "complete" in set(result.bounds["method"]):
+            console.print("complete verification: 'unknown' means the time budget ran out, not a verdict.",
+                          highlight=False)
     console.print(f"written: {result.path}, {result.examples_path}" if result.path else "nothing written")
 
 
@@ -684,6 +692,18 @@ def certify_command(
     lipschitz: Annotated[bool, typer.Option(
         "--lipschitz", help="Certified L2 Lipschitz bound of the logits (layer operator norms) -> L2 and L-inf radii.")] = False,
     ibp: Annotated[bool, typer.Option("--ibp", help="Interval bound propagation at each L-inf eps.")] = False,
+    crown: Annotated[bool, typer.Option(
+        "--crown", help="CROWN linear-relaxation bounds (Zhang et al. 2018) at each L-inf and L2 eps.")] = False,
+    alpha_crown: Annotated[bool, typer.Option(
+        "--alpha-crown", help="alpha-CROWN: CROWN with optimized ReLU slopes (Xu et al. 2021); tighter, slower.")] = False,
+    complete: Annotated[bool, typer.Option(
+        "--complete", help="Complete verification (MILP, HiGHS) at each L-inf eps: verified, falsified or unknown.")] = False,
+    timeout: Annotated[float, typer.Option(
+        help="Complete verification: time budget in seconds per example and eps (then: unknown).")] = 60.0,
+    alpha_steps: Annotated[int, typer.Option(help="alpha-CROWN: optimization steps of the slopes.")] = 20,
+    skip: Annotated[bool, typer.Option(
+        "--skip/--no-skip", help="CROWN, alpha-CROWN, complete: skip examples an attack of the run broke or a "
+                                 "cheaper certificate covers.")] = True,
     smoothing: Annotated[bool, typer.Option(
         "--smoothing", help="Randomized smoothing (Cohen et al. 2019): the smoothed classifier's certified L2 radius.")] = False,
     sigma: Annotated[Optional[list[float]], typer.Option(
@@ -708,16 +728,18 @@ def certify_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound, interval
-    bound propagation, randomized smoothing; write certify.csv and certify_examples.csv into the run
+    bound propagation, CROWN, alpha-CROWN, complete verification, randomized smoothing; write
+    certify.csv and certify_examples.csv (and for the tight methods certify_bounds.csv) into the run
     (or model) folder. No flag: --lipschitz and --ibp."""
     from .certify.api import CertifyConfig, certify_model, certify_run, check_certify, unsupported
     from .evaluate.outside import resolve_sources
 
-    if not (lipschitz or ibp or smoothing):
+    if not (lipschitz or ibp or smoothing or crown or alpha_crown or complete):
         lipschitz = ibp = True
     config = CertifyConfig(lipschitz=lipschitz, ibp=ibp, smoothing=smoothing, sigmas=sigma or [0.25], n0=n0, n=n,
                            alpha=alpha, eps_linf=eps_linf, eps_l2=eps_l2, seed=seed, batch_size=batch_size,
-                           smoothing_batch_size=smoothing_batch_size)
+                           smoothing_batch_size=smoothing_batch_size, crown=crown, alpha_crown=alpha_crown,
+                           complete=complete, timeout=timeout, alpha_steps=alpha_steps, skip=skip)
     sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
     for run_dir, model in sources:  # every directory and model is checked before any table is written
         if model is None:

@@ -1,7 +1,7 @@
 """Certify a run directory or any model: lower bounds on robust accuracy -> certify.csv beside it.
 
 An attack's robust accuracy is an upper bound on the truth; a certificate is a lower bound
-that no attack can break. Three certificates, on the same fixed test examples as
+that no attack can break. Six certificates, on the same fixed test examples as
 ``jrbench attack`` (:func:`jrbench.evaluate.api.fixed_examples`), in pixel units, with the model's
 normalization inside the map being bounded:
 
@@ -13,6 +13,13 @@ normalization inside the map being bounded:
 - ``ibp`` (Gowal et al. 2018): interval bound propagation of the L-inf box (clipped to [0, 1])
   at each eps of the grid (:mod:`jrbench.certify.ibp`); the radius of an example is the largest eps of
   the grid it certifies (boxes grow with eps, so certification is monotone).
+- ``crown`` (Zhang et al. 2018) and ``alpha-crown`` (Xu et al. 2021): linear-relaxation bounds
+  of the margins over the L-inf or L2 ball ∩ [0, 1] (:mod:`jrbench.certify.crown`), at each eps of
+  the grids; ``complete`` (Tjeng et al. 2019): a MILP solved by HiGHS decides each example at each
+  L-inf eps as verified, falsified or unknown (:mod:`jrbench.certify.complete`). These skip what an
+  attack broke or a cheaper certificate covers (:mod:`jrbench.certify.tight`, which also writes
+  ``certify_bounds.csv``, per example and eps: status and the margin's lower bound, and
+  ``certify_counterexamples.pt``).
 - ``smoothing`` (Cohen, Rosenfeld, Kolter 2019): the smoothed classifier g and its certified L2
   radius sigma Phi^-1(p_A) (:mod:`jrbench.certify.smoothing`). It certifies g, not the model f: its rows
   are never mixed into f's bracket.
@@ -35,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -45,7 +53,9 @@ from ..errors import UserError
 from ..evaluate.api import (Progress, _prepare_model, fixed_examples, load_test_data, resolve_device, run_provenance, upsert_rows)
 
 CERTIFY_CSV, CERTIFY_EXAMPLES_CSV = "certify.csv", "certify_examples.csv"
-METHODS = ("lipschitz", "ibp", "smoothing")
+METHODS = ("lipschitz", "ibp", "smoothing", "crown", "alpha-crown", "complete")
+DETERMINISTIC = ("lipschitz", "ibp", "crown", "alpha-crown", "complete")  # certify the model itself
+CLOSED_BALL = ("ibp", "crown", "alpha-crown", "complete")  # radius: the largest eps of a grid certified
 ROW_KEYS = ["method", "norm", "strength", "sigma"]
 EXAMPLE_KEYS = ["method", "norm", "sigma"]
 EXAMPLE_COLUMNS = ["example", "method", "norm", "sigma", "radius", "predicted", "abstain", "label",
@@ -72,6 +82,12 @@ class CertifyConfig:
     seed: int = 0
     batch_size: int = 500            # examples per batch (Lipschitz, IBP)
     smoothing_batch_size: int = 1000  # noisy images per forward (smoothing)
+    crown: bool = False              # CROWN (Zhang et al. 2018), L-inf and L2
+    alpha_crown: bool = False        # alpha-CROWN (Xu et al. 2021): optimized ReLU slopes
+    complete: bool = False           # complete verification (MILP, HiGHS), L-inf
+    alpha_steps: int = 20            # alpha-CROWN's Adam steps
+    timeout: float = 60.0            # complete verification: seconds per example and eps
+    skip: bool = True                # tight methods skip what an attack broke or a cheaper certificate covers
 
     def __post_init__(self) -> None:
         self.validate()  # checked where it is built (and every dataclasses.replace builds anew)
@@ -80,8 +96,13 @@ class CertifyConfig:
         """Raise :class:`UserError` naming the bad setting; every construction calls it."""
         from .smoothing import check_smoothing_options
 
-        if not (self.lipschitz or self.ibp or self.smoothing):
-            raise UserError("choose at least one certificate: --lipschitz, --ibp or --smoothing.")
+        if not (self.lipschitz or self.ibp or self.smoothing or self.crown or self.alpha_crown or self.complete):
+            raise UserError("choose at least one certificate: --lipschitz, --ibp, --crown, --alpha-crown, "
+                            "--complete or --smoothing.")
+        if not (isinstance(self.alpha_steps, int) and self.alpha_steps >= 1):
+            raise UserError(f"--alpha-steps must be a positive integer, got {self.alpha_steps!r}.")
+        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
+            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout!r}.")
         for name, grid in (("--eps-linf", self.eps_linf), ("--eps-l2", self.eps_l2)):
             if grid is not None and (not grid or any(not math.isfinite(e) or e < 0 for e in grid)):
                 raise UserError(f"{name} must be a non-empty list of radii >= 0 (pixel units), got {grid}.")
@@ -96,6 +117,15 @@ class CertifyConfig:
     def settings(self, method: str) -> str:
         if method == "smoothing":
             return f"n0={self.n0} n={self.n} alpha={self.alpha:g} seed={self.seed}"
+        skip = " skip" if self.skip else ""
+        if method == "crown":
+            return "float64" + skip
+        if method == "alpha-crown":
+            return f"float64 steps={self.alpha_steps}" + skip
+        if method == "complete":
+            from .tight import PGD_RESTARTS, PGD_STEPS
+
+            return f"milp timeout={self.timeout:g}s pgd={PGD_STEPS}x{PGD_RESTARTS} seed={self.seed}" + skip
         return "float64"  # bounds and logit gaps computed in float64
 
     def filled(self, dataset: str) -> "CertifyConfig":
@@ -114,15 +144,18 @@ class CertifyResult:
     path: Path | None = None          # certify.csv (None: nothing written)
     examples_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    bounds: pd.DataFrame | None = None      # this call's certify_bounds.csv rows (tight methods)
+    bounds_path: Path | None = None
 
 
 def unsupported(model: nn.Module, config: CertifyConfig) -> str | None:
     """None when the chosen deterministic certificates have a rule for every layer of ``model``,
     else the message naming the first layer without one (smoothing takes any model)."""
-    from . import ibp
+    from . import crown, ibp
     from ..models import lipschitz
 
-    checks = [m.supports for m, on in ((lipschitz, config.lipschitz), (ibp, config.ibp)) if on]
+    tight = config.crown or config.alpha_crown or config.complete
+    checks = [m.supports for m, on in ((lipschitz, config.lipschitz), (ibp, config.ibp), (crown, tight)) if on]
     return next((problem for problem in (check(model) for check in checks) if problem is not None), None)
 
 
@@ -189,7 +222,7 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
         if on_progress is not None:
             on_progress(min(done[0], steps), steps, label)
 
-    rows, examples = [], []
+    rows, examples, bounds, found = [], [], [], {}
     with eval_mode(model):
         clean_pred = _predict(model, x, config.batch_size)
         if config.lipschitz:
@@ -200,6 +233,14 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
             r, e = _ibp(model, x, y, clean_pred, config, tick)
             rows += r
             examples += e
+        for method, on in (("crown", config.crown), ("alpha-crown", config.alpha_crown),
+                           ("complete", config.complete)):
+            if on:
+                r, e, b, f = _tight(method, model, x, y, index, clean_pred, config, examples, out, example_seed, tick)
+                rows += r
+                examples += e
+                bounds += b
+                found.update(f)
         if config.smoothing:
             r, e = _smoothing(model, x, y, index, clean_pred, config, tick)
             rows += r
@@ -212,24 +253,68 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
     ex["example"] = index.numpy()[ex.pop("position").to_numpy()]
     ex["example_seed"], ex["seed"] = example_seed, config.seed
     ex = ex[EXAMPLE_COLUMNS]
+    bound_rows = None
+    if bounds:
+        from .tight import BOUND_COLUMNS
+
+        bound_rows = pd.concat(bounds, ignore_index=True)
+        bound_rows["example"] = index.numpy()[bound_rows.pop("position").to_numpy()]
+        bound_rows["example_seed"] = example_seed
+        bound_rows = bound_rows[BOUND_COLUMNS]
     if out is None:
-        return CertifyResult(table, ex)
+        return CertifyResult(table, ex, bounds=bound_rows)
+    from .tight import BOUND_KEYS, BOUNDS_CSV, save_counterexamples
+
     notes = _keep_one_example_set(out, example_seed, n_examples)
     upsert_rows(out / CERTIFY_EXAMPLES_CSV, ex, EXAMPLE_KEYS + ["example"], combine=keep_larger_ibp_radius)
+    if bound_rows is not None:
+        upsert_rows(out / BOUNDS_CSV, bound_rows, BOUND_KEYS)
+        save_counterexamples(out, found, index, x, y, model, example_seed)
     upsert_rows(out / CERTIFY_CSV, table, ROW_KEYS)
-    return CertifyResult(table, ex, out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV, notes)
+    return CertifyResult(table, ex, out / CERTIFY_CSV, out / CERTIFY_EXAMPLES_CSV, notes, bound_rows,
+                         out / BOUNDS_CSV if bound_rows is not None else None)
+
+
+def _tight(method, model, x, y, index, clean_pred, config, examples, out, example_seed, tick):
+    """CROWN, alpha-CROWN or complete verification (:mod:`jrbench.certify.tight`), told which
+    examples an attack in the run folder already broke and which a cheaper certificate (this call's
+    or the folder's earlier rows) already covers."""
+    from .tight import attacked_radius, run_tight
+
+    cheaper_methods = {"crown": ("lipschitz", "ibp"), "alpha-crown": ("lipschitz", "ibp", "crown"),
+                       "complete": ("lipschitz", "ibp", "crown", "alpha-crown")}[method]
+    parts = [e.assign(example=index.numpy()[e["position"].to_numpy()]) for e in examples]
+    earlier = out / CERTIFY_EXAMPLES_CSV if out is not None else None
+    if earlier is not None and earlier.is_file():
+        old = rundir.read_csv(earlier)
+        parts.append(old[old["example_seed"] == example_seed])
+    cheaper, attacked = {}, {}
+    for norm in ("linf", "l2"):
+        radius = pd.Series(0.0, index=index.numpy())
+        for part in parts:
+            sel = part[part["method"].isin(cheaper_methods) & (part["norm"] == norm)]
+            if len(sel):
+                best = sel.groupby("example")["radius"].max()
+                best = best[best.index.isin(radius.index)]
+                radius[best.index] = np.maximum(radius[best.index].to_numpy(), best.to_numpy())
+        cheaper[norm] = radius.to_numpy()
+        attacked[norm] = attacked_radius(out, index, example_seed, norm)
+    rows, radii, bounds, found = run_tight(method, model, x, y, clean_pred, config, cheaper, attacked, tick, index)
+    frames = [_examples(method, norm, radius, clean_pred, y, clean_pred) for norm, radius in radii]
+    return rows, frames, bounds, found
 
 
 def keep_larger_ibp_radius(earlier: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    """``new``'s certify_examples rows with each IBP radius the larger of its own and the run's
-    earlier one. IBP's radius of an example is the largest eps of a call's grid that it certifies, so
-    a call with another grid (same examples: a run keeps one example set) must not lower what an
-    earlier grid certified; the best-of certificate is computed from these radii."""
-    old = earlier[earlier["method"] == "ibp"][["example", "norm", "radius"]]
-    if old.empty or not (new["method"] == "ibp").any():
+    """``new``'s certify_examples rows with each radius of a grid method (IBP, CROWN, alpha-CROWN,
+    complete) the larger of its own and the run's earlier one of the same method. Such a radius is
+    the largest eps of a call's grid that the method certifies, so a call with another grid (same
+    examples: a run keeps one example set) must not lower what an earlier grid certified; the
+    best-of certificate is computed from these radii."""
+    old = earlier[earlier["method"].isin(CLOSED_BALL)][["example", "method", "norm", "radius"]]
+    if old.empty or not new["method"].isin(CLOSED_BALL).any():
         return new
-    merged = new.merge(old.rename(columns={"radius": "_earlier"}), on=["example", "norm"], how="left")
-    is_ibp = (merged["method"] == "ibp").to_numpy()
+    merged = new.merge(old.rename(columns={"radius": "_earlier"}), on=["example", "method", "norm"], how="left")
+    is_ibp = merged["method"].isin(CLOSED_BALL).to_numpy()
     larger = merged["radius"].where(merged["radius"] >= merged["_earlier"].fillna(0), merged["_earlier"])
     merged.loc[is_ibp, "radius"] = larger[is_ibp]
     return merged.drop(columns="_earlier")[list(new.columns)]
@@ -253,10 +338,14 @@ def _drop_other_sets(path: Path, ex_path: Path, example_seed: int, n_examples: i
     if same.all():
         return []
     rundir.atomic_write_csv(path, old[same])
-    if ex_path.is_file():
-        old_ex = rundir.read_csv(ex_path)
-        keep = old_ex["example_seed"] == example_seed if same.any() else old_ex["example"].isna()
-        rundir.atomic_write_csv(ex_path, old_ex[keep])
+    from .tight import BOUNDS_CSV, COUNTEREXAMPLES
+
+    for table_path in (ex_path, path.parent / BOUNDS_CSV):
+        if table_path.is_file():
+            old_ex = rundir.read_csv(table_path)
+            keep = old_ex["example_seed"] == example_seed if same.any() else old_ex["example"].isna()
+            rundir.atomic_write_csv(table_path, old_ex[keep])
+    (path.parent / COUNTEREXAMPLES).unlink(missing_ok=True)
     return [f"the certificates of another example set ({len(old) - int(same.sum())} rows of certify.csv) were "
             f"replaced: a run's certificates cover one set (now --example-seed {example_seed}, {n_examples} examples)"]
 
@@ -274,15 +363,16 @@ def best_radii(examples: pd.DataFrame) -> pd.DataFrame:
     """The best deterministic certificate per example and norm, from certify_examples.csv rows:
     columns norm, example, radius (the largest of Lipschitz's and IBP's), clean_correct. These
     certify the model itself; smoothing (another classifier) is left out."""
-    sel = examples[examples["method"].isin(["lipschitz", "ibp"])]
+    sel = examples[examples["method"].isin(DETERMINISTIC)]
     return sel.groupby(["norm", "example"], as_index=False).agg(radius=("radius", "max"),
                                                               clean_correct=("clean_correct", "max"))
 
 
 def _work_units(config: CertifyConfig, n: int) -> int:
     batches = max(1, math.ceil(n / config.batch_size))
+    tight = n * (len(config.eps_linf) + len(config.eps_l2)) * (config.crown + config.alpha_crown)
     return ((1 + batches) * config.lipschitz + batches * len(config.eps_linf) * config.ibp
-            + n * len(config.sigmas) * config.smoothing)
+            + n * len(config.sigmas) * config.smoothing + tight + n * len(config.eps_linf) * config.complete)
 
 
 @torch.no_grad()
@@ -407,7 +497,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     contradiction: example, norm, method, radius, attack, strength, loss.
     """
     columns = ["example", "norm", "method", "radius", "attack", "strength", "loss"]
-    cert = certified[certified["method"].isin(["lipschitz", "ibp"]) & (certified["radius"] > 0)]
+    cert = certified[certified["method"].isin(DETERMINISTIC) & (certified["radius"] > 0)]
     if cert.empty or attacked.empty:
         return pd.DataFrame(columns=columns)
     adv = attacked[attacked["attack"] != "noise"]
@@ -416,7 +506,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     broken = adv[(was_broken > 0) | (adv["clean_correct"] == 0)]
     pairs = cert[["example", "norm", "method", "radius"]].merge(
         broken[["example", "norm", "attack", "strength", "loss"]], on=["example", "norm"])
-    closed = pairs["method"] == "ibp"  # IBP certifies the closed box at its radius; Lipschitz the open ball
+    closed = pairs["method"].isin(CLOSED_BALL)  # IBP, CROWN, complete: the closed ball at the radius; Lipschitz the open one
     bad = pairs[(closed & (pairs["radius"] >= pairs["strength"]))
                 | (~closed & (pairs["radius"] > pairs["strength"] * (1 + SOUNDNESS_TOLERANCE)))]
     return bad[columns].reset_index(drop=True)

@@ -278,7 +278,7 @@ def _relu_back(layer: Layer, lam, l, u, mag_in, alpha):
         reach = (mag_in.unsqueeze(1) + intercept).flatten(2).amax(-1)
         return new, bias_term, _l1(lam) * reach, 8
     flat = lam.flatten(2)
-    new = flat * torch.where(lf >= 0, 1.0, a).unsqueeze(1)
+    new = flat * torch.where(lf >= 0, torch.ones_like(lf), torch.full_like(lf, a)).unsqueeze(1)  # float64 slopes
     reach = mag_in.flatten(1).amax(-1, keepdim=True)
     bias_term = lam.new_zeros(n_, s_)
     if len(cols):
@@ -311,7 +311,7 @@ def _maxpool_back(layer: Layer, lam, l, u, mag_in):
     top = uw.amax(2)
     index = _pool_windows(m, torch.arange(h * w, dtype=l.dtype, device=l.device).view(1, 1, h, w), -1.0)
     flat = _star_index(index, star)
-    lam_w = lam.reshape(n_, s_, c, -1)
+    lam_w = lam.reshape(n_, s_, c, star.shape[-1])
     pos, neg = lam_w.clamp(min=0), lam_w.clamp(max=0)
     coef = pos + neg * decided.unsqueeze(1)
     bias_term = (neg * (~decided * top).unsqueeze(1)).flatten(2).sum(-1)
@@ -544,6 +544,8 @@ def _refine(bounds: Bounds, i: int) -> None:
             reach = _affine_reach(m, mag)
         for idx in need[k].nonzero().flatten().split(chunk):
             s = len(idx)
+            if s == 0:
+                continue
             if first is None:
                 lam = l.new_zeros(1, 2 * s, d)
                 rows_s = torch.arange(s, device=l.device)

@@ -82,7 +82,8 @@ RENAMED: dict[str, dict[str, str]] = {"train": {"regularizers": "reg"},
                                       "attack": {"sigmas": "sigma", "norms": "norm"}}
 # [certify]: jrbench certify's options; unlike the command, a certificate not named is off
 CERTIFY_FIELDS = {"lipschitz", "ibp", "smoothing", "sigma", "n0", "n", "alpha", "eps_linf", "eps_l2", "seed",
-                  "batch_size", "smoothing_batch_size", "n_examples", "example_seed"}
+                  "batch_size", "smoothing_batch_size", "n_examples", "example_seed", "crown", "alpha_crown",
+                  "complete", "timeout", "alpha_steps", "skip"}
 _CERTIFY_LISTS = {"sigma", "eps_linf", "eps_l2"}
 TOP_FIELDS = ("name", "description", "out", "base", "grid", "block", "variant", "attack", "margins", "certify",
               "report", "resources")
@@ -327,15 +328,16 @@ def certify_config(options: dict[str, Any]):
     true is off (a study says what it certifies)."""
     from ..certify.api import CertifyConfig
 
-    kwargs: dict[str, Any] = {"lipschitz": False, "ibp": False, "smoothing": False}
+    kwargs: dict[str, Any] = {"lipschitz": False, "ibp": False, "smoothing": False, "crown": False,
+                              "alpha_crown": False, "complete": False}
     for key, value in options.items():
         if key in ("n_examples", "example_seed"):
             continue
         if key in _CERTIFY_LISTS and not isinstance(value, list):
             value = [value]
         kwargs["sigmas" if key == "sigma" else key] = value
-    for key in ("lipschitz", "ibp", "smoothing"):
-        if not isinstance(kwargs[key], bool):
+    for key in ("lipschitz", "ibp", "smoothing", "crown", "alpha_crown", "complete", "skip"):
+        if key in kwargs and not isinstance(kwargs[key], bool):
             raise UserError(f"{key} must be true or false, got {kwargs[key]!r}.")
     return CertifyConfig(**kwargs)  # validated as it is built
 
