@@ -351,6 +351,12 @@ def _maxpool(milp: _Milp, expr: _Expr, layer: Layer, l: torch.Tensor, u: torch.T
     # y <= x_i + big (1 - d_i)
     milp.add_rows(np.r_[r, r, r], np.r_[yi, xi, d], np.r_[one, -one, big], len(xi), -np.inf, big)
     milp.add_rows(window[o], d, one, len(und), 1.0, 1.0)  # sum_i d_i = 1
+    # a valid cut for the LP relaxation: y <= sum_i (x_i - l_i) + max_i l_i (the max is one x_i, every
+    # other x_i is >= its l_i)
+    w_idx = window[o]
+    rhs = np.bincount(w_idx, weights=-li, minlength=len(und)) + best.ravel()[und]
+    milp.add_rows(np.r_[np.arange(len(und)), w_idx], np.r_[y, xi], np.r_[np.ones(len(und)), -one], len(und),
+                  -np.inf, rhs)
     head = _Expr(sp.csr_matrix((np.ones(len(und)), (und, y)), shape=(n_out, milp.ncols)), np.zeros(n_out))
     perm = sp.csr_matrix((np.ones(len(dec_out)), (dec_out, dec_in)), shape=(n_out, len(lf)))
     tail = expr.widen(milp.ncols).then(perm, np.zeros(n_out))
