@@ -22,13 +22,21 @@ there:
   with respect to the normalized input z (suffix ``_z``) and to pixels (``_pixel``);
   ``R_z`` = 1/2 ||J_z||_F^2, the quantity the regularizer penalizes (table ``jacobian``);
 - ``certify.csv`` / ``certify_examples.csv`` (``jrbench certify``; optional): certified accuracy, a
-  lower bound, per method (``lipschitz``, ``ibp``, ``smoothing σ=...``: the smoothed classifier g,
-  not the model), norm and strength (table ``certify``, quantity ``accuracy``), and ``certified``:
-  the best deterministic certificate per example (Lipschitz or IBP: they certify the model itself),
-  the lower end of the bracket whose upper end is the worst case over attacks; the median
-  certified radius (quantity ``certified_radius``, pixel units, per norm; smoothing per sigma).
-  An example that a deterministic certificate covers at eps but an attack broke at eps or below is
-  a contradiction, one of the two is wrong: ``Collection.errors`` names it;
+  lower bound, per method (``lipschitz``, ``ibp``, ``crown``, ``alpha-crown``, ``complete``,
+  ``smoothing σ=...``: the smoothed classifier g, not the model), norm and strength (table
+  ``certify``, quantity ``accuracy``), and ``certified``: the best deterministic certificate per
+  example (every method but smoothing: they certify the model itself), the lower end of the bracket
+  whose upper end is the worst case over attacks; the median certified radius (quantity
+  ``certified_radius``, pixel units, per norm; smoothing per sigma);
+- the bracket (table ``bracket``, :func:`bracket_rows`, from the certificates, attack_examples.csv
+  and certify_bounds.csv): per norm and eps of the certificate grid the share of the fixed examples
+  known broken (``broken_share``: misclassified, broken by an attack, falsified by complete
+  verification), the ``unknown_share`` (neither that nor certified), the ``gap`` (worst case minus
+  certified) and, where nothing is unknown, the ``exact_accuracy`` and each attack's ``over_report``;
+- soundness (``Collection.errors``, :func:`soundness_errors`): an example that a deterministic
+  certificate covers at eps but an attack broke at eps or below, one that complete verification
+  falsified while a certificate covers it, and a counterexample (certify_counterexamples.pt) that the
+  run's model does not confirm are contradictions: one of the two sides is wrong;
 - the training overhead: the run's seconds_per_step over the median of the plain runs'
   (``--reg none``) with the same data set, model, batch size and device (table ``overhead``;
   NaN, and a gap, when the collection holds no such plain run). seconds_per_step is the
@@ -56,10 +64,10 @@ import numpy as np
 import pandas as pd
 
 from ..training import rundir
-from ..certify.api import best_radii, covers, soundness_violations
+from ..certify.api import DETERMINISTIC, best_radii, covers, soundness_violations
 from ..errors import UserError
 from .provenance import PROVENANCE, device_label, group_id, group_labels, model_provenance, provenance
-from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_EXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord, find_result_dirs, read_model, read_run, run_ids)
+from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_BOUNDS, CERTIFY_EXAMPLES, COUNTEREXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord, find_result_dirs, read_model, read_run, run_ids)
 from ..stats import mean_ci, median_ci, wilson_interval
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
@@ -151,7 +159,8 @@ def worst_case_rows(record: RunRecord) -> list[dict]:
     return rows
 
 
-CERTIFIED = "certified"  # the best deterministic certificate per example (Lipschitz, IBP)
+CERTIFIED = "certified"  # the best deterministic certificate per example (Lipschitz, IBP, CROWN, alpha-CROWN, complete)
+BRACKET = "bracket"  # table of the bracket's rows: broken and unknown shares, gap, exact accuracy, over-reports
 
 
 def _certify_method(r) -> str:
@@ -169,7 +178,7 @@ def certify_rows(record: RunRecord) -> list[dict]:
                  strength=float(r.strength), loss="none", statistic="mean", ci_low=r.ci_low, ci_high=r.ci_high,
                  n=r.n_examples, settings=r.settings + (f" sigma={r.sigma:g}" if r.method == "smoothing" else ""),
                  source=source) for r in table.itertuples(index=False)]
-    deterministic = table[table["method"].isin(["lipschitz", "ibp"])]
+    deterministic = table[table["method"].isin(DETERMINISTIC)]
     best = best_radii(examples)
     for norm, strengths in deterministic.groupby("norm")["strength"]:
         if not (best["norm"] == norm).any():
@@ -196,14 +205,147 @@ def certify_rows(record: RunRecord) -> list[dict]:
     return rows
 
 
-def soundness_errors(record: RunRecord) -> list[str]:
-    """One line per example and certificate that an attack contradicts (:func:`jrbench.certify.api.soundness_violations`)."""
-    if CERTIFY_EXAMPLES not in record.tables or ATTACK_EXAMPLES not in record.tables:
+def _attack_names(attacked: pd.DataFrame | None, norm: str) -> str:
+    if attacked is None or attacked.empty:
+        return "none"
+    sel = attacked[(attacked["attack"] != "noise") & (attacked["norm"] == norm)]
+    return "+".join(sorted(sel["attack"].unique())) or "none"
+
+
+def bracket_rows(record: RunRecord) -> list[dict]:
+    """The bracket at each norm and eps of the certificate grid (table ``bracket``, fractions of
+    the fixed examples of certify_examples.csv; :func:`jrbench.analysis.bracket.bracket_examples`):
+    ``broken_share`` (misclassified, broken by an attack at <= eps or falsified by complete
+    verification at <= eps) and ``unknown_share`` (neither that nor certified; 95% Wilson CIs);
+    ``gap``, the worst case over attacks minus the certified accuracy (statistic ``difference``, a
+    fraction: the report shows points; only where the worst case was measured at eps). Where no
+    example is unknown the robust accuracy is exact: ``exact_accuracy`` (the certified share) and,
+    per adversarial attack (``attack``, ``loss``; ``worst-case`` too), ``over_report``: its robust
+    accuracy minus the exact one on the examples it covered."""
+    from .bracket import attack_outcomes, bracket_examples, example_seeds, first_falsified
+
+    table, certified = record.tables[CERTIFY], record.tables[CERTIFY_EXAMPLES]
+    attacked = record.tables.get(ATTACK_EXAMPLES)
+    if attacked is not None:
+        attacked = check_attack_examples(attacked, str(record.path / ATTACK_EXAMPLES))
+    bounds = record.tables.get(CERTIFY_BOUNDS)
+    per = bracket_examples(certified, table, attacked, bounds)
+    if per.empty:
         return []
-    bad = soundness_violations(record.tables[CERTIFY_EXAMPLES], record.tables[ATTACK_EXAMPLES])
-    return [f"{record.run_id}: example {int(r.example)}: {r.method} certifies it within {r.norm} radius "
-            f"{r.radius:.4g}, but {r.attack} ({r.loss}) broke it at eps {r.strength:g}: a certificate or an "
-            "attack is wrong" for r in bad.itertuples()]
+    source = str(record.path / CERTIFY_EXAMPLES)
+    worst = worst_case_examples(attacked) if attacked is not None else pd.DataFrame(columns=["norm", "strength"])
+    outcomes = attack_outcomes(attacked, example_seeds(certified))
+    attack_settings = {}
+    if ATTACKS in record.tables and {"attack", "norm", "strength"} <= set(record.tables[ATTACKS].columns):
+        for r in record.tables[ATTACKS].itertuples(index=False):
+            attack_settings.setdefault((r.attack, r.norm, float(r.strength)), _attack_settings(r))
+    deterministic = table[table["method"].isin(DETERMINISTIC)]
+    rows = []
+    for (norm, eps), sel in per.groupby(["norm", "strength"], sort=True):
+        methods = "+".join(sorted(deterministic.loc[deterministic["norm"] == norm, "method"].unique()))
+        falsified = "+complete verification" if len(first_falsified(bounds, norm)) else ""
+        settings = f"certificates={methods} broken_by=misclassified+{_attack_names(attacked, norm)}{falsified}"
+        n = len(sel)
+        kw = dict(norm=norm, strength=float(eps), loss="none", n=n, settings=settings, source=source)
+        for quantity, column in (("broken_share", "broken"), ("unknown_share", "unknown")):
+            k = int(sel[column].sum())
+            lo, hi = wilson_interval(k, n)
+            rows.append(_row(BRACKET, quantity, k / n, statistic="mean", ci_low=lo, ci_high=hi, **kw))
+        cert = float(sel["certified"].mean())
+        at = worst[(worst["norm"] == norm) & np.isclose(worst["strength"].astype(float), eps, rtol=1e-9, atol=0)]
+        if len(at):
+            rows.append(_row(BRACKET, "gap", float(at["robust"].mean()) - cert, statistic="difference",
+                             **{**kw, "n": len(at), "settings": f"worst-case minus certified; {settings}"}))
+        if int(sel["unknown"].sum()):
+            continue
+        lo, hi = wilson_interval(int(sel["certified"].sum()), n)
+        rows.append(_row(BRACKET, "exact_accuracy", cert, statistic="mean", ci_low=lo, ci_high=hi, **kw))
+        here = outcomes[(outcomes["norm"] == norm) & np.isclose(outcomes["strength"].astype(float), eps,
+                                                                 rtol=1e-9, atol=0)]
+        for (attack, loss), o in here.groupby(["attack", "loss"], sort=False):
+            both = sel.merge(o[["example", "robust"]], on="example")
+            if both.empty:
+                continue
+            what = attack_settings.get((attack, norm, float(eps)), "")
+            rows.append(_row(BRACKET, "over_report", float(both["robust"].mean() - both["certified"].mean()),
+                             attack=attack, norm=norm, strength=float(eps), loss=loss, statistic="difference",
+                             n=len(both), settings=f"{what} minus exact".strip(), source=source))
+    return rows
+
+
+def soundness_errors(record: RunRecord, gaps: list[Gap] | None = None) -> list[str]:
+    """One line per contradiction between the run's certificates, complete verification and attacks:
+
+    - an example a deterministic certificate (Lipschitz, IBP, CROWN, alpha-CROWN, complete
+      verification) covers at eps that an attack broke at eps or below
+      (:func:`jrbench.certify.api.soundness_violations`);
+    - certify_bounds.csv: an example ``verified`` (or ``certified``) at eps that an attack broke at
+      eps or below, or ``falsified`` at eps while a certificate covers eps
+      (:func:`jrbench.analysis.bracket.bounds_violations`);
+    - certify_counterexamples.pt: a counterexample that the run's model, loaded again, does not
+      confirm (outside the ball, or classified correctly: :func:`jrbench.certify.tight.recheck_counterexamples`).
+      A file that cannot be re-checked is a gap (appended to ``gaps``)."""
+    from .bracket import bounds_violations
+
+    errors = []
+    certified, attacked = record.tables.get(CERTIFY_EXAMPLES), record.tables.get(ATTACK_EXAMPLES)
+    seen = set()
+    if certified is not None and attacked is not None:
+        bad = soundness_violations(certified, attacked)
+        seen = {(r.example, r.norm, r.method, r.attack, r.loss) for r in bad.itertuples()}
+        errors += [f"{record.run_id}: example {int(r.example)}: {r.method} certifies it within {r.norm} radius "
+                   f"{r.radius:.4g}, but {r.attack} ({r.loss}) broke it at eps {r.strength:g}: a certificate or an "
+                   "attack is wrong" for r in bad.itertuples()]
+    try:
+        contradictions = bounds_violations(record.tables.get(CERTIFY_BOUNDS), certified, attacked)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        if gaps is not None:
+            gaps.append(Gap(record.run_id, CERTIFY_BOUNDS, f"not checked against the attacks and certificates "
+                            f"(malformed: {type(e).__name__}: {e})"))
+        contradictions = pd.DataFrame(columns=["status"])
+    for r in contradictions.itertuples():
+        if r.status == "falsified":
+            errors.append(f"{record.run_id}: example {int(r.example)}: complete verification falsified it at {r.norm} "
+                          f"eps {r.eps:g} (certify_bounds.csv), but {r.other} certifies it within radius "
+                          f"{r.strength:.4g}: a certificate or the counterexample is wrong")
+            continue
+        attack, _, loss = str(r.other).partition(" (")
+        if (r.example, r.norm, r.method, attack, loss.rstrip(")")) in seen:
+            continue  # named above through the method's radius
+        errors.append(f"{record.run_id}: example {int(r.example)}: {r.method} calls it {r.status} at {r.norm} eps "
+                      f"{r.eps:g} (certify_bounds.csv), but {r.other} broke it at eps {r.strength:g}: a certificate "
+                      "or an attack is wrong")
+    errors += counterexample_errors(record, gaps if gaps is not None else [])
+    return errors
+
+
+def counterexample_errors(record: RunRecord, gaps: list[Gap]) -> list[str]:
+    """The run's certify_counterexamples.pt (only when it exists) re-run through its model, loaded
+    again on the CPU (:func:`jrbench.training.rundir.load_run`): one line per counterexample that is
+    not confirmed. A file that cannot be re-checked (an outside model, an unreadable model or file)
+    is a gap."""
+    from ..certify.tight import recheck_counterexamples
+
+    path = record.path / COUNTEREXAMPLES
+    if not path.is_file():
+        return []
+    if record.outside is not None:
+        gaps.append(Gap(record.run_id, COUNTEREXAMPLES, "an outside model's counterexamples are not re-checked "
+                        "by the report (jrbench.certify.tight.recheck_counterexamples on the loaded model does)"))
+        return []
+    try:
+        model, _ = rundir.load_run(record.path, "cpu")
+        checked = recheck_counterexamples(model, path)
+    except (UserError, OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+        gaps.append(Gap(record.run_id, COUNTEREXAMPLES, f"not re-checked ({type(e).__name__}: {e})"))
+        return []
+    errors = []
+    for r in checked[~checked["confirmed"].astype(bool)].itertuples():
+        why = ("it lies outside the ball or [0, 1]" if not r.in_ball else
+               f"the model classifies it as {int(r.predicted)}, its label")
+        errors.append(f"{record.run_id}: example {int(r.example)}: the counterexample at L-inf eps {r.eps:g} of "
+                      f"{COUNTEREXAMPLES} is not confirmed ({why}): complete verification's falsification is wrong")
+    return errors
 
 
 def margins_rows(record: RunRecord) -> tuple[list[dict], pd.DataFrame]:
@@ -323,9 +465,10 @@ def _run_rows(record: RunRecord, gaps: list[Gap]) -> tuple[list[dict], pd.DataFr
     if mixed is not None:
         gaps.append(mixed)
     readers = {rundir.METRICS: metrics_rows, ATTACKS: attacks_csv_rows, ATTACK_EXAMPLES: worst_case_rows,
-               JACOBIAN: jacobian_rows, CERTIFY: certify_rows}
-    for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN, CERTIFY):
-        if name not in record.tables or (name == CERTIFY and CERTIFY_EXAMPLES not in record.tables):
+               JACOBIAN: jacobian_rows, CERTIFY: certify_rows, BRACKET: bracket_rows}
+    for name in (rundir.METRICS, ATTACKS, ATTACK_EXAMPLES, MARGINS, JACOBIAN, CERTIFY, BRACKET):
+        table = CERTIFY if name == BRACKET else name  # the bracket: from the certificates (and the attacks)
+        if table not in record.tables or (table == CERTIFY and CERTIFY_EXAMPLES not in record.tables):
             continue
         try:
             if name == MARGINS:
@@ -359,7 +502,7 @@ def collect(paths: list[str | Path]) -> Collection:
     prov.update({m.run_id: model_provenance(m) for m in models})
     rows, examples, errors = [], [], []
     for record in records + models:
-        errors += soundness_errors(record)
+        errors += soundness_errors(record, gaps)
         run_rows, run_examples = _run_rows(record, gaps)
         rows += [{**row, **prov[record.run_id]} for row in run_rows]
         if len(run_examples):

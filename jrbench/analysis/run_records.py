@@ -5,7 +5,7 @@ recursively), the run directories (folders holding ``config.json`` and ``model.p
 outside models' result folders (``model.json``, see :mod:`jrbench.evaluate.outside`). :func:`read_run`
 and :func:`read_model` read one into a :class:`RunRecord`: its config (or model.json), env.json
 and whichever of metrics.csv, attacks.csv, attack_examples.csv, margins.csv, jacobian.csv,
-certify.csv and certify_examples.csv are there (certificates are optional: no gap without them). Each missing or unreadable piece is a :class:`Gap` saying what to run;
+certify.csv, certify_examples.csv and certify_bounds.csv are there (certificates are optional: no gap without them). Each missing or unreadable piece is a :class:`Gap` saying what to run;
 :func:`jrbench.analysis.results.collect` turns the records into the tidy table.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ from ..errors import UserError
 ATTACKS, MARGINS, JACOBIAN = "attacks.csv", "margins.csv", "jacobian.csv"
 ATTACK_EXAMPLES = "attack_examples.csv"
 CERTIFY, CERTIFY_EXAMPLES = "certify.csv", "certify_examples.csv"  # jrbench.certify.api's tables (optional)
+CERTIFY_BOUNDS = "certify_bounds.csv"  # jrbench.certify.tight's per example and eps (CROWN, alpha-CROWN, complete)
+COUNTEREXAMPLES = "certify_counterexamples.pt"  # complete verification's counterexamples (re-checked by the report)
 MODEL_JSON = "model.json"  # jrbench.evaluate.outside.MODEL_JSON: an outside model's result folder
 
 
@@ -210,7 +212,7 @@ def read_model(path: Path, run_id: str) -> tuple[RunRecord | None, list[Gap]]:
 
 def _read_certificates(path: Path, run_id: str, gaps: list[Gap], tables: dict, hint: str) -> None:
     """certify.csv and certify_examples.csv into ``tables`` where present (a gap only when one is
-    there and unreadable, or one is there without the other)."""
+    there and unreadable, or one is there without the other); certify_bounds.csv too where present."""
     present = [name for name in (CERTIFY, CERTIFY_EXAMPLES) if (path / name).exists()]
     if not present:
         return
@@ -218,3 +220,7 @@ def _read_certificates(path: Path, run_id: str, gaps: list[Gap], tables: dict, h
         table = _read_table(path / name, run_id, gaps, hint)
         if table is not None:
             tables[name] = table
+    if (path / CERTIFY_BOUNDS).exists():  # the tight certificates' statuses: optional beside the two
+        table = _read_table(path / CERTIFY_BOUNDS, run_id, gaps, hint)
+        if table is not None:
+            tables[CERTIFY_BOUNDS] = table

@@ -8,9 +8,13 @@ the seed (:func:`recipe_key`). A group without one gets no verdict, and a gap sa
 Metrics (``metric``, ``strength``): ``clean_acc``; ``noise_acc`` at each sigma
 ("sigma 0.5"); ``worst_case_acc`` (the worst case per example over every adversarial attack,
 :func:`jrbench.analysis.worst_case.worst_case_examples`), ``pgd_acc`` and ``autoattack_acc`` at each norm
-and eps ("linf 0.1"); ``R_z`` (test_R_z of metrics.csv, last epoch; smaller is better); the
-medians over examples of ``margin_random_median`` and ``margin_adv_l2`` (margins.csv, pixel
-L2). ``diff`` is group minus baseline, in percentage points for accuracies.
+and eps ("linf 0.1"); ``certified_acc`` at each norm and eps of the certificate grid and
+``certified_radius`` per norm (its median over examples): verified robustness under the tightest
+certificate per example, the best of every deterministic one that ran (Lipschitz, IBP, CROWN,
+alpha-CROWN, complete verification; :func:`jrbench.certify.api.best_radii`); ``R_z`` (test_R_z of
+metrics.csv, last epoch; smaller is better); the medians over examples of ``margin_random_median``
+and ``margin_adv_l2`` (margins.csv, pixel L2). ``diff`` is group minus baseline, in percentage
+points for accuracies.
 
 Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
 - two or more seeds in common: runs paired by seed, paired t-test and t interval on the
@@ -43,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from .. import stats
-from ..certify.api import best_radii, covers
+from ..certify.api import DETERMINISTIC, best_radii, covers
 from ..errors import UserError
 from .provenance import group_id, relevant_config
 from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
@@ -60,8 +64,8 @@ METRICS = {
     "worst_case_acc": ("worst case", "points", True, 100.0),
     "pgd_acc": ("PGD", "points", True, 100.0),
     "autoattack_acc": ("AutoAttack", "points", True, 100.0),
-    "certified_acc": ("certified (best of Lipschitz and IBP)", "points", True, 100.0),
-    "certified_radius": ("median certified radius (best of Lipschitz and IBP)", "pixel", True, 1.0),
+    "certified_acc": ("certified (best deterministic certificate)", "points", True, 100.0),
+    "certified_radius": ("median certified radius (best deterministic certificate)", "pixel", True, 1.0),
     "R_z": ("R_z = ½ mean ‖J_z‖_F²", "", False, 1.0),
     "margin_random_median": ("median random-direction margin", "pixel L2", True, 1.0),
     "margin_adv_l2": ("median adversarial margin", "pixel L2", True, 1.0),
@@ -218,7 +222,7 @@ def certified_examples(record: RunRecord) -> pd.DataFrame | None:
     best, table = run_best_radii(record), record.tables.get(CERTIFY)
     if best is None or table is None:
         return None
-    grid = table[table["method"].isin(["lipschitz", "ibp"])][["norm", "strength"]].drop_duplicates()
+    grid = table[table["method"].isin(DETERMINISTIC)][["norm", "strength"]].drop_duplicates()
     rows = best.merge(grid, on="norm")
     return rows.assign(certified=covers(rows["radius"], rows["strength"], rows["clean_correct"]).astype(float))
 

@@ -50,6 +50,7 @@ from torch import nn
 from ..training import rundir
 from ..data.datasets import Data, to_pixels
 from ..errors import UserError
+from .rows import NO_SIGMA, certify_row as _row
 from ..evaluate.api import (Progress, _prepare_model, fixed_examples, load_test_data, resolve_device, run_provenance, upsert_rows)
 
 CERTIFY_CSV, CERTIFY_EXAMPLES_CSV = "certify.csv", "certify_examples.csv"
@@ -60,7 +61,6 @@ ROW_KEYS = ["method", "norm", "strength", "sigma"]
 EXAMPLE_KEYS = ["method", "norm", "sigma"]
 EXAMPLE_COLUMNS = ["example", "method", "norm", "sigma", "radius", "predicted", "abstain", "label",
                    "clean_correct", "example_seed", "seed"]
-NO_SIGMA = -1.0  # the sigma column of deterministic certificates (a key column: no NaN)
 
 
 @dataclass
@@ -378,17 +378,6 @@ def _work_units(config: CertifyConfig, n: int) -> int:
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-
-
-def _row(method: str, norm: str, strength: float, certified: torch.Tensor, seconds: float,
-         settings: str, sigma: float = NO_SIGMA, **extra) -> dict:
-    from ..stats import wilson_interval
-
-    n, k = int(certified.numel()), int(certified.sum())
-    low, high = wilson_interval(k, n)
-    return {"method": method, "norm": norm, "strength": float(strength), "sigma": float(sigma),
-            "certified_acc": k / n, "ci_low": low, "ci_high": high, "n_examples": n, "n_certified": k,
-            "seconds": seconds, "settings": settings, **extra}
 
 
 def _examples(method: str, norm: str, radius: torch.Tensor, predicted: torch.Tensor, y: torch.Tensor,

@@ -24,11 +24,11 @@ which HiGHS's MILP solver does not take.
 Encoding (the model's chain of layers, :func:`jrbench.certify.crown.crown_chain`):
 
 - variables x_i in [lo_i, hi_i], the box [x - eps, x + eps] ∩ [0, 1] (``InputSet.make``);
-- affine layers (Normalize, Linear, Conv2d with any stride, padding, padding mode, dilation and
-  groups, eval BatchNorm, AvgPool2d) are folded: each neuron is kept as a sparse affine expression
-  of the variables so far (a Conv2d's or AvgPool2d's sparse matrix comes from pushing unit vectors
-  through the layer in float64, which is exact: every output is one weight times 1 plus zeros);
-  Flatten, Unflatten, Identity and Dropout keep the expressions;
+- affine layers (Normalize, Linear, Conv2d with any stride, padding, dilation and groups, eval
+  BatchNorm, AvgPool2d) are folded: each neuron is kept as a sparse affine expression of the
+  variables so far (a Conv2d's sparse matrix by index arithmetic: the grid of input positions,
+  padded like the input, unfolded into the kernel's windows; an AvgPool2d's by pushing unit
+  vectors through it in float64); Flatten, Unflatten, Identity and Dropout keep the expressions;
 - at a nonlinear layer, each input neuron that is used gets a variable z with the CROWN bounds
   [l, u] and the equality z = its expression (an expression that is one variable already reuses
   it and tightens its bounds);
@@ -38,17 +38,26 @@ Encoding (the model's chain of layers, :func:`jrbench.certify.crown.crown_chain`
 - MaxPool2d: in each window the inputs whose upper bound does not beat the largest lower bound
   (the "star") are dropped; a window left with one input is that input; otherwise a variable
   y >= x_i for every remaining input and binaries d_i with sum d_i = 1 and
-  y <= x_i + (max_{k != i} u_k - l_i)(1 - d_i);
+  y <= x_i + (max_{k != i} u_k - l_i)(1 - d_i), plus the valid cut y <= sum_i (x_i - l_i) + max_i l_i
+  that tightens the LP relaxation;
 - the logits stay expressions; the objective of class j is f_y - f_j (the same model, another
   objective), classes in the order of CROWN's margin lower bound, weakest first; classes CROWN
-  already certifies are skipped.
+  already certifies are skipped. With no binary at all (the bounds decide every neuron) HiGHS
+  solves an LP, whose optimum is the bound.
 
 The search for one class stops as soon as the sign is known: a callback on improving solutions
 runs every solution whose objective is below ``TOL`` through the model (clipped to the box and to
 float32 pixels of the ball) and stops the solve at a confirmed counterexample; a callback on the
 solver's interrupt points stops it when the dual bound exceeds ``TOL``. The example has one time
 budget, ``timeout_s``, measured from the call's start (bounds and model building included) and
-shared by its classes.
+shared by its classes; HiGHS checks its time limit between steps of its own, so a call can overrun
+the budget a little (up to about two seconds on LeNet). HiGHS runs with ``random_seed`` 0, small
+MIP gaps and its light presolve (the full MIP presolve does not look at the time limit and spent
+seconds on dense layers without reducing anything).
+
+``margin_lower``: the smallest, over the classes, of the best lower bound of f_y - f_j proved
+(CROWN's, or the MILP's dual bound when larger); for a falsified example, the float64 margin
+f_y - max_j f_j at the counterexample.
 
 Tolerance: HiGHS works in floating point with absolute feasibility and optimality tolerances of
 about 1e-7 to 1e-6 on its (scaled) rows, and the big-M rows let a binary within its integrality
@@ -207,7 +216,33 @@ def _unit_images(fn, in_shape: tuple[int, ...]) -> sp.csr_matrix:
     return sp.vstack(parts).T.tocsr()
 
 
-def _affine(layer: Layer, out_shape: tuple[int, ...]) -> tuple[sp.spmatrix, np.ndarray]:
+def _conv_matrix(m: nn.Conv2d, w: torch.Tensor, shape: tuple[int, ...]) -> sp.csr_matrix:
+    """The sparse matrix (outputs, inputs) of Conv2d ``m`` without bias on inputs of ``shape``, by
+    index arithmetic: the grid of input positions is padded like the input (-1 for zero padding;
+    reflect, replicate and circular padding copy positions) and unfolded into the kernel's windows."""
+    c, h, wd = shape
+    grid = torch.arange(c * h * wd, dtype=torch.float64).reshape(1, c, h, wd)
+    pad = tuple(m._reversed_padding_repeated_twice)
+    if m.padding_mode == "zeros":
+        grid = torch.nn.functional.pad(grid, pad, value=-1.0)
+    else:
+        grid = torch.nn.functional.pad(grid, pad, mode=m.padding_mode)
+    kh, kw = m.kernel_size
+    cols = torch.nn.functional.unfold(grid, (kh, kw), dilation=m.dilation, stride=m.stride)[0].long()  # (c k, L)
+    out_c, per_group = w.shape[0], w.shape[1]
+    k = per_group * kh * kw
+    group = torch.arange(out_c) // (out_c // m.groups)
+    rows_in = group[:, None] * k + torch.arange(k)[None]  # (out_c, k): the rows of the unfold each output uses
+    n_pos = cols.shape[1]
+    col = cols[rows_in]  # (out_c, k, L)
+    val = w.reshape(out_c, k, 1).expand(out_c, k, n_pos)
+    row = (torch.arange(out_c)[:, None, None] * n_pos + torch.arange(n_pos)[None, None]).expand(out_c, k, n_pos)
+    keep = (col >= 0) & (val != 0)
+    return sp.csr_matrix((val[keep].numpy(), (row[keep].numpy(), col[keep].numpy())),
+                         shape=(out_c * n_pos, c * h * wd))
+
+
+def _affine(layer: Layer) -> tuple[sp.spmatrix, np.ndarray]:
     """(A, b): the affine layer as h -> A h + b on flattened (C-order) float64 tensors."""
     m, kind, shape = layer.module, layer.kind, tuple(layer.input_shape)
     n_in = math.prod(shape)
@@ -223,7 +258,7 @@ def _affine(layer: Layer, out_shape: tuple[int, ...]) -> tuple[sp.spmatrix, np.n
         return a, np.tile(b, rest)
     if kind == "conv2d":
         w = m.weight.detach().to("cpu", torch.float64)
-        a = _unit_images(lambda t: m._conv_forward(t, w, None), shape)
+        a = _conv_matrix(m, w, shape)
         if m.bias is None:
             return a, np.zeros(a.shape[0])
         spatial = a.shape[0] // w.shape[0]
@@ -372,9 +407,8 @@ def _build(bounds: crown.Bounds) -> tuple[_Milp, _Expr, int, int]:
     expr = _Expr(sp.identity(n_in, format="csr"), np.zeros(n_in))
     binaries = 0
     for i, layer in enumerate(bounds.layers):
-        out_shape = tuple(bounds.lower[i + 1].shape[1:])
         if layer.kind in crown.AFFINE:
-            a, b = _affine(layer, out_shape)
+            a, b = _affine(layer)
             expr = expr.widen(milp.ncols).then(a, b)
         elif layer.kind == "activation":
             expr, k = _activation(milp, expr.widen(milp.ncols), layer, _np(bounds.lower[i][0]), _np(bounds.upper[i][0]))
@@ -572,6 +606,10 @@ def verify(model: nn.Module, x: torch.Tensor, label: int, eps: float, timeout_s:
         return done("verified", low.min(), None, "certified by CROWN")
     scale = float(torch.maximum(bounds.lower[-1].abs(), bounds.upper[-1].abs()).max())
     tol = TOL_ABS + TOL_REL * scale
+    if time.perf_counter() >= deadline:
+        spent = time.perf_counter() - start
+        return done("unknown", low.min(), None, f"timeout after {spent:.3g} s (budget {float(timeout_s):g} s), "
+                    "before the MILP; the bound is CROWN's")
 
     milp, logits, n_in, binaries = _build(bounds)
     import highspy
@@ -581,13 +619,14 @@ def verify(model: nn.Module, x: torch.Tensor, label: int, eps: float, timeout_s:
     if _threads_seen is not None and _threads_seen != threads:
         h.resetGlobalScheduler(True)
     _threads_seen = threads
+    # presolve_mode 2 ("light"): the full MIP presolve (probing) does not look at the time limit and
+    # took seconds on dense layers without reducing anything
     for name, value in (("threads", int(threads)), ("random_seed", 0), ("mip_rel_gap", 1e-6),
-                        ("mip_abs_gap", 1e-7)):
+                        ("mip_abs_gap", 1e-7), ("presolve_mode", 2)):
         h.setOptionValue(name, value)
     _pass_model(h, milp)
 
     found: dict = {}
-    stop = {"dual": False}
 
     def on_solution(e):
         try:
@@ -602,9 +641,8 @@ def verify(model: nn.Module, x: torch.Tensor, label: int, eps: float, timeout_s:
         except Exception as err:  # noqa: BLE001  raised again after the solve
             found["error"] = err
 
-    def on_interrupt(e):
-        if "hit" in found or "error" in found or e.data_out.mip_dual_bound > tol:
-            e.interrupt()
+    def on_interrupt(e):  # the flag persists between calls and solves: set it every time
+        e.interrupt(bool("hit" in found or "error" in found or e.data_out.mip_dual_bound > tol))
 
     h.cbMipImprovingSolution.subscribe(on_solution)
     h.cbMipInterrupt.subscribe(on_interrupt)
@@ -627,20 +665,22 @@ def verify(model: nn.Module, x: torch.Tensor, label: int, eps: float, timeout_s:
             h.run()
             if "error" in found:
                 raise found["error"]
+            status = h.getModelStatus()
+            info = h.getInfo()
+            if "hit" not in found and info.primal_solution_status == highspy.kSolutionStatusFeasible:
+                # the final solution (a pure LP, or a MIP solved without an improving-solution call)
+                sol = np.asarray(h.getSolution().col_value)
+                value = float(sol @ cost) + float(logits.const[label] - logits.const[j])
+                if value < tol:
+                    hit = checker.confirm(sol[:n_in])
+                    if hit is not None:
+                        found["hit"] = hit
+                    else:
+                        found.setdefault("unconfirmed", value)
             if "hit" in found:
                 cx, margin = found["hit"]
                 return done("falsified", margin, cx, f"{kind} for class {j} found a point of margin {margin:.6g}; "
                             "counterexample confirmed by a forward pass (model dtype and float64)")
-            status = h.getModelStatus()
-            info = h.getInfo()
-            if "hit" not in found and info.primal_solution_status == 2 and info.objective_function_value < tol:
-                # the final solution (a pure LP, or a MIP solved without an improving-solution call)
-                hit = checker.confirm(np.asarray(h.getSolution().col_value)[:n_in])
-                if hit is not None:
-                    cx, margin = hit
-                    return done("falsified", margin, cx, f"{kind} for class {j} found a point of margin "
-                                f"{margin:.6g}; counterexample confirmed by a forward pass (model dtype and float64)")
-                found.setdefault("unconfirmed", info.objective_function_value)
             if binaries:
                 dual = info.mip_dual_bound
             else:  # no binary: HiGHS solves an LP, whose optimum is the bound
@@ -657,8 +697,11 @@ def verify(model: nn.Module, x: torch.Tensor, label: int, eps: float, timeout_s:
                 timed_out = True
                 open_notes.append(f"class {j}: time limit (bound {best[j]:.3g})")
                 break
+            elif status == highspy.HighsModelStatus.kOptimal:
+                open_notes.append(f"class {j}: optimum {info.objective_function_value:.3g}, bound {best[j]:.3g}, "
+                                  f"within the tolerance {tol:.2g}")
             else:
-                open_notes.append(f"class {j}: bound {best[j]:.3g} within the tolerance {tol:.2g} ({name})")
+                open_notes.append(f"class {j}: the solver stopped ({name}; bound {best[j]:.3g})")
     finally:
         h.clearCallbacks()
         h.clear()

@@ -137,7 +137,7 @@ def run_tight(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
 
 
 def _tight_row(method, norm, eps, good, status, seconds, config) -> dict:
-    from .api import _row
+    from .rows import certify_row as _row
 
     counts = {f"n_{name.replace('-', '_')}": int((status == name).sum())
               for name in ("skipped-attacked", "skipped-certified", "not-tried", "falsified", "unknown")}

@@ -2,7 +2,8 @@
 
 Accuracy against sigma (white noise); robust accuracy against eps L-inf and eps L2 (the worst
 case per example over every attack, with PGD and AutoAttack as thinner lines); ECDFs of the
-per-example margins; mean singular-value spectra of the pixel Jacobian. Every run keeps one
+per-example margins; mean singular-value spectra of the pixel Jacobian; the bracket per norm (attacked
+and certified accuracy, the gap shaded, a panel per group: :func:`bracket_figure`). Every run keeps one
 colour per group and one line style per seed (:func:`run_styles`); the legend, below the axes,
 names each group once (:func:`legend_below`). The decision-cell
 cross-sections need the models and live in :mod:`jrbench.report.cells`; the canvas helpers in
@@ -164,8 +165,8 @@ def accuracy_figure(summary: pd.DataFrame, attack: str, norm: str, title: str, x
         note = ("solid: worst case per example over every attack (PGD only for runs without attack_examples.csv); "
                 "dashed: PGD; dotted: AutoAttack. ")
         if not certified.empty:
-            note += ("dash-dot ▼: certified (best of Lipschitz and IBP), a lower bound: the truth lies between it "
-                     "and solid. ")
+            note += ("dash-dot ▼: certified (best deterministic certificate), a lower bound: the truth lies "
+                     "between it and solid. ")
     note = textwrap.fill(note + "Error bars: ± std across seeds where a line has several, else the run's 95% CI.",
                          width=110)
     ncols, extra = legend_shape(list(labels.values()), title_lines=note.count("\n") + 1)
@@ -184,6 +185,89 @@ def accuracy_figure(summary: pd.DataFrame, attack: str, norm: str, title: str, x
            ylim=(-2, 102))
     ax.grid(alpha=0.3)
     legend_below(fig, ncols, title=note)
+    return fig
+
+
+BRACKET_PLOTS = {"bracket_linf.png": ("linf", "L∞"), "bracket_l2.png": ("l2", "L2")}
+ATTACKED_COLOR, CERTIFIED_COLOR, GAP_COLOR = "tab:red", "tab:green", "tab:orange"
+
+
+def share_curve(summary: pd.DataFrame, quantity: str, norm: str, by_seed_group: bool = True) -> pd.DataFrame:
+    """A bracket quantity (``unknown_share``, ``broken_share``, table ``bracket``) against strength per
+    group (or run): key, strength, value (mean over the runs), n_runs."""
+    from ..analysis.results import BRACKET
+
+    rows = summary[(summary["table"] == BRACKET) & (summary["quantity"] == quantity) & (summary["norm"] == norm)]
+    key = "group_id" if by_seed_group else "run_id"
+    if rows.empty:
+        return pd.DataFrame(columns=["key", "strength", "value", "n_runs"])
+    return (rows.groupby([key, "strength"], sort=False)
+            .agg(value=("value", "mean"), n_runs=("run_id", "nunique")).reset_index()
+            .rename(columns={key: "key"}).sort_values(["key", "strength"], kind="stable"))
+
+
+def _on(strengths: np.ndarray, curve: pd.DataFrame) -> np.ndarray:
+    """``curve``'s values at ``strengths`` (NaN where it has none within rounding)."""
+    x, v = curve["strength"].to_numpy(float), curve["value"].to_numpy(float)
+    return np.array([v[np.isclose(x, s, rtol=1e-9, atol=0)][0] if np.isclose(x, s, rtol=1e-9, atol=0).any()
+                     else np.nan for s in strengths])
+
+
+def bracket_figure(summary: pd.DataFrame, norm: str, by_seed_group: bool = True):
+    """The bracket at one norm, a panel per group (or run) with a certificate there: attacked
+    accuracy (the worst case over attacks; PGD for runs without a per-example record) and certified
+    accuracy (the best deterministic certificate per example) against the radius, the gap between them
+    shaded, the unknown share (neither certified nor known broken) dotted, and a star where every
+    example is decided (the robust accuracy exact). Means over a group's seeds. None without data."""
+    certified = curve_table(summary, CERTIFIED, norm, by_seed_group)
+    if certified.empty:
+        return None
+    attacked = curve_table(summary, WORST_CASE, norm, by_seed_group)
+    unknown = share_curve(summary, "unknown_share", norm, by_seed_group)
+    keys = list(dict.fromkeys(certified["key"]))
+    ncols = min(3, len(keys))
+    nrows = -(-len(keys) // ncols)
+    sym = dict(BRACKET_PLOTS.values()).get(norm, norm)
+    note = textwrap.fill("Solid ●: attacked, the worst case per example over every attack (an upper bound on "
+                         "the robust accuracy); dash-dot ▼: certified, the tightest deterministic certificate "
+                         "per example (a lower bound); shaded: the gap between them; dotted: the share of "
+                         "examples neither certified nor known broken; ★: every example decided, the robust "
+                         "accuracy is exact. Lines: means over a group's seeds.", width=40 * ncols + 30)
+    labels = ["attacked (worst case over attacks)", "certified (best certificate)", "gap: attacked − certified",
+              "unknown: neither certified nor broken", "exact: every example decided"]
+    legend_cols, extra = legend_shape(labels, title_lines=note.count("\n") + 1, width_chars=60 * ncols)
+    fig, axes = new_figure(max(7.5, 4.2 * ncols), 3.6 * nrows + extra, ncols, nrows)
+    for ax, k in zip(axes, keys):
+        c, a = certified[certified["key"] == k], attacked[attacked["key"] == k]
+        u = unknown[unknown["key"] == k]
+        ax.plot(a["strength"], 100 * a["value"], marker="o", ms=4, color=ATTACKED_COLOR, label=labels[0])
+        ax.plot(c["strength"], 100 * c["value"], linestyle="-.", lw=2, marker="v", ms=4, color=CERTIFIED_COLOR,
+                label=labels[1])
+        xs = c["strength"].to_numpy(float)
+        upper = _on(xs, a)
+        both = ~np.isnan(upper)
+        if both.sum() > 1:
+            ax.fill_between(xs[both], 100 * c["value"].to_numpy(float)[both], 100 * upper[both], color=GAP_COLOR,
+                            alpha=0.25, lw=0, label=labels[2])
+        elif both.any():  # one radius measured by both: the gap as a bar
+            ax.vlines(xs[both], 100 * c["value"].to_numpy(float)[both], 100 * upper[both], color=GAP_COLOR,
+                      alpha=0.35, lw=8, label=labels[2])
+        if len(u):
+            ax.plot(u["strength"], 100 * u["value"], linestyle=":", lw=1.2, color="0.35", label=labels[3])
+            exact = u[(u["value"] == 0) & (u["strength"] > 0)]["strength"].to_numpy(float)
+            if len(exact):
+                ax.plot(exact, 100 * _on(exact, c), linestyle="none", marker="*", ms=11, color="gold",
+                        markeredgecolor="black", label=labels[4])
+        n = int(c["n_runs"].max())
+        title = c["label"].iloc[0] + (f" ({n} seeds)" if by_seed_group and n > 1 else "")
+        ax.set(title=textwrap.fill(title, 45), xlabel=f"ε, {sym} radius (pixel units)",
+               ylabel="accuracy, share of examples (%)", ylim=(-2, 102))
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes)[len(keys):]:
+        ax.set_visible(False)
+    fig.suptitle(f"The bracket, {sym} ball: attacked and certified robust accuracy", fontsize=11)
+    legend_below(fig, legend_cols, title=note)
     return fig
 
 
@@ -268,6 +352,10 @@ def report_figures(collection, by_seed_group: bool = True) -> tuple[dict[str, ob
     figures, gaps = {}, []
     for png, (attack, norm, title, xlabel) in ACCURACY_PLOTS.items():
         figures[png] = accuracy_figure(collection.summary, attack, norm, title, xlabel, by_seed_group)
+    for png, (norm, _) in BRACKET_PLOTS.items():  # only where a run has certificates at that norm: no gap
+        fig = bracket_figure(collection.summary, norm, by_seed_group)
+        if fig is not None:
+            figures[png] = fig
     figures["margins_ecdf.png"] = margins_figure(collection.examples, collection.summary)
     figures["spectra.png"] = spectra_figure(collection.summary)
     for png, fig in list(figures.items()):

@@ -264,7 +264,8 @@ TABLE_NOTES = (
     "PGD's accuracy, an upper bound. PGD's and AutoAttack's own accuracies stand beside it. "
     "Certified accuracy (where `jrbench certify` ran; certify.csv) is the lower end of the bracket: the "
     "share of the same kind of fixed test examples that the best deterministic certificate (the "
-    "Lipschitz bound or interval bound propagation) proves correct within the radius. "
+    "Lipschitz bound, interval bound propagation, CROWN, alpha-CROWN or complete verification, whichever "
+    "ran) proves correct within the radius. "
     "‖J_z‖_F is the Frobenius norm of d logits / d z, z the normalized input, averaged over the "
     "run's first jacobian_eval_examples test examples (256 by default; metrics.csv); "
     "R = ½ mean ‖J_z‖_F² is the quantity the regularizer penalizes (the paper's '32.9 vs 1.1' "
@@ -327,21 +328,39 @@ def table_gaps(runs: pd.DataFrame, collection) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the bracket
+TIGHT = ["crown", "alpha-crown", "complete"]  # shown where some run has them
+UNKNOWN, GAP = "unknown", "gap (points)"
+
+
+def _points(values: pd.Series, n_runs: int, sign: bool = False) -> str:
+    text = _fmt(values.mean(), values.std(ddof=1), len(values), n_runs, True) if len(values) else "–"
+    return "+" + text if sign and text != "–" and values.mean() > 0 and not text.startswith("0.0") else text
+
+
 def bracket_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
     """Certified accuracy (lower bound) beside attacked accuracy (upper bound) at every norm and
     strength where a run has a certificate: one row per group (or run), norm and eps; columns
-    ``certified`` (the best deterministic certificate per example), ``lipschitz``, ``ibp``, the
-    ``worst case`` over attacks and ``smoothing σ=...`` (the smoothed classifier g: another model).
-    Percent strings, mean ± std across seeds; '–' where missing. Empty without certificates."""
+    ``certified`` (the best deterministic certificate per example), ``lipschitz``, ``ibp`` (and
+    ``crown``, ``alpha-crown``, ``complete`` where some run has them), the ``worst case`` over attacks,
+    ``unknown`` (the share of examples neither certified nor known broken, table ``bracket``), the
+    ``gap`` (worst case minus certified, in points) and ``smoothing σ=...`` (the smoothed classifier g:
+    another model). Percent strings, mean ± std across seeds; '–' where missing. Empty without
+    certificates."""
+    from ..analysis.results import BRACKET
+
     cert = summary[(summary["table"] == "certify") & (summary["quantity"] == "accuracy")]
     if cert.empty:
         return pd.DataFrame()
     attacked = preferred_loss(summary[(summary["table"] == "attacks") & (summary["attack"] == WORST_CASE)])
-    rows = pd.concat([cert, attacked])
+    bracket = summary[(summary["table"] == BRACKET) & summary["quantity"].isin(["unknown_share", "gap"])]
+    bracket = bracket.assign(attack=bracket["quantity"].map({"unknown_share": UNKNOWN, "gap": GAP}))
+    rows = pd.concat([cert, attacked, bracket])
     rows = rows[rows["run_id"].isin(set(cert["run_id"]))]
     key = "group_id" if by_seed_group else "run_id"
-    columns = [CERTIFIED, "lipschitz", "ibp", WORST_CASE] + sorted(
-        a for a in cert["attack"].unique() if a.startswith("smoothing"))
+    present = set(cert["attack"].unique())
+    columns = ([CERTIFIED, "lipschitz", "ibp"] + [m for m in TIGHT if m in present] + [WORST_CASE]
+               + [c for c in (UNKNOWN, GAP) if (bracket["attack"] == c).any()]
+               + sorted(a for a in present if a.startswith("smoothing")))
     out = []
     grid = cert[cert["attack"] == CERTIFIED] if (cert["attack"] == CERTIFIED).any() else cert
     for (k, norm, eps), _ in grid.groupby([key, "norm", "strength"], sort=False):
@@ -349,18 +368,72 @@ def bracket_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataF
         n_runs = sel["run_id"].nunique()
         row = {"run": sel["group_label"].iloc[0] if by_seed_group else k, "norm": norm, "ε": f"{eps:g}"}
         for col in columns:
-            values = sel.loc[sel["attack"] == col, "value"]
-            row[col] = _fmt(values.mean(), values.std(ddof=1), len(values), n_runs, True) if len(values) else "–"
+            row[col] = _points(sel.loc[sel["attack"] == col, "value"], n_runs)
         out.append(row)
     table = pd.DataFrame(out)
     return table.rename(columns={CERTIFIED: "certified (best)", WORST_CASE: "attacked (worst case)"})
+
+
+ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack", WORST_CASE: "worst case"}
+
+
+def _attack_header(attack: str, settings: pd.Series) -> str:
+    """'PGD-40' (its steps, where every row has the same), 'AutoAttack', 'FGSM', 'worst case'."""
+    name = ATTACK_NAMES.get(attack, attack)
+    steps = settings.fillna("").str.extract(r"(?:^|\s)steps=(\d+)")[0].dropna().unique()
+    return f"{name}-{steps[0]}" if attack == "pgd" and len(steps) == 1 else name
+
+
+def exact_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataFrame:
+    """Where every example at a radius is decided (unknown share 0; eps > 0, since at eps 0 it is the
+    clean accuracy): the exact robust accuracy (%) and how much each attack over-reported it (its
+    robust accuracy minus the exact one, in points; PGD, AutoAttack, FGSM, other attacks but
+    AutoAttack's components, and the worst case over attacks). One row per group (or run), norm and
+    eps; '(k/n seeds)' where it is exact in k of the n runs that have certificates there. Empty when
+    no radius is decided everywhere."""
+    from ..analysis.results import BRACKET
+
+    b = summary[(summary["table"] == BRACKET) & (summary["strength"] > 0)]
+    exact = b[b["quantity"] == "exact_accuracy"]
+    if exact.empty:
+        return pd.DataFrame()
+    over = b[(b["quantity"] == "over_report") & ~b["attack"].fillna("").str.startswith("aa-")]
+    order = {a: i for i, a in enumerate(["pgd", "autoattack", "fgsm"])}
+    attacks = sorted(over["attack"].unique(), key=lambda a: (a == WORST_CASE, order.get(a, len(order)), a))
+    key = "group_id" if by_seed_group else "run_id"
+    known = b[b["quantity"] == "unknown_share"]
+    out = []
+    for (k, norm, eps), sel in exact.groupby([key, "norm", "strength"], sort=False):
+        here = (known[key] == k) & (known["norm"] == norm) & np.isclose(known["strength"], eps)
+        n_runs = known.loc[here, "run_id"].nunique()
+        row = {"run": sel["group_label"].iloc[0] if by_seed_group else k, "norm": norm, "ε": f"{eps:g}",
+               "exact robust acc %": _points(sel["value"], n_runs)}
+        mine = over[(over[key] == k) & (over["norm"] == norm) & np.isclose(over["strength"], eps)]
+        for attack in attacks:
+            values = mine[mine["attack"] == attack]
+            row[_attack_header(attack, over.loc[over["attack"] == attack, "settings"]) + " over-report"] = \
+                _points(values["value"], n_runs, sign=True)
+        out.append(row)
+    return pd.DataFrame(out).sort_values(["norm", "run", "ε"], kind="stable",
+                                         key=lambda c: c.astype(float) if c.name == "ε" else c).reset_index(drop=True)
 
 
 BRACKET_NOTES = (
     "Robust accuracy bracketed from both sides, in percent, on fixed test examples (pixel units): "
     "**certified** accuracy is a lower bound, the share of examples a certificate proves correct within "
     "the radius (`jrbench certify`: the certified Lipschitz bound of the logits, with L-inf through "
-    "‖δ‖₂ ≤ √d‖δ‖∞, and interval bound propagation; 'best' takes, per example, the larger certified "
-    "radius); **attacked** is the worst case over every attack run there, an upper bound. The true robust "
-    "accuracy lies between them. Randomized smoothing certifies the smoothed classifier g (Cohen et al. "
-    "2019), not the model: its column is a lower bound for g only.")
+    "‖δ‖₂ ≤ √d‖δ‖∞, interval bound propagation, CROWN and alpha-CROWN linear relaxations and complete "
+    "verification (MILP, L-inf), whichever ran; 'best' takes, per example, the tightest certificate); "
+    "**attacked** is the worst case over every attack run there, an upper bound. The true robust "
+    "accuracy lies between them. **unknown**: the share of the certificates' examples neither certified "
+    "nor known to be broken (misclassified, broken by an attack at that radius or a smaller one, or "
+    "falsified by complete verification, certify_bounds.csv); **gap**: attacked minus certified, in "
+    "points. The gap exceeds the unknown share where the attacks at that radius missed examples broken "
+    "otherwise (at a smaller radius, or by complete verification). Randomized smoothing certifies the "
+    "smoothed classifier g (Cohen et al. 2019), not the model: its column is a lower bound for g only.")
+
+EXACT_NOTES = (
+    "Where no example is unknown (every one certified or known broken) the robust accuracy on these "
+    "examples is exact: the certified share. Each attack's column is its robust accuracy there minus the "
+    "exact one, in points: how much it over-reported robustness (0 when it found every non-robust "
+    "example). Radius 0 (the clean accuracy) is left out; '(k/n seeds)': exact in k of the group's n runs.")

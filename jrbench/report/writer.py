@@ -24,7 +24,7 @@ import pandas as pd
 from .figures import png_bytes
 from ..errors import UserError
 from .plots import report_figures
-from .table import (BRACKET_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, format_wide, group_table, markdown_table, run_table, table_gaps)
+from .table import (BRACKET_NOTES, EXACT_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, exact_table, format_wide, group_table, markdown_table, run_table, table_gaps)
 from ..stats import CORRECTIONS
 from ..analysis.provenance import PROVENANCE
 from ..analysis.verdicts import VERDICT_NOTES, correction_note, verdict_lines, verdicts
@@ -195,6 +195,16 @@ CAPTIONS = {
     "accuracy_l2.png": "Robust accuracy (%) in the L2 ball of radius ε (pixel units), the worst case per example "
                        "over every adversarial attack run there, as for L∞. Thin lines: PGD alone (dashed) and "
                        "AutoAttack (dotted).",
+    "bracket_linf.png": "The bracket at L∞, a panel per group: attacked accuracy (%; the worst case per example over "
+                        "every attack, an upper bound on the robust accuracy) and certified accuracy (the tightest "
+                        "deterministic certificate per example: Lipschitz, IBP, CROWN, alpha-CROWN or complete "
+                        "verification, a lower bound) against the radius ε (pixel units), the gap between them "
+                        "shaded; dotted, the share of examples neither certified nor known broken (misclassified, "
+                        "broken by an attack at ε or below, falsified by complete verification); ★ where none is "
+                        "unknown: there the robust accuracy is exact (the table 'Exact robust accuracy' above).",
+    "bracket_l2.png": "The bracket at L2, as for L∞: attacked (worst case over attacks) and certified (best "
+                      "deterministic certificate) accuracy against ε (pixel units), the gap shaded, the unknown "
+                      "share dotted, ★ where every example is decided.",
     "margins_ecdf.png": "Empirical CDFs of the per-example margins (L2, pixel units, log scale) of the "
                         "correctly classified examples of margins.csv; a curve that stays below 1 has examples "
                         "whose class did not change within the search range (random: margin ∞) or where "
@@ -220,17 +230,27 @@ def cells_caption(fig) -> str:
 
 
 def bracket_section(collection, by_seed_group: bool) -> list[str]:
-    """'## Certified and attacked accuracy': the bracket table and the soundness check; nothing
-    when no run has certificates."""
+    """'## Certified and attacked accuracy': the bracket table (certified, per method, attacked,
+    unknown share, gap), where every example is decided the exact robust accuracy and each attack's
+    over-report, and the soundness check; nothing when no run has certificates."""
     table = bracket_table(collection.summary, by_seed_group)
     if table.empty:
         return []
-    lines = ["## Certified and attacked accuracy", "", markdown_table(table), "", BRACKET_NOTES, "",
-             "**Soundness check** (every example a Lipschitz or IBP certificate covers, against every attack "
-             "on the same example):"]
+    lines = ["## Certified and attacked accuracy", "", markdown_table(table), "", BRACKET_NOTES, ""]
+    exact = exact_table(collection.summary, by_seed_group)
+    lines += ["### Exact robust accuracy and the attacks' over-report", ""]
+    lines += ([markdown_table(exact), "", EXACT_NOTES] if not exact.empty else [
+        "No radius above 0 has every example decided (an unknown share of 0): the robust accuracy is "
+        "bracketed, not exact, everywhere (complete verification, `jrbench certify --complete`, decides "
+        "examples the other certificates and the attacks leave open)."])
+    lines += ["", "**Soundness check** (every example a deterministic certificate (Lipschitz, IBP, CROWN, "
+              "alpha-CROWN, complete verification) covers, against every attack on the same example; complete "
+              "verification's falsifications against the certificates; its counterexamples re-run through the "
+              "model):"]
     errors = getattr(collection, "errors", [])
     lines += [f"- ERROR: {e}" for e in errors] if errors else [
-        "no attack broke an example at a radius a certificate covers."]
+        "no attack broke an example at a radius a certificate covers, no falsification contradicts a "
+        "certificate and every counterexample is confirmed."]
     return lines + [""]
 
 
@@ -258,7 +278,10 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
              *verdicts_section(verdict_lines or [], verdict_note), "## Figures", ""]
     titles = {"accuracy_noise.png": "Accuracy under white noise",
               "accuracy_linf.png": "Robust accuracy, L∞ (worst case over attacks)",
-              "accuracy_l2.png": "Robust accuracy, L2 (worst case over attacks)", "margins_ecdf.png": "Margin distributions",
+              "accuracy_l2.png": "Robust accuracy, L2 (worst case over attacks)",
+              "bracket_linf.png": "The bracket, L∞: attacked and certified accuracy, the gap shaded",
+              "bracket_l2.png": "The bracket, L2: attacked and certified accuracy, the gap shaded",
+              "margins_ecdf.png": "Margin distributions",
               "spectra.png": "Jacobian singular-value spectra"}
     for png in pngs:
         if png in titles:
