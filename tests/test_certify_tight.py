@@ -179,3 +179,34 @@ def test_spec_takes_the_new_keys_and_names_a_bad_one(tmp_path):
     with pytest.raises(UserError, match="timeout"):
         CertifyConfig(crown=True, timeout=-1)
     assert not math.isnan(CertifyConfig(crown=True).timeout)
+
+
+def test_a_lipschitz_radius_covers_the_open_ball_only_and_eps_zero_needs_a_strict_margin():
+    """Found by review: a Lipschitz radius r certifies the open ball, so at eps = r CROWN must run
+    (here the point at distance r ties); and at eps 0 a tie is not counted as certified."""
+    import numpy as np
+    from torch import nn
+    from jrbench.certify.tight import run_tight
+    from jrbench.models.architectures import PixelClassifier
+
+    lin = nn.Linear(1, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0], [0.0]]))
+        lin.bias.copy_(torch.tensor([0.0, 0.25]))
+    model = PixelClassifier(nn.Sequential(nn.Flatten(), lin), (1, 1, 1), 2, "t").eval()
+    x, y = torch.full((1, 1, 1, 1), 0.5), torch.tensor([0])
+    config = CertifyConfig(lipschitz=False, crown=True, eps_linf=[0.0, 0.25], eps_l2=[0.25])
+    radius = {"closed": np.zeros(1), "open": np.array([0.25])}  # the margin 0.25 over slope 1
+    never = {"linf": np.array([math.inf]), "l2": np.array([math.inf])}
+    _, _, bounds, _ = run_tight("crown", model, x, y, model(x).argmax(1), config,
+                                {"linf": radius, "l2": radius}, never, lambda *a: None, torch.tensor([0]))
+    at_r = pd.concat(bounds).set_index(["norm", "eps"])["status"]
+    assert at_r[("linf", 0.25)] == "uncertified" and at_r[("l2", 0.25)] == "uncertified"
+    assert at_r[("linf", 0.0)] == "skipped-certified"  # the open ball of radius 0.25 holds eps 0
+    with torch.no_grad():
+        lin.bias.zero_()
+        lin.weight.zero_()  # every logit 0: a tie, never certified
+    zero = {"closed": np.zeros(1), "open": np.zeros(1)}
+    _, _, bounds, _ = run_tight("crown", model, x, y, model(x).argmax(1), config,
+                                {"linf": zero, "l2": zero}, never, lambda *a: None, torch.tensor([0]))
+    assert pd.concat(bounds).set_index(["norm", "eps"])["status"][("linf", 0.0)] == "uncertified"

@@ -267,3 +267,20 @@ def test_the_bounds_do_not_depend_on_the_batch():
     alone = torch.cat([crown.margin_lower_bounds(model, x[i:i + 1], y[i:i + 1], 0.02, "l2") for i in range(5)])
     finite = torch.isfinite(together)
     assert np.allclose(together[finite].numpy(), alone[finite].numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_l2_first_layer_bounds_follow_flatten_and_a_linear_over_the_last_axis():
+    """The L2 ball's row norms at the first affine layer follow the shape through Flatten and act
+    on the last axis as the layer does (found by review: both crashed); the bounds hold."""
+    torch.manual_seed(0)
+    last_axis = PixelClassifier(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)),
+                                (1, 3, 3), 3, "a").eval()
+    bn = nn.BatchNorm1d(9).eval()
+    flat_bn = Classifier(nn.Sequential(nn.Flatten(), bn, nn.Linear(9, 4), nn.ReLU(), nn.Linear(4, 3)), [0.5], [0.3],
+                         (1, 3, 3), 3, "b").eval()
+    x, y = torch.rand(2, 1, 3, 3), torch.tensor([0, 1])
+    for model in (last_axis, flat_bn):
+        low = crown.margin_lower_bounds(model, x, y, 0.1, "l2")
+        worst = sampled_worst(model, x, y, 0.1, "l2")
+        finite = torch.isfinite(worst)
+        assert bool((low[finite] <= worst[finite]).all())

@@ -290,14 +290,17 @@ def _tight(method, model, x, y, index, clean_pred, config, examples, out, exampl
         parts.append(old[old["example_seed"] == example_seed])
     cheaper, attacked = {}, {}
     for norm in ("linf", "l2"):
-        radius = pd.Series(0.0, index=index.numpy())
-        for part in parts:
-            sel = part[part["method"].isin(cheaper_methods) & (part["norm"] == norm)]
-            if len(sel):
-                best = sel.groupby("example")["radius"].max()
-                best = best[best.index.isin(radius.index)]
-                radius[best.index] = np.maximum(radius[best.index].to_numpy(), best.to_numpy())
-        cheaper[norm] = radius.to_numpy()
+        radii = {}
+        for kind, methods in (("closed", [m for m in cheaper_methods if m in CLOSED_BALL]), ("open", ["lipschitz"])):
+            radius = pd.Series(0.0, index=index.numpy())
+            for part in parts:
+                sel = part[part["method"].isin(methods) & (part["norm"] == norm)]
+                if len(sel):
+                    best = sel.groupby("example")["radius"].max()
+                    best = best[best.index.isin(radius.index)]
+                    radius[best.index] = np.maximum(radius[best.index].to_numpy(), best.to_numpy())
+            radii[kind] = radius.to_numpy()
+        cheaper[norm] = radii
         attacked[norm] = attacked_radius(out, index, example_seed, norm)
     rows, radii, bounds, found = run_tight(method, model, x, y, clean_pred, config, cheaper, attacked, tick, index)
     frames = [_examples(method, norm, radius, clean_pred, y, clean_pred) for norm, radius in radii]

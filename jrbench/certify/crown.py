@@ -283,12 +283,14 @@ def _l2_prefix(layers, i: int, s: InputSet, l, u):
         if layer.kind != "identity":
             d, _, _ = _diag(layer, scale)
             scale = scale * d.abs() * (1 + 4 * U)
+        else:
+            scale = layer.module(scale)  # Flatten, Unflatten: the scales follow the shape
         mu, r = _step(layer.kind, layer.module, mu, r)
     m = layers[i].module
     w = m.weight.detach().to(l)
     sq = scale * scale * (1 + 4 * U)
     if layers[i].kind == "linear":
-        rows = F.linear(sq.flatten(1) if sq.dim() > 2 else sq, w * w)
+        rows = F.linear(sq, w * w)  # over the last axis, as the layer
         n = w.shape[1]
     else:
         rows = F.conv2d(sq, w * w, None, m.stride, m.padding, m.dilation, m.groups)

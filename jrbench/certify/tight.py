@@ -80,7 +80,9 @@ def run_tight(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
               seed_index: torch.Tensor):
     """One tight method on every norm and eps of ``config``'s grids.
 
-    ``cheaper[norm]`` (N,): the largest radius a cheaper certificate gives each example (0 none);
+    ``cheaper[norm]``: {"closed": (N,), "open": (N,)} the largest radius a cheaper certificate gives
+    each example: a closed ball (IBP, CROWN: the largest eps of a grid; 0 also when none, so it
+    covers only eps > 0) and an open one (Lipschitz: covers eps < radius);
     ``attacked[norm]`` (N,): :func:`attacked_radius`. Returns (certify.csv rows, certify_examples
     frames (one per norm, radius = the largest eps certified), certify_bounds rows, counterexamples
     {(position, norm, eps): (C, H, W) tensor})."""
@@ -104,7 +106,8 @@ def run_tight(method: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
             margin = np.full(len(x), math.nan)
             seconds = np.zeros(len(x))
             if config.skip:
-                covered = correct & (cheaper[norm] >= eps)
+                closed, open_ = cheaper[norm]["closed"], cheaper[norm]["open"]
+                covered = correct & (((closed >= eps) & (eps > 0)) | (open_ > eps))
                 status[covered & (status == "")] = "skipped-certified"
                 by[covered] = "cheaper certificate"
                 if method != "complete":
