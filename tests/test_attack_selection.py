@@ -139,6 +139,7 @@ def test_cli_refuses_contradictions_with_exit_2(monkeypatch, tmp_path):
 # What each committed spec ran before the rule was shared (noise, PGD and FGSM on unless false;
 # autoattack = true or an AutoAttack grid added AutoAttack): the same under the shared rule.
 COMMITTED = {
+    "benchmarks/bracket.toml": {"pgd", "fgsm", "autoattack"},  # noise = false
     "benchmarks/certified.toml": ALL,  # noise and AutoAttack-L2 named since (the study ran them by command)
     "benchmarks/frontier.toml": THREE,
     "benchmarks/frontier-seeds-mnist.toml": THREE,
