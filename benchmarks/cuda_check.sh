@@ -46,7 +46,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 
 if [ -z "${OVERHEAD_ONLY:-}${EPOCH_ONLY:-}" ]; then
 echo "== 1. CUDA tests"
-"$py" -m pytest -q -p no:cacheprovider tests/test_margins.py tests/test_spectra.py tests/test_noise_examples.py tests/test_certify.py -k cuda || echo "!! CUDA tests failed"
+"$py" -m pytest -q -p no:cacheprovider tests/test_margins.py tests/test_spectra.py tests/test_noise_examples.py tests/test_certify.py tests/test_crown.py -k cuda || echo "!! CUDA tests failed"
 
 echo "== 2. end to end on $dev"
 tmp=$(mktemp -d)
@@ -55,6 +55,8 @@ jr train --dataset synth-digits --reg jacobian --train-subset 2000 --test-subset
 jr attack "$tmp/run" --pgd --fgsm --noise --autoattack --autoattack-eps-linf 0.1 --n-examples 100 \
    --device "$dev" --quiet
 jr margins "$tmp/run" --n-examples 100 --device "$dev" --quiet
+jr certify "$tmp/run" --lipschitz --ibp --crown --alpha-crown --complete --eps-linf 0.01 --eps-linf 0.02 \
+   --eps-l2 0.1 --timeout 5 --n-examples 20 --device "$dev" --quiet
 jr report "$tmp/run" --out "$tmp/report" --quiet && ls "$tmp/report"
 fi
 

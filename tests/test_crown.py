@@ -284,3 +284,19 @@ def test_l2_first_layer_bounds_follow_flatten_and_a_linear_over_the_last_axis():
         worst = sampled_worst(model, x, y, 0.1, "l2")
         finite = torch.isfinite(worst)
         assert bool((low[finite] <= worst[finite]).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bounds_equal_the_cpu_bounds():
+    """Every tensor of the bound computation lives on the input's device (benchmarks/cuda_check.sh)."""
+    model = models()["lenet"]
+    torch.manual_seed(9)
+    x = torch.rand(3, *model.input_shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for norm in ("linf", "l2"):
+        cpu = crown.margin_lower_bounds(model, x, y, 0.02, norm, alpha_steps=3)
+        gpu = crown.margin_lower_bounds(copy.deepcopy(model).cuda(), x.cuda(), y.cuda(), 0.02, norm, alpha_steps=3)
+        assert gpu.device.type == "cuda"
+        finite = torch.isfinite(cpu)
+        assert torch.allclose(gpu.cpu()[finite], cpu[finite], rtol=1e-6, atol=1e-6)
