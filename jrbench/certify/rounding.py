@@ -19,9 +19,9 @@ def gamma(n: int) -> float:
 
 def up(t: torch.Tensor) -> torch.Tensor:
     """The next float64 towards +inf (elementwise)."""
-    return torch.nextafter(t, torch.full_like(t, math.inf))
+    return torch.nextafter(t, t.new_full((), math.inf))  # a 0-d target broadcasts: no full-size copy
 
 
 def down(t: torch.Tensor) -> torch.Tensor:
     """The next float64 towards -inf (elementwise)."""
-    return torch.nextafter(t, torch.full_like(t, -math.inf))
+    return torch.nextafter(t, t.new_full((), -math.inf))
