@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Were any skips of the bracket runs (results/bracket) decided by the rule a review corrected at efa957b
 (a Lipschitz radius equal to eps; a closed-ball radius 0 at eps 0)? Prints the count per run."""
-import glob, sys
+import glob
 import pandas as pd
 total = 0
 for run in sorted(glob.glob("results/bracket/mnist-*")):

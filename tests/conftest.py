@@ -45,6 +45,17 @@ def _data_cache(tmp_path_factory):
         os.environ["JRBENCH_DATA"] = old
 
 
+def block_split(n: int, g: torch.Generator, noise: int = 60, block: int = 220, labels=None) -> Split:
+    """n 28x28 grey images: uniform noise below ``noise`` and a bright 7x7 block (value ``block``)
+    whose place is the class (``labels``, default random)."""
+    labels = torch.randint(0, 10, (n,), generator=g) if labels is None else labels
+    images = (torch.rand(n, 1, 28, 28, generator=g) * noise).to(torch.uint8)
+    for i, c in enumerate(labels.tolist()):
+        r, col = divmod(c, 4)
+        images[i, 0, r * 7:(r + 1) * 7, col * 7:(col + 1) * 7] = block
+    return Split(images, labels)
+
+
 def tiny_data(n_train: int = 256, n_test: int = 128, seed: int = 0) -> Data:
     """A separable toy problem shaped like MNIST: the class sets a bright 7x7 block."""
     g = torch.Generator().manual_seed(seed)

@@ -10,7 +10,6 @@ hand, so every expected number below is counted by hand from them.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd

@@ -13,7 +13,8 @@ from jrbench.certify import crown
 from jrbench.certify.api import CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, CertifyConfig, certify_model, soundness_violations
 from jrbench.certify.tight import BOUNDS_CSV
 from jrbench.cli import app
-from jrbench.data.datasets import DATASETS, DIGITS, MNIST_LIKE, DatasetInfo, DatasetSpec, Split
+from conftest import block_split
+from jrbench.data.datasets import DATASETS, DIGITS, MNIST_LIKE, DatasetInfo, DatasetSpec
 from jrbench.errors import UserError
 from jrbench.evaluate.api import attack_model
 from jrbench.models.architectures import build_model
@@ -31,15 +32,7 @@ def blocks():
     class, on noise), and a LeNet trained on it by a plain Adam loop (seconds): robust at small
     radii, broken at large ones."""
     g = torch.Generator().manual_seed(0)
-
-    def split(n):
-        labels = torch.arange(n) % 10
-        images = (torch.rand(n, 1, 28, 28, generator=g) * 60).to(torch.uint8)
-        for i, c in enumerate(labels.tolist()):
-            r, col = divmod(c, 4)
-            images[i, 0, r * 7:(r + 1) * 7, col * 7:(col + 1) * 7] = 200
-        return Split(images, labels)
-
+    split = lambda n: block_split(n, g, noise=60, block=200, labels=torch.arange(n) % 10)  # noqa: E731
     train_split, test_split = split(300), split(60)
     info = DatasetInfo("blocks", (1, 28, 28), 10, (0.2,), (0.3,), DIGITS, MNIST_LIKE)
     torch.manual_seed(0)

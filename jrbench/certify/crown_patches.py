@@ -148,10 +148,7 @@ def _maxpool(layer, lam, oy, ox, l, u, mag_max):
     target = (ry.clamp(0, h_in - 1) * w_in + rx.clamp(0, w_in - 1)).flatten(2)
     new = lam.new_zeros(lam.shape[0], c, h_in * w_in)
     new.scatter_add_(2, target, coef.flatten(2))
-    reach = _pool_reach(m, torch.maximum(-l, u), top, mag_max)
+    reach = mag_max + top.abs().max()  # |max of a window| <= the largest |input| and <= |top|
     slack = up(gamma(kh * kw + lam[0].numel()) * crown._l1(lam[None])[0] * reach)
     return new.view(lam.shape[0], c, h_in, w_in), ny, nx, const, slack
 
-
-def _pool_reach(m, mag, top, mag_max):
-    return mag_max + top.abs().max()
