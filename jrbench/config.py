@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
 from .registry import unknown_name
+from .schema import FieldError, check, field_error, option, run_id_irrelevant
 
 SCHEDULES = ("none", "step", "cosine")
 JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where the net allows it
@@ -24,48 +24,67 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass
 class DataConfig:
-    dataset: str = "synth-digits"
-    data_dir: str | None = None      # None: $JRBENCH_DATA, else the user cache folder
-    train_subset: int | None = None  # number of training examples kept (None: all)
-    test_subset: int | None = None   # number of test examples kept (None: all)
-    subset_seed: int = 0             # which examples a subset keeps; fixed so runs compare
+    dataset: str = option("synth-digits", help="mnist, fashion-mnist, cifar10 or synth-digits.")
+    data_dir: str | None = option(None, help="Data folder (default: $JRBENCH_DATA, else ~/.cache/jrbench).",
+                                  metavar="PATH")
+    train_subset: int | None = option(None, low=0, open_low=True,
+                                      help="Keep this many training examples (chosen by a fixed seed).")
+    test_subset: int | None = option(None, low=0, open_low=True,
+                                     help="Keep this many test examples (chosen by a fixed seed).")
+    subset_seed: int = 0             # which examples a subset keeps; fixed so runs compare (not an option)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "lenet"
+    name: str = option("lenet", key="model", flag="--model", help="mlp, lenet, ddnet or resnet18.")
 
 
 @dataclass
 class RegConfig:
     """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise."""
 
-    names: list[str] = field(default_factory=lambda: ["none"])
-    lambda_jr: float = 0.01          # weight of R = 1/2 ||J_z||_F^2 (batch mean)
-    n_proj: int = 1                  # random projections per sample; -1: exact over all C rows
-    jr_subsample: int | None = None  # compute R on this many samples of each batch (None: all)
-    weight_decay: float = 5e-4       # l2: SGD weight decay
-    dropout: float = 0.5             # dropout: probability before each hidden fc layer
-    lambda_ig: float = 0.01          # input-grad: weight of 1/2 ||d CE / d z||^2 (batch mean)
-    jr_backend: str = "auto"         # auto | tape (explicit VJP, sequential ReLU nets) | autograd
-    jr_estimator: str = "vjp"        # vjp: C ||v^T J||^2, v on S^{C-1}; jvp: ||J u||^2, u ~ N(0, I_D)
-    jr_every: int = 1                # the penalty on every k-th step only, with lambda_jr x k
-    lipschitz_bound: float = 100.0   # lipschitz: K, certified L2 Lipschitz bound in pixels (plain lenet: ~2e5)
-    noise_sigma: float = 0.25        # noise: std of the Gaussian added to training pixels in [0, 1]
+    names: list[str] = option(default_factory=lambda: ["none"], key="reg", flag="--reg", repeat=True,
+                              help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, "
+                                   "lipschitz, noise.")
+    lambda_jr: float = option(0.01, low=0, owner="jacobian", help="Weight of R = 1/2 ||J_z||_F^2.")
+    n_proj: int = option(1, owner="jacobian",
+                         help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")
+    jr_subsample: int | None = option(None, low=0, open_low=True, owner="jacobian",
+                                      help="Compute the Jacobian penalty on this many samples K of each batch "
+                                           "(default: all).")
+    weight_decay: float = option(5e-4, low=0, owner="l2", help="Weight decay of the l2 regularizer.")
+    dropout: float = option(0.5, low=0, high=1, open_high=True, owner="dropout",
+                            help="Dropout probability of the dropout regularizer.")
+    lambda_ig: float = option(0.01, low=0, owner="input-grad",
+                              help="Weight of the input-grad penalty 1/2 ||dCE/dz||^2.")
+    jr_backend: str = option("auto", choices=JR_BACKENDS, owner="jacobian", id_default="auto",
+                             help="Penalty path: auto (tape where the net allows), tape or autograd.")
+    jr_estimator: str = option("vjp", choices=JR_ESTIMATORS, owner="jacobian", id_default="vjp",
+                               help="vjp: C ||v^T J||^2, v on the unit sphere (the paper's); jvp: ||J u||^2, "
+                                    "u ~ N(0, I), forward mode.")
+    jr_every: int = option(1, low=0, open_low=True, owner="jacobian", id_default=1,
+                           help="The penalty on every k-th step only, with lambda_jr x k.")
+    lipschitz_bound: float = option(100.0, low=0, open_low=True, owner="lipschitz",
+                                    help="lipschitz: K, the certified L2 Lipschitz bound of the saved model in "
+                                         "pixel space.")
+    noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
+                                help="noise: std of the Gaussian added to training pixels in [0, 1].")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    schedule: str = "none"           # none | step (x gamma every step_epochs) | cosine
-    step_epochs: int = 5
-    gamma: float = 0.1
-    seed: int = 0
-    device: str = "auto"             # auto | cpu | cuda
-    jacobian_eval_examples: int = 256  # fixed test examples for mean ||J_z||_F per epoch
+    epochs: int = option(10, low=0, open_low=True, help="Training epochs.")
+    batch_size: int = option(64, low=0, open_low=True, help="Training batch size.")
+    lr: float = option(0.05, low=0, open_low=True, help="SGD learning rate.")
+    momentum: float = option(0.9, low=0, high=1, open_high=True, help="SGD momentum.")
+    schedule: str = option("none", choices=SCHEDULES, help="Learning-rate schedule.")
+    step_epochs: int = option(5, low=0, open_low=True, help="step schedule: epochs between decays.")
+    gamma: float = option(0.1, low=0, open_low=True, help="step schedule: factor per decay.")
+    seed: int = option(0, help="Seed of initialization, order, dropout and projections.")
+    device: str = option("auto", spec=False, help="auto (a GPU if there is one), cpu, cuda or cuda:N.",
+                         metavar="<auto|cpu|cuda|cuda:N>",
+                         note="a study's device is the sweep command's --device, the same for every cell")
+    jacobian_eval_examples: int = 256  # fixed test examples for mean ||J_z||_F per epoch (not an option)
     eval_batch_size: int = 1000
 
 
@@ -95,87 +114,44 @@ class RunConfig:
         d = self.to_dict()
         d["data"].pop("data_dir")
         d["train"].pop("device")
-        names = self.reg.names
-        unused = {"lambda_jr": "jacobian", "n_proj": "jacobian", "jr_subsample": "jacobian",
-                  "weight_decay": "l2", "dropout": "dropout", "lambda_ig": "input-grad",
-                  "lipschitz_bound": "lipschitz", "noise_sigma": "noise"}
-        for key, owner in unused.items():
-            if owner not in names:  # an option of an unused regularizer changes nothing
-                d["reg"].pop(key)
-        for key, default in (("jr_backend", "auto"), ("jr_estimator", "vjp"), ("jr_every", 1)):
-            if "jacobian" not in names or d["reg"][key] == default:  # ids of earlier runs stay
-                d["reg"].pop(key)
+        for key in run_id_irrelevant(self.reg, set(self.reg.names)):  # schema: owner and id_default
+            d["reg"].pop(key)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
         regs = "+".join(self.reg.names)
         return f"{self.data.dataset}-{self.model.name}-{regs}-s{self.train.seed}-{digest}"
 
 
-def _positive(name: str, value: float | int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise UserError(f"{name} must be positive, got {value}.")
-
-
-def _non_negative(name: str, value: float) -> None:
-    if value < 0:
-        raise UserError(f"{name} must be zero or positive, got {value}.")
-
-
 def check_fields(cfg: RunConfig) -> None:
-    """Raise :class:`UserError` naming the first bad field value (ranges, combinations).
+    """Raise :class:`~jrbench.schema.FieldError` naming the first bad field value: the schema's
+    types, bounds and choices (:func:`jrbench.schema.check`), then the combinations.
 
     Names of data sets, models and regularizers are checked against their registries by
     :func:`jrbench.training.validation.validate`, which sits above those modules (no import cycle).
     """
-    _positive("--train-subset", cfg.data.train_subset, allow_none=True)
-    _positive("--test-subset", cfg.data.test_subset, allow_none=True)
-
+    for section in (cfg.data, cfg.model, cfg.reg, cfg.train):
+        check(section)
     r = cfg.reg
-    if not r.names:
-        raise UserError("give at least one regularizer (--reg none for plain SGD).")
-    if len(set(r.names)) != len(r.names):
-        raise UserError(f"a regularizer is named twice: {', '.join(r.names)}.")
-    if "none" in r.names and len(r.names) > 1:
-        raise UserError("--reg none cannot be combined with other regularizers.")
-    _non_negative("--lambda-jr", r.lambda_jr)
-    _non_negative("--lambda-ig", r.lambda_ig)
-    _non_negative("--weight-decay", r.weight_decay)
-    if r.n_proj == 0 or r.n_proj < -1:
-        raise UserError(f"--n-proj must be a positive number of projections or -1 (exact), got {r.n_proj}.")
-    _positive("--jr-subsample", r.jr_subsample, allow_none=True)
-    if r.jr_backend not in JR_BACKENDS:
-        raise unknown_name("--jr-backend", r.jr_backend, list(JR_BACKENDS))
-    if r.jr_estimator not in JR_ESTIMATORS:
-        raise unknown_name("--jr-estimator", r.jr_estimator, list(JR_ESTIMATORS))
-    _positive("--jr-every", r.jr_every)
-    if r.jr_estimator == "jvp" and r.n_proj == -1:
-        raise UserError("--jr-estimator jvp estimates ||J||_F^2 with random input directions and has no "
-                        "exact mode; use --jr-estimator vjp with --n-proj -1 for the exact value.")
-    if r.jr_estimator == "jvp" and r.jr_backend == "tape":
-        raise UserError("--jr-backend tape computes vector-Jacobian products (--jr-estimator vjp); "
-                        "--jr-estimator jvp runs forward-mode AD (use --jr-backend auto).")
-    if not 0 <= r.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {r.dropout}.")
-    if not (isinstance(r.lipschitz_bound, (int, float)) and 0 < r.lipschitz_bound < math.inf):
-        raise UserError(f"--lipschitz-bound must be a positive finite number (the certified L2 Lipschitz "
-                        f"bound K of the model in pixel space), got {r.lipschitz_bound}.")
-    if not (isinstance(r.noise_sigma, (int, float)) and 0 < r.noise_sigma < math.inf):
-        raise UserError(f"--noise-sigma must be a positive finite number (the standard deviation of the "
-                        f"Gaussian noise added to training pixels in [0, 1]; to train without it leave out "
-                        f"--reg noise), got {r.noise_sigma}.")
 
+    def bad(name: str, reason: str) -> FieldError:
+        return field_error(RegConfig, name, reason)
+
+    if not r.names:
+        raise bad("names", "is empty: give at least one regularizer (--reg none for plain SGD).")
+    if len(set(r.names)) != len(r.names):
+        raise bad("names", f"names a regularizer twice: {', '.join(r.names)}.")
+    if "none" in r.names and len(r.names) > 1:
+        raise bad("names", "none cannot be combined with other regularizers.")
+    if r.n_proj == 0 or r.n_proj < -1:
+        raise bad("n_proj", f"must be a positive number of projections or -1 (exact), got {r.n_proj}.")
+    if r.jr_estimator == "jvp" and r.n_proj == -1:
+        raise bad("jr_estimator", "jvp estimates ||J||_F^2 with random input directions and has no exact mode; "
+                                  "use --jr-estimator vjp with --n-proj -1 for the exact value.")
+    if r.jr_estimator == "jvp" and r.jr_backend == "tape":
+        raise bad("jr_backend", "tape computes vector-Jacobian products (--jr-estimator vjp); "
+                                "--jr-estimator jvp runs forward-mode AD (use --jr-backend auto).")
     t = cfg.train
-    _positive("--epochs", t.epochs)
-    _positive("--batch-size", t.batch_size)
-    _positive("--lr", t.lr)
-    if not 0 <= t.momentum < 1:
-        raise UserError(f"--momentum must be in [0, 1), got {t.momentum}.")
-    if t.schedule not in SCHEDULES:
-        raise unknown_name("schedule", t.schedule, list(SCHEDULES))
     if t.device not in DEVICES and not t.device.startswith("cuda:"):
         raise unknown_name("device", t.device, list(DEVICES))
-    _positive("--step-epochs", t.step_epochs)
-    _positive("--gamma", t.gamma)
-    _positive("jacobian_eval_examples", t.jacobian_eval_examples)
-    _positive("eval_batch_size", t.eval_batch_size)
+    for name in ("jacobian_eval_examples", "eval_batch_size"):
+        if not (isinstance(getattr(t, name), int) and getattr(t, name) > 0):
+            raise UserError(f"{name} must be positive, got {getattr(t, name)}.")

@@ -2,6 +2,8 @@
 the new sanity warnings and bad input through the CLI."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from pathlib import Path
 
@@ -244,6 +246,7 @@ def test_unknown_component_and_target_counts_are_user_errors():
 
 
 def test_autoattack_grids_and_sweep_fields(tmp_path):
+    from jrbench.runtables.examples import ExampleSet
     from jrbench.study.sweep import attack_done
     from jrbench.study.spec import attack_config, parse_spec
 
@@ -257,30 +260,32 @@ def test_autoattack_grids_and_sweep_fields(tmp_path):
     shared = A.AttackConfig(pgd=False, fgsm=False, autoattack=True, norms=("l2",), eps_l2=[0.5])
     assert shared.eps_norms() == ["l2"] and shared.autoattack_grids() == {"l2": [0.5]}
     assert A.AttackConfig(pgd=True).autoattack_grids() == {}
-    with pytest.raises(UserError, match=r"autoattack_eps_linf \(--autoattack-eps-linf\) values must be <= 1"):
+    with pytest.raises(UserError, match=r"--autoattack-eps-linf must be in \[0, 1\] \(pixel units\), got 1.5"):
         A.AttackConfig(autoattack=True, autoattack_eps_linf=[1.5]).validate()
 
     text = ('name = "t"\n[attack]\nnoise = false\nfgsm = false\nautoattack = true\n'
             'autoattack_eps_linf = [0.1]\naa_targets = 9\neps_linf = [0.1]\nnorm = ["linf"]\n')
     spec = parse_spec(text, Path("t.toml"), tmp_path)
-    assert attack_config(spec.attack).autoattack_grids() == {"linf": [0.1]}
+    assert spec.attack.autoattack_grids() == {"linf": [0.1]}
+    examples = spec.attack_examples
     run = tmp_path / "run"
     run.mkdir()
-    assert not attack_done(run, spec.attack)
+    assert not attack_done(run, spec.attack, examples)
     _rows(("pgd", "linf", 0.1, 0.4)).to_csv(run / "attacks.csv", index=False)
-    assert not attack_done(run, spec.attack)        # no per-example record yet
+    assert not attack_done(run, spec.attack, examples)        # no per-example record yet
     _record([("pgd", "linf", 0.1, [1])]).to_csv(run / "attack_examples.csv", index=False)
-    assert not attack_done(run, spec.attack)        # the study asks for AutoAttack too
+    assert not attack_done(run, spec.attack, examples)        # the study asks for AutoAttack too
     _rows(("pgd", "linf", 0.1, 0.4), ("autoattack", "linf", 0.1, 0.3)).to_csv(
         run / "attacks.csv", index=False)
-    assert attack_done(run, spec.attack) and attack_done(run)
+    assert attack_done(run, spec.attack, examples) and attack_done(run)
     rows = _rows(("pgd", "linf", 0.1, 0.4), ("autoattack", "linf", 0.1, 0.3), ("noise", "gaussian", 0.5, 0.9))
     rows["n_examples"], rows["example_seed"] = [200, 200, 2000], 0
     rows.to_csv(run / "attacks.csv", index=False)
-    assert attack_done(run, {**spec.attack, "n_examples": 200, "noise_examples": 2000})
-    assert not attack_done(run, {**spec.attack, "n_examples": 1000})    # a changed n_examples attacks again
-    assert not attack_done(run, {**spec.attack, "n_examples": 200, "noise": True, "sigma": [0.5],
-                                 "noise_examples": 500})                 # so does a changed noise_examples
+    replace = dataclasses.replace
+    assert attack_done(run, replace(spec.attack, noise_examples=2000), ExampleSet(200))
+    assert not attack_done(run, replace(spec.attack, noise_examples=2000), ExampleSet(1000))  # a changed n_examples
+    assert not attack_done(run, replace(spec.attack, noise=True, sigmas=[0.5], noise_examples=500),
+                           ExampleSet(200))                              # so does a changed noise_examples
 
 
 # ----------------------------------------------------------------------------- warnings

@@ -246,7 +246,8 @@ def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, t
     from jrbench.study.spec import certify_config, parse_spec
 
     spec = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2, n=N), tmp_path / "c.toml")
-    config = certify_config(spec.certify)
+    config = spec.certify
+    assert certify_config({"lipschitz": True, "ibp": True, "eps_linf": EPS_LINF, "eps_l2": EPS_L2}).smoothing is False
     assert config.lipschitz and config.ibp and not config.smoothing  # a study names what it certifies
     assert certify_done(run, spec)
     more = parse_spec(SPEC.format(linf=EPS_LINF, l2=EPS_L2 + [3.0], n=N), tmp_path / "c.toml")

@@ -165,7 +165,7 @@ def test_spec_takes_the_new_keys_and_names_a_bad_one(tmp_path):
             '[certify]\ncrown = true\nalpha_crown = true\ncomplete = true\ntimeout = 5\nskip = false\n')
     (tmp_path / "ok.toml").write_text(body)
     spec = load_spec(tmp_path / "ok.toml")
-    assert spec.certify["crown"] is True
+    assert spec.certify.crown is True and spec.certify.skip is False and not spec.certify.lipschitz
     (tmp_path / "bad.toml").write_text(body.replace("crown = true\nalpha", 'crown = "yes"\nalpha'))
     with pytest.raises(UserError, match="crown"):
         load_spec(tmp_path / "bad.toml")

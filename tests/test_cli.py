@@ -108,12 +108,13 @@ def test_list_shows_registries():
 
 
 def test_ctrl_c_names_the_command_that_resumes(monkeypatch):
-    from jrbench import cli
+    from jrbench.cli import common as cli
+    from jrbench.cli import train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_training", interrupted)
+    monkeypatch.setattr(train, "run_training", interrupted)
     monkeypatch.setattr(cli.sys, "argv", ["jrbench", "train", "--epochs", "1", "--out", "somewhere"])
     result = _run("train", "--epochs", "1", "--out", "somewhere")
     assert result.exit_code == 130
@@ -144,7 +145,7 @@ def test_fixed_choices_are_listed_in_help_and_a_wrong_one_exits_2(command, flag,
 
 
 def test_device_accepts_cuda_n():
-    from jrbench.cli import _check_device
+    from jrbench.cli.common import check_device as _check_device
 
     assert _check_device("cuda:1") == "cuda:1"
 
@@ -238,7 +239,7 @@ def test_messages_keep_their_brackets(tmp_path):
     message and table cell that carries outside text is escaped."""
     from rich.console import Console
 
-    from jrbench.cli import escape
+    from jrbench.cli.common import escape
 
     bad = tmp_path / "budget.toml"
     bad.write_text("x = 1\n")

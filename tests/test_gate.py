@@ -164,7 +164,7 @@ def test_gate_spec_errors_name_their_own_line(tmp_path):
 
 def test_cli_gate_quiet_shows_no_spinner(monkeypatch, tmp_path):
     import jrbench.cost.gate as gate
-    from jrbench import cli
+    from jrbench.cli import gate as cli
 
     calls = []
 

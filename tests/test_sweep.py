@@ -52,16 +52,20 @@ seed = [0, 1]
 @pytest.mark.parametrize("text, needle", [
     ('name = "t"\n[grid]\nlamda_jr = [0.1]\n', "line 3: field 'lamda_jr' is not a training option. Did you mean 'lambda_jr'"),
     ('name = "t"\n[base]\nepochs = 1\n[grid]\nlambda_jr = 0.1\n', "line 5: field 'lambda_jr' in [grid] must be a non-empty list"),
-    ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nreg = [["jacobian"]]\n', "field 'lambda_jr' gives an invalid cell"),
+    ('name = "t"\n[grid]\nlambda_jr = [-1.0]\nreg = [["jacobian"]]\n', "line 3: field 'lambda_jr' must be zero or positive"),
+    ('name = "t"\n[base]\nreg = ["jacobian"]\njr_estimator = "jvp"\n[grid]\nn_proj = [-1]\n',
+     "line 4: field 'jr_estimator' gives an invalid cell: jr_estimator jvp estimates"),
     ('name = "t"\n[attack]\nstepz = 3\n', "line 3: field 'stepz' is not an attack option. Did you mean 'steps'"),
     ('name = "t"\n\n[atack]\npgd = true\n', "line 3: field 'atack' is not a sweep field. Did you mean 'attack'"),
     ('name = "t"\ngird = 1\n', "line 2: field 'gird' is not a sweep field. Did you mean 'grid'"),
     ('name = "t"\n[attack]\neps = [0.1]\n', "line 3: field 'eps' is not an attack option: a spec names each grid, 'eps_linf'"),
     ('name = "t"\n[base\n', "bad.toml, line 2, column 6: not valid TOML"),
     ('[base]\nepochs = 1\n', "field 'name'"),
-    ('name = "t"\n[base]\nepochs = "ten"\n', "line 3: field 'epochs' must be of type int"),
-    ('name = "t"\n[grid]\nlr = [0.1, "fast"]\n', "line 3: field 'lr' must be of type int or float"),
-    ('name = "t"\n[attack]\nsteps = 3\nsigma = [-1.0]\n', "line 4: field 'sigma' gives invalid attack settings"),
+    ('name = "t"\n[base]\nepochs = "ten"\n', "line 3: field 'epochs' must be an integer, got 'ten'"),
+    ('name = "t"\n[grid]\nlr = [0.1, "fast"]\n', "line 3: field 'lr' must be a number, got 'fast'"),
+    ('name = "t"\n[attack]\nsteps = 3\nsigma = [-1.0]\n', "line 4: field 'sigma' must be zero or positive (pixel units)"),
+    ('name = "t"\n[attack]\nautoattack = false\nautoattack_eps_linf = 0.1\n',
+     "line 3: field 'autoattack' gives invalid attack settings: autoattack is off but an AutoAttack grid"),
 ])
 def test_malformed_specs_name_line_and_field(text, needle):
     with pytest.raises(UserError) as err:
@@ -140,34 +144,37 @@ def test_blocks_are_recipes_and_the_grid_runs_once_per_block(tmp_path):
 
 
 def test_report_table_is_honoured_or_refused(tmp_path, monkeypatch):
-    from jrbench import cli
+    from jrbench.cli.sweep import finish_sweep_report
+    from jrbench.report.options import ReportConfig
     from jrbench.study.spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = 0.25\ncells = false\n', tmp_path / "r.toml", tmp_path)
-    assert spec.report_options == {"sigma": [0.25], "cells": False}  # a repeatable flag: a list of one
+    assert spec.report == ReportConfig(sigma=[0.25], cells=False)  # a repeatable flag: a list of one
     with pytest.raises(UserError, match="line 5: field 'sigmaa' is not a report option"):
         parse_spec(base + '[report]\nsigmaa = 0.25\n', tmp_path / "r.toml", tmp_path)
-    with pytest.raises(UserError, match="'cells' must be of type bool"):
+    with pytest.raises(UserError, match="line 5: field 'cells' must be true or false, got 1"):
         parse_spec(base + '[report]\ncells = 1\n', tmp_path / "r.toml", tmp_path)
     seen = {}
-    monkeypatch.setattr(cli, "report_command", lambda paths, **kw: seen.update(kw))
-    cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu")
-    assert seen == {"out": tmp_path / "report", "sigma": [0.25], "cells": False, "device": "cpu", "quiet": False}
+    monkeypatch.setattr("jrbench.cli.report.run_report", lambda paths, out, config, **kw: seen.update(out=out, config=config, **kw))
+    finish_sweep_report(tmp_path, tmp_path / "report", spec.report, "cpu")
+    assert seen == {"out": tmp_path / "report", "config": spec.report, "device": "cpu", "quiet": False}
 
 
 def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
-    from jrbench import cli
+    from jrbench.cli.sweep import finish_sweep_report
     from jrbench.study.spec import parse_spec
 
     base = 'name = "r"\n[base]\ndataset = "synth-digits"\n'
     spec = parse_spec(base + '[report]\nsigma = [0.3, 0.5]\neps_linf = 0.1\neps_l2 = [1, 1.5]\n',
                       tmp_path / "r.toml", tmp_path)
-    assert spec.report_options == {"sigma": [0.3, 0.5], "eps_linf": [0.1], "eps_l2": [1, 1.5]}
-    for bad in ('"0.3"', '[0.3, "x"]', "[]", "-0.1", "[0.3, true]", "nan"):
+    assert (spec.report.sigma, spec.report.eps_linf, spec.report.eps_l2) == ([0.3, 0.5], [0.1], [1, 1.5])
+    for bad, why in (('"0.3"', "must be a number, got '0.3'"), ('[0.3, "x"]', "must be a number, got 'x'"),
+                     ("[]", "is empty"), ("-0.1", "must be zero or positive (pixel units), got -0.1"),
+                     ("[0.3, true]", "must be a number, got True"), ("nan", "must be zero or positive")):
         with pytest.raises(UserError) as err:
             parse_spec(base + f'[report]\ncells = false\nsigma = {bad}\n', tmp_path / "r.toml", tmp_path)
-        assert str(err.value).startswith(f"{tmp_path / 'r.toml'}, line 6: field 'sigma' must be a strength"), bad
+        assert str(err.value).startswith(f"{tmp_path / 'r.toml'}, line 6: field 'sigma' {why}"), (bad, str(err.value))
 
     class Seen(Exception):  # the options the report would be written with
         pass
@@ -178,7 +185,7 @@ def test_report_strengths_are_a_number_or_a_list(tmp_path, monkeypatch):
     monkeypatch.setattr("jrbench.report.writer.write_report", write_report)
     monkeypatch.setattr("jrbench.analysis.results.collect", lambda paths: None)
     with pytest.raises(Seen) as seen:
-        cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
+        finish_sweep_report(tmp_path, tmp_path / "report", spec.report, "cpu", quiet=True)
     strengths = seen.value.args[0]  # the lists reach the report: a table column per strength
     assert strengths.given("sigma") == (0.3, 0.5) and strengths.given("eps_linf") == (0.1,)
     assert strengths.given("eps_l2") == (1.0, 1.5)
@@ -217,16 +224,18 @@ def test_the_flag_named_keys_work():
                       '[attack]\nsigma = [0.0, 0.2]\nnorm = "l2"\neps_l2 = 0.5\n'
                       '[margins]\nexample_seed = 3\n', Path("t.toml"))
     assert [c.reg.names for c in spec.cells] == [["none"], ["jacobian"]]
-    config = attack_config(spec.attack)
+    config = spec.attack
     assert config.sigmas == [0.0, 0.2] and config.norms == ("l2",) and config.eps_l2 == [0.5]
-    assert spec.margins == {"example_seed": 3}
+    assert attack_config({"sigma": [0.0, 0.2], "norm": "l2", "eps_l2": 0.5}) == config
+    assert spec.margins_examples.example_seed == 3 and spec.margins_examples.n_examples == 500
+    assert spec.certify is None and spec.attack_examples.example_seed == 0
 
 
 def test_a_bad_key_is_blamed_on_its_own_table_line():
     """[attack] batch_size is blamed on its own line, not on [base]'s batch_size above it."""
     text = ('name = "t"\n[base]\nbatch_size = 64\nepochs = 1\n[attack]\nsteps = 3\nbatch_size = 0\n'
             '[margins]\nbatch_size = "all"\n')
-    with pytest.raises(UserError, match=r"t.toml, line 7: field 'batch_size' gives invalid attack settings"):
+    with pytest.raises(UserError, match=r"t.toml, line 7: field 'batch_size' must be at least 1, got 0"):
         parse_spec(text, Path("t.toml"))
     with pytest.raises(UserError, match=r"t.toml, line 9: field 'batch_size' must be an integer"):
         parse_spec(text.replace("batch_size = 0", "batch_size = 10"), Path("t.toml"))
@@ -234,9 +243,9 @@ def test_a_bad_key_is_blamed_on_its_own_table_line():
         parse_spec(text.replace("batch_size = 0", "batch_size = 10").replace('"all"', "0"), Path("t.toml"))
     blocks = ('name = "t"\n[base]\nlr = 0.1\n[[block]]\nname = "a"\nlr = 0.1\n[[block]]\nname = "b"\n'
               'lr = "fast"\n')
-    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' must be of type"):
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' must be a number"):
         parse_spec(blocks, Path("t.toml"))
-    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' gives an invalid cell: --lr must be positive"):
+    with pytest.raises(UserError, match=r"t.toml, line 9: field 'lr' must be a positive finite number"):
         parse_spec(blocks.replace('"fast"', "-1.0"), Path("t.toml"))
 
 
@@ -250,8 +259,10 @@ def test_committed_specs_finished_cells_stay_done(path, tmp_path):
     from jrbench.study.sweep import attack_done
     from jrbench.training import rundir
 
+    from jrbench.specfile import read_spec
+
     spec = load_spec(path)
-    table = spec.attack
+    table = read_spec(path).doc.get("attack")  # the raw table: the rule before it was shared
     if table is None:
         pytest.skip("no [attack] table")
     old = {a for a in ("noise", "pgd", "fgsm") if table.get(a, True)}
@@ -275,7 +286,7 @@ def test_committed_specs_finished_cells_stay_done(path, tmp_path):
                  for norm in ("linf", "l2") for e in table.get(f"autoattack_eps_{norm}", [])]
     frame = pd.DataFrame(rows, columns=["attack", "norm", "strength", "n_examples"]).assign(example_seed=0)
     frame.to_csv(run / "attacks.csv", index=False)
-    assert attack_done(run, table)
+    assert attack_done(run, spec.attack, spec.attack_examples)
     for attack in old:  # without one attack's rows the cell is attacked again
         frame[frame["attack"] != attack].to_csv(run / "attacks.csv", index=False)
-        assert not attack_done(run, table), attack
+        assert not attack_done(run, spec.attack, spec.attack_examples), attack

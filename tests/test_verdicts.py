@@ -376,11 +376,12 @@ def test_cli_report_prints_the_verdicts(three_seeds, tmp_path):
 
 
 def test_a_spec_names_the_correction(tmp_path, monkeypatch):
+    from jrbench.cli.sweep import finish_sweep_report
     from jrbench.study.spec import parse_spec
 
     text = 'name = "s"\n[grid]\nseed = [0]\n[report]\ncorrection = "{}"\n'
     spec = parse_spec(text.format("holm"), "s.toml")
-    assert spec.report_options == {"correction": "holm"}
+    assert spec.report.correction == "holm"
     with pytest.raises(UserError, match=r"line 5.*correction.*one of bh, holm, none"):
         parse_spec(text.format("sidak"), "s.toml")
 
@@ -393,7 +394,7 @@ def test_a_spec_names_the_correction(tmp_path, monkeypatch):
     monkeypatch.setattr("jrbench.report.writer.write_report", write_report)
     monkeypatch.setattr("jrbench.analysis.results.collect", lambda paths: None)
     with pytest.raises(Seen) as seen:
-        cli.finish_sweep_report(tmp_path, tmp_path / "report", spec.report_options, "cpu", quiet=True)
+        finish_sweep_report(tmp_path, tmp_path / "report", spec.report, "cpu", quiet=True)
     assert seen.value.args[0] == "holm"
 
 

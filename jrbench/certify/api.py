@@ -36,7 +36,6 @@ radius keeps the largest eps any call's grid certified: :func:`keep_larger_ibp_r
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,8 +49,13 @@ from torch import nn
 from ..training import rundir
 from ..data.datasets import Data, to_pixels
 from ..errors import UserError
+from .config import CertifyConfig
 from .rows import NO_SIGMA, certify_row as _row
-from ..evaluate.api import (Progress, _prepare_model, fixed_examples, load_test_data, resolve_device, run_provenance, upsert_rows)
+from ..device import resolve_device
+from ..evaluate.api import Progress, prepare_model
+from ..runtables.examples import default_examples, fixed_examples
+from ..runtables.provenance import load_test_data, run_provenance
+from ..runtables.tables import upsert_rows
 
 CERTIFY_CSV, CERTIFY_EXAMPLES_CSV = "certify.csv", "certify_examples.csv"
 METHODS = ("lipschitz", "ibp", "smoothing", "crown", "alpha-crown", "complete")
@@ -61,80 +65,6 @@ ROW_KEYS = ["method", "norm", "strength", "sigma"]
 EXAMPLE_KEYS = ["method", "norm", "sigma"]
 EXAMPLE_COLUMNS = ["example", "method", "norm", "sigma", "radius", "predicted", "abstain", "label",
                    "clean_correct", "example_seed", "seed"]
-
-
-@dataclass
-class CertifyConfig:
-    """Which certificates, on which grids (pixel units). A grid of None: the data set's default,
-    the same as ``jrbench attack``'s, so certificates and attacks line up strength by strength.
-    Smoothing: ``n0`` selection draws, ``n`` estimation draws, ``alpha`` the Clopper-Pearson level
-    (Cohen et al.'s meanings); ``seed`` seeds its noise per example."""
-
-    lipschitz: bool = True
-    ibp: bool = True
-    smoothing: bool = False
-    sigmas: list[float] = field(default_factory=lambda: [0.25])
-    n0: int = 100
-    n: int = 10_000
-    alpha: float = 0.001
-    eps_linf: list[float] | None = None
-    eps_l2: list[float] | None = None
-    seed: int = 0
-    batch_size: int = 500            # examples per batch (Lipschitz, IBP)
-    smoothing_batch_size: int = 1000  # noisy images per forward (smoothing)
-    crown: bool = False              # CROWN (Zhang et al. 2018), L-inf and L2
-    alpha_crown: bool = False        # alpha-CROWN (Xu et al. 2021): optimized ReLU slopes
-    complete: bool = False           # complete verification (MILP, HiGHS), L-inf
-    alpha_steps: int = 20            # alpha-CROWN's Adam steps
-    timeout: float = 60.0            # complete verification: seconds per example and eps
-    skip: bool = True                # tight methods skip what an attack broke or a cheaper certificate covers
-
-    def __post_init__(self) -> None:
-        self.validate()  # checked where it is built (and every dataclasses.replace builds anew)
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the bad setting; every construction calls it."""
-        from .smoothing import check_smoothing_options
-
-        if not (self.lipschitz or self.ibp or self.smoothing or self.crown or self.alpha_crown or self.complete):
-            raise UserError("choose at least one certificate: --lipschitz, --ibp, --crown, --alpha-crown, "
-                            "--complete or --smoothing.")
-        if not (isinstance(self.alpha_steps, int) and self.alpha_steps >= 1):
-            raise UserError(f"--alpha-steps must be a positive integer, got {self.alpha_steps!r}.")
-        if not (isinstance(self.timeout, (int, float)) and 0 < self.timeout < math.inf):
-            raise UserError(f"--timeout must be a positive number of seconds, got {self.timeout!r}.")
-        for name, grid in (("--eps-linf", self.eps_linf), ("--eps-l2", self.eps_l2)):
-            if grid is not None and (not grid or any(not math.isfinite(e) or e < 0 for e in grid)):
-                raise UserError(f"{name} must be a non-empty list of radii >= 0 (pixel units), got {grid}.")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if self.smoothing:
-            if not self.sigmas:
-                raise UserError("--smoothing needs at least one --sigma.")
-            for sigma in self.sigmas:
-                check_smoothing_options(sigma, self.n0, self.n, self.alpha, self.smoothing_batch_size)
-
-    def settings(self, method: str) -> str:
-        if method == "smoothing":
-            return f"n0={self.n0} n={self.n} alpha={self.alpha:g} seed={self.seed}"
-        skip = " skip" if self.skip else ""
-        if method == "crown":
-            return "float64" + skip
-        if method == "alpha-crown":
-            return f"float64 steps={self.alpha_steps}" + skip
-        if method == "complete":
-            from .tight import PGD_RESTARTS, PGD_STEPS
-
-            return f"milp timeout={self.timeout:g}s pgd={PGD_STEPS}x{PGD_RESTARTS} seed={self.seed}" + skip
-        return "float64"  # bounds and logit gaps computed in float64
-
-    def filled(self, dataset: str) -> "CertifyConfig":
-        """A copy whose grids left None are the data set's defaults (sorted, unique)."""
-        from ..evaluate.attack_config import default_eps
-
-        grids = {f"eps_{norm}": sorted(set(getattr(self, f"eps_{norm}") or default_eps(dataset, norm)))
-                 for norm in ("linf", "l2")}
-        return dataclasses.replace(self, **grids)
 
 
 @dataclass
@@ -199,7 +129,7 @@ def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_ex
     problem = unsupported(model, config)
     if problem is not None:
         raise UserError(problem)
-    model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    model, data, dev, prov, out = prepare_model(model, dataset, device, data_dir, name, out, source)
     return _certify(model, data, config, prov, out, n_examples=n_examples, example_seed=example_seed,
                     device=dev, on_progress=on_progress)
 
@@ -207,7 +137,6 @@ def certify_model(model: nn.Module, dataset: str, config: CertifyConfig, *, n_ex
 def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, out: Path | None, *,
              n_examples: int | None, example_seed: int, device: torch.device,
              on_progress: Progress | None = None) -> CertifyResult:
-    from ..evaluate.api import default_examples
     from ..models.architectures import eval_mode
 
     config = config.filled(data.info.name)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
 import shutil
 import subprocess
 import sys
@@ -233,14 +232,12 @@ def _arm_cases(arm: Arm, names: list[str]) -> list:
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(median, low, high): the distribution-free interval of the median from order statistics."""
-    from scipy.stats import quantile_test
+    """(median, low, high): the median and its distribution-free interval (:func:`jrbench.stats.median_ci`,
+    the report's; NaN bounds below 6 values at 95%)."""
+    from ..stats import median_ci
 
-    med = float(pd.Series(values).median())
-    if len(values) < 6:
-        return med, math.nan, math.nan
-    ci = quantile_test(values, q=med, p=0.5).confidence_interval(confidence)
-    return med, float(ci.low), float(ci.high)
+    low, high = median_ci(values, confidence)
+    return float(pd.Series(values).median()), low, high
 
 
 @dataclass

@@ -26,70 +26,15 @@ from ..config import RunConfig
 from ..data.datasets import Data, load_data, to_pixels
 from ..device import resolve_device
 from ..errors import UserError
+from ..runtables.examples import default_examples, fixed_examples
+from ..runtables.provenance import load_test_data, model_provenance, run_provenance
+from ..runtables.tables import upsert_rows
+# (the run-table helpers above live in jrbench.runtables; scripts that imported them from here still can)
 
 ATTACKS_CSV, MARGINS_CSV, JACOBIAN_CSV = "attacks.csv", "margins.csv", "jacobian.csv"
 ATTACK_EXAMPLES_CSV = "attack_examples.csv"
 ATTACK_KEYS = ["attack", "norm", "strength", "loss"]
 Progress = Callable[[int, int, str], None]  # on_progress(done, total, label): units of work finished so far
-
-
-def run_provenance(config: RunConfig, run_dir: Path) -> dict:
-    """Columns that say which run a row belongs to."""
-    return {
-        "run_id": Path(run_dir).name, "dataset": config.data.dataset, "model": config.model.name,
-        "regularizers": "+".join(config.reg.names),
-        "lambda_jr": config.reg.lambda_jr if "jacobian" in config.reg.names else 0.0,
-        "n_proj": config.reg.n_proj, "train_seed": config.train.seed,
-    }
-
-
-def load_test_data(config: RunConfig, data_dir: str | None = None) -> Data:
-    if data_dir is not None:
-        config.data.data_dir = str(data_dir)
-    return load_data(config.data)
-
-
-def fixed_examples(data: Data, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` test examples chosen by ``seed``, the same for every run on the same data.
-
-    Returns (images uint8 (n, C, H, W), labels (n,), positions in the test split (n,)).
-    """
-    total = len(data.test)
-    if n < 1:
-        raise UserError(f"--n-examples must be at least 1, got {n}.")
-    if n > total:
-        raise UserError(f"--n-examples {n} is more than the {total} examples of the test set.")
-    index = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return data.test.images[index], data.test.labels[index], index
-
-
-def upsert_rows(path: Path, new: pd.DataFrame, keys: list[str],
-                combine: Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame:
-    """Replace the rows of ``path`` that share ``keys`` with ``new``'s; write atomically, the whole
-    read-modify-write under the file's lock (:func:`jrbench.atomic.locked`): two commands writing
-    to one run at once (two attacks, Ray cells on a shared folder) keep each other's rows.
-    ``combine(old, new)``, when given, makes the rows that go in from the file's rows and ``new``."""
-    from ..atomic import locked
-
-    with locked(path):
-        return _upsert_rows(path, new, keys, combine)
-
-
-def _upsert_rows(path: Path, new: pd.DataFrame, keys: list[str], combine=None) -> pd.DataFrame:
-    if path.is_file():
-        old = rundir.read_csv(path)
-        if not set(keys) <= set(old.columns):
-            raise UserError(f"{path} lacks the columns {keys}; move it away and run again.")
-        if combine is not None:
-            new = combine(old, new)
-        merged = old.merge(new[keys].drop_duplicates(), on=keys, how="left", indicator=True)
-        old = old[(merged["_merge"] == "left_only").to_numpy()]
-        table = pd.concat([old, new], ignore_index=True) if len(old) else new
-    else:
-        table = new
-    table = table.sort_values(keys, kind="stable").reset_index(drop=True)
-    rundir.atomic_write_csv(path, table)
-    return table
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -135,12 +80,6 @@ def comparable_rows(table: pd.DataFrame, example_seed: int, n_examples: int,
         wanted = pd.Series(n_examples, index=table.index).where(table["attack"] != "noise", n_noise)
         keep &= table["n_examples"] == wanted
     return table[keep]
-
-
-def default_examples(data: Data, n_examples: int | None) -> int:
-    """``n_examples``, or for None the data set's ``Defaults.attack_examples`` (at most the whole
-    test split): the fixed examples of the gradient attacks, margins and certificates."""
-    return n_examples if n_examples is not None else min(data.info.defaults.attack_examples, len(data.test))
 
 
 def example_counts(data: Data, config, n_examples: int | None) -> tuple[int, int]:
@@ -331,15 +270,7 @@ def margins_summary(result: MarginsResult) -> dict:
 
 
 # ----------------------------------------------------------------------------- outside models
-def model_provenance(name: str, dataset: str) -> dict:
-    """The provenance columns of an outside model's rows: no training, so no regularizer, weight
-    or seed (NaN); ``regularizers`` reads 'outside'."""
-    nan = float("nan")
-    return {"run_id": name, "dataset": dataset, "model": name, "regularizers": "outside",
-            "lambda_jr": nan, "n_proj": nan, "train_seed": nan}
-
-
-def _prepare_model(model: nn.Module, dataset: str, device: str, data_dir: str | None, name: str | None,
+def prepare_model(model: nn.Module, dataset: str, device: str, data_dir: str | None, name: str | None,
                    out: str | Path | None, source: dict | None
                    ) -> tuple[nn.Module, Data, torch.device, dict, Path | None]:
     """Move ``model`` to the device, check it on one small batch of ``dataset``, then (``out``)
@@ -379,7 +310,7 @@ def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int | No
 
     if config.autoattack:
         resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
-    model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    model, data, dev, prov, out = prepare_model(model, dataset, device, data_dir, name, out, source)
     if out is not None:  # a trained run's metrics.csv has its test accuracy; an outside model's gets it here
         rundir.atomic_write_csv(out / rundir.METRICS, clean_accuracy(model, data, dev, config.batch_size))
     return _attack(model, data, config, prov, out, n_examples=n_examples, example_seed=example_seed,
@@ -412,7 +343,7 @@ def margins_model(model: nn.Module, dataset: str, *, n_examples: int = 500, n_di
     channel). Without either, the ``_z`` columns are NaN and ``notes`` says so.
     """
     check_margins_options(n_examples, n_directions, batch_size)
-    model, data, dev, prov, out = _prepare_model(model, dataset, device, data_dir, name, out, source)
+    model, data, dev, prov, out = prepare_model(model, dataset, device, data_dir, name, out, source)
     z_space = hasattr(model, "normalize") or input_std is not None
     std = None if input_std is None else torch.tensor(list(input_std), device=dev).view(1, -1, 1, 1)
     return _margins(model, data, prov, out, n_examples=n_examples, n_directions=n_directions, seed=seed,

@@ -16,13 +16,12 @@ builder of both: it applies the rule and validates the config once.
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import UserError
 from ..registry import unknown_name
+from ..schema import check, field_error, option
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce64", "ce32")
@@ -78,29 +77,45 @@ class AttackConfig:
     (:func:`jrbench.evaluate.api.attack_run`, ``attack_model``): white noise on that many test
     examples, None the whole test set; the gradient attacks take ``n_examples`` there."""
 
-    noise: bool = True
-    pgd: bool = True
-    fgsm: bool = True
-    autoattack: bool = False
-    aa_targets: int | None = None   # AutoAttack's APGD-T / FAB-T target classes; None: 9
-    autoattack_eps_linf: list[float] | None = None  # AutoAttack's own grids (pixel units)
-    autoattack_eps_l2: list[float] | None = None
-    sigmas: list[float] | None = field(default_factory=default_sigmas)  # None: the data set's
-    draws: int = 5                  # noise draws per image
+    noise: bool = option(True, tristate=True, flag="--noise/--no-noise", help="White Gaussian pixel noise.")
+    pgd: bool = option(True, tristate=True, flag="--pgd/--no-pgd", help="PGD (torchattacks), L-inf and/or L2.")
+    fgsm: bool = option(True, tristate=True, flag="--fgsm/--no-fgsm", help="FGSM (torchattacks), L-inf.")
+    autoattack: bool = option(False, tristate=True, flag="--autoattack/--no-autoattack",
+                              help="Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square; slow) on --norm and the "
+                                   "eps grids.")
+    aa_targets: int | None = option(None, low=1, help="AutoAttack's target classes for APGD-T and FAB-T (default 9; "
+                                                     "required below 10 classes).")
+    autoattack_eps_linf: list[float] | None = option(
+        None, repeat=True, low=0, high=1, unit="pixel units",
+        help="AutoAttack's own L-inf radius grid (with or without --autoattack-eps-l2: AutoAttack runs on these "
+             "norms only).")
+    autoattack_eps_l2: list[float] | None = option(None, repeat=True, low=0, unit="pixel units",
+                                                   help="AutoAttack's own L2 radius grid.")
+    sigmas: list[float] | None = option(default_factory=default_sigmas, key="sigma", flag="--sigma", repeat=True,
+                                        low=0, unit="pixel units",
+                                        help="Noise sigma (pixel units); repeat for a grid (default per data set).")
+    draws: int = option(5, low=1, help="Noise draws per image.")
     # White noise's test examples (attack_run / attack_model): None = the whole test set (noise
     # costs only forward passes, so its accuracy is precise where that is cheap); N = the first N
     # of the --example-seed permutation, a superset of the gradient attacks' n_examples when N >= it
-    noise_examples: int | None = None
-    norms: tuple[str, ...] = NORMS  # PGD norms
-    eps_linf: list[float] | None = None
-    eps_l2: list[float] | None = None
-    steps: int = 40
-    alpha: float | None = None      # PGD step (pixel units, every eps); None: 2.5 * eps / steps
-    restarts: int = 1
+    noise_examples: int | None = option(None, low=1, help="White noise on this many test examples, chosen by "
+                                                         "--example-seed (default: the whole test set).")
+    norms: tuple[str, ...] = option(NORMS, key="norm", flag="--norm", repeat=True, choices=NORMS,
+                                    help="PGD norm; repeat for both (default both).")
+    eps_linf: list[float] | None = option(None, repeat=True, low=0, high=1, unit="pixel units",
+                                          help="L-inf radius grid (default per data set).")
+    eps_l2: list[float] | None = option(None, repeat=True, low=0, unit="pixel units",
+                                        help="L2 radius grid (default per data set).")
+    steps: int = option(40, low=1, help="PGD steps.")
+    alpha: float | None = option(None, low=0, open_low=True, unit="pixel units",
+                                 help="PGD step size (default 2.5 eps / steps).")
+    restarts: int = option(1, low=1, help="PGD restarts; broken if any restart breaks it.")
     random_start: bool = True
-    loss: str = "ce64"
-    batch_size: int = 500
-    seed: int = 0
+    loss: str = option("ce64", choices=LOSSES,
+                       help="ce64: cross-entropy from float64 logits; ce32: torchattacks as is.")
+    batch_size: int = option(500, low=1, help="Examples per batch: memory only; no noise, PGD or FGSM result "
+                                             "changes with it (AutoAttack's can: docs).")
+    seed: int = option(0, low=0, help="Seed of noise draws and random starts.")
 
     @classmethod
     def for_dataset(cls, dataset_name: str, **overrides) -> "AttackConfig":
@@ -144,39 +159,17 @@ class AttackConfig:
         self.validate()  # checked where it is built (and every dataclasses.replace builds anew)
 
     def validate(self) -> None:
-        """Raise :class:`UserError` for anything out of range or unknown (None grids pass).
-        Every construction calls it (``__post_init__``): a config that exists is valid."""
+        """Raise :class:`~jrbench.schema.FieldError` for anything out of range or unknown (None grids
+        pass): the schema's types, bounds and choices, then the combinations. Every construction
+        calls it (``__post_init__``): a config that exists is valid."""
         if not (self.noise or self.pgd or self.fgsm or self.autoattack):
             raise UserError("no attack selected: enable at least one of noise, pgd, fgsm, "
                             "autoattack.")
+        check(self)
         own_aa = self.autoattack_eps_linf is not None or self.autoattack_eps_l2 is not None
         if (self.pgd or (self.autoattack and not own_aa)) and len(self.norms) == 0:
-            raise UserError(f"norm (--norm) is empty: PGD and AutoAttack need at least one of "
-                            f"{', '.join(NORMS)}.")
-        for norm in self.norms:
-            if norm not in NORMS:
-                raise unknown_name("norm", norm, list(NORMS))
-        if self.loss not in LOSSES:
-            raise unknown_name("loss", self.loss, list(LOSSES))
-        if self.sigmas is not None:
-            _check_grid("sigma", self.sigmas, upper=None)
-        for norm in self.eps_norms():
-            if getattr(self, f"eps_{norm}") is not None:
-                _check_grid(f"eps_{norm}", getattr(self, f"eps_{norm}"),
-                            upper=1.0 if norm == "linf" else None)
-        for norm in NORMS:
-            if getattr(self, f"autoattack_eps_{norm}") is not None:
-                _check_grid(f"autoattack_eps_{norm}", getattr(self, f"autoattack_eps_{norm}"),
-                            upper=1.0 if norm == "linf" else None)
-        for name in ("draws", "steps", "restarts", "batch_size"):
-            _check_int(name, getattr(self, name), low=1)
-        _check_int("seed", self.seed, low=0)
-        if self.aa_targets is not None:
-            _check_int("aa_targets", self.aa_targets, low=1)
-        if self.noise_examples is not None:
-            _check_int("noise_examples", self.noise_examples, low=1)
-        if self.alpha is not None and not (math.isfinite(self.alpha) and self.alpha > 0):
-            raise UserError(f"alpha (--alpha, the PGD step, pixel units) must be > 0, got {self.alpha}.")
+            raise field_error(AttackConfig, "norms", f"is empty: PGD and AutoAttack need at least one of "
+                                                     f"{', '.join(NORMS)}.")
 
 
 def select_attacks(noise: bool | None = None, pgd: bool | None = None, fgsm: bool | None = None,
@@ -193,10 +186,10 @@ def select_attacks(noise: bool | None = None, pgd: bool | None = None, fgsm: boo
     said = {"noise": noise, "pgd": pgd, "fgsm": fgsm, "autoattack": autoattack}
     for name, value in said.items():
         if value is not None and not isinstance(value, bool):
-            raise UserError(f"{_named(name)} must be true or false, got {value!r}.")
+            raise field_error(AttackConfig, name, f"must be true or false, got {value!r}.")
     if aa_grids_given:
         if autoattack is False:
-            raise UserError("autoattack (--autoattack) is off but an AutoAttack grid (autoattack_eps_linf or "
+            raise field_error(AttackConfig, "autoattack", "is off but an AutoAttack grid (autoattack_eps_linf or "
                             "autoattack_eps_l2) is given: drop one of them.")
         said["autoattack"] = True
     if any(value is True for value in said.values()):
@@ -215,27 +208,3 @@ def build_attack_config(*, noise: bool | None = None, pgd: bool | None = None, f
     aa_grids = any(settings.get(f"autoattack_eps_{n}") is not None for n in NORMS)
     selected = select_attacks(noise, pgd, fgsm, autoattack, aa_grids_given=aa_grids)
     return AttackConfig(**selected, sigmas=sigmas, **settings)
-
-
-def _named(name: str) -> str:
-    """A setting as both its spec key and its flags: 'eps_linf (--eps-linf, or --eps with --norm linf)'."""
-    also = f", or --eps with --norm {name[4:]}" if name in ("eps_linf", "eps_l2") else ""
-    return f"{name} (--{name.replace('_', '-')}{also})"
-
-
-def _check_grid(name: str, values: Sequence[float], upper: float | None) -> None:
-    name = _named(name)
-    if len(values) == 0:
-        raise UserError(f"{name} is empty: give at least one value (pixel units).")
-    for v in values:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-            raise UserError(f"{name} values must be finite numbers >= 0 (pixel units), got {v}.")
-        if upper is not None and v > upper:
-            raise UserError(f"{name} values must be <= {upper} (pixels lie in [0, 1]), got {v}.")
-
-
-def _check_int(name: str, value: int, low: int) -> None:
-    name = _named(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{name} must be an integer >= {low}, got {value!r}.")
-

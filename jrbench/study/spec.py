@@ -42,49 +42,37 @@ What a study is, not how it runs: this module imports no running code. :mod:`jrb
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..certify.config import METHOD_FLAGS, CertifyConfig
 from ..config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from ..errors import UserError
+from ..evaluate.attack_config import AttackConfig
+from ..evaluate.margins_config import MARGIN_EXAMPLES, MarginsConfig
 from ..penalty.lipschitz_constraint import check_model
+from ..report.options import ReportConfig
+from ..runtables.examples import ExampleSet
+from ..schema import FieldError, check_value, field_error, from_table, option, spec_keys
 from ..specfile import SpecFile, Table, parse_spec_text, read_spec
 from ..training.validation import validate
 
+# The sections of a training run and their config classes; every key below is derived from the
+# classes' schema (jrbench.schema): a field is a spec key unless its Opt says spec=False.
+TRAIN_SECTIONS = {"data": DataConfig, "model": ModelConfig, "reg": RegConfig, "train": TrainConfig}
 # jrbench train's options (flag --foo-bar -> key foo_bar) -> (RunConfig section, attribute)
-FIELDS: dict[str, tuple[str, str]] = {
-    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
-    "train_subset": ("data", "train_subset"), "test_subset": ("data", "test_subset"),
-    "model": ("model", "name"), "reg": ("reg", "names"), "lambda_jr": ("reg", "lambda_jr"),
-    "n_proj": ("reg", "n_proj"), "jr_subsample": ("reg", "jr_subsample"),
-    "weight_decay": ("reg", "weight_decay"), "dropout": ("reg", "dropout"), "lambda_ig": ("reg", "lambda_ig"),
-    "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
-    "momentum": ("train", "momentum"), "schedule": ("train", "schedule"),
-    "step_epochs": ("train", "step_epochs"), "gamma": ("train", "gamma"), "seed": ("train", "seed"),
-    "jr_backend": ("reg", "jr_backend"), "jr_estimator": ("reg", "jr_estimator"), "jr_every": ("reg", "jr_every"),
-    "lipschitz_bound": ("reg", "lipschitz_bound"), "noise_sigma": ("reg", "noise_sigma"),
-}
-# jrbench attack's options; sigma and norm fill AttackConfig's sigmas and norms
-ATTACK_FIELDS = {"noise", "pgd", "fgsm", "autoattack", "aa_targets", "autoattack_eps_linf",
-                 "autoattack_eps_l2", "n_examples", "example_seed", "noise_examples", "sigma", "draws", "norm",
-                 "eps_linf", "eps_l2", "steps", "alpha", "restarts", "loss", "batch_size", "seed"}
-_ATTACK_LISTS = {"sigma", "norm", "eps_linf", "eps_l2", "autoattack_eps_linf", "autoattack_eps_l2"}  # repeatable flags
-MARGIN_FIELDS = {"n_examples", "example_seed", "directions", "seed", "batch_size"}  # all integers
-REPORT_FIELDS = {"sigma": (int, float, list), "eps_linf": (int, float, list), "eps_l2": (int, float, list),
-                 "per_run": (bool,), "cells": (bool,), "cell_radius": (int, float), "cell_grid": (int,),
-                 "cell_seed": (int,), "cell_index": (int,), "cell_panels": (int,), "correction": (str,)}
-_REPORT_LISTS = {"sigma", "eps_linf", "eps_l2"}  # repeatable flags: a number or a list of numbers
-RESOURCE_FIELDS = ("num_cpus", "num_gpus")
+FIELDS: dict[str, tuple[str, str]] = {key: (section, f.name) for section, cls in TRAIN_SECTIONS.items()
+                                      for key, f in spec_keys(cls).items()}
+ATTACK_CLASSES, MARGIN_CLASSES, CERTIFY_CLASSES = ((AttackConfig, ExampleSet), (ExampleSet, MarginsConfig),
+                                                   (CertifyConfig, ExampleSet))
+ATTACK_FIELDS = set(spec_keys(*ATTACK_CLASSES))
+MARGIN_FIELDS = set(spec_keys(*MARGIN_CLASSES))
+CERTIFY_FIELDS = set(spec_keys(*CERTIFY_CLASSES))
+REPORT_FIELDS = set(spec_keys(ReportConfig))
 # keys renamed to their command's flag (issue 10): command -> {old key: new key}; old ones are refused
 RENAMED: dict[str, dict[str, str]] = {"train": {"regularizers": "reg"},
                                       "attack": {"sigmas": "sigma", "norms": "norm"}}
-# [certify]: jrbench certify's options; unlike the command, a certificate not named is off
-CERTIFY_FIELDS = {"lipschitz", "ibp", "smoothing", "sigma", "n0", "n", "alpha", "eps_linf", "eps_l2", "seed",
-                  "batch_size", "smoothing_batch_size", "n_examples", "example_seed", "crown", "alpha_crown",
-                  "complete", "timeout", "alpha_steps", "skip"}
-_CERTIFY_LISTS = {"sigma", "eps_linf", "eps_l2"}
 TOP_FIELDS = ("name", "description", "out", "base", "grid", "block", "variant", "attack", "margins", "certify",
               "report", "resources")
 
@@ -94,68 +82,38 @@ class Resources:
     """What one cell needs. ``num_cpus`` (> 0) sets the cell's torch threads in every engine
     (:func:`cell_threads`) and is what the Ray engine asks for; ``num_gpus`` (>= 0, fractions
     share a GPU) is asked of Ray, and a cell granted one trains on it."""
-    num_cpus: float = 1
-    num_gpus: float = 0
+    num_cpus: float = option(1, low=0, open_low=True, help="CPUs one cell needs (its torch threads).")
+    num_gpus: float = option(0, low=0, help="GPUs one cell needs (fractions share a GPU).")
+
+
+RESOURCE_FIELDS = tuple(spec_keys(Resources))
 
 
 @dataclass
 class SweepSpec:
+    """A study, parsed once into typed configs: the cells (:class:`RunConfig`), what each cell is
+    attacked, measured and certified with (None: that step is not part of the study), each
+    step's example set (the margins' and certificates' example seed is the attack's unless their
+    table names one; margins default to 500 examples, certificates to the attack's), the
+    report's options and what one cell needs."""
+
     name: str
     path: Path
     out: Path
     cells: list[RunConfig]
-    attack: dict[str, Any] | None = None
-    margins: dict[str, Any] | None = None
+    attack: AttackConfig | None = None
+    margins: MarginsConfig | None = None
     description: str = ""
-    report_options: dict[str, Any] = field(default_factory=dict)
+    report: ReportConfig = field(default_factory=ReportConfig)
     resources: Resources = field(default_factory=Resources)
-    certify: dict[str, Any] | None = None
+    certify: CertifyConfig | None = None
+    attack_examples: ExampleSet = field(default_factory=ExampleSet)
+    margins_examples: ExampleSet = field(default_factory=lambda: ExampleSet(MARGIN_EXAMPLES))
+    certify_examples: ExampleSet = field(default_factory=ExampleSet)
 
     @property
     def folder(self) -> Path:
         return self.out / self.name
-
-
-_OPTIONAL_TYPES = {"data_dir": (str,), "train_subset": (int,), "test_subset": (int,), "jr_subsample": (int,)}
-
-
-def _type_error(key: str, value: Any) -> str | None:
-    """Why ``value`` cannot be the training option ``key`` (judged by the default's type), or None."""
-    section, attr = FIELDS[key]
-    default = getattr(getattr(RunConfig(), section), attr)
-    if key == "reg":
-        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        return None if ok else f"must be a regularizer name or a list of names, got {value!r}."
-    if default is None:
-        expected = _OPTIONAL_TYPES.get(key, (str, int, float))
-    elif isinstance(default, bool):
-        expected = (bool,)
-    elif isinstance(default, int):
-        expected = (int,)
-    elif isinstance(default, float):
-        expected = (int, float)
-    else:
-        expected = (type(default),)
-    if isinstance(value, bool) and bool not in expected or not isinstance(value, expected):
-        names = " or ".join(t.__name__ for t in expected)
-        return f"must be of type {names}, got {value!r}."
-    return None
-
-
-def _apply(config: RunConfig, key: str, value: Any) -> None:
-    section, attr = FIELDS[key]
-    if key == "reg" and isinstance(value, str):
-        value = [value]
-    setattr(getattr(config, section), attr, value)
-
-
-# the words by which a validation message names a training option (else its flag)
-_MENTIONS = {"reg": ("--reg ", "regularizer"), "dataset": ("unknown dataset",), "model": ("unknown model",),
-             "schedule": ("unknown schedule",)}
-
-
-def _mentions(key: str, message: str) -> bool:
-    return any(w in message for w in _MENTIONS.get(key, (f"--{key.replace('_', '-')}",)))
 
 
 def load_spec(path: str | Path, out: str | Path | None = None) -> SweepSpec:
@@ -199,11 +157,13 @@ def spec_from_file(f: SpecFile, out: str | Path | None = None) -> SweepSpec:
                           f"Expected one of: {', '.join(TOP_FIELDS)}.", (key,) if header else (),
                           None if header else key)
     cells = _cells(f, *_train_tables(f))
-    attack, margins = _attack_table(doc.get("attack"), f), _margins_table(doc.get("margins"), f)
-    resources = _parse_resources(doc.get("resources", {}), f)
+    attack, attack_examples = _attack_table(doc.get("attack"), f)
+    margins, margins_examples = _margins_table(doc.get("margins"), f, attack_examples)
+    certify, certify_examples = _certify_table(doc.get("certify"), f, attack_examples)
     out_dir = Path(out) if out is not None else Path(doc.get("out", "results/sweeps"))
     return SweepSpec(name, f.path, out_dir, cells, attack, margins, str(doc.get("description", "")),
-                     _report_options(doc.get("report", {}), f), resources, _certify_table(doc.get("certify"), f))
+                     _report_table(doc.get("report", {}), f), _resources_table(doc.get("resources", {}), f),
+                     certify, attack_examples, margins_examples, certify_examples)
 
 
 Overrides = list[tuple[Table, dict[str, Any]]]  # (where a table is written, its training options)
@@ -229,19 +189,30 @@ def _train_tables(f: SpecFile) -> tuple[dict[str, Any], dict[str, list], Overrid
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise f.error(f"field '{key}' in [grid] must be a non-empty list of values.", ("grid",), key)
+    fields_by_key = {key: f_ for cls in TRAIN_SECTIONS.values() for key, f_ in spec_keys(cls).items()}
     for where, table in every:
         items = [(k, v) for k, vs in table.items() for v in vs] if where == ("grid",) else table.items()
         for key, value in items:
-            why = _type_error(key, value)
-            if why:
-                raise f.error(f"field '{key}' {why}", where, key)
+            field_ = fields_by_key[key]
+            try:
+                check_value(field_, [value] if field_.opt.repeat and isinstance(value, str) else value)
+            except FieldError as e:
+                raise f.error(f"field '{key}' {e.reason}", where, key) from e
     return base, grid, axes[0], axes[1]
+
+
+def _apply(config: RunConfig, key: str, value: Any) -> None:
+    section, attr = FIELDS[key]
+    if key == "reg" and isinstance(value, str):
+        value = [value]
+    setattr(getattr(config, section), attr, value)
 
 
 def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Overrides,
            variants: Overrides) -> list[RunConfig]:
     """Every block x variant x grid point, validated; cells with the same run id collapse into one.
-    Later tables override earlier ones: [base], [[block]], [[variant]], [grid]."""
+    Later tables override earlier ones: [base], [[block]], [[variant]], [grid]. A bad cell is
+    blamed on the last setting of the field its error carries (:class:`~jrbench.schema.FieldError`)."""
     cells, seen = [], set()
     keys = list(grid)
     for (b_where, block), (v_where, variant), combo in itertools.product(
@@ -254,169 +225,114 @@ def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Ove
                 _apply(config, key, value)
             validate(config)
             if "lipschitz" in config.reg.names:  # a model the bound has no rule for fails here, not in training
-                check_model(config.model.name, config.data.dataset)
-        except UserError as e:  # blame the last setting the message names (later ones override)
-            where, culprit, _ = next((s for s in reversed(settings) if _mentions(s[1], str(e))),
-                                     settings[-1] if settings else (("base",), "base", None))
-            raise f.error(f"field '{culprit}' gives an invalid cell: {e}", where, culprit) from e
-        except (TypeError, ValueError) as e:
-            raise UserError(f"{f.path}: a value of the wrong type in [base] or [grid]: {e}") from e
+                try:
+                    check_model(config.model.name, config.data.dataset)
+                except UserError as e:
+                    raise field_error(RegConfig, "names", str(e), whole=True) from e
+        except FieldError as e:  # the last table that sets the field (later ones override)
+            where, culprit, _ = next((s for s in reversed(settings) if s[1] == e.key),
+                                     settings[-1] if settings else (("base",), e.key, None))
+            raise f.error(f"field '{culprit}' gives an invalid cell: {e.for_spec()}", where, culprit) from e
         if config.run_id() not in seen:
             seen.add(config.run_id())
             cells.append(config)
     return cells
 
 
-def _attack_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
-    """The ``[attack]`` table (None when absent): jrbench attack's options, checked as one config."""
-    if table is None:
-        return None
+def _table(f: SpecFile, name: str, table: Any, classes, command: str, what: str) -> dict[str, dict[str, Any]]:
+    """A command's table sorted onto its config classes ({class name: {field: value}}), every key
+    and value checked by the schema; a bad one is named with its line."""
     if not isinstance(table, dict):
-        raise f.error("field 'attack' must be a table of jrbench attack options.", (), "attack")
+        raise f.error(f"field '{name}' must be a table of jrbench {command} options.", (), name)
     for key in table:
-        _check_key(f, ("attack",), key, "attack", ATTACK_FIELDS, "an attack option")
+        _check_key(f, (name,), key, command, spec_keys(*classes), what)
     try:
-        attack_config(table)
-    except (UserError, TypeError, ValueError) as e:
-        named = [k for k in table if k in str(e)]
-        culprit = max(named, key=len) if named else None  # eps_linf inside autoattack_eps_linf: the longest
-        what = f"field '{culprit}' gives" if culprit else "gives"
-        raise f.error(f"{what} invalid attack settings: {e}", ("attack",), culprit) from e
-    return table
+        return from_table(classes, table, where=what)
+    except FieldError as e:
+        raise f.error(f"field '{e.key}' {e.reason}", (name,), e.key) from e
 
 
-def _margins_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
-    """The ``[margins]`` table (None when absent): jrbench margins' options, integers each."""
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise f.error("field 'margins' must be a table of jrbench margins options.", (), "margins")
-    for key, value in table.items():
-        _check_key(f, ("margins",), key, "margins", MARGIN_FIELDS, "a margins option")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise f.error(f"field '{key}' must be an integer, got {value!r}.", ("margins",), key)
-        if key in ("n_examples", "directions", "batch_size") and value < 1:  # as jrbench margins checks them
-            raise f.error(f"field '{key}' must be at least 1, got {value}.", ("margins",), key)
-    return table
-
-
-def _certify_table(table: Any, f: SpecFile) -> dict[str, Any] | None:
-    """The ``[certify]`` table (None when absent): jrbench certify's options, checked as one config."""
-    if table is None:
-        return None
-    if not isinstance(table, dict):
-        raise f.error("field 'certify' must be a table of jrbench certify options.", (), "certify")
-    for key, value in table.items():
-        _check_key(f, ("certify",), key, "certify", CERTIFY_FIELDS, "a certify option")
-        if key in ("n_examples", "example_seed") and (isinstance(value, bool) or not isinstance(value, int)
-                                                      or value < (1 if key == "n_examples" else 0)):
-            raise f.error(f"field '{key}' must be an integer >= {1 if key == 'n_examples' else 0}, got {value!r}.",
-                          ("certify",), key)
+def _build(f: SpecFile, name: str, build, what: str):
+    """``build()`` a table's config; its error is named with the line of the field it carries."""
     try:
-        certify_config(table)
-    except (UserError, TypeError, ValueError) as e:
-        named = [k for k in table if k.replace("_", "-") in str(e) or k in str(e)]
-        culprit = max(named, key=len) if named else None
-        raise f.error(f"invalid certify settings: {e}", ("certify",), culprit) from e
-    return table
+        return build()
+    except FieldError as e:
+        raise f.error(f"field '{e.key}' gives invalid {what} settings: {e.for_spec()}", (name,), e.key) from e
+    except UserError as e:
+        raise f.error(f"invalid {what} settings: {e}", (name,)) from e
 
 
-def certify_config(options: dict[str, Any]):
-    """The validated :class:`~jrbench.certify.api.CertifyConfig` of a ``[certify]`` table (flag names:
-    ``sigma`` fills ``sigmas``; a single value of a repeatable flag is a list of one). Unlike the
-    command, which runs Lipschitz and IBP when no certificate is named, a certificate not set to
-    true is off (a study says what it certifies)."""
-    from ..certify.api import CertifyConfig
-
-    kwargs: dict[str, Any] = {"lipschitz": False, "ibp": False, "smoothing": False, "crown": False,
-                              "alpha_crown": False, "complete": False}
-    for key, value in options.items():
-        if key in ("n_examples", "example_seed"):
-            continue
-        if key in _CERTIFY_LISTS and not isinstance(value, list):
-            value = [value]
-        kwargs["sigmas" if key == "sigma" else key] = value
-    for key in ("lipschitz", "ibp", "smoothing", "crown", "alpha_crown", "complete", "skip"):
-        if key in kwargs and not isinstance(kwargs[key], bool):
-            raise UserError(f"{key} must be true or false, got {kwargs[key]!r}.")
-    return CertifyConfig(**kwargs)  # validated as it is built
+def _attack_table(table: Any, f: SpecFile) -> tuple[AttackConfig | None, ExampleSet]:
+    """The ``[attack]`` table: jrbench attack's options as an :class:`AttackConfig` (None when the
+    table is absent) and its example set."""
+    if table is None:
+        return None, ExampleSet()
+    parts = _table(f, "attack", table, ATTACK_CLASSES, "attack", "an attack option")
+    config = _build(f, "attack", lambda: _attack_config(parts["AttackConfig"]), "attack")
+    return config, ExampleSet(**parts["ExampleSet"])
 
 
-def _parse_resources(table: Any, f: SpecFile) -> Resources:
+def _margins_table(table: Any, f: SpecFile, attack: ExampleSet) -> tuple[MarginsConfig | None, ExampleSet]:
+    """The ``[margins]`` table as a :class:`MarginsConfig` (None when absent) and its example set
+    (500 examples unless it says; the attack's example seed unless it names one)."""
+    if table is None:
+        return None, ExampleSet(MARGIN_EXAMPLES, attack.example_seed)
+    parts = _table(f, "margins", table, MARGIN_CLASSES, "margins", "a margins option")
+    examples = {"n_examples": MARGIN_EXAMPLES, "example_seed": attack.example_seed, **parts["ExampleSet"]}
+    return MarginsConfig(**parts["MarginsConfig"]), ExampleSet(**examples)
+
+
+def _certify_table(table: Any, f: SpecFile, attack: ExampleSet) -> tuple[CertifyConfig | None, ExampleSet]:
+    """The ``[certify]`` table as a :class:`CertifyConfig` (None when absent) and its example set (the
+    attack's unless it says). Unlike the command, which runs Lipschitz and IBP when no certificate is
+    named, a certificate not set to true is off (a study says what it certifies)."""
+    if table is None:
+        return None, attack
+    parts = _table(f, "certify", table, CERTIFY_CLASSES, "certify", "a certify option")
+    config = _build(f, "certify", lambda: _certify_config(parts["CertifyConfig"]), "certify")
+    return config, ExampleSet(**{"n_examples": attack.n_examples, "example_seed": attack.example_seed,
+                                 **parts["ExampleSet"]})
+
+
+def _resources_table(table: Any, f: SpecFile) -> Resources:
     """The ``[resources]`` table: num_cpus > 0, num_gpus >= 0, numbers only."""
-    def bad(key: str, why: str) -> UserError:
-        return f.error(f"field '{key}' {why}", ("resources",), key)
-
     if not isinstance(table, dict):
         raise f.error("field 'resources' must be a table.", (), "resources")
-    for key, value in table.items():
-        if key not in RESOURCE_FIELDS:
-            from ..registry import did_you_mean
-
-            raise bad(key, f"is not a resource (expected num_cpus or num_gpus).{did_you_mean(key, list(RESOURCE_FIELDS))}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad(key, f"must be a number, got {value!r}.")
-    resources = Resources(**table)
-    if not resources.num_cpus > 0:
-        raise bad("num_cpus", f"must be > 0 (a cell needs a CPU), got {resources.num_cpus!r}.")
-    if not resources.num_gpus >= 0:
-        raise bad("num_gpus", f"must be >= 0, got {resources.num_gpus!r}.")
-    return resources
+    try:
+        return Resources(**from_table([Resources], table, where="a resource (num_cpus or num_gpus)")["Resources"])
+    except FieldError as e:
+        raise f.error(f"field '{e.key}' {e.reason}", ("resources",), e.key) from e
 
 
-def _report_options(table: Any, f: SpecFile) -> dict[str, Any]:
-    """The ``[report]`` table: ``jrbench report`` options (with ``_``), type-checked; others refused.
-    A repeatable flag's value (``sigma``, ``eps_linf``, ``eps_l2``: strengths, pixel units) is a
-    number or a non-empty list of them, returned as a list."""
+def _report_table(table: Any, f: SpecFile) -> ReportConfig:
+    """The ``[report]`` table: ``jrbench report``'s options as a :class:`ReportConfig`. A repeatable
+    flag's value (``sigma``, ``eps_linf``, ``eps_l2``: strengths, pixel units) is a number or a
+    non-empty list of them."""
     if not isinstance(table, dict):
         raise f.error("field 'report' must be a table of jrbench report options.", (), "report")
-    for key, value in table.items():
-        if key not in REPORT_FIELDS:
-            from ..registry import did_you_mean
-
-            raise f.error(f"field '{key}' is not a report option.{did_you_mean(key, list(REPORT_FIELDS))} "
-                          f"Report options: {', '.join(sorted(REPORT_FIELDS))}.", ("report",), key)
-        if key in _REPORT_LISTS:
-            values = value if isinstance(value, list) else [value]
-            if not values or not all(_is_strength(v) for v in values):
-                raise f.error(f"field '{key}' must be a strength (a number >= 0, pixel units) or a non-empty list "
-                              f"of them, got {value!r}.", ("report",), key)
-            continue
-        types = REPORT_FIELDS[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise f.error(f"field '{key}' must be of type {' or '.join(t.__name__ for t in types)}, got {value!r}.",
-                          ("report",), key)
-        if key == "correction":
-            from ..stats import CORRECTIONS  # here: scipy only when a spec names a correction
-
-            if value not in CORRECTIONS:
-                raise f.error(f"field 'correction' must be one of {', '.join(CORRECTIONS)} (--correction), "
-                              f"got {value!r}.", ("report",), key)
-    return {k: (v if k not in _REPORT_LISTS or isinstance(v, list) else [v]) for k, v in table.items()}
+    try:
+        return ReportConfig(**from_table([ReportConfig], table, where="a report option")["ReportConfig"])
+    except FieldError as e:
+        raise f.error(f"field '{e.key}' {e.reason}", ("report",), e.key) from e
 
 
-def _is_strength(value: Any) -> bool:
-    """A number >= 0 and finite (not a bool)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-
-
-def attack_config(options: dict[str, Any]):
-    """The validated :class:`~jrbench.evaluate.attack_config.AttackConfig` of an ``[attack]`` table (flag
-    names: ``sigma`` and ``norm`` fill ``sigmas`` and ``norms``; a single value of a repeatable
-    flag is a list of one), built as ``jrbench attack`` builds its own
-    (:func:`~jrbench.evaluate.attack_config.build_attack_config`). The attacks are chosen by the
-    command's rule (:func:`~jrbench.evaluate.attack_config.select_attacks`): those set to true run,
-    an AutoAttack grid naming AutoAttack; with none set to true, noise, PGD and FGSM less those set
-    to false. Without ``sigma`` the noise grid is each cell's data set's (filled per cell)."""
+def _attack_config(fields_: dict[str, Any]) -> AttackConfig:
     from ..evaluate.attack_config import build_attack_config
 
-    kwargs: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in ("n_examples", "example_seed"):
-            continue
-        if key in _ATTACK_LISTS and not isinstance(value, list):
-            value = [value]
-        kwargs[{"sigma": "sigmas", "norm": "norms"}.get(key, key)] = value
-    if "norms" in kwargs:
-        kwargs["norms"] = tuple(kwargs["norms"])
-    return build_attack_config(**kwargs)
+    return build_attack_config(**fields_)
+
+
+def _certify_config(fields_: dict[str, Any]) -> CertifyConfig:
+    return CertifyConfig(**{**{name: False for name in METHOD_FLAGS}, **fields_})
+
+
+def attack_config(table: dict[str, Any]) -> AttackConfig:
+    """The :class:`AttackConfig` of a raw ``[attack]`` table (as ``jrbench attack`` builds its own,
+    :func:`~jrbench.evaluate.attack_config.build_attack_config`: naming selects); ``n_examples``
+    and ``example_seed`` belong to the example set and are left out. Raises :class:`UserError`."""
+    return _attack_config(from_table(ATTACK_CLASSES, table, where="an attack option")["AttackConfig"])
+
+
+def certify_config(table: dict[str, Any]) -> CertifyConfig:
+    """The :class:`CertifyConfig` of a raw ``[certify]`` table (a certificate not set to true is off)."""
+    return _certify_config(from_table(CERTIFY_CLASSES, table, where="a certify option")["CertifyConfig"])

@@ -18,13 +18,15 @@ from typing import Any, Callable, Iterator
 
 from ..config import RunConfig
 from ..errors import UserError
-from .spec import SweepSpec, attack_config, certify_config
+from ..evaluate.attack_config import AttackConfig
+from ..runtables.examples import ExampleSet
+from .spec import SweepSpec
 
 
-def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> bool:
+def attack_done(run_dir: str | Path, config: AttackConfig | None = None, examples: ExampleSet | None = None) -> bool:
     """Whether a cell's attack step is finished: attacks.csv and the per-example record
     attack_examples.csv exist (attacks.csv is written last) and, given the study's ``[attack]``
-    table, attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
+    config (and its ``examples``), attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
     (noise, pgd, fgsm, autoattack; chosen by :func:`jrbench.evaluate.attack_config.select_attacks`)
     and of every strength of its noise and PGD/FGSM grids (the run's data set's defaults where the
     table gives none). So a study that adds AutoAttack or a
@@ -36,9 +38,9 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     run_dir = Path(run_dir)
     if not ((run_dir / "attacks.csv").is_file() and (run_dir / "attack_examples.csv").is_file()):
         return False
-    if options is None:
+    if config is None:
         return True
-    config = attack_config(options)
+    examples = examples or ExampleSet()
     if config.unfilled():
         try:  # the run's data set's default grids
             config = config.filled(rundir.load_config(run_dir).data.dataset)
@@ -47,12 +49,12 @@ def attack_done(run_dir: str | Path, options: dict[str, Any] | None = None) -> b
     try:
         rows = rundir.read_csv(run_dir / "attacks.csv")
         if "example_seed" in rows:
-            rows = rows[rows["example_seed"] == options.get("example_seed", 0)]
+            rows = rows[rows["example_seed"] == examples.example_seed]
         if "n_examples" in rows:
             noise = rows["attack"] == "noise"
-            for key, part in (("n_examples", ~noise), ("noise_examples", noise)):
-                if options.get(key) is not None:
-                    rows = rows[~part | (rows["n_examples"] == options[key])]
+            for count, part in ((examples.n_examples, ~noise), (config.noise_examples, noise)):
+                if count is not None:
+                    rows = rows[~part | (rows["n_examples"] == count)]
         done = {(a, n, round(float(v), 9)) for a, n, v in zip(rows["attack"], rows["norm"], rows["strength"])}
     except (UserError, KeyError, ValueError, TypeError):
         return False
@@ -75,9 +77,10 @@ def margins_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     run_dir = Path(run_dir)
     if not ((run_dir / "margins.csv").is_file() and (run_dir / "jacobian.csv").is_file()):
         return False
-    m = spec.margins or {}
-    want = {"n_directions": m.get("directions", 10), "direction_seed": m.get("seed", 0),
-            "example_seed": m.get("example_seed", (spec.attack or {}).get("example_seed", 0))}
+    m = spec.margins
+    if m is None:
+        return True
+    want = {"n_directions": m.directions, "direction_seed": m.seed, "example_seed": spec.margins_examples.example_seed}
     try:
         table = rundir.read_csv(run_dir / "margins.csv")
     except UserError:
@@ -96,14 +99,15 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     run_dir = Path(run_dir)
     if not ((run_dir / CERTIFY_CSV).is_file() and (run_dir / CERTIFY_EXAMPLES_CSV).is_file()):
         return False
-    c = spec.certify or {}
+    if spec.certify is None:
+        return True
     try:
         table = rundir.read_csv(run_dir / CERTIFY_CSV)
-        config = certify_config(c).filled(DATASETS.get(rundir.load_config(run_dir).data.dataset).info.name)
+        config = spec.certify.filled(DATASETS.get(rundir.load_config(run_dir).data.dataset).info.name)
     except (UserError, KeyError):
         return False
-    example_seed = c.get("example_seed", (spec.attack or {}).get("example_seed", 0))
-    n_examples = c.get("n_examples", (spec.attack or {}).get("n_examples"))  # None: the data set's, not compared
+    example_seed = spec.certify_examples.example_seed
+    n_examples = spec.certify_examples.n_examples  # None: the data set's, not compared
     table = table[(table["example_seed"] == example_seed)
                   & ((table["n_examples"] == n_examples) if n_examples is not None else True)]
     done = {(m, n, round(float(e), 9), round(float(s), 9))
@@ -155,7 +159,7 @@ def cell_status(spec: SweepSpec, config: RunConfig) -> CellStatus:
 
 def is_done(spec: SweepSpec, status: CellStatus) -> bool:
     """Whether a cell has every step its study asks for."""
-    return (status.trained and (spec.attack is None or attack_done(status.run_dir, spec.attack))
+    return (status.trained and (spec.attack is None or attack_done(status.run_dir, spec.attack, spec.attack_examples))
             and (spec.margins is None or margins_done(status.run_dir, spec))
             and (spec.certify is None or certify_done(status.run_dir, spec)))
 
@@ -211,7 +215,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
     config = RunConfig.from_dict(config.to_dict())  # the spec's cell stays as it was
     config.train.device = device
     # the [attack] table's config, its grids left None the cell's data set's defaults
-    attack = attack_config(spec.attack).filled(config.data.dataset) if spec.attack is not None else None
+    attack = spec.attack.filled(config.data.dataset) if spec.attack is not None else None
     train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))
     report = on_step or (lambda step: None)
     status = status_at(run_dir, config)
@@ -219,26 +223,22 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
         if not status.trained:
             report("train")
             train_cell(config, run_dir)
-        if attack is not None and not attack_done(run_dir, spec.attack):
+        if attack is not None and not attack_done(run_dir, spec.attack, spec.attack_examples):
             report("attack")
-            attack_run(run_dir, attack, n_examples=spec.attack.get("n_examples"),
-                       example_seed=spec.attack.get("example_seed", 0), device=device, on_progress=on_progress)
+            attack_run(run_dir, attack, n_examples=spec.attack_examples.n_examples,
+                       example_seed=spec.attack_examples.example_seed, device=device, on_progress=on_progress)
         if spec.margins is not None and not margins_done(run_dir, spec):
             report("margins")
-            m = spec.margins
-            example_seed = m.get("example_seed", (spec.attack or {}).get("example_seed", 0))
-            margins_run(run_dir, n_examples=m.get("n_examples", 500), n_directions=m.get("directions", 10),
-                        seed=m.get("seed", 0), example_seed=example_seed, device=device,
-                        batch_size=m.get("batch_size", 500), on_progress=on_progress)
+            m, examples = spec.margins, spec.margins_examples
+            margins_run(run_dir, n_examples=examples.n_examples, n_directions=m.directions, seed=m.seed,
+                        example_seed=examples.example_seed, device=device, batch_size=m.batch_size,
+                        on_progress=on_progress)
         if spec.certify is not None and not certify_done(run_dir, spec):
             from ..certify.api import certify_run
 
             report("certify")
-            c = spec.certify
-            certify_run(run_dir, certify_config(c),
-                        n_examples=c.get("n_examples", (spec.attack or {}).get("n_examples")),
-                        example_seed=c.get("example_seed", (spec.attack or {}).get("example_seed", 0)),
-                        device=device, on_progress=on_progress)
+            certify_run(run_dir, spec.certify, n_examples=spec.certify_examples.n_examples,
+                        example_seed=spec.certify_examples.example_seed, device=device, on_progress=on_progress)
     return status_at(run_dir, config)
 
 
