@@ -233,6 +233,26 @@ def test_documented_jrbench_command_lines_parse():
     assert lines > 50 and not problems, problems
 
 
+def table_flags(text: str) -> list[str]:
+    """Flags in the first cell of the hand-written option tables of a command page
+    (``| `--epochs --batch-size` | ... |``, ``| `--cells/--no-cells` | ... |``)."""
+    return [flag for row in re.findall(r"^\| (`--[^|]*)\|", text, re.M) for flag in re.findall(r"--[a-z0-9-]+", row)]
+
+
+def test_option_tables_of_command_pages_name_real_options():
+    """The hand-written option tables above the generated part name only options of their command."""
+    commands, rows, problems = cli_commands(), 0, []
+    for page in sorted((ROOT / "docs" / "commands").glob("*.md")):
+        if page.stem in commands:
+            flags = table_flags(page.read_text())
+            rows += len(flags)
+            known = option_names(commands[page.stem])
+            problems += [f"{page.relative_to(ROOT)}: jrbench {page.stem} has no option {f}" for f in flags if f not in known]
+    assert table_flags("| `--epochs --lr` | SGD |\n| `--cells/--no-cells` | x |\n| other | `--no` |\n") == [
+        "--epochs", "--lr", "--cells", "--no-cells"]
+    assert rows > 30 and not problems, problems
+
+
 def test_documented_make_targets_exist():
     targets = make_targets()
     assert {"demo", "test"} <= targets
