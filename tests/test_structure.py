@@ -1,7 +1,8 @@
 """The package's shape: one folder per stage of the flow config -> data -> model -> penalty ->
 train -> run dir -> evaluate -> certify -> table -> report (plus cost and studies), no import
 cycles (function-level imports included, relative imports of every depth followed), every
-module named in README.md's layout, and each module importing only modules listed above it."""
+module named in the layout of docs/architecture.md, and each module importing only modules listed
+above it there."""
 import ast
 import re
 from pathlib import Path
@@ -10,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jrbench"
 # The small shared modules at the top; everything else lives in a stage folder.
 SHARED = {"errors", "device", "registry", "atomic", "specfile", "stats", "schema", "config"}
+# The page that carries the layout (README.md did until the manual moved to docs/).
+LAYOUT_PAGE = ROOT / "docs" / "architecture.md"
 
 
 def module_name(path: Path, package: Path = PACKAGE) -> str:
@@ -109,12 +112,12 @@ def test_only_shared_modules_sit_at_the_top():
     assert top == SHARED, f"modules at the top that belong in a stage folder: {sorted(top - SHARED)}"
 
 
-def readme_order() -> list[str]:
-    """Modules (dotted) in the order README.md's layout lists them: ``  name.py`` at the top,
-    ``  stage/`` then ``    name.py`` inside a stage folder. A folder's own ``__init__`` counts
-    after its modules (the cli package's index imports its command modules)."""
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("\njrbench/\n"):readme.index("\n```", readme.index("\njrbench/\n"))]
+def layout_order(text: str | None = None) -> list[str]:
+    """Modules (dotted) in the order the layout of docs/architecture.md lists them: ``  name.py``
+    at the top, ``  stage/`` then ``    name.py`` inside a stage folder. A folder's own
+    ``__init__`` counts after its modules (the cli package's index imports its command modules)."""
+    page = LAYOUT_PAGE.read_text() if text is None else text
+    layout = page[page.index("\njrbench/\n"):page.index("\n```", page.index("\njrbench/\n"))]
     order, folder = [], None
 
     def close():
@@ -139,32 +142,24 @@ def readme_order() -> list[str]:
     return order
 
 
-def test_every_module_is_in_the_readme_layout():
-    named = set(readme_order())
+def test_layout_reader_reads_folders_and_top_modules():
+    text = "x\n```\njrbench/\n  errors.py   E\n  data/       d\n    synth.py  s\n  cli.py  c\ntests/  t\n```\n"
+    assert layout_order(text) == ["errors", "data.synth", "data", "cli"]
+
+
+def test_every_module_is_in_the_layout():
+    named = set(layout_order())
     missing = sorted(m for m in import_graph() if m not in named)
-    assert not missing, f"modules missing from README.md's layout: {missing}"
+    assert not missing, f"modules missing from the layout in docs/architecture.md: {missing}"
     ghosts = sorted(m for m in named if m not in import_graph())
-    assert not ghosts, f"README.md's layout names modules that do not exist: {ghosts}"
+    assert not ghosts, f"the layout in docs/architecture.md names modules that do not exist: {ghosts}"
 
 
-def test_readme_layout_lists_modules_in_flow_order():
-    """Each module imports only modules listed above it in README.md: the layout is the flow."""
-    order = readme_order()
+def test_layout_lists_modules_in_flow_order():
+    """Each module imports only modules listed above it in docs/architecture.md: the layout is the flow."""
+    order = layout_order()
     position = {m: i for i, m in enumerate(order)}
     late = {m: sorted(d for d in deps if position.get(d, -1) > position[m])
             for m, deps in import_graph().items() if m in position}
-    assert not {m: d for m, d in late.items() if d}, "imports of modules listed below them in README.md"
+    assert not {m: d for m, d in late.items() if d}, "imports of modules listed below them in docs/architecture.md"
 
-
-def test_files_the_readmes_name_exist():
-    """Every jrbench/, benchmarks/ and tests/ path named in README.md and results/README.md exists
-    (the stage folders moved modules; two README paths had gone stale)."""
-    import re
-
-    pattern = re.compile(r"(?:jrbench|benchmarks|tests)/[A-Za-z0-9_/.-]+\.(?:py|toml|sh)")
-    named = set()
-    for readme in ("README.md", "results/README.md"):
-        named |= set(pattern.findall((ROOT / readme).read_text()))
-    example = {"benchmarks/x.toml"}  # an error message quoted as an example
-    missing = sorted(p for p in named - example if not (ROOT / p).exists())
-    assert len(named) > 20 and not missing, missing

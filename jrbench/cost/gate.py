@@ -1,8 +1,8 @@
 """The overhead regression gate: this checkout against a baseline commit, interleaved in one process.
 
-A ratio such as (Jacobian-regularized step) / (plain step) depends on the CPU's kernels: the
-same code measured 0.67x the per-row reference on one x86 CPU and 1.02-1.07x on another. So
-an absolute budget tuned on one machine is no regression test. Like airspeed velocity's
+A ratio such as (Jacobian-regularized step) / (plain step) depends on the CPU's kernels (the
+same code measured far apart on two x86 CPUs: docs/commands/overhead.md), so an absolute budget
+tuned on one machine is no regression test. Like airspeed velocity's
 ``asv continuous``, the gate measures the code under test (the *candidate*) and a *baseline*
 commit on the same machine, in the same job, interleaved step by step:
 

@@ -16,11 +16,8 @@ optional (the flag and foot of a 1, the bar of a 7, ...). Every sample gets
   to [0, 1].
 
 The ranges sit together below. They were tuned so that a plain LeNet behaves
-as on real MNIST: about 99% clean, yet far from robust, while Jacobian
-regularization visibly helps (measured with the demo's settings, 10,000
-training images, 4 epochs, seeds 0-2, 500 test images: plain 97-100% clean,
-59-89% under Gaussian noise sigma 0.5, 9-33% under PGD-Linf eps 0.1 (20 steps);
-Jacobian, lambda 0.05: 98-100%, 88-95% and 64-73%).
+as on real MNIST: nearly perfect clean, yet far from robust, while Jacobian
+regularization visibly helps (the measurements: docs/commands/demo.md).
 
 The same seed gives the same bytes on every CPU (kernel path, vendor, thread
 count): the random draws are torch.Generator integers and uniforms (exact

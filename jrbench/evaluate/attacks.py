@@ -1,73 +1,23 @@
 """Robust accuracy under white noise, PGD and FGSM (torchattacks underneath) -> tidy rows.
 
-Everything is in **pixel space**: images x in [0, 1] of shape (N, C, H, W), labels y of
-shape (N,). Noise sigma and attack radii eps are pixel units. The model maps pixels to
-logits (its first layer normalizes, see ``jrbench.models.architectures``).
+Papers: PGD, Madry et al. 2018 (arXiv:1706.06083); FGSM, Goodfellow et al. 2015
+(arXiv:1412.6572); AutoAttack, Croce and Hein 2020 (arXiv:2003.01690), composed in
+:mod:`jrbench.evaluate.autoattack`. Norms: noise is Gaussian per pixel, clipped to [0, 1]; PGD
+attacks the L-infinity ball (``torchattacks.PGD``) or the L2 ball (``torchattacks.PGDL2``); FGSM
+is L-infinity. Units: pixels in [0, 1]; noise sigma and attack radii eps are pixel units.
+Shapes: x (N, C, H, W) float pixels, y (N,) integer labels; the model maps pixels to logits
+(N, classes) (its first layer normalizes, see :mod:`jrbench.models.architectures`).
 
-Attacks:
-- ``noise``: x + sigma * n, n ~ N(0, I) per pixel, clipped to [0, 1]; ``draws`` draws per
-  image, batched (several draws of several examples per forward pass). Each example's draws
-  are seeded by (seed, its index in the test split) alone: the same for every sigma (common
-  random numbers), every batch size and every device. Noise may run on other examples than
-  the gradient attacks (``noise_set`` of :func:`run_attacks`; ``jrbench attack`` runs it on
-  the whole test set by default, as it costs only forward passes).
-- ``pgd``: projected gradient ascent on the cross-entropy (Madry et al. 2018,
-  arXiv:1706.06083), ``torchattacks.PGD`` (L-infinity ball) or ``torchattacks.PGDL2`` (L2
-  ball), ``steps`` steps of size ``alpha`` (default 2.5 * eps / steps, the Madry et al.
-  rule), uniform random start drawn per example, ``restarts`` restarts: an example counts
-  as broken if any restart breaks it. Robust accuracy counts an example as correct only if it
-  is correct clean and after every restart (the AutoAttack/RobustBench convention), so only
-  clean correct, not yet broken examples are attacked.
-- ``fgsm``: one signed-gradient step of size eps (Goodfellow et al. 2015, arXiv:1412.6572),
-  ``torchattacks.FGSM``, L-infinity.
-- ``autoattack``: standard AutoAttack (Croce and Hein 2020, arXiv:2003.01690) on PGD's norms
-  and eps grids: APGD-CE, APGD-T, FAB-T and Square from torchattacks with the paper's
-  settings, each on the examples still unbroken (``jrbench.evaluate.autoattack``). One row per
-  component (``aa-apgd-ce``, ``aa-apgd-t``, ``aa-fab-t``, ``aa-square``: the accuracy after
-  it, cumulative) and one ``autoattack`` row (after the last).
-
-Besides the table, :func:`run_attacks` returns the per-example record (:data:`EXAMPLE_COLUMNS`):
-for every example and every row of the table, whether it was correct clean and robust.
-What to run comes from :class:`jrbench.evaluate.attack_config.AttackConfig` (also importable from here);
-the shared pieces (float64 logits, seeds, batches, the ball check) from
-:mod:`jrbench.evaluate.attack_common`; :mod:`jrbench.evaluate.attack_checks` reads the tables for signs of
-gradient masking.
-
-Numerics (``loss``): torchattacks ascends ``nn.CrossEntropyLoss`` (batch mean) on whatever
-the model returns. For a confident example (logit gap g) the gradient is about exp(-g)
-times the logit gradient, over the batch size; with float32 logits softmax(true) also
-rounds to 1.0 once g > 17, and the gradient loses its true-class term. PGD-L2 divides the
-gradient by (||grad|| + 1e-10), so such examples barely move. ``loss="ce64"`` (default)
-attacks a wrapper that returns the logits as float64 (inputs stay float32 pixels;
-:func:`jrbench.evaluate.attack_common.mean_loss_model`), so the cross-entropy and its gradient
-are computed in float64 (exact up to g of about 37), multiplies the logit gradient by the
-batch size before it returns to float32 (each example ascends its own loss, not 1/B of it),
-and gives PGDL2 a division guard of 1e-30 instead of 1e-10, so its step direction no longer
-depends on the gradient's scale. ``loss="ce32"`` runs torchattacks as is. Measured (with
-per-batch random starts and the batch mean's 1/B) on a LeNet trained on 8,000 real MNIST
-digits, 500 other digits, PGD-L2 eps 3, 40 steps, batch 100: accuracy 34.4% (ce32), 21.4%
-(float32, guard 1e-30), 15.8% (float64, guard 1e-10), 1.4% (ce64); PGD-Linf eps 0.1, batch
-500: 43.2% (ce32), 36.2% (ce64). Per-pixel gradients below about 1e-22 still underflow in
-float32 when PGDL2 squares them for the norm; its step then jumps to the sphere along the
-gradient (the projection keeps it in the ball).
-
-Randomness and the batch size: PGD's random start of example i in restart r comes from a CPU
-``torch.Generator`` seeded by (seed, norm, r, ``example_index[i]``) alone
-(:func:`pgd_start_seed`), then moved to the model's device and dtype: torchattacks draws it
-as usual and :class:`jrbench.evaluate.attack_common.PerExampleDraws` serves each row from its
-example's generator. With 'ce64' each example also ascends its own gradient. So an example's
-result depends neither on ``batch_size`` nor on the examples sharing its batch nor on the
-device's RNG, up to floating-point rounding: a batched kernel may round a logit differently
-in the last bit for another batch size, which can move an L2 step by one ulp (L-infinity
-steps take signs; on the CPUs tested they came out bit-identical). With 'ce32' each gradient
-is 1/B of the example's (torchattacks as is), so where float32 gradients underflow the batch
-size can still change results. FGSM draws nothing. The seeds do not depend on eps, so every
-eps sees the same random directions (common random numbers). The global RNG is seeded per
-batch inside ``torch.random.fork_rng`` only for a model that draws randomness itself; the
-caller's RNG state is left untouched. AutoAttack's random parts are seeded per batch, so
-``batch_size`` can change its results (:mod:`jrbench.evaluate.autoattack`). Noise uses an
-explicit CPU ``torch.Generator`` per example (:func:`noise_draws`), moved to the model's
-device, so CPU and CUDA add the same noise.
+:func:`run_attacks` returns the table (one row per attack, norm and strength: accuracy with its
+95% interval) and the per-example record (:data:`EXAMPLE_COLUMNS`). An example is robust only if
+correct clean and after every restart. Each example's noise draws and PGD starts come from a CPU
+generator seeded by the seed and its index in the test split (:func:`noise_draws`,
+:func:`pgd_start_seed`), so neither the batch size nor the device changes a noise, PGD or FGSM
+result; ``loss='ce64'`` (the default) ascends each example's float64 cross-entropy. What to run:
+:class:`jrbench.evaluate.attack_config.AttackConfig` (also importable from here); shared pieces:
+:mod:`jrbench.evaluate.attack_common`; signs of gradient masking:
+:mod:`jrbench.evaluate.attack_checks`. The numerics and the randomness in full, with the
+measurements behind the float64 loss: docs/commands/attack.md.
 """
 from __future__ import annotations
 

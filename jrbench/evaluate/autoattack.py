@@ -33,7 +33,7 @@ example keeps a non-zero gradient (the DLR loss is a ratio of logit differences 
 unchanged, only computed in float64). FAB and Square use the logits as they are. On the
 CPU, every input gradient is taken with oneDNN's convolution kernels off for the backward
 pass only (:class:`InputGradModel`): its backward-data kernel is slow for convolutions
-with few input channels (it doubled the time of a lenet forward and backward here); and the
+with few input channels (measured: docs/commands/attack.md); and the
 gradient-free forward passes (all of Square's queries) take non-overlapping max-pooling as
 the maximum of strided views (:func:`fast_forward_copy`), several times faster than
 ``max_pool2d`` on the CPU. Both give the same values; whether an example is broken is decided

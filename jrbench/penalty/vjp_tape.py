@@ -13,9 +13,8 @@ its first K rows, and returns a function v -> g built from ordinary differentiab
 (``mm``, ``threshold_backward``, ``max_pool2d_with_indices_backward``, ``convolution_backward``).
 One first-order backward of CE + lambda R then gives the same weight gradients as the double
 backward (the masks have zero derivative almost everywhere, as autograd treats them too) at
-a lower cost: no second forward over K rows, no create_graph bookkeeping. Measured with
-``jrbench overhead`` (lenet, batch 64, 2-core CPU): ``--jr-subsample 16`` 1.46-1.48x plain
-against 1.75-1.81x by autograd; n = 1 on the whole batch 1.92-1.96x against 2.06-2.11x.
+a lower cost: no second forward over K rows, no create_graph bookkeeping (what it saves,
+measured: docs/commands/overhead.md).
 
 Shapes: ``z`` (B, ...) the normalized input, v (K, C), g (K, ...) like ``z[:K]``.
 """
