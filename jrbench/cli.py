@@ -764,8 +764,8 @@ def certify_command(
 
 # ----------------------------------------------------------------------------- report
 def print_verdicts(verdicts) -> None:
-    """One compact table per comparison (jrbench.analysis.verdicts.compact_tables): repeats of the clean
-    accuracy and worst cases equal to PGD left out; report.md has every line."""
+    """One compact table per comparison (jrbench.analysis.verdicts.compact_tables): worst cases equal to
+    PGD left out; report.md has every line."""
     from rich.table import Table
 
     from .analysis.verdicts import ADJUSTED, compact_tables
@@ -787,11 +787,12 @@ def print_verdicts(verdicts) -> None:
             style = {"better": "green", "worse": "red"}.get(r.verdict)
             table.add_row(*(escape(str(v)) for v in r), style=style)
         console.print(table)
-    adjusted = (f"p adjusted over the report's {len(verdicts)} verdicts" if correction in ADJUSTED
+    adjusted = (f"p adjusted over the report's {len(verdicts)} distinct comparisons" if correction in ADJUSTED
                 else "p not adjusted (--correction none)")
     console.print(f"Differences: group minus baseline, accuracies in points; {adjusted}; n.s.: no significant "
-                  f"difference. "
-                  f"Left out as repeats: strength 0 (the clean accuracy again) and worst cases equal to PGD; "
+                  f"difference. Strength-0 rows that repeat the clean accuracy are no verdicts of their own "
+                  f"('= clean': the clean accuracy of the attacked examples). "
+                  f"Left out as repeats: worst cases equal to PGD; "
                   f"report.md has every verdict and the methods, verdicts.csv every number.",
                   highlight=False)
 
