@@ -58,7 +58,7 @@ def main(path: str) -> None:
         o, n = both.loc[i], new.loc[i]
         if o["verdict"] != n["verdict"]:
             print(f"  moved: {o['group']} vs {o['baseline']}, {o['metric']} {o['strength']}: {o['diff']:+.1f} "
-                  f"[{o['ci_low']:+.1f}, {o['ci_high']:+.1f}], adjusted p {o['p_adjusted']:.3g} -> {n['p_adjusted']:.3g}: "
+                  f"[{o['ci_low']:+.1f}, {o['ci_high']:+.1f}], adjusted p {o['p_adjusted']:.4f} -> {n['p_adjusted']:.4f}: "
                   f"{o['verdict']} -> {n['verdict']}")
 
 
