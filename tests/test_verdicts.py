@@ -119,7 +119,7 @@ def test_verdicts_csv_has_exactly_the_columns_and_the_report_a_section(three_see
     written = pd.read_csv(tmp_path / "out" / "verdicts.csv", keep_default_na=False)
     assert list(written.columns) == VERDICT_COLUMNS == [
         "metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted", "correction",
-        "n_seeds", "method", "verdict"]
+        "n_seeds", "method", "verdict", "stands_for"]
     assert set(written["correction"]) == {"bh"}
     assert set(written["verdict"]) <= {"better", "worse", "no significant difference"}
     assert len(written) == len(result.verdicts) == 4  # clean, noise, PGD, R_z
@@ -129,7 +129,8 @@ def test_verdicts_csv_has_exactly_the_columns_and_the_report_a_section(three_see
     for name in ("summary.md", "report.md"):
         text = (tmp_path / "out" / name).read_text()
         assert "## Verdicts" in text and line in text
-        assert "The family is every verdict of this report: 4 rows" in text and "Benjamini-Hochberg" in text
+        assert "The family is the report's 4 distinct comparisons, the rows of verdicts.csv" in text
+        assert "Benjamini-Hochberg" in text and "strength-0 row" not in text.split("## Verdicts")[1].split("The family")[1]
         assert "per-comparison 95%" in text and "changed 0 of the 3 raw better / worse verdicts" in text
     assert any("jr-s0: margins.csv: missing" in g for g in result.gaps)
 
@@ -334,7 +335,8 @@ def test_apply_correction_recomputes_a_written_table():
 
 
 def test_compact_tables_leave_out_repeats():
-    """Strength-0 rows repeat the clean accuracy; a worst case with PGD's numbers repeats PGD."""
+    """Strength-0 rows with the clean row's numbers repeat it (a table written before repeats were
+    dropped); one with numbers of its own stays ('= clean'); a worst case with PGD's numbers repeats PGD."""
     base = dict(group="g", baseline="b", n_seeds=3, method="paired t over seeds", correction="bh")
     numbers = dict(diff=5.0, ci_low=1.0, ci_high=9.0, p_value=0.01, p_adjusted=0.02, verdict="better")
     other = dict(diff=4.0, ci_low=-1.0, ci_high=9.0, p_value=0.1, p_adjusted=0.2, verdict="no significant difference")
@@ -348,12 +350,13 @@ def test_compact_tables_leave_out_repeats():
                           dict(base, metric="pgd_acc", strength="linf 0.1", **numbers),
                           dict(base, metric="pgd_acc", strength="linf 0.2", **numbers),
                           dict(base, metric="certified_acc", strength="l2 0", **numbers),
+                          dict(base, metric="certified_acc", strength="linf 0", **other),  # other examples
                           dict(base, metric="R_z", strength="", **dict(numbers, p_adjusted=0.0004))])
     [(group, baseline, rows)] = compact_tables(table)
     assert (group, baseline) == ("g", "b") and list(rows.columns) == COMPACT_COLUMNS
     assert list(zip(rows["metric"], rows["strength"])) == [
         ("clean", ""), ("noise", "σ 0.5"), ("worst case", "L∞ 0.2"), ("PGD = worst case", "L∞ 0.1"),
-        ("PGD", "L∞ 0.2"), ("R_z", "")]
+        ("PGD", "L∞ 0.2"), ("certified (best deterministic certificate) = clean", "L∞ 0"), ("R_z", "")]
     first = rows.iloc[0]
     assert (first["difference [95% CI]"], first["adjusted p"], first["verdict"]) == ("+5.0 [+1.0, +9.0]", "0.02", "better")
     assert rows.iloc[1]["verdict"] == "n.s." and rows.iloc[-1]["adjusted p"] == "< 0.001"
@@ -439,3 +442,106 @@ def test_two_baseline_groups_of_one_recipe_are_a_gap(tmp_path):
     (only,) = found
     assert only.baseline.startswith("mnist-lenet-l2-") and len(only.baseline_runs) == 3
     assert any("second baseline group" in g and "dropout" in g for g in gaps), gaps
+
+
+# ----------------------------------------------------------------------------- one verdict per measurement
+def write_certificates(run, clean, radius, grid, examples):
+    """certify.csv and certify_examples.csv of a Lipschitz certificate (L-inf) written by hand."""
+    n = len(clean)
+    rows = [{"method": "lipschitz", "norm": "linf", "strength": eps, "sigma": -1.0,
+             "certified_acc": sum(c and r >= eps for c, r in zip(clean, radius)) / n, "ci_low": 0.0, "ci_high": 1.0,
+             "n_examples": n, "n_certified": 0, "seconds": 0.1, "settings": "float64", "example_seed": 0}
+            for eps in grid]
+    pd.DataFrame(rows).to_csv(run / "certify.csv", index=False)
+    pd.DataFrame([{"example": e, "method": "lipschitz", "norm": "linf", "sigma": -1.0, "radius": r, "predicted": 0,
+                   "abstain": False, "label": 0, "clean_correct": c, "example_seed": 0, "seed": 0}
+                  for e, r, c in zip(examples, radius, clean)]).to_csv(run / "certify_examples.csv", index=False)
+
+
+@pytest.fixture
+def zero_strength_runs(tmp_path):
+    """Plain and Jacobian, 3 seeds. Noise σ 0 on the whole test set (its accuracy is test_acc);
+    PGD at L-inf 0 and 0.1 on 4 fixed examples (their clean accuracy differs from test_acc); a
+    Lipschitz certificate whose examples 0-3 are classified correctly as often as the attacked
+    ones, but not the same ones (certify_examples.csv: the attacked clean pattern reversed)."""
+    test_acc = {"plain": [0.75, 0.77, 0.81], "jr": [0.80, 0.84, 0.85]}
+    clean = {"plain": [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]], "jr": [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]]}
+    pgd = {"plain": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]], "jr": [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 1, 0]]}
+    noise = {"plain": [0.70, 0.72, 0.69], "jr": [0.78, 0.75, 0.79]}
+    for name, regs in (("plain", ("none",)), ("jr", ("jacobian",))):
+        for seed in range(3):
+            c, p = clean[name][seed], pgd[name][seed]
+            ex = examples_table(c, {("pgd", "linf", 0.0): c, ("pgd", "linf", 0.1): p})
+            run = write_run(tmp_path / "runs", f"{name}-s{seed}", regs, seed, acc=test_acc[name][seed], examples=ex,
+                            attacks=[("noise", "gaussian", 0.0, test_acc[name][seed]),
+                                     ("noise", "gaussian", 0.5, noise[name][seed]),
+                                     ("pgd", "linf", 0.0, np.mean(c)), ("pgd", "linf", 0.1, np.mean(p))])
+            write_certificates(run, c[::-1], [0.5] * 4, [0.0, 0.1], examples=range(4))
+    return tmp_path / "runs"
+
+
+def test_a_strength_0_repeat_is_no_verdict_and_the_family_is_the_distinct_comparisons(zero_strength_runs):
+    table, _ = verdicts(collect([zero_strength_runs]))
+    keys = list(zip(table["metric"], table["strength"]))
+    # noise σ 0 has test_acc's value in every run: the clean row stands for it
+    assert ("noise_acc", "sigma 0") not in keys and row(table, "clean_acc")["stands_for"] == "noise_acc sigma 0"
+    # PGD at L-inf 0 is the worst case at L-inf 0 (the same examples): one verdict, the clean accuracy of the
+    # 4 attacked examples, a measurement of its own (test_acc is over the whole test set)
+    assert ("pgd_acc", "linf 0") not in keys
+    zero = row(table, "worst_case_acc", "linf 0")
+    assert zero["stands_for"] == "pgd_acc linf 0" and zero["diff"] != row(table, "clean_acc")["diff"]
+    # plain 1/2, 3/4, 1/4 and Jacobian 3/4, 1, 3/4 of the 4 examples: +25, +25, +50 points
+    assert zero["diff"] == pytest.approx(100 / 3)
+    # certified at L-inf 0 has the same per-run values but other examples correct: a distinct measurement
+    certified = row(table, "certified_acc", "linf 0")
+    assert certified["stands_for"] == "" and certified["diff"] == pytest.approx(zero["diff"])
+    assert certified["p_value"] == pytest.approx(zero["p_value"])
+    assert len(table) == 9  # clean, noise 0.5, worst case 0 and 0.1, PGD 0.1, certified 0 and 0.1, radius, R_z
+    assert ("certified_radius", "linf") in keys and ("R_z", "") in keys
+    # the BH family is these 9 rows: with the 2 repeats as rows of their own the adjusted p would differ
+    p = table["p_value"].to_numpy(float)
+    assert np.allclose(table["p_adjusted"], stats.adjust_p_values(p, "bh"), rtol=1e-12)
+    repeats = np.array([row(table, "clean_acc")["p_value"], zero["p_value"]])
+    with_repeats = stats.adjust_p_values(np.concatenate([p, repeats]), "bh")[:len(p)]
+    assert not np.allclose(table["p_adjusted"], with_repeats)
+    note = correction_note(table)
+    assert note.startswith("The family is the report's 9 distinct comparisons, the rows of verdicts.csv")
+    assert "; 2 strength-0 rows with the same data as another row" in note
+    lines = verdict_lines(table)
+    assert any(", clean accuracy (also noise σ 0: the same data): " in line for line in lines)
+    assert any(", L∞ 0 worst case (also PGD-L∞ 0: the same data): " in line for line in lines)
+
+
+def test_the_report_says_how_many_distinct_comparisons(zero_strength_runs, tmp_path):
+    result = write_report(collect([zero_strength_runs]), tmp_path / "out", ReportOptions(cells=False))
+    written = pd.read_csv(tmp_path / "out" / "verdicts.csv", keep_default_na=False)
+    assert len(written) == len(result.verdicts) == 9
+    assert set(written["stands_for"]) == {"", "noise_acc sigma 0", "pgd_acc linf 0"}
+    for name in ("summary.md", "report.md"):
+        assert "The family is the report's 9 distinct comparisons" in (tmp_path / "out" / name).read_text()
+    printed = CliRunner().invoke(cli.app, ["report", str(zero_strength_runs), "--out", str(tmp_path / "cli"),
+                                           "--no-cells"])
+    assert printed.exit_code == 0, printed.output
+    assert "9 distinct comparisons" in printed.output and "worst case = clean" in printed.output
+
+
+def test_one_seed_repeats_are_found_per_example(tmp_path):
+    """One seed: noise σ 0 and PGD at L-inf 0 on the same 6 examples as the clean row are repeats;
+    noise σ 0 on only 3 of them is not (other data)."""
+    clean = {"plain": [1, 1, 0, 1, 0, 1], "jr": [1, 1, 1, 1, 1, 0]}
+    for name, regs in (("plain", ("none",)), ("jr", ("jacobian",))):
+        c = clean[name]
+        ex = examples_table(c, {("noise", "gaussian", 0.0): c, ("pgd", "linf", 0.0): c,
+                                ("pgd", "linf", 0.1): [0] * 6, ("noise", "gaussian", 0.5): [0.5] * 6})
+        write_run(tmp_path / "a", name, regs, 0, examples=ex,
+                  attacks=[("pgd", "linf", 0.1, 0.0), ("pgd", "linf", 0.0, np.mean(c))])
+    table, _ = verdicts(collect([tmp_path / "a"]))
+    assert list(zip(table["metric"], table["strength"])) == [
+        ("clean_acc", ""), ("noise_acc", "sigma 0.5"), ("worst_case_acc", "linf 0.1"), ("pgd_acc", "linf 0.1")]
+    assert row(table, "clean_acc")["stands_for"] == "noise_acc sigma 0; worst_case_acc linf 0; pgd_acc linf 0"
+    for name, regs in (("plain", ("none",)), ("jr", ("jacobian",))):
+        c = clean[name]
+        ex = examples_table(c, {("noise", "gaussian", 0.0): c[:3] + [None] * 3, ("pgd", "linf", 0.1): [0] * 6})
+        write_run(tmp_path / "b", name, regs, 0, examples=ex, attacks=[("pgd", "linf", 0.1, 0.0)])
+    table, _ = verdicts(collect([tmp_path / "b"]))
+    assert row(table, "noise_acc", "sigma 0")["stands_for"] == "" and row(table, "clean_acc")["stands_for"] == ""

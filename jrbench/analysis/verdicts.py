@@ -26,8 +26,20 @@ Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
   examples only, not training noise: the method text says so. R_z has no per-example values
   in metrics.csv: one seed gets no verdict (a gap).
 
-Multiplicity: the verdicts of one report are one family. ``p_adjusted`` is the p value adjusted
-over all of them (:func:`jrbench.stats.adjust_p_values`; ``correction``: ``bh``, Benjamini-Hochberg,
+One verdict per distinct measurement: at strength 0 noise and every attack measure clean accuracy
+(:mod:`jrbench.evaluate.attacks` returns the clean result at sigma 0 and eps 0) and a
+certificate's certified accuracy at eps 0 is the clean correctness of its examples
+(:func:`jrbench.certify.api.covers`). Such a strength-0 row (:data:`ZERO_IS_CLEAN`) is no verdict of
+its own when its data are those of an earlier row of the same comparison (the clean row first):
+over seeds, the same per-run values in every paired run and, in each run where both have
+per-example records (attack_examples.csv, certify_examples.csv), the same outcome per example;
+with one seed, the same per-example outcomes. The row it repeats stands for it (``stands_for``:
+the repeats, "metric strength" joined by "; "). Strength-0 rows on other examples than the clean
+row's (attacks on a fixed subset, clean accuracy on the whole test set) stay: a distinct
+measurement, the clean accuracy of those examples, one verdict for all of them.
+
+Multiplicity: the verdicts of one report, its distinct comparisons, are one family. ``p_adjusted``
+is the p value adjusted over all of them (:func:`jrbench.stats.adjust_p_values`; ``correction``: ``bh``, Benjamini-Hochberg,
 the default, controls the false discovery rate; ``holm`` the family-wise error; ``none``).
 The intervals stay the per-comparison 95% ones.
 
@@ -54,7 +66,7 @@ from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
 VERDICT_COLUMNS = ["metric", "strength", "group", "baseline", "diff", "ci_low", "ci_high", "p_value", "p_adjusted",
-                   "correction", "n_seeds", "method", "verdict"]
+                   "correction", "n_seeds", "method", "verdict", "stands_for"]
 BETTER, WORSE, SAME = "better", "worse", "no significant difference"
 ALPHA = 1 - stats.CONFIDENCE
 # metric -> (readable name, unit of diff, larger is better, scale of diff)
@@ -74,6 +86,8 @@ ATTACK_METRICS = {"noise": "noise_acc", WORST_CASE: "worst_case_acc", "pgd": "pg
                   "autoattack": "autoattack_acc"}
 MARGIN_METRICS = ("margin_random_median", "margin_adv_l2")
 ONE_SEED = "examples only; 1 seed: training noise not covered"
+# metrics that measure clean accuracy at strength 0 (noise σ 0, an attack or a certificate at ε 0)
+ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc", "certified_acc")
 
 
 # ----------------------------------------------------------------------------- who against whom
@@ -227,6 +241,100 @@ def certified_examples(record: RunRecord) -> pd.DataFrame | None:
     return rows.assign(certified=covers(rows["radius"], rows["strength"], rows["clean_correct"]).astype(float))
 
 
+# ----------------------------------------------------------------------------- one verdict per measurement
+def _is_zero(strength: str) -> bool:
+    _, _, value = strength.partition(" ")
+    try:
+        return float(value) == 0
+    except ValueError:
+        return False
+
+
+def is_strength_zero(metric: str, strength: str) -> bool:
+    """A row of noise, an attack or a certificate at strength 0: a measurement of clean accuracy."""
+    return metric in ZERO_IS_CLEAN and _is_zero(strength)
+
+
+def _same_values(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """The same paired values (columns: a seed or an example, value_g, value_b), to 1e-12 (far
+    below one example's share of any accuracy)."""
+    a, b = (t.sort_values(t.columns[0]).to_numpy(float) for t in (a, b))
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0.0, atol=1e-12))
+
+
+def drop_repeats(rows: list[dict], data: dict[tuple[str, str], pd.DataFrame],
+                 same_examples: Callable[[tuple[str, str], tuple[str, str]], bool] | None = None) -> list[dict]:
+    """``rows`` (one comparison, in display order) without the strength-0 rows that repeat an
+    earlier measurement: a row of :func:`is_strength_zero` whose test data ``data[(metric,
+    strength)]`` (the paired values, a row per seed or example) are those of an earlier kept clean
+    or strength-0 row and, where ``same_examples`` is given, whose per-example outcomes agree with
+    it (``same_examples(key, earlier_key)``). The earlier row stands for it: its ``stands_for``
+    names the repeats ("metric strength", joined by "; ")."""
+    kept: list[dict] = []
+    for r in rows:
+        key = (r["metric"], r["strength"])
+        if is_strength_zero(*key) and key in data:
+            for k in kept:
+                other = (k["metric"], k["strength"])
+                if ((other[0] == "clean_acc" or is_strength_zero(*other)) and other in data
+                        and _same_values(data[key], data[other])
+                        and (same_examples is None or same_examples(key, other))):
+                    k["stands_for"] = "; ".join(filter(None, [k["stands_for"], _what(*key)]))
+                    break
+            else:
+                kept.append(r)
+            continue
+        kept.append(r)
+    return kept
+
+
+def strength_zero_examples(record: RunRecord) -> pd.DataFrame:
+    """A run's per-example outcomes at strength 0 (metric, strength, example, value) of noise,
+    attacks (attack_examples.csv) and the best certificate (certify_examples.csv); empty where it
+    has no such record."""
+    parts = []
+    if ATTACK_EXAMPLES in record.tables:
+        try:
+            parts.append(example_values(record))
+        except UserError:
+            pass  # an unreadable record: the verdicts name it elsewhere
+    else:
+        certified = certified_examples(record)
+        if certified is not None:
+            parts.append(pd.DataFrame({"metric": "certified_acc",
+                                       "strength": [strength_label(n, s) for n, s in
+                                                    zip(certified["norm"], certified["strength"])],
+                                       "example": certified["example"].to_numpy(),
+                                       "value": certified["certified"].to_numpy(float)}))
+    if not parts:
+        return pd.DataFrame(columns=["metric", "strength", "example", "value"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[[is_strength_zero(m, s) for m, s in zip(out["metric"], out["strength"])]]
+
+
+def same_per_example(runs: list[RunRecord], cache: dict[str, pd.DataFrame]) -> Callable:
+    """``same_examples`` for :func:`drop_repeats` over seeds: in every run of ``runs`` where both
+    measurements have per-example records, the same examples with the same outcomes (the clean
+    row, metrics.csv's test accuracy, has none: there the per-run values decide)."""
+    def table(r: RunRecord) -> pd.DataFrame:
+        if r.run_id not in cache:
+            cache[r.run_id] = strength_zero_examples(r)
+        return cache[r.run_id]
+
+    def same(a: tuple[str, str], b: tuple[str, str]) -> bool:
+        for r in runs:
+            t = table(r)
+            x, y = ((t[(t["metric"] == m) & (t["strength"] == s)][["example", "value"]]) for m, s in (a, b))
+            if x.empty or y.empty:
+                continue
+            x, y = (v.sort_values("example").to_numpy(float) for v in (x, y))
+            if x.shape != y.shape or not np.array_equal(x, y):
+                return False
+        return True
+
+    return same
+
+
 # ----------------------------------------------------------------------------- the verdicts
 def _decide(p: float, ci_low: float, ci_high: float, larger_is_better: bool) -> str:
     if not (math.isfinite(p) and p < ALPHA) or math.isnan(ci_low) or math.isnan(ci_high):
@@ -266,6 +374,13 @@ def raw_verdicts(table: pd.DataFrame) -> list[str]:
             for p, lo, hi, m in zip(table["p_value"], table["ci_low"], table["ci_high"], table["metric"])]
 
 
+def n_repeats(table: pd.DataFrame) -> int:
+    """How many strength-0 repeats the rows stand for (their ``stands_for``; 0 in a table without it)."""
+    if "stands_for" not in table.columns:
+        return 0
+    return sum(len([x for x in str(v).split("; ") if x]) for v in table["stands_for"].fillna(""))
+
+
 def correction_note(table: pd.DataFrame) -> str:
     """What the family is, which correction was made and how many verdicts it changed."""
     if table.empty:
@@ -274,8 +389,14 @@ def correction_note(table: pd.DataFrame) -> str:
     n, raw = len(table), raw_verdicts(table)
     claims = sum(v != SAME for v in raw)
     kept = sum(v != SAME for v in table["verdict"])
-    family = (f"The family is every verdict of this report: {n} rows of verdicts.csv ({claims} better or worse "
-              "by their raw p).")
+    repeats = n_repeats(table)
+    family = (f"The family is the report's {n} distinct comparisons, the rows of verdicts.csv ({claims} better or "
+              "worse by their raw p)" + (
+                  f"; {repeats} strength-0 row{'s' if repeats != 1 else ''} with the same data as another row of "
+                  f"{'their' if repeats != 1 else 'its'} comparison (noise σ 0, attacks or certificates at ε 0: the "
+                  f"clean accuracy again) {'are' if repeats != 1 else 'is'} no verdict of {'their' if repeats != 1 else 'its'} "
+                  "own and not in the family: the row repeated stands for them (its stands_for)"
+                  if repeats else "") + ".")
     if correction == "none":
         return (family + " No correction for testing many comparisons was made (--correction none): "
                 "p_adjusted = p; read a lone better or worse among many rows with care.")
@@ -295,7 +416,7 @@ def verdict_row(metric: str, strength: str, group: str, baseline: str, d: stats.
     return {"metric": metric, "strength": strength, "group": group, "baseline": baseline,
             "diff": scale * d.diff, "ci_low": scale * d.ci_low, "ci_high": scale * d.ci_high,
             "p_value": d.p_value, "p_adjusted": d.p_value, "correction": "none", "n_seeds": n_seeds,
-            "method": method, "verdict": decide(d, larger)}
+            "method": method, "verdict": decide(d, larger), "stands_for": ""}
 
 
 def _keys(values: pd.DataFrame) -> list[tuple[str, str]]:
@@ -315,17 +436,21 @@ def _what(metric: str, strength: str) -> str:
     return f"{metric} {strength}".strip()
 
 
-def seed_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, seeds: list[int]) -> tuple[list[dict], list[str]]:
-    """Paired t over the seeds both groups have, for every metric both have at two of them."""
+def seed_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, seeds: list[int],
+                  cache: dict[str, pd.DataFrame] | None = None) -> tuple[list[dict], list[str]]:
+    """Paired t over the seeds both groups have, for every metric both have at two of them; a
+    strength-0 row that repeats another measurement is none (:func:`drop_repeats`; ``cache``: run
+    id -> :func:`strength_zero_examples`, shared by the comparisons of a report)."""
     group, base = labels[c.group], labels[c.baseline]
     run_seed = {c.runs[s].run_id: s for s in seeds}
     base_seed = {c.baseline_runs[s].run_id: s for s in seeds}
     g = values[values["run_id"].isin(list(run_seed))].assign(seed=lambda v: v["run_id"].map(run_seed))
     b = values[values["run_id"].isin(list(base_seed))].assign(seed=lambda v: v["run_id"].map(base_seed))
     both = g.merge(b, on=["metric", "strength", "seed"], suffixes=("_g", "_b"))
-    rows, gaps = [], []
+    rows, gaps, data = [], [], {}
     for metric, strength in _keys(pd.concat([g, b])):
         sel = both[(both["metric"] == metric) & (both["strength"] == strength)].sort_values("seed")
+        data[(metric, strength)] = sel[["seed", "value_g", "value_b"]]
         if len(sel) < 2:
             gaps.append(f"{group}: verdicts: {_what(metric, strength)}: values at {len(sel)} of the {len(seeds)} "
                         f"seeds both groups have; a paired test needs 2")
@@ -334,15 +459,17 @@ def seed_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, s
         method = "paired t over seeds" + (" (per-seed medians)" if metric in MARGIN_METRICS + ("certified_radius",)
                                           else "")
         rows.append(verdict_row(metric, strength, group, base, d, len(sel), method))
-    return rows, gaps
+    runs = [c.runs[s] for s in seeds] + [c.baseline_runs[s] for s in seeds]
+    return drop_repeats(rows, data, same_per_example(runs, {} if cache is None else cache)), gaps
 
 
 def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame, examples: pd.DataFrame,
                      seed: int) -> tuple[list[dict], list[str]]:
-    """One seed in common: per-example tests on that seed's two runs."""
+    """One seed in common: per-example tests on that seed's two runs; a strength-0 row with the
+    per-example outcomes of an earlier row is none (:func:`drop_repeats`)."""
     group, base = labels[c.group], labels[c.baseline]
     rg, rb = c.runs[seed], c.baseline_runs[seed]
-    rows, gaps = [], []
+    rows, gaps, data = [], [], {}
     wanted = values[values["run_id"].isin([rg.run_id, rb.run_id])]
     per_example: list[pd.DataFrame] = []
     for r in (rg, rb):
@@ -383,6 +510,7 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
             continue  # named above
         pg, pb = (p[(p["metric"] == metric) & (p["strength"] == strength)] for p in per_example)
         paired = pg.merge(pb, on="example", suffixes=("_g", "_b"))
+        data[(metric, strength)] = paired[["example", "value_g", "value_b"]]
         if paired.empty:
             gaps.append(f"{group}: verdicts: {what}: no test example in the per-example records of both "
                         f"{rg.run_id} and {rb.run_id}")
@@ -395,7 +523,7 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
             d = stats.mcnemar_exact(paired["value_g"], paired["value_b"])
             method = f"McNemar exact ({d.n} examples, {d.note}; {ONE_SEED})"
         rows.append(verdict_row(metric, strength, group, base, d, 1, method))
-    return rows, gaps
+    return drop_repeats(rows, data), gaps
 
 
 def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
@@ -403,7 +531,8 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
     """The verdicts of a :class:`jrbench.analysis.results.Collection` (columns :data:`VERDICT_COLUMNS`)
     and the gaps: comparisons or metrics that could not be decided, and why. ``is_baseline``
     picks the baseline group of each recipe (default: the plain one); ``correction``: the
-    multiplicity correction over all the verdicts (:func:`apply_correction`)."""
+    multiplicity correction over all the verdicts, the report's distinct comparisons (strength-0
+    repeats dropped: :func:`drop_repeats`; :func:`apply_correction`)."""
     if correction not in stats.CORRECTIONS:
         raise UserError(f"--correction must be one of {', '.join(stats.CORRECTIONS)}, got {correction!r}.")
     labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
@@ -412,7 +541,7 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
     found, gaps = comparisons(collection.runs, labels, is_baseline)
     values = run_values(collection.summary) if len(collection.summary) else pd.DataFrame(
         columns=["run_id", "metric", "strength", "value"])
-    rows = []
+    rows, cache = [], {}
     for c in found:
         common = sorted(set(c.runs) & set(c.baseline_runs))
         if not common:
@@ -420,7 +549,7 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
                         f"{sorted(c.runs)} against {sorted(c.baseline_runs)}); runs are paired by seed")
             continue
         if len(common) >= 2:
-            new, new_gaps = seed_verdicts(c, labels, values, common)
+            new, new_gaps = seed_verdicts(c, labels, values, common, cache)
         else:
             new, new_gaps = example_verdicts(c, labels, values, collection.examples, common[0])
         rows += new
@@ -475,38 +604,44 @@ def verdict_lines(table: pd.DataFrame) -> list[str]:
         lo, hi = (f"{v:.1f}" if unit == "points" else f"{v:.3g}" for v in (r.ci_low, r.ci_high))
         amount = _number(r.diff, unit) + (f" {unit}" if unit else "")
         seeds = f"{r.n_seeds} seed" + ("s" if r.n_seeds != 1 else "")
-        lines.append(f"{r.group} vs {r.baseline}, {_measure(r.metric, r.strength)}: {amount} [{lo}, {hi}], "
+        also = [x for x in str(getattr(r, "stands_for", "") or "").split("; ") if x]
+        also_text = (" (also " + ", ".join(_measure(*x.split(" ", 1)) if " " in x else _measure(x, "")
+                                           for x in also) + ": the same data)") if also else ""
+        lines.append(f"{r.group} vs {r.baseline}, {_measure(r.metric, r.strength)}{also_text}: {amount} [{lo}, {hi}], "
                      f"{_p_text(r)}, {seeds}, {r.method}: {r.verdict}")
     return lines
 
 
-# metrics whose strength 0 is the clean accuracy again (noise σ 0, an attack at ε 0)
-ZERO_IS_CLEAN = ("noise_acc", "worst_case_acc", "pgd_acc", "autoattack_acc", "certified_acc")
 COMPACT_COLUMNS = ["metric", "strength", "difference [95% CI]", "adjusted p", "verdict"]
 SHORT_NAMES = {"clean_acc": "clean", "R_z": "R_z", "margin_random_median": "margin, random",
                "margin_adv_l2": "margin, adversarial"}  # the rest: METRICS' names
 SHORT_VERDICTS = {SAME: "n.s."}
 
 
-def _is_zero(strength: str) -> bool:
-    _, _, value = strength.partition(" ")
-    try:
-        return float(value) == 0
-    except ValueError:
-        return False
-
-
 def compact_tables(table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """The verdicts for a terminal: one table per comparison (group, baseline, rows with
     :data:`COMPACT_COLUMNS`, strings; accuracies in points, 'n.s.' for no significant
-    difference). Left out, as repeats: rows at strength 0 of noise and attacks (the clean
-    accuracy again) and a worst case whose difference, interval and p are PGD's at the same
-    strength (the PGD row then reads 'PGD = worst case'). report.md keeps every line and
-    verdicts.csv every number."""
+    difference). Left out, as repeats: a row at strength 0 of noise, an attack or a certificate
+    whose difference, interval and p are those of the clean row or of an earlier strength-0 row
+    (a table written before :func:`drop_repeats`; the strength-0 rows that remain are the clean
+    accuracy of other examples and read 'worst case = clean' and the like), and a worst case whose
+    difference, interval and p are PGD's at the same strength (the PGD row then reads 'PGD = worst
+    case'). report.md keeps every line and verdicts.csv every number."""
     out = []
     numbers = ["diff", "ci_low", "ci_high", "p_value"]
+
+    def same_numbers(a, b) -> bool:
+        return bool(np.allclose(a[numbers].to_numpy(float), b[numbers].to_numpy(float), rtol=1e-12, atol=1e-12,
+                                equal_nan=True))
+
     for (group, baseline), rows in table.groupby(["group", "baseline"], sort=False):
-        keep = rows[~(rows["metric"].isin(ZERO_IS_CLEAN) & rows["strength"].map(_is_zero))]
+        keep, seen = rows, []
+        for i, r in rows.iterrows():
+            if r["metric"] == "clean_acc" or is_strength_zero(r["metric"], r["strength"]):
+                if is_strength_zero(r["metric"], r["strength"]) and any(same_numbers(r, s) for s in seen):
+                    keep = keep.drop(index=i)
+                else:
+                    seen.append(r)
         pgd = keep[keep["metric"] == "pgd_acc"].set_index("strength")
         same = set()
         for i, r in keep[keep["metric"] == "worst_case_acc"].iterrows():
@@ -520,6 +655,8 @@ def compact_tables(table: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
             name, unit = SHORT_NAMES.get(r.metric, METRICS[r.metric][0]), METRICS[r.metric][1]
             if r.metric == "pgd_acc" and r.strength in same:
                 name += " = worst case"
+            if is_strength_zero(r.metric, r.strength):
+                name += " = clean"
             if unit not in ("", "points"):
                 name += f" ({unit})"
             lo, hi = (f"{v:+.1f}" if unit == "points" else f"{v:+.3g}" for v in (r.ci_low, r.ci_high))
@@ -544,7 +681,12 @@ VERDICT_NOTES = (
     "shares of correct draws differ, t interval over examples; for margins, a percentile bootstrap of the "
     "difference of medians (two independent samples) and a permutation test. One-seed verdicts cover the choice "
     "of test examples only, not training noise. Worst case: an example counts as robust only if robust under "
-    "every adversarial attack run at that norm and strength. better / worse: the multiplicity-adjusted p < 0.05 "
+    "every adversarial attack run at that norm and strength. At strength 0 noise, attacks and certificates measure "
+    "clean accuracy: a strength-0 row with the same data as the clean row or another strength-0 row of its "
+    "comparison (per run over seeds, per example where both have records) is no verdict of its own; the row it "
+    "repeats stands for it (stands_for in verdicts.csv). A strength-0 row that remains is the clean accuracy of "
+    "the examples the attacks ran on, when they are not the whole test set. "
+    "better / worse: the multiplicity-adjusted p < 0.05 "
     "and the interval excludes 0 (for R_z smaller is better); p_value in verdicts.csv is the raw p, p_adjusted "
     "the adjusted one. verdicts.csv has every number."
 )
