@@ -61,6 +61,7 @@ class Opt:
     tristate: bool = False
     metavar: str | None = None
     unit: str | None = None       # named in range messages: "(pixel units)"
+    empty_ok: bool = False        # a repeated field may be an empty list
 
 
 def option(default: Any = MISSING, *, default_factory: Any = MISSING, help: str, **meta: Any):
@@ -201,7 +202,7 @@ def check_value(f: Field, value: Any) -> None:
     values = value if f.opt.repeat and isinstance(value, (list, tuple)) else [value]
     if f.opt.repeat and value is not None and not isinstance(value, (list, tuple)):
         raise FieldError(f.key, f"must be a list of values, got {value!r}.", f.flag)
-    if f.opt.repeat and value is not None and len(values) == 0:
+    if f.opt.repeat and value is not None and len(values) == 0 and not f.opt.empty_ok:
         raise FieldError(f.key, "is empty: give at least one value.", f.flag)
     for v in values:
         if not _type_ok(f, v):

@@ -86,20 +86,20 @@ def test_default_eps_grids():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(eps_linf=[0.1, -0.1]), ">= 0"),
-    (dict(eps_l2=[float("nan")]), ">= 0"),
-    (dict(eps_linf=[1.5]), "<= 1"),
-    (dict(sigmas=[-0.2]), ">= 0"),
-    (dict(sigmas=[]), "empty"),
+    (dict(eps_linf=[0.1, -0.1]), r"--eps-linf must be in \[0, 1\] \(pixel units\), got -0.1"),
+    (dict(eps_l2=[float("nan")]), r"--eps-l2 must be zero or positive \(pixel units\), got nan"),
+    (dict(eps_linf=[1.5]), r"--eps-linf must be in \[0, 1\]"),
+    (dict(sigmas=[-0.2]), "--sigma must be zero or positive"),
+    (dict(sigmas=[]), "--sigma is empty"),
     (dict(norms=("lnf",)), "Did you mean 'linf'"),
-    (dict(loss="ce16"), "unknown loss"),
-    (dict(steps=0), "steps"),
-    (dict(restarts=0), "restarts"),
-    (dict(draws=0), "draws"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(steps=2.5), "steps"),
-    (dict(alpha=-0.01), "alpha"),
-    (dict(seed=-1), "seed"),
+    (dict(loss="ce16"), "--loss must be one of ce64, ce32"),
+    (dict(steps=0), "--steps must be at least 1"),
+    (dict(restarts=0), "--restarts must be at least 1"),
+    (dict(draws=0), "--draws must be at least 1"),
+    (dict(batch_size=0), "--batch-size must be at least 1"),
+    (dict(steps=2.5), "--steps must be an integer"),
+    (dict(alpha=-0.01), "--alpha must be a positive finite number"),
+    (dict(seed=-1), "--seed must be zero or positive"),
     (dict(noise=False, pgd=False, fgsm=False), "no attack"),
 ])
 def test_validate_raises_user_error(change, message):

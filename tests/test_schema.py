@@ -117,3 +117,12 @@ def test_committed_studies_keep_their_run_ids(study):
     cells = spec_module.load_spec(ROOT / "benchmarks" / toml).cells
     listed = set(pd.read_csv(runs)["run_id"])
     assert {c.run_id() for c in cells} <= listed
+
+
+def test_the_command_line_builds_its_options_without_torch():
+    """--help stays instant: deriving the options runs no default factory that loads torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, jrbench.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -50,16 +50,8 @@ def check_device(value: str) -> str:
 
 DeviceOpt = Annotated[str, typer.Option(metavar="<auto|cpu|cuda|cuda:N>", callback=check_device,
                                         help="auto (a GPU if there is one), cpu, cuda or cuda:N.")]
-NProjGridOpt = Annotated[Optional[list[int]], typer.Option(
-    "--n-proj", help="Random projections per sample of the Jacobian penalty; -1 for the exact value. "
-                     "Repeat to time several (default 1, 3, -1).")]
-JrSubsampleGridOpt = Annotated[Optional[list[int]], typer.Option(
-    "--jr-subsample", help="Compute the Jacobian penalty on this many samples K of each batch (timed with n=1). "
-                           "Repeat to time several (default 16 and 32).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     help="Data folder (default: the one the run was trained with, else $JRBENCH_DATA, else ~/.cache/jrbench).")]
-NewDataDirOpt = Annotated[Optional[Path], typer.Option(  # train and overhead: no run to take it from
-    "--data-dir", help="Data folder (default: $JRBENCH_DATA, else ~/.cache/jrbench).")]
 JrBackend = choice_enum("jr_backend", JR_BACKENDS)
 JrBackendOpt = Annotated[JrBackend, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]

@@ -22,7 +22,12 @@ def parameter(f: Field, default: Any = inspect.Parameter.empty) -> inspect.Param
     """The Typer option of field ``f`` as a keyword parameter named by its spec key."""
     o = f.opt
     kind: Any = choice_enum(f.key, o.choices) if o.choices else f.kind
-    value = f.default_value() if default is inspect.Parameter.empty else default
+    if default is not inspect.Parameter.empty:
+        value = default
+    elif o.repeat or o.tristate:
+        value = None  # not given (and no default factory runs at import: --help stays instant)
+    else:
+        value = f.default_value()
     extra: dict[str, Any] = {"help": o.help}
     if o.metavar:
         extra["metavar"] = o.metavar

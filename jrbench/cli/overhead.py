@@ -1,36 +1,22 @@
 """jrbench overhead: Jacobian-regularized training steps timed against plain SGD, interleaved in one process."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
-from .common import (Bars, DeviceOpt, JrBackend, JrBackendOpt, JrSubsampleGridOpt, NewDataDirOpt, NProjGridOpt,
-                     QuietOpt, app, console, err_console, friendly)
+from ..cost.overhead_config import OverheadConfig
+from .common import Bars, QuietOpt, app, console, err_console, friendly
+from .options import with_options
 
 
 @app.command("overhead")
 @friendly
+@with_options(overhead=OverheadConfig)
 def overhead_command(
-    dataset: Annotated[str, typer.Option(help="Data set the batch comes from.")] = "synth-digits",
-    model: Annotated[str, typer.Option(help="Model to time.")] = "lenet",
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 64,
-    n_proj: NProjGridOpt = None,
-    jr_subsample: JrSubsampleGridOpt = None,
-    jr_every: Annotated[Optional[list[int]], typer.Option(help="Also time n=1 on every k-th step; repeat.")] = None,
-    jvp: Annotated[bool, typer.Option("--jvp", help="Also time the forward-mode estimator (--jr-estimator jvp, n=1).")] = False,
-    lipschitz: Annotated[bool, typer.Option("--lipschitz", help="Also time --reg lipschitz (the weights projected after each step).")] = False,
-    noise: Annotated[bool, typer.Option("--noise", help="Also time --reg noise (Gaussian data augmentation).")] = False,
-    jr_backend: JrBackendOpt = JrBackend("auto"),
-    random_batch: Annotated[bool, typer.Option("--random-batch", help="Time on uniform pixels of the data set's shape (no data files needed).")] = False,
-    reference: Annotated[bool, typer.Option("--reference/--no-reference", help="Also time the per-row autograd reference of the exact penalty.")] = True,
-    pairs: Annotated[int, typer.Option(help="Interleaved timing pairs (after warm-up).")] = 20,
-    warmup: Annotated[int, typer.Option(help="Untimed warm-up rounds.")] = 3,
-    device: DeviceOpt = "auto",
-    data_dir: NewDataDirOpt = None,
+    overhead: dict,
     out: Annotated[Optional[Path], typer.Option(help="Write the summary table here (default: results/runs/overhead.csv without --check/--gate, else nowhere).")] = None,
     check: Annotated[Optional[Path], typer.Option(help="Budget file; exit 1 naming each case over budget.")] = None,
     gate: Annotated[Optional[Path], typer.Option(help="The old spelling of 'jrbench gate SPEC' (kept): time this checkout against a baseline commit.")] = None,
@@ -41,26 +27,25 @@ def overhead_command(
     if gate is not None:  # the old spelling of jrbench gate, kept
         from .gate import run_gate_command
 
-        return run_gate_command(gate, baseline, jr_backend.value, device, out, quiet)
+        return run_gate_command(gate, baseline, overhead.get("jr_backend", "auto"), overhead.get("device", "auto"), out,
+                                quiet)
     from rich.table import Table
 
-    from ..cost.overhead import OverheadConfig, cases_of, run_overhead
+    from ..cost.overhead import cases_of, run_overhead
     from ..cost.budgets import check_budget, check_budget_cases, load_budget
     from ..training.rundir import atomic_write_csv
 
     budgets = load_budget(check) if check is not None else None  # a bad file fails before timing
-    cfg = OverheadConfig(dataset, model, batch_size, tuple(n_proj or (1, 3, -1)), tuple(jr_subsample or (16, 32)),
-                         tuple(jr_every or ()), jvp, jr_backend.value, random_batch, reference, pairs, warmup, 0, device,
-                         str(data_dir) if data_dir else None, lipschitz, noise)
+    cfg = OverheadConfig(**overhead)
     if budgets is not None:
         check_budget_cases(budgets, cases_of(cfg))
     with Bars(quiet) as bars:
-        summary = run_overhead(cfg, on_progress=bars.callback(f"{model}: timing pairs"))
+        summary = run_overhead(cfg, on_progress=bars.callback(f"{cfg.model}: timing pairs"))
     # the default lies with the default run folders (git-ignored), not on a committed results table
     out = out if out is not None or check is not None else Path("results/runs/overhead.csv")
     if out is not None:
         atomic_write_csv(out, summary)
-    table = Table(title=f"{model}, batch {batch_size}, {summary['device_name'].iloc[0]}, "
+    table = Table(title=f"{cfg.model}, batch {cfg.batch_size}, {summary['device_name'].iloc[0]}, "
                         f"{summary['threads'].iloc[0]} threads: seconds per training step; x plain: median of per-pair ratios")
     table.add_column("case", no_wrap=True)
     for col in ("ms/step", "x plain", "IQR", "peak MB", "x ref."):

@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..penalty.lipschitz_constraint import LipschitzConstraint, refuse_unsupported
 from ..models.architectures import Classifier
 from .memory import memory_per_case
+from .overhead_config import OverheadConfig
 from ..penalty.regularizers import step_loss
 
 
@@ -207,27 +208,6 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
 
 
 # ----------------------------------------------------------------------------- whole runs
-@dataclass
-class OverheadConfig:
-    dataset: str = "synth-digits"
-    model: str = "lenet"
-    batch_size: int = 64
-    n_projs: tuple[int, ...] = (1, 3, -1)
-    subsamples: tuple[int, ...] = (16, 32)
-    everys: tuple[int, ...] = ()     # n=1 on every k-th step (--jr-every)
-    jvp: bool = False                # also the forward-mode estimator (--jr-estimator jvp)
-    jr_backend: str = "auto"         # the penalty's path in every Jacobian case
-    random_batch: bool = False       # uniform pixels and labels of the data set's shape (no data files)
-    reference: bool = True
-    pairs: int = 20
-    warmup: int = 3
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str | None = None
-    lipschitz: bool = False          # also --reg lipschitz (the projection after each step)
-    noise: bool = False              # also --reg noise (Gaussian augmentation)
-
-
 def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
     return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
                          cfg.lipschitz, cfg.noise, jr_backend=cfg.jr_backend)
