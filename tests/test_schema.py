@@ -126,3 +126,10 @@ def test_the_command_line_builds_its_options_without_torch():
 
     code = "import sys, jrbench.cli; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_report_choices_are_the_statistics_corrections():
+    from jrbench.report.options import CORRECTIONS
+    from jrbench.stats import CORRECTIONS as STATS
+
+    assert CORRECTIONS == STATS

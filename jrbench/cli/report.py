@@ -54,10 +54,10 @@ def run_report(paths: list[Path], out: Path, config: ReportConfig, *, device: st
     (``jrbench report``, and a sweep's report at its end)."""
     from rich.table import Table
 
-    from ..report.writer import write_report
+    from ..report.writer import ReportOptions, write_report
     from ..analysis.results import collect
 
-    options = config.options(device, str(data_dir) if data_dir else None)
+    options = ReportOptions.from_config(config, device, str(data_dir) if data_dir else None)
     with Bars(quiet) as bars:
         result = write_report(collect(paths), out, options, on_progress=bars.callback("cross-sections"))
     rows = result.table.set_index(result.table.columns[0]).T  # one column per run or group: fits a terminal

@@ -183,10 +183,19 @@ def wide_jacobian_table(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_margins_options(n_examples: int, n_directions: int, batch_size: int) -> None:
-    """Raise :class:`UserError` naming each of --n-examples, --directions, --batch-size below 1."""
-    bad = [f"{flag} must be at least 1, got {value}" for flag, value in
-           (("--n-examples", n_examples), ("--directions", n_directions), ("--batch-size", batch_size))
-           if isinstance(value, bool) or not isinstance(value, int) or value < 1]
+    """Raise :class:`UserError` naming each of --n-examples, --directions, --batch-size that its
+    schema field refuses (:class:`~jrbench.evaluate.margins_config.MarginsConfig`, ``ExampleSet``)."""
+    from ..schema import FieldError, check_value, field_of
+    from ..runtables.examples import ExampleSet
+    from .margins_config import MarginsConfig
+
+    bad = []
+    for cls, name, value in ((ExampleSet, "n_examples", n_examples), (MarginsConfig, "directions", n_directions),
+                             (MarginsConfig, "batch_size", batch_size)):
+        try:
+            check_value(field_of(cls, name), value)
+        except FieldError as e:
+            bad.append(str(e).rstrip("."))
     if bad:
         raise UserError("; ".join(bad) + ".")
 

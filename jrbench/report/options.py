@@ -1,7 +1,7 @@
 """What a report shows: :class:`ReportConfig`, the options of ``jrbench report`` and of a spec's ``[report]``.
 
-Light (no pandas): the command line builds its options from it; :meth:`ReportConfig.options`
-gives the writer's :class:`~jrbench.report.writer.ReportOptions`.
+Light (no pandas): the command line builds its options from it;
+:meth:`jrbench.report.writer.ReportOptions.from_config` gives the writer's options.
 """
 from __future__ import annotations
 
@@ -45,12 +45,3 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         check(self)
-
-    def options(self, device: str = "auto", data_dir: str | None = None):
-        """The writer's :class:`~jrbench.report.writer.ReportOptions` of these options."""
-        from .table import Strengths
-        from .writer import ReportOptions
-
-        return ReportOptions(Strengths(self.sigma, self.eps_linf, self.eps_l2), not self.per_run, self.cells,
-                             self.cell_radius, self.cell_grid, self.cell_seed, self.cell_index, self.cell_panels,
-                             device, data_dir, correction=self.correction).validate()

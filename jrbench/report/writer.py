@@ -13,7 +13,6 @@ what it wrote and never prints.
 from __future__ import annotations
 
 import os
-import math
 import shlex
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,7 +24,7 @@ from .figures import png_bytes
 from ..errors import UserError
 from .plots import report_figures
 from .table import (BRACKET_NOTES, EXACT_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, exact_table, format_wide, group_table, markdown_table, run_table, table_gaps)
-from ..stats import CORRECTIONS
+from .options import ReportConfig
 from ..analysis.provenance import PROVENANCE
 from ..analysis.verdicts import VERDICT_NOTES, correction_note, verdict_lines, verdicts
 from ..analysis.worst_case import WORST_CASE  # attack name of the worst case per example over every attack
@@ -51,23 +50,24 @@ class ReportOptions:
     correction: str = "bh"  # multiplicity correction over the report's verdicts: bh, holm or none
 
     def validate(self) -> "ReportOptions":
-        if self.correction not in CORRECTIONS:
-            raise UserError(f"--correction must be one of {', '.join(CORRECTIONS)}, got {self.correction!r}.")
-        for name in STRENGTH_NAMES:
-            for value in getattr(self.strengths, name) or ():
-                if (isinstance(value, bool) or not isinstance(value, (int, float))
-                        or not (math.isfinite(value) and value >= 0)):
-                    raise UserError(f"--{name.replace('_', '-')} must be zero or positive (pixel units), "
-                                    f"got {value!r}.")
-        if self.cell_radius is not None and not (math.isfinite(self.cell_radius) and self.cell_radius > 0):
-            raise UserError(f"--cell-radius must be positive (pixel L2 units), got {self.cell_radius}.")
-        if not 2 <= self.cell_grid <= 1001:
-            raise UserError(f"--cell-grid must be between 2 and 1001 points a side, got {self.cell_grid}.")
-        if self.max_cell_panels < 1:
-            raise UserError(f"--cell-panels must be at least 1, got {self.max_cell_panels}.")
-        if self.cell_index is not None and self.cell_index < 0:
-            raise UserError(f"--cell-index must be zero or positive, got {self.cell_index}.")
+        """Itself if every option is one its :class:`~jrbench.report.options.ReportConfig` field
+        allows (the schema's bounds and choices); else raise the field's error."""
+        from ..schema import check_value, field_of
+
+        values = [(name, list(getattr(self.strengths, name)) if getattr(self.strengths, name) else None)
+                  for name in STRENGTH_NAMES]
+        values += [("correction", self.correction), ("cell_radius", self.cell_radius), ("cell_grid", self.cell_grid),
+                   ("cell_index", self.cell_index), ("cell_panels", self.max_cell_panels)]
+        for name, value in values:
+            check_value(field_of(ReportConfig, name), value)
         return self
+
+    @classmethod
+    def from_config(cls, config: ReportConfig, device: str = "auto", data_dir: str | None = None) -> "ReportOptions":
+        """The writer's options of the user's :class:`~jrbench.report.options.ReportConfig`."""
+        return cls(Strengths(config.sigma, config.eps_linf, config.eps_l2), not config.per_run, config.cells,
+                   config.cell_radius, config.cell_grid, config.cell_seed, config.cell_index, config.cell_panels,
+                   device, data_dir, correction=config.correction).validate()
 
 
 @dataclass
