@@ -1,10 +1,11 @@
-# jrbench: make demo (the main job on the embedded default), make test (the test suite).
+# jrbench: make demo (the main job on the embedded default), make test (the test suite),
+# make test-fast (the quick loop: the suite less its slow and Ray tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-cpus bench overhead overhead-check clean-venv
+.PHONY: demo demo-report test test-fast test-cpus bench overhead overhead-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
+# The demo writes into results/runs/demo (ignored by git): a fresh clone stays clean.
 demo: $(STAMP)
 	$(VENV)/bin/jrbench demo
 
+# The committed demo report, results/demo/report, rewritten from runs in results/demo (on purpose only).
+demo-report: $(STAMP)
+	$(VENV)/bin/jrbench demo --out results/demo
+
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop while editing: everything but the `slow` and `ray` tests (under 2 minutes); CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not ray"
 
 # The kernel-dependent tests again under other CPUs' float rounding: the portable kernels
 # (ATEN_CPU_CAPABILITY=default) always, and avx2 where this CPU has AVX-512 (CI runs this).
