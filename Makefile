@@ -24,7 +24,7 @@ demo-report: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The quick loop while editing: everything but the `slow` and `ray` tests (under 2 minutes); CI runs `make test`.
+# The quick loop while editing: everything but the tests marked slow or ray; CI runs `make test`.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not ray"
 
