@@ -1,10 +1,11 @@
-# jrbench: make demo (the main job on the embedded default), make test (the test suite).
+# jrbench: make demo (the main job on the embedded default), make test (the test suite),
+# make test-fast (the quick loop: the suite less its slow and Ray tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-cpus bench overhead overhead-check clean-venv
+.PHONY: demo demo-report test test-fast test-cpus bench overhead overhead-check clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,11 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
+# The demo writes into results/runs/demo (ignored by git): a fresh clone stays clean.
 demo: $(STAMP)
 	$(VENV)/bin/jrbench demo
 
+# The committed demo report, results/demo/report, rewritten from runs in results/demo (on purpose only).
+demo-report: $(STAMP)
+	$(VENV)/bin/jrbench demo --out results/demo
+
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop while editing: everything but the tests marked slow or ray; CI runs `make test`.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not ray"
 
 # The kernel-dependent tests again under other CPUs' float rounding: the portable kernels
 # (ATEN_CPU_CAPABILITY=default) always, and avx2 where this CPU has AVX-512 (CI runs this).
@@ -41,7 +51,7 @@ overhead: $(STAMP)
 # The CI gate: this checkout against the baseline commit of benchmarks/overhead_gate.toml, timed
 # interleaved in one process; exit 1 naming each case whose overhead ratio regressed.
 overhead-check: $(STAMP)
-	COLUMNS=120 $(VENV)/bin/jrbench overhead --gate benchmarks/overhead_gate.toml --device cpu --out $(VENV)/overhead-gate.csv
+	COLUMNS=120 $(VENV)/bin/jrbench gate benchmarks/overhead_gate.toml --device cpu --out $(VENV)/overhead-gate.csv
 
 clean-venv:
 	rm -rf $(VENV)

@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from jrbench.atomic import atomic_write_text, locked
 from jrbench.evaluate.api import ATTACK_KEYS, upsert_rows
@@ -19,6 +20,7 @@ def _writer(path: str, attack: str) -> None:
                                               "loss": ["ce64"], "accuracy": [0.5]}), ATTACK_KEYS)
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_table_at_once_lose_no_row(tmp_path):
     path = tmp_path / "attacks.csv"
     ctx = multiprocessing.get_context("spawn")

@@ -57,6 +57,7 @@ def starts(model, x, y, norm: str, seed: int, index: torch.Tensor, restart: int 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_pgd_results_identical_for_batch_sizes_3_7_500(trained, norm, setting):
     model, x, y, index = trained
     out = {bs: A.run_attacks(model, x, y, config(norm, bs, setting), example_index=index)

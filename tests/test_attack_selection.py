@@ -164,6 +164,7 @@ def test_every_committed_spec_with_attacks_is_listed():
 
 
 @pytest.mark.parametrize("path", sorted(COMMITTED))
+@pytest.mark.slow
 def test_committed_specs_run_the_attacks_they_ran(path):
     spec = load_spec(REPO / path)
     config = spec.attack

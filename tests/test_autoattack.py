@@ -94,6 +94,7 @@ def linear_run():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.slow
 def test_robust_accuracy_matches_linear_closed_form(linear_run, norm):
     table, dist, eps = linear_run["table"], linear_run["dist"][norm], linear_run["eps"][norm]
     row = table[(table.attack == "autoattack") & (table.norm == norm) & (table.strength == eps)]
@@ -112,6 +113,7 @@ def test_robust_accuracy_matches_linear_closed_form(linear_run, norm):
     assert (robust[inside] == 0).sum() >= inside.sum() - 1  # all inside found, within one
 
 
+@pytest.mark.slow
 def test_rows_are_cumulative_per_component(linear_run):
     table = linear_run["table"]
     aa = table[table.attack.isin(AA_NAMES)]
@@ -129,6 +131,7 @@ def test_rows_are_cumulative_per_component(linear_run):
         assert total["autoattack"] == pytest.approx(total[AA_NAMES[:-1]].sum())
 
 
+@pytest.mark.slow
 def test_adversarial_examples_stay_in_ball_and_pixel_range():
     model, x, y, dist = linear_problem(n=20, seed=1)
     for norm in ("linf", "l2"):
@@ -180,6 +183,7 @@ def test_pipeline_raises_when_a_component_leaves_the_ball(monkeypatch):
         AA.autoattack_correct(model, x, y, norm="linf", eps=0.01, num_classes=C)
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_and_global_rng_untouched():
     torch.manual_seed(0)
     model = build_model("mlp", SHAPE, C, [0.5], [0.25]).eval()  # untrained: weak boundaries
@@ -202,6 +206,7 @@ def test_same_seed_same_result_and_global_rng_untouched():
 # ----------------------------------------------------------------------------- the record
 
 
+@pytest.mark.slow
 def test_per_example_record_columns_and_values(linear_run):
     ex, table, n = linear_run["examples"], linear_run["table"], len(linear_run["x"])
     assert list(ex.columns[:9]) == ["example", "attack", "norm", "strength", "loss",
@@ -383,6 +388,7 @@ def five_class_run(five_class, monkeypatch):
     (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "autoattack_eps_linf (--autoattack-eps-linf) values must be"),
     (["--autoatack"], "No such option"),
 ])
+@pytest.mark.slow
 def test_bad_attack_input_exits_2_with_a_message(five_class_run, args, needle):
     result = runner.invoke(app, ["attack", str(five_class_run), *args, "--n-examples", "8",
                                  "--device", "cpu"])
@@ -392,6 +398,7 @@ def test_bad_attack_input_exits_2_with_a_message(five_class_run, args, needle):
     assert not (five_class_run / "attack_examples.csv").exists()
 
 
+@pytest.mark.slow
 def test_cli_autoattack_with_targets_writes_both_tables(five_class_run, tmp_path):
     import shutil
 

@@ -130,6 +130,7 @@ def _reference_penalty(model, x, rows, kind, n_proj, seed, create_graph=False):
 
 
 @pytest.mark.parametrize("name,reg,rows,kind", PATHS, ids=[p[0] for p in PATHS])
+@pytest.mark.slow
 def test_every_path_is_the_frozen_statistics_penalty(name, reg, rows, kind):
     """Value: 0.5 mean_i ||J_i||_F^2 (or the estimator at the same directions) of the frozen net,
     the first ``rows`` examples under the whole batch's statistics; weight gradient: that of the

@@ -194,6 +194,7 @@ def test_exact_accuracy_and_the_attacks_over_report(tmp_path):
         ["linf", "0.1", "50.0", "+30.0", "+10.0", "+20.0", "+10.0"]]
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_bracket_the_exact_table_and_the_plot(tmp_path, capsys):
     write_cert_run(tmp_path / "runs", "plain", **MIXED)
     write_cert_run(tmp_path / "runs", "jr", ("jacobian",), **EXACT)

@@ -40,6 +40,7 @@ def certified(run):
     return certify_run(run, config, n_examples=N, example_seed=3, device="cpu")
 
 
+@pytest.mark.slow
 def test_tables_are_written_with_one_row_per_example_and_certificate(run, certified):
     table = pd.read_csv(run / CERTIFY_CSV)
     examples = pd.read_csv(run / CERTIFY_EXAMPLES_CSV)
@@ -63,6 +64,7 @@ def test_tables_are_written_with_one_row_per_example_and_certificate(run, certif
     assert len(pd.read_csv(run / CERTIFY_EXAMPLES_CSV)) == len(examples)
 
 
+@pytest.mark.slow
 def test_certified_accuracy_starts_at_clean_accuracy_and_falls_with_eps(certified):
     t, ex = certified.table, certified.examples
     clean = ex[ex["method"] == "lipschitz"].drop_duplicates("example")["clean_correct"].mean()
@@ -108,6 +110,7 @@ def attacked(run, certified):
     return result, again
 
 
+@pytest.mark.slow
 def test_no_attack_breaks_a_certified_example(attacked):
     result, certified = attacked
     covered = certified.examples[certified.examples["radius"] > 0]
@@ -116,6 +119,7 @@ def test_no_attack_breaks_a_certified_example(attacked):
     assert soundness_violations(certified.examples, result.examples).empty
 
 
+@pytest.mark.slow
 def test_report_brackets_attacked_accuracy_with_certified(run, certified, attacked, tmp_path):
     from jrbench.report.writer import ReportOptions, write_report
     from jrbench.analysis.results import collect
@@ -157,6 +161,7 @@ def test_soundness_check_finds_a_planted_contradiction():
     pd.testing.assert_frame_equal(soundness_violations(cert, older), bad)
 
 
+@pytest.mark.slow
 def test_linear_outside_model_radius_is_the_closed_form(tmp_path):
     torch.manual_seed(0)
     lin = nn.Linear(784, 10)
@@ -191,6 +196,7 @@ def test_linear_outside_model_radius_is_the_closed_form(tmp_path):
     (["--smoothing", "--alpha", "0"], "--alpha"),
     (["--eps-linf", "-0.1"], "--eps-linf"),
 ])
+@pytest.mark.slow
 def test_bad_settings_exit_2_with_one_clear_line(run, args, needle):
     before = sorted(p.name for p in run.iterdir())
     result = CliRunner().invoke(app, ["certify", str(run), "--device", "cpu", "--quiet", *args])
@@ -207,6 +213,7 @@ def test_unsupported_layer_is_refused_by_name(tmp_path):
     assert not (tmp_path / "m" / CERTIFY_CSV).exists()
 
 
+@pytest.mark.slow
 def test_command_prints_the_table_and_the_bound_and_keeps_one_example_set(run, certified, tmp_path):
     import shutil
 
@@ -241,6 +248,7 @@ example_seed = 3
 """
 
 
+@pytest.mark.slow
 def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, tmp_path):
     from jrbench.study.sweep import certify_done
     from jrbench.study.spec import certify_config, parse_spec
@@ -292,6 +300,7 @@ def test_per_example_certified_outcomes_take_the_best_deterministic_certificate(
     assert set(values.loc[values["metric"] == "certified_acc", "strength"]) == {"l2 0", "l2 0.5", "linf 0", "linf 0.1"}
 
 
+@pytest.mark.slow
 def test_a_new_ibp_grid_never_lowers_what_an_earlier_grid_certified(run, tmp_path):
     """IBP run with a fine grid of small eps, then with one large eps: the per-example radius keeps the
     larger, so the certified share (best of Lipschitz and IBP) at each earlier eps stays at least IBP's

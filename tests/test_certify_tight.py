@@ -75,6 +75,7 @@ def unskipped(run, blocks):
     return certify_model(blocks, "blocks", config, n_examples=N, example_seed=1, device="cpu")
 
 
+@pytest.mark.slow
 def test_one_row_per_example_method_norm_and_eps(run, skipped):
     path, _ = run
     bounds = pd.read_csv(path / BOUNDS_CSV)
@@ -101,6 +102,7 @@ def test_one_row_per_example_method_norm_and_eps(run, skipped):
     assert ((bounds.loc[ran, "margin_lower"] > 0) == (bounds.loc[ran, "status"] == "certified")).all()
 
 
+@pytest.mark.slow
 def test_skips_hide_nothing_that_running_would_have_found(skipped, unskipped):
     """Without skips, every example that an attack broke is uncertified (the skip only saved work),
     and with skips the certified share is at least the unskipped one's (a cheaper certificate
@@ -116,6 +118,7 @@ def test_skips_hide_nothing_that_running_would_have_found(skipped, unskipped):
     assert (share(a) >= share(b) - 1e-12).all()
 
 
+@pytest.mark.slow
 def test_no_attack_breaks_a_crown_certified_example(run, unskipped):
     _, attacked = run
     ex = unskipped.examples
@@ -124,6 +127,7 @@ def test_no_attack_breaks_a_crown_certified_example(run, unskipped):
     assert soundness_violations(ex, attacked.examples).empty
 
 
+@pytest.mark.slow
 def test_windowed_and_dense_backward_passes_agree(blocks):
     from jrbench.data.datasets import load_data, to_pixels
     from jrbench.config import DataConfig
@@ -143,6 +147,7 @@ def test_windowed_and_dense_backward_passes_agree(blocks):
         crown.PATCHES = True
 
 
+@pytest.mark.slow
 def test_cli_runs_crown_and_refuses_bad_settings(tmp_path):
     """The command on an outside model (a factory of tests/outside_factory.py) with --crown, and its
     refusals of bad settings (exit 2, the flag named, no traceback)."""

@@ -48,6 +48,7 @@ def test_missing_mnist_exits_2_without_writing(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_synth_digits_end_to_end_then_resume_is_a_no_op(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--train-subset", "600", "--test-subset", "200", "--epochs", "1",

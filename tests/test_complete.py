@@ -117,6 +117,7 @@ TINY_CASES = [(0, 0.1), (0, 0.3), (1, 0.05), (1, 0.2), (1, 0.3), (3, 0.05), (7, 
               (9, 0.2), (10, 0.3), (11, 0.3)]
 
 
+@pytest.mark.slow
 def test_agrees_with_brute_force_on_a_tiny_net():
     paths = {"verified-milp": 0, "falsified": 0}
     for seed, eps in TINY_CASES:
@@ -160,6 +161,7 @@ def _solve(milp, logits, y: int, j: int) -> tuple[str, float]:
     return status, value
 
 
+@pytest.mark.slow
 def test_milp_optimum_is_the_exact_minimum():
     """The encoding is exact: its optimum is the brute-force minimum (not only its sign)."""
     for seed, eps in [(0, 0.3), (1, 0.3), (7, 0.3), (9, 0.2)]:
@@ -251,6 +253,7 @@ def _attack(model, x: torch.Tensor, y: int, eps: float, steps: int = 60, restart
     return min(best, float(margin(model, z, y).min()))
 
 
+@pytest.mark.slow
 def test_conv_maxpool_verdicts_are_sound():
     counts = {"verified": 0, "falsified": 0, "milp-verified": 0}
     for seed, eps in [(0, 0.1), (1, 0.05), (2, 0.02), (4, 0.05), (5, 0.1), (6, 0.1), (6, 0.3), (7, 0.2), (9, 0.05)]:

@@ -85,6 +85,7 @@ def pgd_worst(model, x, y, eps, norm, steps=40):
 
 @pytest.mark.parametrize("name", ["lenet", "mlp", "mixed"])
 @pytest.mark.parametrize("norm,eps", [("linf", 0.01), ("linf", 0.05), ("l2", 0.1), ("l2", 0.5)])
+@pytest.mark.slow
 def test_bounds_hold_at_random_points_and_at_pgds_point(name, norm, eps):
     model = models()[name]
     torch.manual_seed(3)
@@ -182,6 +183,7 @@ def test_a_net_whose_every_relu_is_stable_gets_the_exact_linear_bound():
             assert float(low[i, j]) == pytest.approx(exact, rel=1e-9, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_crown_is_tighter_than_ibp_at_small_radii_but_not_always():
     """On a LeNet at L-inf 0.01 CROWN's margin bounds beat interval bounds almost everywhere (the
     relaxation keeps the correlations IBP loses). Not always: on a wide, deep net at a radius where
@@ -198,6 +200,7 @@ def test_crown_is_tighter_than_ibp_at_small_radii_but_not_always():
     assert float((c - i)[finite].median()) > 0
 
 
+@pytest.mark.slow
 def test_alpha_crown_tightens_some_margins():
     model = models()["lenet"]
     torch.manual_seed(6)
@@ -256,6 +259,7 @@ def test_layers_without_a_rule_and_bad_input_are_refused():
         crown.margin_lower_bounds(model, torch.rand(1, 1, 9, 9), y, 0.1)
 
 
+@pytest.mark.slow
 def test_the_bounds_do_not_depend_on_the_batch():
     """Each example's bound is its own: its pre-activation bounds are refined example by example."""
     model = models()["lenet"]

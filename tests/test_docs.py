@@ -23,7 +23,7 @@ DECLARED_OUTPUTS = {"results/runs", "results/models", "results/report", "results
 EXAMPLE_PATHS = {"benchmarks/x.toml"}  # an error message quoted as an example
 # Make targets the README names that are being added on other branches (issue 24: the quick test
 # loop and the committed demo report); allowed while absent. Drop a name once its target lands.
-PENDING_MAKE_TARGETS = {"test-fast", "demo-report"}
+PENDING_MAKE_TARGETS: set[str] = set()  # targets the docs may name before they exist (none now)
 
 
 def doc_files() -> list[Path]:

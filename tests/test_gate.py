@@ -25,6 +25,7 @@ def _batch(n: int = 64):
     return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
+@pytest.mark.slow
 def test_gate_fails_for_the_autograd_path_forced_against_the_tape():
     """--jr-backend autograd (the double backward) against the tape, the exact penalty of lenet:
     1.3x to 2.8x slower here (AMD EPYC, idle to heavily loaded); the gate must call it a regression.
@@ -42,6 +43,7 @@ def test_gate_fails_for_the_autograd_path_forced_against_the_tape():
     assert both["candidate"]["plain"] == both["baseline"]["plain"] == row["rounds"]
 
 
+@pytest.mark.slow
 def test_gate_passes_same_code_against_itself():
     spec = GateSpec(cases=["jacobian-n1"], tolerance=0.25, halfwidth=0.05, min_rounds=15, max_rounds=15,
                     warmup=2, max_seconds=600)
@@ -122,6 +124,7 @@ def test_cli_gate_bad_backend_exits_2():
     assert result.exit_code == 2 and "autograd" in result.output
 
 
+@pytest.mark.slow
 def test_without_history_the_gate_checks_the_loose_bounds_and_says_so(monkeypatch):
     import jrbench.cost.gate as gate
     from jrbench.cost.budgets import Budget

@@ -37,6 +37,7 @@ def _metrics(df: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
+@pytest.mark.slow
 def test_trained_model_is_certified_at_most_k(tmp_path, model):
     k_bound = 1.0
     torch.manual_seed(0)
@@ -81,6 +82,7 @@ def test_projection_leaves_layers_under_budget_alone():
     assert constraint_for(model, RegConfig(["none"])) is None
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path):
     data = tiny_data(96, 32)
     config = _config(("jacobian", "lipschitz", "noise"), epochs=2, lipschitz_bound=5.0)
@@ -152,6 +154,7 @@ def test_step_loss_sees_the_noisy_pixels():
     assert not torch.equal(loss.logits, model(x).detach())
 
 
+@pytest.mark.slow
 def test_noise_training_is_seeded(tmp_path):
     data = tiny_data(64, 32)
     a = train(_config(("noise",), "mlp"), data=data).metrics
@@ -213,6 +216,7 @@ def test_sweep_spec_takes_the_regularizers_and_their_keys():
         parse_spec('name = "t"\n[grid]\nreg = [["noise"]]\nnoise_sigma = [0.0]\n', Path("t.toml"))
 
 
+@pytest.mark.slow
 def test_overhead_times_the_projection_and_the_noise():
     assert case_name(RegConfig(["lipschitz"])) == "lipschitz" and case_name(RegConfig(["noise"])) == "noise"
     assert case_name(RegConfig(["jacobian", "noise"])) == "jacobian-n1+noise"

@@ -110,6 +110,7 @@ def small_mlp():
     return model, x, predict(model, x)
 
 
+@pytest.mark.slow
 def test_nonlinear_perturbations_flip_and_deepfool_beats_random_directions():
     model, x, y = small_mlp()
     k = 10
@@ -139,6 +140,7 @@ def test_clip_option_evaluates_clipped_points():
     assert found.any() and flipped[found].all()
 
 
+@pytest.mark.slow
 def test_measure_margins_skips_misclassified_and_is_deterministic():
     model, x, y = small_mlp()
     y = y.clone()

@@ -98,6 +98,7 @@ def test_noisy_inputs_are_clipped_draws_batched_by_batch_size():
     assert len(model.seen) == 1 and torch.equal(model.seen[0], x)  # one clean pass, no draws
 
 
+@pytest.mark.slow
 def test_batch_size_changes_no_result(problem):
     data, _, model = problem
     x, y = data.test.images.float() / 255, data.test.labels

@@ -69,6 +69,7 @@ def files(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_pt2_and_factory_with_weights_give_the_same_tables_and_provenance(files, tmp_path):
     outs = {"pt2": tmp_path / "pt2", "factory": tmp_path / "factory"}
     sources = {"pt2": [files / "centroid.pt2"],
@@ -136,6 +137,7 @@ def test_python_api_takes_any_module(files, tmp_path):
     assert (with_std.jacobian["frobenius_z"] / with_std.jacobian["frobenius_pixel"]).to_numpy() == pytest.approx(0.5)
 
 
+@pytest.mark.slow
 def test_report_puts_an_outside_model_beside_a_trained_run(tmp_path):
     from jrbench.evaluate.attacks import AttackConfig
     from jrbench.evaluate.api import attack_run

@@ -21,6 +21,7 @@ def test_reference_equals_jrbench_exact_penalty():
     assert torch.allclose(ours, reference_exact_loss(model, x, y, 0.3))
 
 
+@pytest.mark.slow
 def test_time_steps_interleaves_and_summarizes():
     model = build_model("mlp", (1, 28, 28), 10, [0.13], [0.31])
     x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -87,6 +88,7 @@ def test_jr_every_case_times_a_cycle_of_k_steps():
     assert len(times) == 8 and (times["seconds"] > 0).all()
 
 
+@pytest.mark.slow
 def test_cli_exits_1_naming_the_case_over_budget(tmp_path):
     budget = tmp_path / "budget.toml"
     budget.write_text('[[case]]\nname = "jacobian-n1"\nmax_ratio = 0.01\n')

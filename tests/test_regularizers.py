@@ -1,4 +1,5 @@
 """The training loss of each regularizer, against direct computations."""
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +18,7 @@ def _setup():
     return model, x, y
 
 
+@pytest.mark.slow
 def test_exact_jacobian_penalty_value_and_total():
     model, x, y = _setup()
     loss = step_loss(model, x, y, RegConfig(["jacobian"], lambda_jr=0.1, n_proj=-1))
@@ -64,6 +66,7 @@ def test_l2_and_dropout_act_through_optimizer_and_model():
     assert not any(isinstance(m, nn.Dropout) for m in build_model("lenet", (1, 28, 28), 10, [0.1], [0.3]).modules())
 
 
+@pytest.mark.slow
 def test_jvp_estimator_is_unbiased_against_the_exact_value():
     """E ||J u||^2 = ||J||_F^2 for u ~ N(0, I): the mean of many draws within 4 standard errors."""
     model, x, y = _setup()
@@ -124,6 +127,7 @@ def test_backend_paths_are_taken_and_agree():
     assert torch.allclose(a.total, b.total)
 
 
+@pytest.mark.slow
 def test_float32_tape_matches_autograd():
     torch.manual_seed(0)
     model = build_model("lenet", (1, 28, 28), 10, [0.13], [0.31])
@@ -147,6 +151,7 @@ def test_tape_backend_refuses_a_net_it_does_not_cover():
         step_loss(model, x, y, RegConfig(["jacobian"], jr_backend="tape"))
 
 
+@pytest.mark.slow
 def test_resnet18_step_through_autograd_and_jvp():
     torch.manual_seed(0)
     model = build_model("resnet18", (3, 32, 32), 10, [0.5] * 3, [0.25] * 3)

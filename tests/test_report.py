@@ -80,6 +80,7 @@ def _value(summary, run_id, table, quantity, statistic, **kw):
 
 
 # ----------------------------------------------------------------------------- the tidy table
+@pytest.mark.slow
 def test_tidy_table_has_every_measurement_with_provenance(runs_root, collection):
     s = collection.summary
     assert list(s.columns) == TIDY_COLUMNS
@@ -117,6 +118,7 @@ def test_tidy_table_has_every_measurement_with_provenance(runs_root, collection)
     assert len(ex[(ex["run_id"] == "plain-s0") & (ex["quantity"] == "margin_adv_l2")]) == len(m)
 
 
+@pytest.mark.slow
 def test_seed_groups_give_mean_std_and_count(runs_root, collection):
     runs = run_table(collection.summary)
     wide = group_table(runs).set_index("group_label")
@@ -154,6 +156,7 @@ def _wide_text(collection, strengths=None, by_seed_group=True):
     return format_wide(group_table(run_table(collection.summary, strengths), by_seed_group))
 
 
+@pytest.mark.slow
 def test_one_strength_each_keeps_the_table(collection):
     """Given once, or not at all (mnist: sigma 0.5, eps 0.1 and 1.5), the table is the same."""
     default = _wide_text(collection)
@@ -164,6 +167,7 @@ def test_one_strength_each_keeps_the_table(collection):
     assert "noise_acc" in run_table(collection.summary, Strengths(sigma=[0.5])).columns
 
 
+@pytest.mark.slow
 def test_several_strengths_give_a_column_each_in_ascending_order(runs_root, collection):
     strengths = Strengths(sigma=[0.5, 0.0, 0.4], eps_linf=[0.1, 0.0])
     text = _wide_text(collection, strengths, by_seed_group=False).set_index("run")
@@ -193,6 +197,7 @@ def test_several_strengths_give_a_column_each_in_ascending_order(runs_root, coll
     assert close.columns[6:8].tolist() == ["acc % noise σ=0.1", "acc % noise σ=0.1000001"]
 
 
+@pytest.mark.slow
 def test_cli_repeats_the_strength_flags(runs_root, tmp_path):
     out = tmp_path / "report"
     result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(out), "--no-cells",
@@ -219,6 +224,7 @@ def test_cli_repeats_the_strength_flags(runs_root, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_overhead_is_the_ratio_to_the_plain_runs_median(runs_root, collection):
     spp = {n: pd.read_csv(runs_root / "runs" / n / "metrics.csv")["seconds_per_step"].min() for n in RUNS}
     expected = spp["jr-s0"] / ((spp["plain-s0"] + spp["plain-s1"]) / 2)  # median of two
@@ -231,6 +237,7 @@ def test_overhead_is_the_ratio_to_the_plain_runs_median(runs_root, collection):
     assert any(g.item == "overhead" and "no plain" in g.reason for g in alone.gaps)
 
 
+@pytest.mark.slow
 def test_worst_case_from_the_per_example_record_and_the_pgd_fallback(runs_root, tmp_path):
     for name in ("with", "without"):
         shutil.copytree(runs_root / "runs" / "plain-s0", tmp_path / name)
@@ -256,6 +263,7 @@ def test_worst_case_from_the_per_example_record_and_the_pgd_fallback(runs_root, 
     assert "attacks=pgd/ce64+fgsm/ce64" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_median_ci_covers_the_true_median_about_95_percent():
     rng = np.random.default_rng(0)
     hits = [lo <= math.log(2) <= hi for lo, hi in (median_ci(rng.exponential(size=60)) for _ in range(2000))]
@@ -263,6 +271,7 @@ def test_median_ci_covers_the_true_median_about_95_percent():
 
 
 # ----------------------------------------------------------------------------- gaps and errors
+@pytest.mark.slow
 def test_missing_and_corrupt_tables_are_gaps(runs_root, tmp_path):
     shutil.copytree(runs_root / "runs" / "plain-s0", tmp_path / "broken")
     (tmp_path / "broken" / "attacks.csv").write_text("not,a\nrun,table\n")
@@ -282,6 +291,7 @@ def test_missing_and_corrupt_tables_are_gaps(runs_root, tmp_path):
     assert any("jr-s0: margins.csv" in g for g in result.gaps)
 
 
+@pytest.mark.slow
 def test_a_column_no_run_has_is_one_gap_for_all_runs(runs_root, tmp_path):
     """Runs attacked at L-inf only (a study's choice): one gap line for all runs, no per-run
     command to run; a column some runs lack stays a gap of each of those runs."""
@@ -315,6 +325,7 @@ def test_cli_empty_or_unreadable_folder_exits_2(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the whole report
+@pytest.mark.slow
 def test_summary_files_write_provenance_once_and_join_back(collection):
     """summary.csv names each row's run; runs.csv holds each run's provenance once; joined on the run
     they give back the collected table (with the source as a path inside the run folder)."""
@@ -331,6 +342,7 @@ def test_summary_files_write_provenance_once_and_join_back(collection):
                                   check_dtype=False)
 
 
+@pytest.mark.slow
 def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     out = tmp_path / "report"
     result = runner.invoke(cli.app, ["report", str(runs_root / "runs"), "--out", str(out), "--cell-grid", "21",
@@ -363,6 +375,7 @@ def test_cli_writes_every_file_and_names_the_gaps(runs_root, tmp_path, capsys):
     assert not examples.duplicated(["run_id", "index"]).any()
 
 
+@pytest.mark.slow
 def test_library_never_prints(collection, tmp_path, capsys):
     write_report(collection, tmp_path / "out", ReportOptions(cells=False))
     captured = capsys.readouterr()
@@ -402,6 +415,7 @@ def test_train_command_rebuilds_the_config(config, monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- cross-sections
+@pytest.mark.slow
 def test_cross_sections_share_point_and_directions(runs_root, collection):
     labels = {r.run_id: r.run_id for r in collection.runs}
     figs = run_cross_sections(collection.runs, labels, radius=2.0, n_grid=9, seed=3, device="cpu")
@@ -511,6 +525,7 @@ def _many_groups(n_groups: int = 10, n_seeds: int = 5):
     return pd.DataFrame(rows), pd.DataFrame(examples)
 
 
+@pytest.mark.slow
 def test_plots_with_many_runs_name_each_group_once_below_the_axes():
     """50 runs in 10 groups: the legend has one entry per group and lies outside every axes (inside,
     it covered the curves and collapsed the layout), and the layout warns of nothing."""

@@ -35,6 +35,7 @@ def reference_jacobian(fn, inp: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow
 def test_jacobian_matches_autograd_functional(name):
     model, x = make(name)
     ref_x = reference_jacobian(model, x)
@@ -45,6 +46,7 @@ def test_jacobian_matches_autograd_functional(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow
 def test_table_singular_values_match_svdvals(name):
     model, x = make(name)
     y = torch.zeros(x.shape[0], dtype=torch.long)
@@ -83,6 +85,7 @@ def test_pixel_and_normalized_jacobians_differ_by_std_per_channel():
     assert not torch.allclose(jac_x, jac_z, rtol=0.05)  # the stds really differ from 1
 
 
+@pytest.mark.slow
 def test_plain_module_with_std_argument_matches_classifier():
     model, x = make("mlp")
     plain = nn.Sequential(model.normalize, model.net)  # no .normalize / .net attributes
@@ -95,6 +98,7 @@ def test_plain_module_with_std_argument_matches_classifier():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("wrt", ["pixel", "normalized"])
+@pytest.mark.slow
 def test_power_iteration_matches_top_singular_value(name, wrt):
     model, x = make(name, n=4)
     top = torch.linalg.svdvals(per_example_jacobian(model, x, wrt))[:, 0]

@@ -199,6 +199,7 @@ def test_a_join_that_hangs_is_given_up_after_the_timeout_and_undone_if_it_finish
     _init_within(type("FastRay", (), {"init": lambda self, **o: None})(), 5, "unused")  # in time: returns
 
 
+@pytest.mark.ray
 def test_a_port_that_answers_but_is_no_ray_head_fails_within_the_timeout(tmp_path):
     """With the real Ray, in a child process (Ray's client keeps retrying until its process ends)."""
     import socket
@@ -224,6 +225,35 @@ def test_a_port_that_answers_but_is_no_ray_head_fails_within_the_timeout(tmp_pat
 
 
 # ----------------------------------------------------------------------------- on Ray
+@pytest.mark.ray
+def test_a_cluster_that_accepts_a_driver_is_joined_by_its_address(ray_local, tmp_path):
+    """--address HOST:PORT of a real cluster (this module's, by its GCS address): the join check's
+    child joins and leaves, then the sweep joins and its cells run there (exit 0). A port that
+    answers but speaks no Ray gets the timeout's message from the check alone."""
+    import socket
+    import subprocess
+    import sys
+
+    from jrbench.study.ray_engine import check_join
+
+    gcs = ray_local.get_runtime_context().gcs_address
+    check_join(gcs, 120, "not joined")  # returns: the child joined and left
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        with pytest.raises(UserError, match="^silent port$"):
+            check_join(f"127.0.0.1:{server.getsockname()[1]}", 1, "silent port")
+    (tmp_path / "s.toml").write_text(TINY.format(train=300, epochs=1, more_grid=""))
+    result = subprocess.run(
+        [sys.executable, "-m", "jrbench", "sweep", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"),
+         "--engine", "ray", "--address", gcs, "--connect-timeout", "120", "--device", "cpu", "--no-report",
+         "--quiet"], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    spec = tiny_spec(tmp_path / "out", measure=False)
+    assert all(cell_status(spec, c).trained for c in spec.cells)
+
+
+@pytest.mark.ray
 def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
     local = tiny_spec(tmp_path / "local")
     assert not any(s.error for s in run_sweep(local, device="cpu", keep_going=True))
@@ -246,6 +276,7 @@ def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
     assert [e.detail for e in events] == ["already done", "already done"]
 
 
+@pytest.mark.ray
 def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
     spec = tiny_spec(tmp_path, train=8000, epochs=2, measure=False)  # epochs outlast the event relay (0.2 s polls)
     events, killed = [], []
@@ -266,28 +297,63 @@ def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
         assert list(pd.read_csv(spec.folder / config.run_id() / "metrics.csv")["epoch"]) == [1, 2]
 
 
-def test_with_a_shared_dir_a_killed_cell_resumes_from_its_last_epoch(ray_local, tmp_path):
-    # three epochs left after the kill is sent: the SIGKILL lands while the cell still trains,
-    # however slowly the driver relays events on a loaded machine
-    spec = tiny_spec(tmp_path, train=8000, epochs=4, measure=False)
-    events, killed = [], []
+@pytest.mark.ray
+def test_with_a_shared_dir_a_killed_cell_resumes_where_it_stopped(ray_local, tmp_path):
+    """Deterministic however slowly the machine runs or relays events: the cell to kill starts from
+    epoch 1 of 3 on disk (a stop after its first epoch), and its attack step cannot write before the
+    test lets it (the test holds the lock of its attack_examples.csv), so the SIGKILL sent when the
+    step's event arrives always lands in the middle of the cell. The first attempt trains epochs 2
+    and 3 only; the retry, in the same folder, trains nothing and finishes the measurements."""
+    from filelock import FileLock
 
-    def kill_after_the_first_epoch(event):
+    from jrbench.config import RunConfig
+    from jrbench.training.loop import train
+
+    spec = tiny_spec(tmp_path, epochs=3)
+    target = spec.cells[0]
+    run_dir = spec.folder / target.run_id()
+
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    config = RunConfig.from_dict(target.to_dict())
+    config.train.device = "cpu"
+    with pytest.raises(Stop):
+        train(config, run_dir, on_epoch=stop)  # checkpoint.pt holds epoch 1, as a stopped cell leaves it
+    assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [1]
+    gate = FileLock(str(run_dir / ".attack_examples.csv.lock"))
+    gate.acquire(timeout=60)
+    events, killed, trained = [], [], []
+
+    def kill_in_the_attack_step(event):
         events.append(event)
-        if event.detail == "epoch 1/4" and not killed:
-            killed.append(event.index)
-            os.kill(event.pid, signal.SIGKILL)  # epoch 1 is in checkpoint.pt, epoch 2 is running
+        if event.index == 1 and event.state == "attack" and not killed:
+            killed.append(event.pid)
+            trained.append((run_dir / "model.pt").read_bytes())  # training is over: the model as it stays
+            os.kill(event.pid, signal.SIGKILL)  # blocked at the lock (or still attacking): mid-cell
+            gate.release()  # the retry may write
 
     from jrbench.study.ray_engine import run_sweep_ray
 
-    statuses = run_sweep_ray(spec, device="cpu", shared_dir=True, on_event=kill_after_the_first_epoch)
-    assert killed and all(s.trained and s.error is None for s in statuses)
-    retry = [e.detail for e in events if e.index == killed[0] and e.attempt == 2]
-    assert "epoch 4/4" in retry and "epoch 1/4" not in retry, retry  # resumed, not started again
-    metrics = pd.read_csv(spec.folder / spec.cells[killed[0] - 1].run_id() / "metrics.csv")
-    assert list(metrics["epoch"]) == [1, 2, 3, 4]
+    try:
+        statuses = run_sweep_ray(spec, device="cpu", shared_dir=True, on_event=kill_in_the_attack_step)
+    finally:
+        if gate.is_locked:
+            gate.release()
+    assert killed and all(s.trained and s.attacked and s.measured and s.error is None for s in statuses)
+    first = [(e.state, e.detail) for e in events if e.index == 1 and e.attempt == 1]
+    retry = [(e.state, e.detail) for e in events if e.index == 1 and e.attempt == 2]
+    assert [d for s, d in first if s == "train" and d] == ["epoch 2/3", "epoch 3/3"], first  # resumed at epoch 2
+    assert [s for s, _ in retry] == ["running", "attack", "margins", "done"], retry  # no training again
+    assert list(pd.read_csv(run_dir / "metrics.csv")["epoch"]) == [1, 2, 3]
+    assert (run_dir / "model.pt").read_bytes() == trained[0]
+    assert (run_dir / "attacks.csv").is_file() and (run_dir / "margins.csv").is_file()
 
 
+@pytest.mark.ray
 def test_a_bad_cell_fails_alone_and_the_command_names_it(ray_local, tmp_path):
     spec = tiny_spec(tmp_path, measure=False)
     bad = spec.folder / spec.cells[1].run_id()
@@ -304,6 +370,7 @@ def test_a_bad_cell_fails_alone_and_the_command_names_it(ray_local, tmp_path):
     assert cell_status(spec, spec.cells[0]).trained and not cell_status(spec, spec.cells[1]).trained
 
 
+@pytest.mark.ray
 def test_ctrl_c_cancels_running_cells_keeps_finished_ones_and_rerunning_resumes(ray_local, tmp_path):
     spec = tiny_spec(tmp_path, train=6000, measure=False, more_grid="seed = [0, 1]")  # 4 cells, 2 at a time
     finished = []
@@ -344,6 +411,7 @@ def test_local_engine_also_lets_a_bad_cell_fail_alone(tmp_path):
         run_sweep(spec, device="cpu")
 
 
+@pytest.mark.ray
 def test_a_cell_no_node_can_run_is_an_error_not_a_wait(ray_local):
     from jrbench.study.ray_engine import _check_feasible
 

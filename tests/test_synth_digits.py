@@ -120,6 +120,7 @@ def _accuracy(model, x, y):
         return (model(x).argmax(1) == y).float().mean().item()
 
 
+@pytest.mark.slow
 def test_learnable_by_lenet_but_not_trivially_robust():
     """Plain LeNet: >= 90% clean on held-out seed; noise sigma 0.5 and PGD-Linf 0.15 hurt it."""
     threads = torch.get_num_threads()
@@ -176,6 +177,7 @@ def test_first_images_match_the_pinned_hash(seed):
     assert _digest(*make_synth_digits(64, seed)) == PINNED_SHA256[seed]
 
 
+@pytest.mark.slow
 def test_same_bytes_on_the_default_kernel_path():
     """A child process on ATen's scalar path renders two chunks exactly as this process does."""
     code = ("import hashlib, torch; from jrbench.data.synth_digits import make_synth_digits; "

@@ -19,6 +19,7 @@ def _metrics(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(columns=TIMING).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_run_directory_files_and_learning(tmp_path):
     data = tiny_data()
     result = train(tiny_config(("jacobian",), epochs=2), tmp_path / "run", data=data)
@@ -38,6 +39,7 @@ def test_run_directory_files_and_learning(tmp_path):
     assert result.metrics.shape[0] == 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
     data = tiny_data()
     a = train(tiny_config(("jacobian",)), data=data).metrics
@@ -48,6 +50,7 @@ def test_same_seed_same_metrics_and_other_seed_differs(tmp_path):
 
 
 @pytest.mark.parametrize("regs", [("jacobian", "dropout"), ("none",)])
+@pytest.mark.slow
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, regs):
     data = tiny_data()
     config = tiny_config(regs, epochs=3)
@@ -69,6 +72,7 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, regs):
                                   check_dtype=False)
 
 
+@pytest.mark.slow
 def test_resume_with_other_config_is_refused(tmp_path):
     data = tiny_data()
     train(tiny_config(epochs=1), tmp_path / "run", data=data)
@@ -78,6 +82,7 @@ def test_resume_with_other_config_is_refused(tmp_path):
         train(tiny_config(epochs=2), tmp_path / "run", data=data, resume=True)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_epoch_and_step_and_writes_no_model(tmp_path):
     """(That the last good checkpoint is kept: test_divergence_in_epoch_two_keeps_epoch_one.)"""
     data = tiny_data()
@@ -90,6 +95,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_writes_no_model(tmp_path):
     assert not (tmp_path / "run" / MODEL).exists()  # no model from a diverged epoch
 
 
+@pytest.mark.slow
 def test_divergence_in_epoch_two_keeps_epoch_one(tmp_path):
     data = tiny_data()
     config = tiny_config(epochs=3)
@@ -103,6 +109,7 @@ def test_divergence_in_epoch_two_keeps_epoch_one(tmp_path):
     assert list(pd.read_csv(tmp_path / "run" / METRICS)["epoch"]) == [1]
 
 
+@pytest.mark.slow
 def test_progress_every_log_every_steps_and_the_first_bad_step_named_from_mid_interval(monkeypatch):
     """The running sums are read every LOG_EVERY steps and at an epoch's end (on_step then); a NaN
     in the middle of an interval stops the run at the interval's end, naming the step it appeared."""
@@ -163,6 +170,7 @@ def test_top_level_api_names_are_the_functions_whatever_was_imported_first():
     assert callable(load_run) and isinstance(RunConfig(), RunConfig)
 
 
+@pytest.mark.slow
 def test_cosine_and_step_schedules_set_each_epochs_lr():
     import math
 

@@ -114,6 +114,7 @@ def test_better_worse_and_no_difference_and_the_direction_of_R(three_seeds):
     assert r["verdict"] == "better"
 
 
+@pytest.mark.slow
 def test_verdicts_csv_has_exactly_the_columns_and_the_report_a_section(three_seeds, tmp_path):
     result = write_report(collect([three_seeds]), tmp_path / "out", ReportOptions(cells=False))
     written = pd.read_csv(tmp_path / "out" / "verdicts.csv", keep_default_na=False)
@@ -362,6 +363,7 @@ def test_compact_tables_leave_out_repeats():
     assert rows.iloc[1]["verdict"] == "n.s." and rows.iloc[-1]["adjusted p"] == "< 0.001"
 
 
+@pytest.mark.slow
 def test_cli_report_prints_the_verdicts(three_seeds, tmp_path):
     result = CliRunner().invoke(cli.app, ["report", str(three_seeds), "--out", str(tmp_path / "out"), "--no-cells"])
     assert result.exit_code == 0, result.output

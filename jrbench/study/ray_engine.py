@@ -5,7 +5,10 @@ Without an address Ray starts on this machine's cores; with ``address`` ("auto",
 "HOST:6379", "ray://HOST:10001") or ``$RAY_ADDRESS`` the sweep joins that cluster. Every node
 needs jrbench (the same version) and its data (``$JRBENCH_DATA`` or the spec's ``data_dir``).
 Joining is bounded (``connect_timeout``, 30 s): the address's port is probed first, so an address
-where nothing listens fails at once with a :class:`UserError`, before anything is written.
+where nothing listens fails at once with a :class:`UserError`, before anything is written; then a
+child process joins and leaves (:func:`check_join`), and only a cluster that accepted it is joined
+here, so a join given up never leaves Ray's client retrying in this process (whose C++ teardown
+can then abort it at exit instead of the exit code 2 of the message).
 
 Each task runs :func:`jrbench.study.sweep.run_cell`, the local engine's code, on
 :func:`jrbench.study.sweep.cell_threads` threads, and asks Ray for the spec's ``[resources]``
@@ -231,6 +234,64 @@ def probe(address: str, seconds: float, name: str | None = None) -> None:
                         f"{START_A_CLUSTER}") from e
 
 
+# Run by check_join in a child process: joins ``address`` as a driver within ``seconds`` (counted
+# after Ray is imported) and prints the outcome as one JSON line. It ends with os._exit, so an
+# unfinished join (Ray's C++ client still retrying in its thread) never reaches the teardown that
+# can abort a process (std::bad_alloc): that may happen to this helper, never to the caller.
+_JOIN_CHECK = r"""
+import json, os, sys, threading
+address, seconds = sys.argv[1], float(sys.argv[2])
+import ray
+outcome, done = {}, threading.Event()
+def join():
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        ray.shutdown()
+        outcome["joined"] = True
+    except BaseException as e:
+        outcome["error"] = f"{type(e).__name__}: {e}"
+    done.set()
+threading.Thread(target=join, daemon=True).start()
+if not done.wait(seconds):
+    outcome["timeout"] = True
+sys.stdout.write("jrbench-join " + json.dumps(outcome) + "\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+JOIN_CHECK_START_S = 300.0  # what the helper may take to start Python and import Ray (loaded machines)
+
+
+def check_join(address: str, seconds: float, late: str, name: str | None = None) -> None:
+    """Join ``address`` as a Ray driver in a child process, within ``seconds`` once it has imported
+    Ray, and leave again: a :class:`UserError` saying ``late`` when the join does not finish in
+    time (a port that answers but is no Ray head: Ray retries for minutes), or naming the address
+    (as ``name``) and Ray's error when it fails. Only a cluster that accepted the child is joined
+    by this process, so a join given up never leaves Ray's client running here, whose teardown at
+    exit can abort the process instead of letting it exit with its code."""
+    import json
+    import subprocess
+    import sys
+
+    try:
+        child = subprocess.run([sys.executable, "-c", _JOIN_CHECK, address, repr(float(seconds))],
+                               capture_output=True, text=True, timeout=seconds + JOIN_CHECK_START_S,
+                               stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:  # the child is killed by now
+        raise UserError(f"cannot join the Ray cluster at {name or address}: a Python process trying it did "
+                        f"not finish within {seconds + JOIN_CHECK_START_S:g} s. {START_A_CLUSTER}") from e
+    lines = [line for line in child.stdout.splitlines() if line.startswith("jrbench-join ")]
+    if not lines:
+        said = next((line for line in reversed(child.stderr.splitlines()) if line.strip()), "no output")
+        raise UserError(f"cannot join the Ray cluster at {name or address}: a Python process trying it "
+                        f"ended with exit code {child.returncode} ({said[:300]}). {START_A_CLUSTER}")
+    outcome = json.loads(lines[-1].removeprefix("jrbench-join "))
+    if outcome.get("timeout"):
+        raise UserError(late)
+    if "error" in outcome:
+        raise UserError(f"cannot join the Ray cluster at {name or address}: {outcome['error'][:500]}. "
+                        f"{START_A_CLUSTER}")
+
+
 def _init_within(ray, seconds: float, error: str, **options) -> None:
     """``ray.init(**options)`` in a helper thread, given up after ``seconds`` (a UserError saying ``error``): Ray's
     own retries against a port that answers but is no Ray head last minutes. An init that
@@ -262,13 +323,13 @@ def _init_within(ray, seconds: float, error: str, **options) -> None:
 
 def connect(ray, address: str | None, *, connect_timeout: float = CONNECT_TIMEOUT_S,
             verbose: bool = False) -> bool:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``) within ``connect_timeout`` seconds, or
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``) within ``connect_timeout`` seconds (a
+    child process's join first, see :func:`check_join`, then this process's, each so bounded), or
     start Ray on this machine's cores (not bounded: starting takes what it takes); reuse a
     connection this process already has. True when this call connected. Ray's log lines (its
     'ray' loggers, the workers' output) stay out of the console unless ``verbose``; a :class:`UserError`
     names the address and how to start a cluster when none answers."""
     import logging
-    import time
 
     if ray.is_initialized():
         return False
@@ -283,12 +344,12 @@ def connect(ray, address: str | None, *, connect_timeout: float = CONNECT_TIMEOU
     options = dict(log_to_driver=verbose, logging_level=level)
     try:
         if address and address != "local":
-            deadline = time.monotonic() + connect_timeout
             probe(address, connect_timeout, name)
             late = (f"the Ray cluster at {name} did not accept this driver within --connect-timeout "
                     f"{connect_timeout:g} s (its port answers: is it a Ray head's port, with the same Ray "
                     f"version?). {START_A_CLUSTER}")
-            _init_within(ray, max(deadline - time.monotonic(), 0.1), late, address=address, **options)
+            check_join(address, connect_timeout, late, name)  # in a child: see check_join
+            _init_within(ray, connect_timeout, late, address=address, **options)
         else:  # start Ray here ("local": a new instance even where one runs)
             ray.init(address=address, include_dashboard=False, **options)
     except UserError:
