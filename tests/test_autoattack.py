@@ -242,7 +242,7 @@ def test_unknown_component_and_target_counts_are_user_errors():
         AA.resolve_targets(3, 2)
     assert AA.resolve_targets(10, None) == 9 and AA.resolve_targets(100, None) == 9
     assert AA.resolve_targets(5, 4) == 4
-    with pytest.raises(UserError, match="aa_targets"):
+    with pytest.raises(UserError, match="--aa-targets must be at least 1, got 0"):
         A.AttackConfig(autoattack=True, aa_targets=0).validate()
     with pytest.raises(UserError, match="10 logits but the data set 12"):
         A.run_attacks(model, x, y, A.AttackConfig(noise=False, pgd=False, fgsm=False,

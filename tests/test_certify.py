@@ -265,8 +265,8 @@ def test_a_study_certifies_its_cells_and_knows_when_it_is_done(run, certified, t
 
 
 @pytest.mark.parametrize("extra, needle", [
-    ("smoothing = true\nsigma = 0", "line 13: invalid certify settings: --sigma"),
-    ("n0 = 5\nn = 2\nsmoothing = true", "--n0"),
+    ("smoothing = true\nsigma = 0", "line 13: field 'sigma' must be a positive finite number, got 0"),
+    ("n0 = 5\nn = 2\nsmoothing = true", r"line 12: field 'n0' gives invalid certify settings: n0 \(5\) must not exceed"),
     ("ibpp = true", "line 12: field 'ibpp' is not a certify option. Did you mean 'ibp'"),
 ])
 def test_a_bad_certify_table_names_its_line(extra, needle, tmp_path):
