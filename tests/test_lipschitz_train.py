@@ -212,7 +212,7 @@ def test_sweep_spec_takes_the_regularizers_and_their_keys():
     assert {c.reg.noise_sigma for c in spec.cells} == {0.1}
     with pytest.raises(UserError, match="line 3: field 'reg' gives an invalid cell: --reg lipschitz needs"):
         parse_spec('name = "t"\n[base]\nreg = "lipschitz"\nmodel = "resnet18"\n', Path("t.toml"))
-    with pytest.raises(UserError, match="field 'noise_sigma' gives an invalid cell: --noise-sigma must be"):
+    with pytest.raises(UserError, match="line 4: field 'noise_sigma' must be a positive finite number, got 0.0"):
         parse_spec('name = "t"\n[grid]\nreg = [["noise"]]\nnoise_sigma = [0.0]\n', Path("t.toml"))
 
 

@@ -271,8 +271,8 @@ def run_dir(problem, tmp_path_factory):
 
 
 @pytest.mark.parametrize("value, message", [
-    ("0", "noise_examples (--noise-examples) must be an integer >= 1, got 0"),
-    ("-2", "must be an integer >= 1, got -2"),
+    ("0", "--noise-examples must be at least 1, got 0"),
+    ("-2", "--noise-examples must be at least 1, got -2"),
     ("many", "Invalid value for '--noise-examples'"),
     ("129", "--noise-examples) 129 is more than the 128 examples of the test set"),
 ])

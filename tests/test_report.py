@@ -402,7 +402,7 @@ def test_train_command_rebuilds_the_config(config, monkeypatch, tmp_path):
         seen["config"], seen["out"] = cfg, out
         raise Stop
 
-    monkeypatch.setattr(cli, "run_training", capture)
+    monkeypatch.setattr("jrbench.cli.train.run_training", capture)
     command = train_command_line(config, tmp_path / "run")
     line, _, comment = command.partition("  # ")
     result = runner.invoke(cli.app, shlex.split(line)[1:])

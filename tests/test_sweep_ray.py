@@ -81,10 +81,10 @@ def test_resources_table_is_parsed_and_checked_with_line_numbers():
     assert tiny_spec(Path("o")).resources.num_cpus == 1  # one CPU by default, as Ray's tasks
     text = TINY.format(train=300, epochs=1, more_grid="")
     for table_text, needle in [
-        ("[resources]\nnum_cpu = 2\n", "line 12: field 'num_cpu' is not a resource (expected num_cpus or num_gpus). "
+        ("[resources]\nnum_cpu = 2\n", "line 12: field 'num_cpu' is not a resource (num_cpus or num_gpus). "
                                        "Did you mean 'num_cpus'"),
-        ("[resources]\nnum_cpus = 0\n", "line 12: field 'num_cpus' must be > 0"),
-        ("[resources]\nnum_gpus = -1\n", "line 12: field 'num_gpus' must be >= 0"),
+        ("[resources]\nnum_cpus = 0\n", "line 12: field 'num_cpus' must be a positive finite number, got 0"),
+        ("[resources]\nnum_gpus = -1\n", "line 12: field 'num_gpus' must be zero or positive, got -1"),
         ("[resources]\nnum_cpus = \"two\"\n", "line 12: field 'num_cpus' must be a number"),
     ]:
         with pytest.raises(UserError) as err:
