@@ -381,11 +381,11 @@ def five_class_run(five_class, monkeypatch):
 @pytest.mark.parametrize("args, needle", [
     (["--autoattack"], "--aa-targets N (1 to 4"),
     (["--autoattack", "--aa-targets", "5"], "from 1 to 4"),
-    (["--autoattack", "--aa-targets", "0"], "aa_targets (--aa-targets) must be an integer >= 1"),
+    (["--autoattack", "--aa-targets", "0"], "--aa-targets must be at least 1, got 0"),
     (["--autoattack", "--aa-targets", "2", "--norm", "l3"], "is not one of 'linf', 'l2'"),
-    (["--autoattack", "--aa-targets", "2", "--norm", "linf", "--eps", "-0.1"], ">= 0"),
-    (["--pgd", "--eps-l2", "-1"], ">= 0"),
-    (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "autoattack_eps_linf (--autoattack-eps-linf) values must be"),
+    (["--autoattack", "--aa-targets", "2", "--norm", "linf", "--eps", "-0.1"], "--eps-linf must be in [0, 1] (pixel units), got -0.1"),
+    (["--pgd", "--eps-l2", "-1"], "--eps-l2 must be zero or positive (pixel units), got -1.0"),
+    (["--aa-targets", "2", "--autoattack-eps-linf", "-0.1"], "--autoattack-eps-linf must be in [0, 1] (pixel units), got -0.1"),
     (["--autoatack"], "No such option"),
 ])
 @pytest.mark.slow

@@ -219,7 +219,7 @@ def test_cli_repeats_the_strength_flags(runs_root, tmp_path):
         assert result.exit_code == 2 and message in words, (bad, result.output)
     with pytest.raises(UserError, match="--sigma must be zero or positive .pixel units., got -1.0"):
         ReportOptions(Strengths(sigma=[0.5, -1.0])).validate()
-    with pytest.raises(UserError, match="--eps-l2 must be zero or positive .pixel units., got 'x'"):
+    with pytest.raises(UserError, match="--eps-l2 must be a number, got 'x'"):
         ReportOptions(Strengths(eps_l2=["x"])).validate()
     assert not (tmp_path / "bad").exists()
 
