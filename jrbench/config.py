@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -20,18 +22,24 @@ SCHEDULES = ("none", "step", "cosine")
 JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where the net allows it
 JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jvp: input-side, forward mode
 DEVICES = ("auto", "cpu", "cuda")
+CUSTOM_DATASETS = ("folder", "npz")  # described by their data (--data-dir), not by the registry
 
 
 @dataclass
 class DataConfig:
-    dataset: str = option("synth-digits", help="mnist, fashion-mnist, cifar10 or synth-digits.")
-    data_dir: str | None = option(None, help="Data folder (default: $JRBENCH_DATA, else ~/.cache/jrbench).",
+    dataset: str = option("synth-digits", help="mnist, fashion-mnist, cifar10, synth-digits, folder (an image "
+                                               "folder tree: --data-dir PATH) or npz (arrays: --data-dir FILE.npz).")
+    data_dir: str | None = option(None, help="Data folder (default: $JRBENCH_DATA, else ~/.cache/jrbench); for "
+                                             "folder and npz the tree or the .npz file.",
                                   metavar="PATH")
     train_subset: int | None = option(None, low=0, open_low=True,
                                       help="Keep this many training examples (chosen by a fixed seed).")
     test_subset: int | None = option(None, low=0, open_low=True,
                                      help="Keep this many test examples (chosen by a fixed seed).")
     subset_seed: int = 0             # which examples a subset keeps; fixed so runs compare (not an option)
+    # folder / npz: what training found in the data (shape, classes, per-channel mean and std of the
+    # training split, content digest), recorded so every later command uses the same (not an option)
+    info: dict | None = None
 
 
 @dataclass
@@ -113,12 +121,43 @@ class RunConfig:
         regularizers not in use do not count)."""
         d = self.to_dict()
         d["data"].pop("data_dir")
+        info = d["data"].pop("info")
+        if self.data.dataset in CUSTOM_DATASETS:  # the data's identity, not its path
+            d["data"]["digest"] = (info or {}).get("digest") or data_digest(self.data.data_dir)
         d["train"].pop("device")
         for key in run_id_irrelevant(self.reg, set(self.reg.names)):  # schema: owner and id_default
             d["reg"].pop(key)
         digest = hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
         regs = "+".join(self.reg.names)
         return f"{self.data.dataset}-{self.model.name}-{regs}-s{self.train.seed}-{digest}"
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def data_digest(path: str | Path | None) -> str:
+    """The content digest (sha1, 16 hex) of a custom data set: an .npz file's bytes, or every
+    file of an image folder (relative path and bytes, in sorted order). Cached per path, size
+    and modification time, so a run id costs one read of the data per process."""
+    if not path:
+        raise UserError("the folder and npz data sets need --data-dir PATH (the image folder or the .npz file).")
+    root = Path(path).expanduser()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    else:
+        raise UserError(f"the data {root} does not exist.")
+    key = (str(root.resolve()),) + tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files)
+    if key not in _DIGESTS:
+        h = hashlib.sha1()
+        for p in files:
+            h.update(str(p.relative_to(root) if p != root else "").encode() + b"\0")
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
 
 
 def check_fields(cfg: RunConfig) -> None:

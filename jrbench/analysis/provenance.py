@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import DataConfig, RegConfig, RunConfig, TrainConfig
+from ..config import CUSTOM_DATASETS, DataConfig, RegConfig, RunConfig, TrainConfig
 
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
@@ -38,6 +38,9 @@ def relevant_config(config: RunConfig) -> dict:
     settings of regularizers the run does not use."""
     d = config.to_dict()
     d["data"].pop("data_dir")
+    info = d["data"].pop("info", None)
+    if config.data.dataset in CUSTOM_DATASETS:  # which data, by content (recorded when trained)
+        d["data"]["digest"] = (info or {}).get("digest")
     d["train"].pop("device")
     d["train"].pop("seed")
     names = set(config.reg.names)

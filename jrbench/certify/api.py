@@ -139,7 +139,7 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
              on_progress: Progress | None = None) -> CertifyResult:
     from ..models.architectures import eval_mode
 
-    config = config.filled(data.info.name)
+    config = config.filled(data.info)
     n_examples = default_examples(data, n_examples)  # None: the attacks' default
     images, labels, index = fixed_examples(data, n_examples, example_seed)
     x, y = to_pixels(images, device), labels.to(device)

@@ -81,8 +81,9 @@ class CertifyConfig:
             return f"milp timeout={self.timeout:g}s pgd={PGD_STEPS}x{PGD_RESTARTS} seed={self.seed}" + skip
         return "float64"  # bounds and logit gaps computed in float64
 
-    def filled(self, dataset: str) -> "CertifyConfig":
-        """A copy whose grids left None are the data set's defaults (sorted, unique)."""
+    def filled(self, dataset) -> "CertifyConfig":
+        """A copy whose grids left None are the data set's defaults (sorted, unique); ``dataset``:
+        a registered name, a ``DatasetInfo`` or a run's ``DataConfig`` (as ``default_eps``)."""
         from ..evaluate.attack_config import default_eps
 
         grids = {f"eps_{norm}": sorted(set(getattr(self, f"eps_{norm}") or default_eps(dataset, norm)))

@@ -67,7 +67,7 @@ def attack_command(
     configs = {}  # every directory and model is checked before any table is written
 
     def check(run_dir, model):
-        data_set = model.dataset if model is not None else check_attack(run_dir, config).data.dataset
+        data_set = model.dataset if model is not None else check_attack(run_dir, config).data
         configs[run_dir] = config.filled(data_set)  # grids not given: the data set's defaults
 
     for run_dir, model in for_each_source(run_dirs, dataset=dataset, weights=weights,

@@ -236,9 +236,9 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     validate(RunConfig(reg=RegConfig(["jacobian"], jr_backend=cfg.jr_backend)))
     device = resolve_device(cfg.device)
     if cfg.random_batch:  # step times do not depend on the pixel values of these nets
-        from ..data.datasets import DATASETS
+        from ..data.datasets import dataset_info
 
-        info = DATASETS.get(cfg.dataset).info
+        info = dataset_info(DataConfig(cfg.dataset, cfg.data_dir))  # folder / npz: described from the data
         g = torch.Generator().manual_seed(cfg.seed)
         x = torch.rand((cfg.batch_size, *info.input_shape), generator=g).to(device)
         y = torch.randint(0, info.num_classes, (cfg.batch_size,), generator=g).to(device)

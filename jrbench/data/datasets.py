@@ -1,4 +1,5 @@
-"""Datasets: mnist, fashion-mnist, cifar10 (torchvision) and synth-digits (made in code).
+"""Datasets: mnist, fashion-mnist, cifar10 (torchvision), synth-digits (made in code), and the
+user's own: folder (an ImageFolder tree) and npz (arrays), read by :mod:`jrbench.data.custom`.
 
 Every data set is held in memory as uint8 images (N, C, H, W) and int64 labels (N,);
 batches become float pixels in [0, 1] (``to_pixels``). Normalization by the data set's
@@ -9,7 +10,16 @@ Where the files are looked for, in order, for ``mnist`` / ``fashion-mnist``:
 layout ``DATA_DIR/MNIST/raw`` (or ``FashionMNIST/raw``), Debian's
 ``/usr/share/datasets/fashion-mnist`` (fashion-mnist only), and finally a torchvision
 download into ``DATA_DIR``. ``DATA_DIR`` is ``--data-dir``, else ``$JRBENCH_DATA``, else
-``~/.cache/jrbench``.
+``~/.cache/jrbench``. For ``cifar10``: torchvision's folder ``cifar-10-batches-py`` in
+``DATA_DIR`` (or ``DATA_DIR`` being it), read directly, else a torchvision download.
+
+A custom data set (``folder``, ``npz``; ``--data-dir`` is the tree or the file) has no registered
+:class:`DatasetInfo`: it is described from its data (:func:`describe`: shape, class names, the
+per-channel mean and std of the training split, a content digest), recorded in the run's config
+when it is trained (``DataConfig.info``), and read back from there by every later command
+(:func:`dataset_info`); loading it again checks the digest, so a changed folder is refused.
+Its defaults follow the channels (:func:`custom_defaults`): grey images get the MNIST-like
+grids, colour images the CIFAR-like ones.
 """
 from __future__ import annotations
 
@@ -22,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from ..config import DataConfig
+from ..config import CUSTOM_DATASETS, DataConfig, data_digest
 from ..errors import UserError
 from ..registry import Registry
 
@@ -90,6 +100,50 @@ class DatasetInfo:
     std: tuple[float, ...]
     classes: tuple[str, ...]
     defaults: Defaults = MNIST_LIKE    # eps/sigma grids, report strengths, cross-section radius
+    digest: str | None = None          # folder / npz: the data's content digest (config.data_digest)
+
+    def record(self) -> dict:
+        """What a custom data set's run records in ``DataConfig.info`` (JSON)."""
+        return {"input_shape": list(self.input_shape), "num_classes": self.num_classes, "mean": list(self.mean),
+                "std": list(self.std), "classes": list(self.classes), "digest": self.digest}
+
+
+def custom_defaults(channels: int) -> Defaults:
+    """A folder / npz data set's defaults: MNIST-like for grey images (1 channel), CIFAR-like
+    for colour (3 channels), whatever the image size."""
+    return MNIST_LIKE if channels == 1 else CIFAR_LIKE
+
+
+def recorded_info(name: str, record: dict) -> DatasetInfo:
+    """The :class:`DatasetInfo` a custom run recorded (:meth:`DatasetInfo.record`)."""
+    try:
+        shape = tuple(int(v) for v in record["input_shape"])
+        return DatasetInfo(name, shape, int(record["num_classes"]), tuple(float(v) for v in record["mean"]),
+                           tuple(float(v) for v in record["std"]), tuple(str(c) for c in record["classes"]),
+                           custom_defaults(shape[0]), record.get("digest"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"the run's recorded data description is malformed ({e}).") from e
+
+
+def describe(name: str, train_images: torch.Tensor, classes: tuple[str, ...], digest: str | None) -> DatasetInfo:
+    """A custom data set's :class:`DatasetInfo` from its training images (uint8 (N, C, H, W)):
+    the per-channel mean and (population) std of the pixels in [0, 1], in float64."""
+    channels = train_images.shape[1]
+    total, squares = torch.zeros(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    for chunk in train_images.split(4096):  # in chunks: float64 copies of a whole split are large
+        x = chunk.double().div_(255.0).transpose(0, 1).reshape(channels, -1)
+        total += x.sum(dim=1)
+        squares += x.square().sum(dim=1)
+    count = train_images.numel() // channels
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0.0).sqrt()
+    flat = [c for c in range(len(std)) if float(std[c]) < 1e-6]
+    if flat:
+        raise UserError(f"channel {flat[0]} of every training image of the {name} data set holds the same value: "
+                        "there is nothing to classify (and no std to normalize by).")
+    shape = tuple(int(v) for v in train_images.shape[1:])
+    return DatasetInfo(name, shape, len(classes), tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                       tuple(classes), custom_defaults(shape[0]), digest)
 
 
 @dataclass
@@ -123,8 +177,11 @@ def to_pixels(images: torch.Tensor, device: torch.device | str | None = None) ->
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    info: DatasetInfo
-    load: Callable[[Path | None], tuple[Split, Split]]  # data_dir -> (train, test)
+    """A registered data set. ``info`` None: a custom one, described by its data, whose ``load``
+    returns (train, test, class names)."""
+
+    info: DatasetInfo | None
+    load: Callable[[Path | None], tuple]  # data_dir -> (train, test) (custom: + classes)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -246,7 +303,13 @@ def _idx_dataset(name: str, tv_class: str, tv_folder: str, debian: bool = False,
 def _cifar10(data_dir: Path | None) -> tuple[Split, Split]:
     import torchvision.datasets as tvd
 
+    from .custom import cifar_batches_folder, read_cifar_batches
+
     root = Path(data_dir) if data_dir else default_data_dir()
+    folder = cifar_batches_folder(root)
+    if folder is not None:  # downloaded before (by torchvision or by hand): read, no checksum, no network
+        train, test = read_cifar_batches(folder)
+        return Split(*train), Split(*test)
     splits = []
     try:
         for train in (True, False):
@@ -332,20 +395,70 @@ def _register() -> None:
     ))
 
 
+    from .custom import read_image_folder, read_npz
+
+    def custom(read):
+        def load(data_dir: Path | None) -> tuple[Split, Split, tuple[str, ...]]:
+            train, test, classes = read(Path(data_dir))
+            return Split(*train), Split(*test), classes
+        return load
+
+    DATASETS.register("folder")(DatasetSpec(None, custom(read_image_folder)))
+    DATASETS.register("npz")(DatasetSpec(None, custom(read_npz)))
+
+
 _register()
 
 
-def load_data(cfg: DataConfig) -> Data:
-    """Load (or generate) the data set of ``cfg`` with its subsets applied."""
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``cfg``'s data set: the registered one, or a custom data
+    set's recorded description (``cfg.info``), else described from its data (loaded)."""
     spec = DATASETS.get(cfg.dataset)
-    train, test = spec.load(Path(cfg.data_dir).expanduser() if cfg.data_dir else None)
+    if spec.info is not None:
+        return spec.info
+    if cfg.info:
+        return recorded_info(cfg.dataset, cfg.info)
+    return load_data(cfg).info
+
+
+def defaults_of(dataset: "str | DatasetInfo | DataConfig") -> Defaults:
+    """The :class:`Defaults` of a data set given by name (registered ones), info or config."""
+    if isinstance(dataset, DatasetInfo):
+        return dataset.defaults
+    if isinstance(dataset, DataConfig):
+        return dataset_info(dataset).defaults
+    spec = DATASETS.get(dataset)
+    if spec.info is None:
+        raise UserError(f"the defaults of a {dataset} data set depend on its images: give its run "
+                        "(its recorded data description), not only the name.")
+    return spec.info.defaults
+
+
+def load_data(cfg: DataConfig) -> Data:
+    """Load (or generate) the data set of ``cfg`` with its subsets applied.
+
+    A custom data set (folder, npz) is described from its full training split (:func:`describe`);
+    with a recorded description (``cfg.info``, a trained run's) its digest must match the data's
+    and the recorded statistics are used as they are."""
+    spec = DATASETS.get(cfg.dataset)
+    if spec.info is None:
+        digest = data_digest(cfg.data_dir)  # a clear error when --data-dir is missing or absent
+        if cfg.info and cfg.info.get("digest") and cfg.info["digest"] != digest:
+            raise UserError(f"the data in {cfg.data_dir} changed since the run was trained (content digest "
+                            f"{digest}, the run recorded {cfg.info['digest']}); train the run again on it.")
+        train, test, classes = spec.load(Path(cfg.data_dir).expanduser())
+        info = recorded_info(cfg.dataset, cfg.info) if cfg.info else describe(cfg.dataset, train.images,
+                                                                              classes, digest)
+    else:
+        train, test = spec.load(Path(cfg.data_dir).expanduser() if cfg.data_dir else None)
+        info = spec.info
     shape = tuple(train.images.shape[1:])
-    if shape != spec.info.input_shape or tuple(test.images.shape[1:]) != shape:
+    if shape != info.input_shape or tuple(test.images.shape[1:]) != shape:
         raise UserError(
-            f"the {cfg.dataset} files hold images of shape {shape}, not {spec.info.input_shape}."
+            f"the {cfg.dataset} files hold images of shape {shape}, not {info.input_shape}."
         )
     for split in (train, test):
-        if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= spec.info.num_classes):
-            raise UserError(f"the {cfg.dataset} labels must lie in 0..{spec.info.num_classes - 1}.")
-    return Data(spec.info, train.subset(cfg.train_subset, cfg.subset_seed),
+        if len(split) and (int(split.labels.min()) < 0 or int(split.labels.max()) >= info.num_classes):
+            raise UserError(f"the {cfg.dataset} labels must lie in 0..{info.num_classes - 1}.")
+    return Data(info, train.subset(cfg.train_subset, cfg.subset_seed),
                 test.subset(cfg.test_subset, cfg.subset_seed + 1))

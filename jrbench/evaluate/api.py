@@ -54,13 +54,13 @@ def check_attack(run_dir: str | Path, config) -> RunConfig:
     run directory, valid settings and, for AutoAttack, a number of target classes that fits
     the data set's classes. Returns the run's configuration; raises :class:`UserError`."""
     from .autoattack import resolve_targets
-    from ..data.datasets import DATASETS
+    from ..data.datasets import dataset_info
 
     run_dir = rundir.check_run_dir(Path(run_dir))
     run_config = rundir.load_config(run_dir)
     if config.autoattack:
         try:
-            resolve_targets(DATASETS.get(run_config.data.dataset).info.num_classes,
+            resolve_targets(dataset_info(run_config.data).num_classes,
                             config.aa_targets)
         except UserError as e:
             raise UserError(f"{run_dir}: {e}") from e
@@ -130,7 +130,7 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     from .attack_checks import sanity_warnings
     from .attacks import run_attacks
 
-    dataset = data.info.name
+    dataset = data.info  # its defaults; a folder or npz data set's follow its images
     # the data set's default grids (noise sigmas, eps), only where a used grid is left None (a
     # data set without defaults can still be attacked with explicit radii)
     filled = config.filled(dataset)
@@ -315,10 +315,12 @@ def attack_model(model: nn.Module, dataset: str, config, *, n_examples: int | No
     :func:`jrbench.evaluate.outside.load_outside_model`), so that radii are in pixel units.
     """
     from .autoattack import resolve_targets
-    from ..data.datasets import DATASETS
+    from ..config import DataConfig
+    from ..data.datasets import dataset_info
 
     if config.autoattack:
-        resolve_targets(DATASETS.get(dataset).info.num_classes, config.aa_targets)
+        resolve_targets(dataset_info(DataConfig(dataset, str(data_dir) if data_dir else None)).num_classes,
+                        config.aa_targets)
     model, data, dev, prov, out = prepare_model(model, dataset, device, data_dir, name, out, source)
     if out is not None:  # a trained run's metrics.csv has its test accuracy; an outside model's gets it here
         rundir.atomic_write_csv(out / rundir.METRICS, clean_accuracy(model, data, dev, config.batch_size))

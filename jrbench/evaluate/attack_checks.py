@@ -198,7 +198,7 @@ def _stronger_misses(examples: pd.DataFrame) -> list[str]:
 
 
 def sanity_warnings(df: pd.DataFrame, *, input_dim: int | None = None,
-                    dataset: str | None = None, vanish_limit: float = 0.05,
+                    dataset=None, vanish_limit: float = 0.05,
                     huge_eps_max_accuracy: float = 0.10,
                     examples: pd.DataFrame | None = None,
                     aa_pgd_gap: float = 0.02) -> list[str]:

@@ -29,27 +29,29 @@ ATTACKS = ("noise", "pgd", "fgsm", "autoattack")
 DEFAULT_ATTACKS = ("noise", "pgd", "fgsm")  # what runs when no attack is named true (AutoAttack is slow)
 
 
-def default_eps(dataset_name: str, norm: str) -> list[float]:
+def default_eps(dataset_name, norm: str) -> list[float]:
     """The default eps grid (pixel units, 0 first) for a data set and norm ('linf' or 'l2'):
-    ``eps_linf`` / ``eps_l2`` of the data set's :class:`jrbench.data.datasets.Defaults`."""
-    from ..data.datasets import DATASETS
+    ``eps_linf`` / ``eps_l2`` of the data set's :class:`jrbench.data.datasets.Defaults`. The data
+    set is a registered name, a :class:`~jrbench.data.datasets.DatasetInfo` or a run's
+    :class:`~jrbench.config.DataConfig` (folder and npz data sets: :func:`~jrbench.data.datasets.defaults_of`)."""
+    from ..data.datasets import defaults_of
 
-    defaults = DATASETS.get(dataset_name).info.defaults
+    defaults = defaults_of(dataset_name)
     if norm not in NORMS:
         raise unknown_name("norm", norm, list(NORMS))
     return list(getattr(defaults, f"eps_{norm}"))
 
 
-def default_sigmas(dataset_name: str | None = None) -> list[float]:
+def default_sigmas(dataset_name=None) -> list[float]:
     """The data set's noise grid (pixel units; 0, 0.1, ..., 1.0 for every registered one)."""
-    from ..data.datasets import DATASETS, NOISE_SIGMAS
+    from ..data.datasets import NOISE_SIGMAS, defaults_of
 
     if dataset_name is None:
         return list(NOISE_SIGMAS)
-    return list(DATASETS.get(dataset_name).info.defaults.sigmas)
+    return list(defaults_of(dataset_name).sigmas)
 
 
-def huge_eps_linf(dataset_name: str | None) -> float:
+def huge_eps_linf(dataset_name) -> float:
     """An L-infinity radius at which a working attack drives accuracy to about chance: the data
     set's ``huge_eps_linf`` (0.3 for MNIST-like data sets, a heuristic for models without
     adversarial training: Madry et al.'s adversarially trained MNIST model keeps about 89%
@@ -57,9 +59,9 @@ def huge_eps_linf(dataset_name: str | None) -> float:
     model can beat the largest class share."""
     if dataset_name is None:
         return 0.5
-    from ..data.datasets import DATASETS
+    from ..data.datasets import defaults_of
 
-    return DATASETS.get(dataset_name).info.defaults.huge_eps_linf
+    return defaults_of(dataset_name).huge_eps_linf
 
 
 @dataclass
@@ -118,7 +120,7 @@ class AttackConfig:
     seed: int = option(0, low=0, help="Seed of noise draws and random starts.")
 
     @classmethod
-    def for_dataset(cls, dataset_name: str, **overrides) -> "AttackConfig":
+    def for_dataset(cls, dataset_name, **overrides) -> "AttackConfig":
         """A config whose eps and noise grids are the data set's defaults (:func:`default_eps`,
         :func:`default_sigmas`) except where ``overrides`` gives one (a grid given as None is
         the default too)."""
@@ -133,7 +135,7 @@ class AttackConfig:
         names = ["sigmas"] if self.noise and self.sigmas is None else []
         return names + [f"eps_{n}" for n in self.eps_norms() if getattr(self, f"eps_{n}") is None]
 
-    def filled(self, dataset_name: str) -> "AttackConfig":
+    def filled(self, dataset_name) -> "AttackConfig":
         """A copy whose :meth:`unfilled` grids are the data set's defaults (:func:`default_sigmas`,
         :func:`default_eps`); itself when none is left None."""
         grids: dict[str, Any] = {name: default_sigmas(dataset_name) if name == "sigmas"

@@ -186,6 +186,10 @@ def load_outside_model(source: str | Path, dataset: str | None, *, weights: str 
         raise UserError(f"{source} is an outside model: give its data set with --dataset "
                         f"({', '.join(DATASETS.names())}).")
     info = DATASETS.get(dataset).info
+    if info is None:
+        raise UserError(f"outside models are evaluated on the registered data sets "
+                        f"({', '.join(n for n in DATASETS.names() if DATASETS.get(n).info is not None)}); "
+                        f"--dataset {dataset} is for runs trained with jrbench.")
     prov: dict = {"dataset": dataset, "num_classes": info.num_classes, "input_shape": list(info.input_shape)}
     if source.endswith(".pt2"):
         if weights is not None:

@@ -121,8 +121,11 @@ def refuse_unsupported(model: Classifier) -> None:
 
 def check_model(name: str, dataset: str) -> None:
     """:func:`refuse_unsupported` for registered model ``name`` on ``dataset``, before any training
-    (built on the meta device: no memory, no data)."""
+    (built on the meta device: no memory, no data). A folder or npz data set's shape is known only
+    from its data: its check waits for training (:func:`constraint_for`)."""
     info = DATASETS.get(dataset).info
+    if info is None:
+        return
     with torch.device("meta"):
         model = build_model(name, info.input_shape, info.num_classes, info.mean, info.std)
     refuse_unsupported(model)

@@ -20,6 +20,7 @@ group) -> :func:`format_wide` (strings) -> :func:`markdown_table`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,13 +64,19 @@ class Strengths:
         """The strengths asked for of kind ``name``, ascending, without repeats (empty: the default)."""
         return tuple(sorted({float(v) for v in getattr(self, name) or ()}))
 
-    def targets(self, dataset: str, name: str) -> tuple[float, ...]:
-        """The strengths of kind ``name`` (sigma, eps_linf, eps_l2) the table shows for ``dataset``."""
+    def targets(self, dataset: str, name: str, run_dir: str | None = None) -> tuple[float, ...]:
+        """The strengths of kind ``name`` (sigma, eps_linf, eps_l2) the table shows for ``dataset``
+        (a folder or npz data set's defaults: from the config of its run in ``run_dir``)."""
         if self.given(name):
             return self.given(name)
-        from ..data.datasets import DATASETS  # the data set's report_sigma / report_eps_linf / report_eps_l2
+        from ..config import CUSTOM_DATASETS
+        from ..data.datasets import defaults_of  # the data set's report_sigma / report_eps_linf / report_eps_l2
 
-        return (getattr(DATASETS.get(dataset).info.defaults, f"report_{name}"),)
+        if dataset in CUSTOM_DATASETS and run_dir:
+            from ..training.rundir import load_config
+
+            return (getattr(defaults_of(load_config(Path(run_dir)).data), f"report_{name}"),)
+        return (getattr(defaults_of(dataset), f"report_{name}"),)
 
 
 def strength_labels(values) -> list[str]:
@@ -145,7 +152,7 @@ def run_table(summary: pd.DataFrame, strengths: Strengths | None = None) -> pd.D
         for key, quantity in METRIC_COLUMNS:
             row[key] = _lookup(rows, "metrics", quantity, "last_epoch")
         for key, _, attack, norm, name, i in columns:
-            row[f"{key}_target"] = strengths.targets(first["dataset"], name)[i]
+            row[f"{key}_target"] = strengths.targets(first["dataset"], name, first.get("run_dir"))[i]
             row[key], row[f"{key}_strength"] = nearest_strength(rows, attack, norm, row[f"{key}_target"])
             row[f"{key}_fallback"] = attack == WORST_CASE and math.isnan(row[key])
             if row[f"{key}_fallback"]:  # no per-example record: PGD's accuracy, an upper bound

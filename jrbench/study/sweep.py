@@ -43,7 +43,7 @@ def attack_done(run_dir: str | Path, config: AttackConfig | None = None, example
     examples = examples or ExampleSet()
     if config.unfilled():
         try:  # the run's data set's default grids
-            config = config.filled(rundir.load_config(run_dir).data.dataset)
+            config = config.filled(rundir.load_config(run_dir).data)
         except UserError:
             return False
     try:
@@ -94,7 +94,6 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     asks for, on its examples (``example_seed``, and ``n_examples`` where the study gives it)."""
     from ..training import rundir
     from ..certify.api import CERTIFY_CSV, CERTIFY_EXAMPLES_CSV, NO_SIGMA
-    from ..data.datasets import DATASETS
 
     run_dir = Path(run_dir)
     if not ((run_dir / CERTIFY_CSV).is_file() and (run_dir / CERTIFY_EXAMPLES_CSV).is_file()):
@@ -103,7 +102,7 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
         return True
     try:
         table = rundir.read_csv(run_dir / CERTIFY_CSV)
-        config = spec.certify.filled(DATASETS.get(rundir.load_config(run_dir).data.dataset).info.name)
+        config = spec.certify.filled(rundir.load_config(run_dir).data)
     except (UserError, KeyError):
         return False
     example_seed = spec.certify_examples.example_seed
@@ -215,7 +214,7 @@ def run_cell(spec: SweepSpec, config: RunConfig, run_dir: str | Path, device: st
     config = RunConfig.from_dict(config.to_dict())  # the spec's cell stays as it was
     config.train.device = device
     # the [attack] table's config, its grids left None the cell's data set's defaults
-    attack = spec.attack.filled(config.data.dataset) if spec.attack is not None else None
+    attack = spec.attack.filled(config.data) if spec.attack is not None else None
     train_cell = train_cell or (lambda config, run_dir: train(config, run_dir, resume=True))
     report = on_step or (lambda step: None)
     status = status_at(run_dir, config)

@@ -11,6 +11,7 @@ checkpoint, so resuming continues them.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rundir
-from ..config import RunConfig
+from ..config import CUSTOM_DATASETS, RunConfig
 from ..device import resolve_device
 from ..data.datasets import Data, Split, load_data, to_pixels
 from .envinfo import environment
@@ -233,7 +234,11 @@ def _differences(saved: RunConfig, config: RunConfig) -> str:
     there, here = saved.to_dict(), config.to_dict()
     diffs = [f"{key} {there[part].get(key)!r} there, {value!r} here"
              for part in here for key, value in here[part].items()
-             if key not in ("device", "data_dir") and there.get(part, {}).get(key) != value]
+             if key not in ("device", "data_dir", "info") and there.get(part, {}).get(key) != value]
+    if saved.data.dataset in CUSTOM_DATASETS and saved.data.dataset == config.data.dataset:
+        digests = [(c.data.info or {}).get("digest") for c in (saved, config)]
+        if digests[0] != digests[1]:
+            diffs.append(f"the data's content digest {digests[0]} there, {digests[1]} here")
     return "; ".join(diffs) or f"run id {saved.run_id()} there, {config.run_id()} here"
 
 
@@ -279,6 +284,10 @@ def train(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool 
     device = resolve_device(config.train.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     data = data if data is not None else load_data(config.data)
+    if config.data.dataset in CUSTOM_DATASETS and not config.data.info:
+        # a folder / npz data set: its shape, classes, statistics and digest go into config.json
+        # and model.pt, and every later command reads them from there (load_run, attack, certify)
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, info=data.info.record()))
     # training seeds the global generators (dropout, projections, noise); the caller's are restored
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _train(config, device, run_dir, resume, data, on_step, on_epoch)

@@ -88,7 +88,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     Returns ``(model, config)``; the model is on ``device`` (the CPU unless told otherwise).
     """
     from ..models.architectures import build_model
-    from ..data.datasets import DATASETS
+    from ..data.datasets import dataset_info
     from ..penalty.regularizers import model_dropout
 
     path = check_run_dir(Path(path))
@@ -96,7 +96,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu"):
     if "state_dict" not in saved or "config" not in saved:
         raise UserError(f"{path / MODEL} is not a jrbench model file.")
     config = RunConfig.from_dict(saved["config"])
-    info = DATASETS.get(config.data.dataset).info
+    info = dataset_info(config.data)  # folder / npz: the description recorded when trained
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
                         info.std, model_dropout(config.reg))
     try:
