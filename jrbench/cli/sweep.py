@@ -1,21 +1,16 @@
 """jrbench sweep: a study's cells (train, attack, margins, certify) by the local or the Ray engine, then its report."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
 
+from ..study.engine_options import EngineOptions
 from .common import Bars, DeviceOpt, app, console, err_console, friendly
+from .options import with_options
 from .train import run_training
-
-
-class Engine(str, Enum):
-    """Where the cells of a sweep run."""
-    local = "local"  # one after another, in this process
-    ray = "ray"      # every cell a Ray task, on this machine's cores or a cluster
 
 
 class _CellTable:
@@ -125,43 +120,33 @@ def run_sweep_with_progress(spec, device: str, *, engine: str = "local", address
 
 @app.command("sweep")
 @friendly
+@with_options(engine=EngineOptions)
 def sweep_command(
     spec_path: Annotated[Path, typer.Argument(help="A study as a grid in TOML (see benchmarks/*.toml).")],
+    engine: dict,
     out: Annotated[Optional[Path], typer.Option(help="Parent folder of the sweep's runs (default: the spec's 'out').")] = None,
     device: DeviceOpt = "auto",
     report: Annotated[bool, typer.Option(help="Write the report at the end.")] = True,
-    engine: Annotated[Engine, typer.Option(help="local: cell after cell in this process; ray: every cell a Ray task (pip install 'jrbench\\[ray]').")] = Engine.local,
-    address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001 (default $RAY_ADDRESS, else start Ray on this machine's cores).")] = None,
-    retries: Annotated[int, typer.Option(help="--engine ray: run a cell again up to this many times when its worker or node is lost.")] = 2,
-    shared_dir: Annotated[bool, typer.Option("--shared-dir", help="--engine ray: workers write in place (every node sees the output folder at the same path); a retried cell resumes from its last epoch.")] = False,
-    connect_timeout: Annotated[float, typer.Option(help="--engine ray: seconds to join the cluster at --address before giving up with a message (exit 2).")] = 30.0,
-    verbose: Annotated[bool, typer.Option("--verbose", help="--engine ray: show Ray's own log lines and the workers' output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars, step lines or live table.")] = False,
 ) -> None:
     """Train, attack and measure every cell of a study; skip finished cells; then report.
 
     A cell that fails leaves the others running; the command then exits 1 naming it."""
-    from ..errors import UserError
     from ..study.spec import load_spec
 
-    if engine is Engine.local and (address or shared_dir):
-        raise UserError(f"{'--address' if address else '--shared-dir'} applies to --engine ray only.")
-    if retries < 0:
-        raise UserError(f"--retries must be >= 0, got {retries}.")
-    if not connect_timeout > 0:
-        raise UserError(f"--connect-timeout must be > 0 seconds, got {connect_timeout:g}.")
+    how = EngineOptions(**engine)
     spec = load_spec(spec_path, out)
-    if engine is Engine.ray:
+    if how.engine == "ray":
         import os
 
-        cluster = address or ("$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "this machine's cores")
+        cluster = how.address or ("$RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "this machine's cores")
         console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}, on Ray ({cluster})", highlight=False)
     else:
         console.print(f"{spec.name}: {len(spec.cells)} cells in {spec.folder}", highlight=False)
     try:
-        statuses = run_sweep_with_progress(spec, device, engine=engine.value, address=address, retries=retries,
-                                           shared_dir=shared_dir, quiet=quiet, keep_going=True,
-                                           connect_timeout=connect_timeout, verbose=verbose)
+        statuses = run_sweep_with_progress(spec, device, engine=how.engine, address=how.address, retries=how.retries,
+                                           shared_dir=how.shared_dir, quiet=quiet, keep_going=True,
+                                           connect_timeout=how.connect_timeout, verbose=how.verbose)
     except KeyboardInterrupt:
         err_console.print("interrupted: every finished cell is kept (and finished epochs of the cells in this "
                           "process or in a --shared-dir); run the same command to resume.")

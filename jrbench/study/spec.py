@@ -87,8 +87,6 @@ class Resources:
 
 
 RESOURCE_FIELDS = tuple(spec_keys(Resources))
-
-
 @dataclass
 class SweepSpec:
     """A study, parsed once into typed configs: the cells (:class:`RunConfig`), what each cell is
