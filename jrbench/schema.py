@@ -24,7 +24,7 @@ import numbers
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import UserError
 
@@ -133,10 +133,6 @@ def field_of(cls, name: str) -> Field:
 def spec_keys(*classes) -> dict[str, Field]:
     """Spec key -> field over ``classes`` (the keys a spec table of these options accepts)."""
     return {f.key: f for cls in classes for f in fields(cls) if f.opt.spec}
-
-
-def cli_fields(*classes) -> list[Field]:
-    return [f for cls in classes for f in fields(cls) if f.opt.cli]
 
 
 # Command-line options that are no spec key of their command's table, on purpose (the reason):
@@ -271,11 +267,6 @@ def from_table(classes, table: dict[str, Any], *, where: str = "a table") -> dic
             value = tuple(value)  # the field holds a tuple (AttackConfig.norms)
         out[cls.__name__][f.name] = value
     return out
-
-
-def iter_options(obj) -> Iterator[tuple[Field, Any]]:
-    for f in fields(obj):
-        yield f, getattr(obj, f.name)
 
 
 # ----------------------------------------------------------------------------- run ids

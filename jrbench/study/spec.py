@@ -86,7 +86,6 @@ class Resources:
     num_gpus: float = option(0, low=0, help="GPUs one cell needs (fractions share a GPU).")
 
 
-RESOURCE_FIELDS = tuple(spec_keys(Resources))
 @dataclass
 class SweepSpec:
     """A study, parsed once into typed configs: the cells (:class:`RunConfig`), what each cell is
