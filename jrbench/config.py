@@ -22,6 +22,7 @@ SCHEDULES = ("none", "step", "cosine")
 JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where the net allows it
 JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jvp: input-side, forward mode
 DEVICES = ("auto", "cpu", "cuda")
+BOUND_TRAINING = ("ibp", "crown-ibp")  # regularizers that train against a certified bound; they share the ibp_* options
 CUSTOM_DATASETS = ("folder", "npz")  # described by their data (--data-dir), not by the registry
 
 
@@ -49,11 +50,11 @@ class ModelConfig:
 
 @dataclass
 class RegConfig:
-    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise."""
+    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise, ibp, crown-ibp."""
 
     names: list[str] = option(default_factory=lambda: ["none"], key="reg", flag="--reg", repeat=True,
                               help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, "
-                                   "lipschitz, noise.")
+                                   "lipschitz, noise, ibp, crown-ibp.")
     lambda_jr: float = option(0.01, low=0, owner="jacobian", help="Weight of R = 1/2 ||J_z||_F^2.")
     n_proj: int = option(1, owner="jacobian",
                          help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")
@@ -77,6 +78,19 @@ class RegConfig:
                                          "pixel space.")
     noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
                                 help="noise: std of the Gaussian added to training pixels in [0, 1].")
+    # ibp, crown-ibp (jrbench.penalty.certified_training): defaults in docs/conventions.md
+    ibp_eps: float = option(0.2, low=0, open_low=True, owner=BOUND_TRAINING, unit="pixel units",
+                            help="ibp, crown-ibp: the L-inf training radius eps_train in pixels (0.2: Gowal et al.'s "
+                                 "for MNIST tested at 0.1; for CIFAR-10 about 8.8/255).")
+    ibp_warmup_epochs: float = option(1.0, low=0, owner=BOUND_TRAINING,
+                                      help="ibp, crown-ibp: epochs of plain training (eps 0) before the ramp; "
+                                           "fractions count steps.")
+    ibp_ramp_epochs: float = option(5.0, low=0, owner=BOUND_TRAINING,
+                                    help="ibp, crown-ibp: epochs over which eps rises linearly to --ibp-eps and "
+                                         "kappa falls to --ibp-kappa (crown-ibp: beta from 1 to 0).")
+    ibp_kappa: float = option(0.5, low=0, high=1, owner=BOUND_TRAINING,
+                              help="ibp, crown-ibp: the final weight kappa of the natural cross-entropy; the "
+                                   "bound's worst-case cross-entropy gets 1 - kappa.")
 
 
 @dataclass
@@ -180,6 +194,8 @@ def check_fields(cfg: RunConfig) -> None:
         raise bad("names", f"names a regularizer twice: {', '.join(r.names)}.")
     if "none" in r.names and len(r.names) > 1:
         raise bad("names", "none cannot be combined with other regularizers.")
+    if all(n in r.names for n in BOUND_TRAINING):
+        raise bad("names", "ibp and crown-ibp both train against a bound: choose one.")
     if r.n_proj == 0 or r.n_proj < -1:
         raise bad("n_proj", f"must be a positive number of projections or -1 (exact), got {r.n_proj}.")
     if r.jr_estimator == "jvp" and r.n_proj == -1:

@@ -38,9 +38,10 @@ class Opt:
     ``--name-with-dashes``; ``"--skip/--no-skip"`` for an on/off pair); ``key`` the spec key
     (default the field name); ``repeat``: the flag repeats and the field is a list (a spec takes
     one value or a list); ``low``/``high``: bounds (``open_low``/``open_high``: strict);
-    ``choices``: the allowed strings; ``owner``: the regularizer whose option it is (the run id
-    ignores it when that regularizer is not used); ``id_default``: a value the run id leaves out
-    (ids of runs made before the field existed stay); ``cli``/``spec``: whether the field is a
+    ``choices``: the allowed strings; ``owner``: the regularizer whose option it is, or a tuple of
+    regularizers that share it (the run id ignores it when none of them is used); ``id_default``:
+    a value the run id leaves out (ids of runs made before the field existed stay);
+    ``cli``/``spec``: whether the field is a
     flag / a spec key (False for internal fields, or where the two differ on purpose, with the
     reason in ``note``); ``tristate``: a bool said as true, false or not at all (None)."""
 
@@ -53,7 +54,7 @@ class Opt:
     open_low: bool = False
     open_high: bool = False
     choices: tuple[str, ...] | None = None
-    owner: str | None = None
+    owner: str | tuple[str, ...] | None = None
     id_default: Any = _NONE
     cli: bool = True
     spec: bool = True
@@ -276,7 +277,8 @@ def run_id_irrelevant(obj, used: set[str]) -> set[str]:
     out = set()
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if f.opt.owner is not None and f.opt.owner not in used:
+        owners = (f.opt.owner,) if isinstance(f.opt.owner, str) else f.opt.owner
+        if owners is not None and not set(owners) & used:
             out.add(f.name)
         elif f.opt.id_default is not _NONE and value == f.opt.id_default:
             out.add(f.name)

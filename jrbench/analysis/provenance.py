@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import CUSTOM_DATASETS, DataConfig, RegConfig, RunConfig, TrainConfig
+from ..config import BOUND_TRAINING, CUSTOM_DATASETS, DataConfig, RegConfig, RunConfig, TrainConfig
 
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
@@ -31,6 +31,7 @@ PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regulari
 # ----------------------------------------------------------------------------- groups and labels
 UNUSED_AS_DEFAULT = {"jacobian": ("jr_backend", "jr_estimator", "jr_every"), "lipschitz": ("lipschitz_bound",),
                      "noise": ("noise_sigma",)}
+IBP_OPTIONS = ("ibp_eps", "ibp_warmup_epochs", "ibp_ramp_epochs", "ibp_kappa")  # ibp and crown-ibp share them
 
 
 def relevant_config(config: RunConfig) -> dict:
@@ -50,6 +51,9 @@ def relevant_config(config: RunConfig) -> dict:
         if reg not in names:
             for key in keys:
                 d["reg"].pop(key)
+    if not names & set(BOUND_TRAINING):  # dropped: the group ids of earlier runs stay as they were
+        for key in IBP_OPTIONS:
+            d["reg"].pop(key)
     # the other options of an unused regularizer are set to their defaults rather than dropped, so
     # that the group ids of runs made before they counted stay (as RunConfig.run_id ignores them)
     default = RegConfig().__dict__
@@ -82,6 +86,8 @@ def short_label(config: RunConfig) -> str:
         parts.append(f"p={r.dropout:g}")
     if "input-grad" in r.names:
         parts.append(f"λ_IG={r.lambda_ig:g}")
+    if set(r.names) & set(BOUND_TRAINING):
+        parts.append(f"ε_train={r.ibp_eps:g} κ={r.ibp_kappa:g}")
     return " ".join(parts)
 
 
@@ -176,6 +182,13 @@ def train_command_line(config: RunConfig, out: str | Path | None = None) -> str:
         args += ["--dropout", _num(r.dropout)]
     if "input-grad" in r.names:
         args += ["--lambda-ig", _num(r.lambda_ig)]
+    if "lipschitz" in r.names:
+        args += ["--lipschitz-bound", _num(r.lipschitz_bound)]
+    if "noise" in r.names:
+        args += ["--noise-sigma", _num(r.noise_sigma)]
+    if set(r.names) & set(BOUND_TRAINING):
+        args += ["--ibp-eps", _num(r.ibp_eps), "--ibp-warmup-epochs", _num(r.ibp_warmup_epochs),
+                 "--ibp-ramp-epochs", _num(r.ibp_ramp_epochs), "--ibp-kappa", _num(r.ibp_kappa)]
     args += ["--epochs", str(t.epochs), "--batch-size", str(t.batch_size), "--lr", _num(t.lr),
              "--momentum", _num(t.momentum), "--schedule", t.schedule]
     if t.schedule == "step":

@@ -11,7 +11,10 @@ implementation of the exact penalty (one ``autograd.grad`` of each logit row's s
 authors' code does for n = -1), the reference point for the exact mode. Optionally the other
 ways to buy robustness: ``lipschitz`` (the weights projected after each SGD step,
 :mod:`jrbench.penalty.lipschitz_constraint`; its power-iteration vectors kept per model across steps,
-the certified projection of each epoch's end not timed) and ``noise`` (Gaussian augmentation).
+the certified projection of each epoch's end not timed), ``noise`` (Gaussian augmentation), and
+certified training, ``ibp`` and ``crown-ibp`` (:mod:`jrbench.penalty.certified_training`), each at
+a step after the warm-up, at the full radius with the final kappa, CROWN-IBP with its backward
+pass (beta 1, the cost of its ramp; after the ramp it costs what ``ibp`` costs).
 
 Memory per case (``peak_mb``, ``saved_mb``, ``cuda_peak_mb``) is measured by
 :mod:`jrbench.cost.memory` on the same step; budgets on the summary are checked by
@@ -34,7 +37,8 @@ from ..penalty.lipschitz_constraint import LipschitzConstraint, refuse_unsupport
 from ..models.architectures import Classifier
 from .memory import memory_per_case
 from .overhead_config import OverheadConfig
-from ..penalty.regularizers import step_loss
+from ..penalty.certified_training import CertifiedTraining, bound_name
+from ..penalty.regularizers import BoundTerm, step_loss
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,9 @@ class OverheadCase:
 def case_name(reg: RegConfig) -> str:
     """The overhead case that times a training step of ``reg``: 'plain', 'jacobian-n1',
     'jacobian-exact', 'jacobian-n1-sub16', 'jacobian-n1-every4', 'jacobian-jvp-n1', ... (the
-    knobs in that order when several are set); 'lipschitz' and 'noise' joined with '+'
-    ('jacobian-n1+noise') when they are in ``reg`` too."""
-    others = [n for n in ("lipschitz", "noise") if n in reg.names]
+    knobs in that order when several are set); 'lipschitz', 'noise', 'ibp' and 'crown-ibp' joined
+    with '+' ('jacobian-n1+noise') when they are in ``reg`` too."""
+    others = [n for n in ("lipschitz", "noise", "ibp", "crown-ibp") if n in reg.names]
     if "jacobian" not in reg.names or reg.lambda_jr == 0:
         return "+".join(others) or "plain"
     name = "jacobian-" + ("jvp-" if reg.jr_estimator == "jvp" else "")
@@ -66,11 +70,13 @@ def case_name(reg: RegConfig) -> str:
 
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
-                  lipschitz: bool = False, noise: bool = False, **reg_options) -> list[OverheadCase]:
+                  lipschitz: bool = False, noise: bool = False, ibp: bool = False, crown_ibp: bool = False,
+                  **reg_options) -> list[OverheadCase]:
     """plain, then n = ``n_projs`` (-1: exact), n=1 on ``subsamples`` rows, n=1 every k-th step
     for k in ``everys``, the forward-mode estimator n=1 (``jvp``), ``--reg lipschitz``
-    (``lipschitz``) and ``--reg noise`` (``noise``) at their default settings, and the per-row
-    reference. ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
+    (``lipschitz``), ``--reg noise`` (``noise``), ``--reg ibp`` (``ibp``) and ``--reg crown-ibp``
+    (``crown_ibp``) at their default settings, and the per-row reference. ``reg_options`` (e.g.
+    ``jr_backend="autograd"``) go into every Jacobian case."""
     def jr(**kw) -> RegConfig:
         return RegConfig(["jacobian"], **{**kw, **reg_options})
 
@@ -88,6 +94,10 @@ def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, 
         cases.append(OverheadCase("lipschitz", RegConfig(["lipschitz"])))
     if noise:
         cases.append(OverheadCase("noise", RegConfig(["noise"])))
+    if ibp:
+        cases.append(OverheadCase("ibp", RegConfig(["ibp"])))
+    if crown_ibp:
+        cases.append(OverheadCase("crown-ibp", RegConfig(["crown-ibp"])))
     if reference:
         cases.append(OverheadCase("reference-exact", RegConfig(["jacobian"], n_proj=-1), reference=True))
     return cases
@@ -118,16 +128,30 @@ def _constraint(model: Classifier, bound: float) -> LipschitzConstraint:
     return per_model[bound]
 
 
+def _bound(model: Classifier, reg: RegConfig) -> BoundTerm | None:
+    """``ibp`` / ``crown-ibp``: the model's certified-training state (its layer chain, checked once and
+    kept on the model like :func:`_constraint`) at the schedule's steady step; else None."""
+    if bound_name(reg) is None:
+        return None
+    per_model = model.__dict__.setdefault("_overhead_bound", {})
+    key = (tuple(reg.names), reg.ibp_eps, reg.ibp_kappa)
+    if key not in per_model:
+        training = CertifiedTraining(model, reg)
+        per_model[key] = BoundTerm(training, training.steady())
+    return per_model[key]
+
+
 def _step(model: Classifier, opt, params, x, y, case: OverheadCase) -> None:
     """One training step of ``case`` (``jr_every`` k: a cycle of k steps, the penalty on the first;
     ``lipschitz``: the projection after the SGD update)."""
     project = _constraint(model, case.reg.lipschitz_bound).project if "lipschitz" in case.reg.names else None
+    bound = _bound(model, case.reg)
     for step in range(getattr(case.reg, "jr_every", 1)):
         opt.zero_grad(set_to_none=True)
         if case.reference:
             loss = reference_exact_loss(model, x, y, case.reg.lambda_jr)
         else:
-            loss = step_loss(model, x, y, case.reg, step).total
+            loss = step_loss(model, x, y, case.reg, step, bound).total
         loss.backward(inputs=params)
         opt.step()
         if project is not None:
@@ -163,6 +187,7 @@ def time_steps(model: Classifier, x: torch.Tensor, y: torch.Tensor, cases: list[
     for case in cases:  # a constraint's set-up (certified bounds, warm-up iterations) is not a step
         if "lipschitz" in case.reg.names:
             _constraint(model, case.reg.lipschitz_bound)
+        _bound(model, case.reg)
     for _ in range(warmup):
         for case in cases:
             _step(model, opt, params, x, y, case)
@@ -210,7 +235,7 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
 # ----------------------------------------------------------------------------- whole runs
 def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
     return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
-                         cfg.lipschitz, cfg.noise, jr_backend=cfg.jr_backend)
+                         cfg.lipschitz, cfg.noise, cfg.ibp, cfg.crown_ibp, jr_backend=cfg.jr_backend)
 
 
 def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:

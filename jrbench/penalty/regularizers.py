@@ -1,4 +1,5 @@
-"""Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise.
+"""Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
+ibp, crown-ibp.
 
 Each acts in one place: ``l2`` through SGD weight decay, ``dropout`` through the model
 (p before each hidden fully connected layer), ``jacobian`` and ``input-grad`` through a
@@ -19,6 +20,9 @@ authors' code.
   x + sigma N(0, I), clipped to [0, 1], before normalization; the penalties see the noisy x.
 - lipschitz (Gouk, Frank, Pfahringer, Cridge 2021): every weight layer projected after each
   step so that the certified L2 Lipschitz bound of the model in pixel space is at most K.
+- ibp, crown-ibp (Gowal et al. 2018; Zhang et al. 2020): certified training, the cross-entropy
+  mixed with that of the worst-case logits of the L-inf ball, from interval bounds (or CROWN-IBP),
+  on a warm-up and ramp schedule (:mod:`jrbench.penalty.certified_training`).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from ..config import RegConfig
 from ..errors import UserError
 from . import vjp_tape
+from .certified_training import BoundStep, CertifiedTraining, bound_name
 from .jacobian import (autograd_vjp, batch_statistic_norms, frobenius_sq_from_vjp, frozen_batch_norm,
                        recorded_batch_stats)
 from ..models.architectures import Classifier
@@ -53,6 +58,10 @@ for _name, _desc in [
     ("lipschitz", "weights projected after each step so the certified L2 Lipschitz bound in pixels is "
                   "<= K (--lipschitz-bound; Gouk et al. 2021)"),
     ("noise", "Gaussian data augmentation: pixels x + sigma N(0, I) clipped to [0, 1] (--noise-sigma)"),
+    ("ibp", "certified training against interval bounds of the L-inf ball (--ibp-eps, --ibp-kappa, "
+            "--ibp-warmup-epochs, --ibp-ramp-epochs; Gowal et al. 2018)"),
+    ("crown-ibp", "certified training against beta CROWN-IBP + (1 - beta) IBP bounds, beta 1 -> 0 over the "
+                  "ramp (the ibp options; Zhang et al. 2020)"),
 ]:
     REGULARIZERS.register(_name)(RegularizerSpec(_name, _desc))
 
@@ -80,6 +89,16 @@ class StepLoss:
     logits: torch.Tensor
     jacobian: torch.Tensor | None = None    # R, before lambda
     input_grad: torch.Tensor | None = None  # before lambda
+    bound_ce: torch.Tensor | None = None    # ibp / crown-ibp: CE of the worst-case logits, before 1 - kappa
+    certified: torch.Tensor | None = None   # ibp / crown-ibp: examples the training bound certifies
+
+
+@dataclass(frozen=True)
+class BoundTerm:
+    """The certified-training term of a step: the model's :class:`CertifiedTraining` and its schedule's step."""
+
+    training: CertifiedTraining
+    at: BoundStep
 
 
 def jacobian_path(model: Classifier, reg: RegConfig) -> str:
@@ -131,7 +150,8 @@ def jvp_frobenius_sq(net, z: torch.Tensor, n_proj: int) -> tuple[torch.Tensor, t
     return logits, total / n_proj
 
 
-def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig, step: int = 0) -> StepLoss:
+def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig, step: int = 0,
+              bound: BoundTerm | None = None) -> StepLoss:
     """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,).
 
     The Jacobian penalty takes the path of :func:`jacobian_path`: the explicit-VJP route of
@@ -154,6 +174,11 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     BatchNorm. Dropout in such a net draws its masks afresh in that pass. Nets without
     batch-statistic BatchNorm (eval-mode BatchNorm is already affine) take the single-forward
     paths, unchanged.
+
+    With ``ibp`` or ``crown-ibp`` the cross-entropy becomes kappa CE + (1 - kappa) CE(worst-case
+    logits at eps) for ``bound``'s step of the schedule (the training loop's); without ``bound``, the
+    schedule's steady step (:meth:`CertifiedTraining.steady`, what ``jrbench overhead`` times). With
+    kappa = 1 (the warm-up) the bound is not computed. The penalties are added on top.
     """
     if "noise" in reg.names:
         x = add_noise(x, reg.noise_sigma)
@@ -205,6 +230,13 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     ce = F.cross_entropy(logits, y)
     total = ce
     out = StepLoss(total, ce.detach(), logits.detach())
+    if bound is None and bound_name(reg) is not None:
+        training = CertifiedTraining(model, reg)
+        bound = BoundTerm(training, training.steady())
+    if bound is not None and bound.at.kappa < 1:
+        part = bound.training.loss(x, y, logits.detach(), bound.at)
+        total = bound.at.kappa * ce + (1 - bound.at.kappa) * part.ce
+        out.bound_ce, out.certified = part.ce.detach(), part.certified
     if use_jr:
         if frob_sq is None:
             frob_sq = frobenius_sq_from_vjp(vjp, k, model.num_classes, logits, reg.n_proj)

@@ -7,7 +7,10 @@ directory (see ``rundir.py``). It never prints; progress goes to the ``on_step``
 seeded from (seed, e), so a resumed run ends with the same metrics as an uninterrupted one.
 With ``--reg lipschitz`` the weights are projected after every SGD step and certified at every
 epoch's end (:mod:`jrbench.penalty.lipschitz_constraint`); its power-iteration vectors travel in the
-checkpoint, so resuming continues them.
+checkpoint, so resuming continues them. With ``--reg ibp`` / ``crown-ibp`` each step takes its eps,
+kappa (and beta) from the schedule at its step number over the whole run
+(:mod:`jrbench.penalty.certified_training`), and every epoch records the test split's certified
+accuracy at ``--ibp-eps`` under certify --ibp's sound bound.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ from ..errors import NonFiniteLoss, UserError
 from ..penalty.jacobian import jacobian_frobenius
 from ..penalty.lipschitz_constraint import LipschitzConstraint, constraint_for
 from ..models.architectures import Classifier, build_model
-from ..penalty.regularizers import model_dropout, step_loss, weight_decay
+from ..penalty.certified_training import CertifiedTraining, bound_name, certified_count
+from ..penalty.regularizers import BoundTerm, model_dropout, step_loss, weight_decay
 from .validation import validate
 
 
@@ -74,19 +78,35 @@ def _accuracy_and_loss(model: Classifier, split: Split, device: torch.device, ba
     return correct / len(split), loss / len(split)
 
 
-def evaluate(model: Classifier, split: Split, device: torch.device, batch: int, n_jacobian: int) -> dict:
-    """Test accuracy and loss; exact mean ||J||_F on the first ``n_jacobian`` test examples."""
+def _ibp_certified(model: Classifier, split: Split, device: torch.device, batch: int,
+                   certified: CertifiedTraining) -> float:
+    """The fraction of ``split`` that certify --ibp's sound bound certifies at the training radius."""
+    count = 0
+    for start in range(0, len(split), batch):
+        x = to_pixels(split.images[start:start + batch], device)
+        y = split.labels[start:start + batch].to(device)
+        count += certified_count(certified.layers, model, x, y, certified.schedule.eps)
+    return count / len(split)
+
+
+def evaluate(model: Classifier, split: Split, device: torch.device, batch: int, n_jacobian: int,
+             certified: CertifiedTraining | None = None) -> dict:
+    """Test accuracy and loss; exact mean ||J||_F on the first ``n_jacobian`` test examples; with
+    ``certified`` (``--reg ibp`` / ``crown-ibp``) the certified accuracy at ``--ibp-eps`` (IBP, sound)."""
     model.eval()
     acc, loss = _accuracy_and_loss(model, split, device, batch)
     x = to_pixels(split.images[:n_jacobian], device)
     frob_z = jacobian_frobenius(model, x, "normalized", batch)
     frob_x = jacobian_frobenius(model, x, "pixel", batch)
-    return {
+    row = {
         "test_acc": acc, "test_ce": loss,
         "test_jac_frob_z": float(frob_z.mean()),          # mean ||d logits / dz||_F
         "test_R_z": float(0.5 * frob_z.pow(2).mean()),     # the regularizer's value, 1/2 mean ||J_z||_F^2
         "test_jac_frob_pixel": float(frob_x.mean()),       # mean ||d logits / dx||_F, pixel space
     }
+    if certified is not None:
+        row["test_ibp_certified"] = _ibp_certified(model, split, device, batch, certified)
+    return row
 
 
 def _make_optimizer(model: Classifier, config: RunConfig):
@@ -160,9 +180,12 @@ def _batches(data: Data, order: torch.Tensor, batch_size: int, device: torch.dev
 
 def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, opt,
                 device: torch.device, on_step: Callable[[StepInfo], None] | None = None,
-                constraint: LipschitzConstraint | None = None) -> dict:
+                constraint: LipschitzConstraint | None = None,
+                certified: CertifiedTraining | None = None) -> dict:
     """One pass over the training split; returns the epoch's training columns. ``constraint``
-    (``--reg lipschitz``) projects the weights after every SGD step.
+    (``--reg lipschitz``) projects the weights after every SGD step; ``certified`` (``--reg ibp``,
+    ``crown-ibp``) gives each step its schedule's eps and kappa (step numbers count from the run's
+    first step) and adds the bound's columns.
 
     No step waits on the device: the running sums (float64, the same numbers as summing on the
     host), the correct count and the first non-finite step stay device tensors, read in one copy
@@ -178,17 +201,22 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
     steps = (len(order) + t.batch_size - 1) // t.batch_size
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # sum over examples of CE, R, input-grad penalty
+    # sums over examples of CE, R, the input-grad penalty, the bound's CE; the count the bound certified
+    sums = torch.zeros(5, dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 1-based step of the first NaN/inf; 0: none
     bad_value = torch.zeros((), dtype=torch.float64, device=device)  # its loss
     step_ids = torch.arange(1, steps + 1, device=device)
     timer = _StepTimer(device)
-    seen, has_r = 0, False
+    seen, has_r, bound_seen, at = 0, False, 0, None
     for step, (x, y) in enumerate(_batches(data, order, t.batch_size, device)):
         timer.start()
         opt.zero_grad(set_to_none=True)
-        loss = step_loss(model, x, y, config.reg, step)
+        bound = None
+        if certified is not None:
+            at = certified.schedule.at((epoch - 1) * steps + step)
+            bound = BoundTerm(certified, at)
+        loss = step_loss(model, x, y, config.reg, step, bound)
         total = loss.total.detach()
         fresh = ~torch.isfinite(total) & (first_bad == 0)
         first_bad = torch.where(fresh, step_ids[step], first_bad)
@@ -202,13 +230,17 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
         seen += n
         zero = torch.zeros_like(loss.ce)
         terms = [loss.ce, zero if loss.jacobian is None else loss.jacobian,
-                 zero if loss.input_grad is None else loss.input_grad]
-        sums += torch.stack(terms).double() * n
+                 zero if loss.input_grad is None else loss.input_grad,
+                 zero if loss.bound_ce is None else loss.bound_ce]
+        sums[:4] += torch.stack(terms).double() * n
+        if loss.certified is not None:
+            sums[4] += loss.certified
+            bound_seen += n
         correct += (loss.logits.argmax(1) == y).sum()
         has_r = has_r or loss.jacobian is not None
         if (step + 1) % LOG_EVERY and step + 1 < steps:
             continue
-        ce_sum, jac_sum, ig_sum, right, bad_step, value = torch.cat(
+        ce_sum, jac_sum, ig_sum, bound_sum, cert_sum, right, bad_step, value = torch.cat(
             [sums, torch.stack([correct, first_bad]).double(), bad_value[None]]).tolist()  # the one host read
         if bad_step:
             raise NonFiniteLoss(epoch, int(bad_step), value)
@@ -218,7 +250,7 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
                              right / seen, sum(timer.seconds) / len(timer.seconds)))
     has_jr = "jacobian" in config.reg.names
     has_ig = "input-grad" in config.reg.names
-    return {
+    row = {
         "train_ce": ce_sum / seen,
         "train_jacobian_R": jac_sum / seen if has_jr else float("nan"),
         "train_input_grad": ig_sum / seen if has_ig else float("nan"),
@@ -227,6 +259,14 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
         "seconds_per_step": statistics.median(timer.seconds),
         "seconds_per_step_mean": sum(timer.seconds) / len(timer.seconds),
     }
+    if certified is not None:  # means over the steps that computed the bound (none in the warm-up: NaN)
+        nan = float("nan")
+        row.update({"train_ibp_ce": bound_sum / bound_seen if bound_seen else nan,
+                    "train_ibp_certified": cert_sum / bound_seen if bound_seen else nan,
+                    "ibp_eps": at.eps, "ibp_kappa": at.kappa})  # at the epoch's last step
+        if certified.schedule.crown:
+            row["crown_ibp_beta"] = at.beta
+    return row
 
 
 def _differences(saved: RunConfig, config: RunConfig) -> str:
@@ -300,6 +340,8 @@ def _train(config: RunConfig, device: torch.device, run_dir: Path | None, resume
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
                         info.std, model_dropout(config.reg)).to(device)
     constraint = constraint_for(model, config.reg, config.train.seed)  # refuses unsupported nets
+    steps_per_epoch = -(-len(data.train) // config.train.batch_size)
+    certified = CertifiedTraining(model, config.reg, steps_per_epoch) if bound_name(config.reg) else None  # refuses too
     state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
     opt, sched = _make_optimizer(model, config)
     rows: list[dict] = []
@@ -316,12 +358,12 @@ def _train(config: RunConfig, device: torch.device, run_dir: Path | None, resume
         start = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         row = {"epoch": epoch, "lr": lr}
-        row.update(train_epoch(model, data, config, epoch, opt, device, on_step, constraint))
+        row.update(train_epoch(model, data, config, epoch, opt, device, on_step, constraint, certified))
         sched.step()
         if constraint is not None:  # before evaluating and saving: the certified bound <= K
             row["lipschitz_bound_certified"] = constraint.certify()
         row.update(evaluate(model, data.test, device, config.train.eval_batch_size,
-                            config.train.jacobian_eval_examples))
+                            config.train.jacobian_eval_examples, certified))
         row["epoch_seconds"] = time.perf_counter() - start
         rows.append(row)
         if run_dir is not None:
