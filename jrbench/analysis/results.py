@@ -66,6 +66,7 @@ import pandas as pd
 from ..training import rundir
 from ..certify.api import DETERMINISTIC, best_radii, covers, soundness_violations
 from ..errors import UserError
+from ..evaluate.attack_config import RANDOM_ATTACKS
 from .provenance import PROVENANCE, device_label, group_id, group_labels, model_provenance, provenance
 from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_BOUNDS, CERTIFY_EXAMPLES, COUNTEREXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord, find_result_dirs, read_model, read_run, run_ids)
 from ..stats import mean_ci, median_ci, wilson_interval
@@ -208,7 +209,7 @@ def certify_rows(record: RunRecord) -> list[dict]:
 def _attack_names(attacked: pd.DataFrame | None, norm: str) -> str:
     if attacked is None or attacked.empty:
         return "none"
-    sel = attacked[(attacked["attack"] != "noise") & (attacked["norm"] == norm)]
+    sel = attacked[~attacked["attack"].isin(RANDOM_ATTACKS) & (attacked["norm"] == norm)]
     return "+".join(sorted(sel["attack"].unique())) or "none"
 
 

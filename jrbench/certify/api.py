@@ -53,6 +53,7 @@ from .config import CertifyConfig
 from .rows import NO_SIGMA, certify_row as _row
 from ..device import resolve_device
 from ..evaluate.api import Progress, prepare_model
+from ..evaluate.attack_config import RANDOM_ATTACKS
 from ..runtables.examples import default_examples, fixed_examples
 from ..runtables.provenance import load_test_data, run_provenance
 from ..runtables.tables import upsert_rows
@@ -410,7 +411,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     """Examples that a deterministic certificate covers at eps but an attack breaks at eps or below.
 
     ``certified``: certify_examples.csv rows; ``attacked``: attack_examples.csv rows of the same
-    model and examples. An adversarial attack's row (noise is no attack here) with ``broken`` == 1
+    model and examples. An adversarial attack's row (noise and the corruptions are no attack here) with ``broken`` == 1
     at (norm, strength) contradicts every deterministic certificate (Lipschitz, IBP) whose radius
     at that norm covers the strength (IBP: radius >= strength, its closed box; Lipschitz: radius >
     strength, its open ball, with a relative tolerance for rounding): one of the two is wrong. Also contradicted: a certificate
@@ -421,7 +422,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     cert = certified[certified["method"].isin(DETERMINISTIC) & (certified["radius"] > 0)]
     if cert.empty or attacked.empty:
         return pd.DataFrame(columns=columns)
-    adv = attacked[attacked["attack"] != "noise"]
+    adv = attacked[~attacked["attack"].isin(RANDOM_ATTACKS)]
     # older attack_examples.csv files have no broken column: it is clean_correct and not robust
     was_broken = adv["broken"] if "broken" in adv else adv["clean_correct"] * (1 - adv["robust"])
     broken = adv[(was_broken > 0) | (adv["clean_correct"] == 0)]
