@@ -445,13 +445,14 @@ def example_sets_gap(record: RunRecord) -> Gap | None:
     """A gap when the run's attacks.csv rows were measured on more than one example set
     (``example_seed``, ``n_examples``): accuracies of different sets sit side by side in the
     report but are not comparable, and the worst case per example covers one set only. White noise
-    runs on its own set (by default the whole test set) and is judged apart from the attacks."""
+    runs on its own set (by default the whole test set) and the common corruptions may run on theirs
+    (neither is in the worst case): each is judged apart from the attacks."""
     table = record.tables.get(ATTACKS)
     if table is None or not {"example_seed", "n_examples"} <= set(table.columns):
         return None
-    kinds = table["attack"].eq("noise")
+    noise, corrupted = table["attack"].eq("noise"), table["attack"].eq("corruption")
     if all(len(part[["example_seed", "n_examples"]].dropna().drop_duplicates()) < 2
-           for part in (table[kinds], table[~kinds])):
+           for part in (table[noise], table[corrupted], table[~(noise | corrupted)])):
         return None
     sets = table[["example_seed", "n_examples"]].dropna().drop_duplicates()
     by = table.groupby(["example_seed", "n_examples"])["attack"].apply(lambda a: "+".join(sorted(set(a))))

@@ -132,7 +132,11 @@ class AttackConfig:
     ``aa_targets`` None means the standard 9 target classes (data sets of at least 10 classes).
     ``noise_examples`` is read where examples are chosen from a data set
     (:func:`jrbench.evaluate.api.attack_run`, ``attack_model``): white noise on that many test
-    examples, None the whole test set; the gradient attacks take ``n_examples`` there."""
+    examples, None the whole test set; the gradient attacks take ``n_examples`` there. The common
+    corruptions (``corruptions``, off by default; :mod:`jrbench.evaluate.corruptions`) run on the
+    gradient attacks' examples: ``corruption_names`` None is the data set's list
+    (:func:`default_corruptions`; a set such as 'mnist-c' is expanded by :meth:`filled`),
+    ``severities`` None all five."""
 
     noise: bool = option(True, tristate=True, flag="--noise/--no-noise", help="White Gaussian pixel noise.")
     pgd: bool = option(True, tristate=True, flag="--pgd/--no-pgd", help="PGD (torchattacks), L-inf and/or L2.")

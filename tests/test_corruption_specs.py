@@ -1,0 +1,31 @@
+"""The corruption studies: benchmarks/corruptions.toml parses, runs only the corruptions, and its cells
+are the certified (and bracket) study's, run id for run id, so those models are corrupted, not trained
+again; the Fashion-MNIST variant has the same groups and recipe on other data."""
+from pathlib import Path
+
+from jrbench.evaluate.attack_config import COMMON_CORRUPTIONS, SEVERITIES
+from jrbench.study.spec import load_spec
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_the_digits_study_reuses_the_certified_studys_cells():
+    spec = load_spec(BENCH / "corruptions.toml")
+    certified, bracket = load_spec(BENCH / "certified.toml"), load_spec(BENCH / "bracket.toml")
+    ids = [c.run_id() for c in spec.cells]
+    assert len(ids) == 25 and ids == [c.run_id() for c in certified.cells] == [c.run_id() for c in bracket.cells]
+    assert [c.to_dict() for c in spec.cells] == [c.to_dict() for c in certified.cells]
+    a = spec.attack
+    assert a.corruptions and not (a.noise or a.pgd or a.fgsm or a.autoattack)
+    filled = a.filled(spec.cells[0].data.dataset)
+    assert filled.corruption_names == list(COMMON_CORRUPTIONS) and filled.severities == list(SEVERITIES)
+    assert spec.attack_examples.n_examples == 1000 and spec.cells[0].data.data_dir == "data/mnist-8k-2k"
+
+
+def test_the_fashion_variant_has_the_same_groups_and_recipe():
+    digits, fashion = load_spec(BENCH / "corruptions.toml"), load_spec(BENCH / "corruptions-fashion.toml")
+    assert len(fashion.cells) == 25 and {c.data.dataset for c in fashion.cells} == {"fashion-mnist"}
+    for d, f in zip(digits.cells, fashion.cells):
+        assert (d.reg, d.model, d.train.seed, d.train.lr, d.train.epochs) == (f.reg, f.model, f.train.seed,
+                                                                              f.train.lr, f.train.epochs)
+    assert fashion.attack == digits.attack
