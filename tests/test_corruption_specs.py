@@ -29,3 +29,24 @@ def test_the_fashion_variant_has_the_same_groups_and_recipe():
         assert (d.reg, d.model, d.train.seed, d.train.lr, d.train.epochs) == (f.reg, f.model, f.train.seed,
                                                                               f.train.lr, f.train.epochs)
     assert fashion.attack == digits.attack
+
+
+def test_a_cell_with_every_corruption_row_is_attacked_and_one_without_is_not(tmp_path):
+    import pandas as pd
+
+    from jrbench.study.sweep import attack_done
+    from jrbench.training import rundir
+
+    spec = load_spec(BENCH / "corruptions.toml")
+    run = tmp_path / "cell"
+    run.mkdir()
+    rundir.atomic_write_json(run / rundir.CONFIG, spec.cells[0].to_dict())
+    pd.DataFrame({"attack": ["corruption"]}).to_csv(run / "attack_examples.csv", index=False)
+    rows = [("corruption", name, float(s), 1000) for name in COMMON_CORRUPTIONS for s in (0, *SEVERITIES)]
+    frame = pd.DataFrame(rows, columns=["attack", "norm", "strength", "n_examples"]).assign(example_seed=0)
+    frame.to_csv(run / "attacks.csv", index=False)
+    assert attack_done(run, spec.attack, spec.attack_examples)
+    frame[~((frame["norm"] == "fog") & (frame["strength"] == 5))].to_csv(run / "attacks.csv", index=False)
+    assert not attack_done(run, spec.attack, spec.attack_examples)
+    frame.assign(n_examples=100).to_csv(run / "attacks.csv", index=False)  # the certificates' 100: not these
+    assert not attack_done(run, spec.attack, spec.attack_examples)
