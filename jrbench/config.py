@@ -23,6 +23,7 @@ JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where 
 JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jvp: input-side, forward mode
 DEVICES = ("auto", "cpu", "cuda")
 CUSTOM_DATASETS = ("folder", "npz")  # described by their data (--data-dir), not by the registry
+MARGIN_EPS, MARGIN_TEMPERATURE = 1.0, 1.0  # --reg lipschitz-margin's defaults (docs/conventions.md)
 
 
 @dataclass
@@ -44,16 +45,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = option("lenet", key="model", flag="--model", help="mlp, lenet, ddnet or resnet18.")
+    name: str = option("lenet", key="model", flag="--model",
+                       help="mlp, lenet, ddnet, resnet18, or the 1-Lipschitz aol-mlp and aol-lenet.")
 
 
 @dataclass
 class RegConfig:
-    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise."""
+    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
+    lipschitz-margin."""
 
     names: list[str] = option(default_factory=lambda: ["none"], key="reg", flag="--reg", repeat=True,
                               help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, "
-                                   "lipschitz, noise.")
+                                   "lipschitz, noise, lipschitz-margin.")
     lambda_jr: float = option(0.01, low=0, owner="jacobian", help="Weight of R = 1/2 ||J_z||_F^2.")
     n_proj: int = option(1, owner="jacobian",
                          help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")
@@ -77,6 +80,12 @@ class RegConfig:
                                          "pixel space.")
     noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
                                 help="noise: std of the Gaussian added to training pixels in [0, 1].")
+    margin_eps: float = option(MARGIN_EPS, low=0, owner="lipschitz-margin", unit="pixel units",
+                               help="lipschitz-margin: the L2 radius eps whose margin sqrt(2) L eps is added to every "
+                                    "logit but the label's before the cross-entropy (L: the model's constant).")
+    margin_temperature: float = option(MARGIN_TEMPERATURE, low=0, open_low=True, owner="lipschitz-margin",
+                                       help="lipschitz-margin: the loss is T CE(logits' / T), T in logit units; a "
+                                            "small T approaches the multi-class hinge loss.")
 
 
 @dataclass

@@ -45,7 +45,8 @@ def relevant_config(config: RunConfig) -> dict:
     d["train"].pop("seed")
     names = set(config.reg.names)
     unused = {"jacobian": ("lambda_jr", "n_proj", "jr_subsample"), "l2": ("weight_decay",),
-              "dropout": ("dropout",), "input-grad": ("lambda_ig",)}
+              "dropout": ("dropout",), "input-grad": ("lambda_ig",),
+              "lipschitz-margin": ("margin_eps", "margin_temperature")}
     for reg, keys in unused.items():
         if reg not in names:
             for key in keys:
@@ -82,6 +83,8 @@ def short_label(config: RunConfig) -> str:
         parts.append(f"p={r.dropout:g}")
     if "input-grad" in r.names:
         parts.append(f"λ_IG={r.lambda_ig:g}")
+    if "lipschitz-margin" in r.names:
+        parts.append(f"ε_margin={r.margin_eps:g} T={r.margin_temperature:g}")
     return " ".join(parts)
 
 

@@ -22,7 +22,7 @@ there:
   with respect to the normalized input z (suffix ``_z``) and to pixels (``_pixel``);
   ``R_z`` = 1/2 ||J_z||_F^2, the quantity the regularizer penalizes (table ``jacobian``);
 - ``certify.csv`` / ``certify_examples.csv`` (``jrbench certify``; optional): certified accuracy, a
-  lower bound, per method (``lipschitz``, ``ibp``, ``crown``, ``alpha-crown``, ``complete``,
+  lower bound, per method (``lipschitz``, ``one-lipschitz``, ``ibp``, ``crown``, ``alpha-crown``, ``complete``,
   ``smoothing σ=...``: the smoothed classifier g, not the model), norm and strength (table
   ``certify``, quantity ``accuracy``), and ``certified``: the best deterministic certificate per
   example (every method but smoothing: they certify the model itself), the lower end of the bracket

@@ -2,7 +2,8 @@
 
 The box [x - eps, x + eps] ∩ [0, 1] (pixel units) is pushed through the model's chain of layers
 (:func:`jrbench.models.lipschitz.layer_chain`: Normalize, Linear, Conv2d with any stride, padding, dilation
-and groups, ReLU and other monotone activations, MaxPool2d, AvgPool2d, eval BatchNorm, Flatten,
+and groups (AOL layers as the Linear / Conv2d they compute), ReLU and other monotone activations
+(MaxMin too: each output is monotone in each input), MaxPool2d, AvgPool2d, eval BatchNorm, Flatten,
 Identity, Dropout) in center/radius form (mu, r): an affine layer maps it to (W mu + b, |W| r),
 monotone maps and max pooling map its corners. The margins f_y - f_j use the last-layer elision:
 the box is propagated to the input h of the final nn.Linear and (W_y - W_j) h + (b_y - b_j) is
@@ -27,6 +28,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.lipschitz import final_linear, layer_chain, strictly_correct
 from ..models.architectures import eval_mode
+from ..models.onelip import MaxMin
 
 FLAG = "--ibp"
 _U = 2.0 ** -53  # unit roundoff of float64
@@ -87,6 +89,8 @@ def _step(kind: str, m: nn.Module, mu: torch.Tensor, r: torch.Tensor):
         return _affine(m, m, torch.zeros((), dtype=mu.dtype, device=mu.device), mu, r, k)
     if kind in ("maxpool2d", "activation"):
         lo, hi = _box(mu, r)
+        if isinstance(m, MaxMin):  # monotone in each input: the corners map to bounds; max and min are exact
+            return _center(MaxMin.exact(lo), MaxMin.exact(hi))
         lo, hi = m(lo), m(hi)
         if not isinstance(m, (nn.MaxPool2d, nn.ReLU, nn.Hardtanh)):  # not exact in floating point
             lo, hi = _down(lo - 4 * _U * lo.abs()), _up(hi + 4 * _U * hi.abs())

@@ -1,8 +1,8 @@
 """What ``jrbench overhead`` times: :class:`OverheadConfig` (light: the command line builds its options from it).
 
 The cases (plain SGD, the Jacobian penalty at several projection counts, sub-sampling, every
-k-th step, the forward-mode estimator, the Lipschitz constraint, noise augmentation, the per-row
-reference) are timed interleaved by :func:`jrbench.cost.overhead.run_overhead`.
+k-th step, the forward-mode estimator, the Lipschitz constraint, noise augmentation, the margin loss
+of 1-Lipschitz models, the per-row reference) are timed interleaved by :func:`jrbench.cost.overhead.run_overhead`.
 """
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ class OverheadConfig:
     lipschitz: bool = option(False, flag="--lipschitz",
                              help="Also time --reg lipschitz (the weights projected after each step).")
     noise: bool = option(False, flag="--noise", help="Also time --reg noise (Gaussian data augmentation).")
+    lipschitz_margin: bool = option(False, flag="--lipschitz-margin",
+                                    help="Also time --reg lipschitz-margin (the margin loss; a 1-Lipschitz --model).")
 
     def __post_init__(self) -> None:
         check(self)

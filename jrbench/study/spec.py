@@ -52,6 +52,7 @@ from ..errors import UserError
 from ..evaluate.attack_config import AttackConfig
 from ..evaluate.margins_config import MARGIN_EXAMPLES, MarginsConfig
 from ..penalty.lipschitz_constraint import check_model
+from ..penalty.regularizers import check_model_name
 from ..report.options import ReportConfig
 from ..runtables.examples import ExampleSet
 from ..schema import FieldError, check_value, field_error, from_table, option, spec_keys
@@ -221,11 +222,12 @@ def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Ove
             for _, key, value in settings:
                 _apply(config, key, value)
             validate(config)
-            if "lipschitz" in config.reg.names:  # a model the bound has no rule for fails here, not in training
-                try:
+            try:  # a model the regularizers cannot train fails here, not in training
+                if "lipschitz" in config.reg.names:
                     check_model(config.model.name, config.data.dataset)
-                except UserError as e:
-                    raise field_error(RegConfig, "names", str(e), whole=True) from e
+                check_model_name(config.model.name, config.data.dataset, config.reg)
+            except UserError as e:
+                raise field_error(RegConfig, "names", str(e), whole=True) from e
         except FieldError as e:  # the last table that sets the field (later ones override)
             where, culprit, _ = next((s for s in reversed(settings) if s[1] == e.key),
                                      settings[-1] if settings else (("base",), e.key, None))

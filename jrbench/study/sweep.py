@@ -115,11 +115,12 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     done = {(m, n, round(float(e), 9), round(float(s), 9))
             for m, n, e, s in zip(table["method"], table["norm"], table["strength"], table["sigma"])}
     wanted = set()
-    for method, on in (("lipschitz", config.lipschitz), ("ibp", config.ibp), ("smoothing", config.smoothing),
-                       ("crown", config.crown), ("alpha-crown", config.alpha_crown), ("complete", config.complete)):
+    for method, on in (("lipschitz", config.lipschitz), ("one-lipschitz", config.one_lipschitz), ("ibp", config.ibp),
+                       ("smoothing", config.smoothing), ("crown", config.crown), ("alpha-crown", config.alpha_crown),
+                       ("complete", config.complete)):
         if not on:
             continue
-        norms = ("linf", "l2") if method in ("lipschitz", "crown", "alpha-crown") \
+        norms = ("linf", "l2") if method in ("lipschitz", "one-lipschitz", "crown", "alpha-crown") \
             else ("linf",) if method in ("ibp", "complete") else ("l2",)
         sigmas = config.sigmas if method == "smoothing" else [NO_SIGMA]
         wanted |= {(method, norm, round(float(e), 9), round(float(sigma), 9))

@@ -31,7 +31,7 @@ from ..errors import NonFiniteLoss, UserError
 from ..penalty.jacobian import jacobian_frobenius
 from ..penalty.lipschitz_constraint import LipschitzConstraint, constraint_for
 from ..models.architectures import Classifier, build_model
-from ..penalty.regularizers import model_dropout, step_loss, weight_decay
+from ..penalty.regularizers import check_model, model_dropout, step_loss, weight_decay
 from .validation import validate
 
 
@@ -300,6 +300,7 @@ def _train(config: RunConfig, device: torch.device, run_dir: Path | None, resume
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
                         info.std, model_dropout(config.reg)).to(device)
     constraint = constraint_for(model, config.reg, config.train.seed)  # refuses unsupported nets
+    check_model(model, config.reg)  # --reg lipschitz-margin: a network of 1-Lipschitz layers
     state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
     opt, sched = _make_optimizer(model, config)
     rows: list[dict] = []
