@@ -24,6 +24,7 @@ JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jv
 DEVICES = ("auto", "cpu", "cuda")
 BOUND_TRAINING = ("ibp", "crown-ibp")  # regularizers that train against a certified bound; they share the ibp_* options
 CUSTOM_DATASETS = ("folder", "npz")  # described by their data (--data-dir), not by the registry
+MARGIN_EPS, MARGIN_TEMPERATURE = 1.0, 1.0  # --reg lipschitz-margin's defaults (docs/conventions.md)
 
 
 @dataclass
@@ -45,16 +46,18 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = option("lenet", key="model", flag="--model", help="mlp, lenet, ddnet or resnet18.")
+    name: str = option("lenet", key="model", flag="--model",
+                       help="mlp, lenet, ddnet, resnet18, or the 1-Lipschitz aol-mlp and aol-lenet.")
 
 
 @dataclass
 class RegConfig:
-    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise, ibp, crown-ibp."""
+    """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
+    lipschitz-margin, ibp, crown-ibp."""
 
     names: list[str] = option(default_factory=lambda: ["none"], key="reg", flag="--reg", repeat=True,
                               help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, "
-                                   "lipschitz, noise, ibp, crown-ibp.")
+                                   "lipschitz, noise, lipschitz-margin, ibp, crown-ibp.")
     lambda_jr: float = option(0.01, low=0, owner="jacobian", help="Weight of R = 1/2 ||J_z||_F^2.")
     n_proj: int = option(1, owner="jacobian",
                          help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")
@@ -78,6 +81,12 @@ class RegConfig:
                                          "pixel space.")
     noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
                                 help="noise: std of the Gaussian added to training pixels in [0, 1].")
+    margin_eps: float = option(MARGIN_EPS, low=0, owner="lipschitz-margin", unit="pixel units",
+                               help="lipschitz-margin: the L2 radius eps whose margin sqrt(2) L eps is added to every "
+                                    "logit but the label's before the cross-entropy (L: the model's constant).")
+    margin_temperature: float = option(MARGIN_TEMPERATURE, low=0, open_low=True, owner="lipschitz-margin",
+                                       help="lipschitz-margin: the loss is T CE(logits' / T), T in logit units; a "
+                                            "small T approaches the multi-class hinge loss.")
     # ibp, crown-ibp (jrbench.penalty.certified_training): defaults in docs/conventions.md
     ibp_eps: float = option(0.2, low=0, open_low=True, owner=BOUND_TRAINING, unit="pixel units",
                             help="ibp, crown-ibp: the L-inf training radius eps_train in pixels (0.2: Gowal et al.'s "
@@ -196,6 +205,8 @@ def check_fields(cfg: RunConfig) -> None:
         raise bad("names", "none cannot be combined with other regularizers.")
     if all(n in r.names for n in BOUND_TRAINING):
         raise bad("names", "ibp and crown-ibp both train against a bound: choose one.")
+    if "lipschitz-margin" in r.names and set(r.names) & set(BOUND_TRAINING):
+        raise bad("names", "lipschitz-margin and ibp / crown-ibp each replace the cross-entropy: choose one.")
     if r.n_proj == 0 or r.n_proj < -1:
         raise bad("n_proj", f"must be a positive number of projections or -1 (exact), got {r.n_proj}.")
     if r.jr_estimator == "jvp" and r.n_proj == -1:

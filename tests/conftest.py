@@ -23,7 +23,7 @@ KERNEL_DEPENDENT = {
     "test_e2e_synth_digits", "test_real_mnist", "test_synth_digits", "test_train", "test_attacks",
     "test_margins", "test_vjp_tape", "test_regularizers", "test_jacobian", "test_spectra", "test_lipschitz",
     "test_ibp", "test_smoothing", "test_certify", "test_lipschitz_train", "test_noise_examples",
-    "test_attack_batch_size", "test_batchnorm_penalty", "test_crown", "test_complete",
+    "test_attack_batch_size", "test_batchnorm_penalty", "test_crown", "test_complete", "test_lipnet",
 }
 
 

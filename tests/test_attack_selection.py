@@ -32,7 +32,7 @@ def chosen(selection) -> set[str]:
     """The attacks on in a select_attacks dict or an AttackConfig."""
     if isinstance(selection, dict):
         return {a for a, on in selection.items() if on}
-    return {a for a in ATTACKS if getattr(selection, a)}
+    return {a for a in (*ATTACKS, "corruptions") if getattr(selection, a)}
 
 
 # ----------------------------------------------------------------------------- the rule
@@ -141,6 +141,8 @@ def test_cli_refuses_contradictions_with_exit_2(monkeypatch, tmp_path):
 COMMITTED = {
     "benchmarks/bracket.toml": {"pgd", "fgsm", "autoattack"},  # noise = false
     "benchmarks/certified.toml": ALL,  # noise and AutoAttack-L2 named since (the study ran them by command)
+    "benchmarks/corruptions.toml": {"corruptions"},
+    "benchmarks/corruptions-fashion.toml": {"corruptions"},
     "benchmarks/frontier.toml": THREE,
     "benchmarks/frontier-seeds-mnist.toml": THREE,
     "benchmarks/frontier-seeds.toml": THREE,

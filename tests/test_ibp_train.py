@@ -29,9 +29,8 @@ from jrbench.errors import UserError
 from jrbench.models.architectures import Classifier, build_model, eval_mode
 from jrbench.models.lipschitz import strictly_correct
 from jrbench.penalty import crown_ibp
-from jrbench.penalty.certified_training import (BoundStep, CertifiedTraining, Schedule, check_model,
-                                                worst_case_logits)
-from jrbench.penalty.regularizers import BoundTerm, step_loss
+from jrbench.penalty.certified_training import BoundStep, CertifiedTraining, Schedule, worst_case_logits
+from jrbench.penalty.regularizers import BoundTerm, check_model_name, step_loss
 from jrbench.schema import FieldError
 from jrbench.study.spec import parse_spec
 from jrbench.training.loop import train
@@ -239,8 +238,10 @@ def test_models_the_bound_does_not_cover_are_refused_with_the_layer(tmp_path):
         train(config, tmp_path / "run", data=tiny_data(32, 16))
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="layer net"):
-        check_model("resnet18", "mnist", RegConfig(["crown-ibp"]))
-    check_model("lenet", "mnist", RegConfig(["crown-ibp"]))  # covered: no error
+        check_model_name("resnet18", "mnist", RegConfig(["crown-ibp"]))
+    check_model_name("lenet", "mnist", RegConfig(["crown-ibp"]))  # covered: no error
+    with pytest.raises(UserError, match=r"--reg ibp has no rule for layer net.1 \(AOLLinear\)"):
+        check_model_name("aol-mlp", "mnist", RegConfig(["ibp"]))
     bn = Classifier(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(), nn.Flatten(), nn.Linear(1352, 10)),
                     MEAN, STD, (1, 28, 28), 10, "bn")
     with pytest.raises(UserError, match=r"--reg ibp has no rule for layer net.1 \(BatchNorm2d\)"):
@@ -271,6 +272,8 @@ def test_option_checks():
         assert e.value.key == key
     with pytest.raises(FieldError, match="choose one"):
         check_fields(RunConfig(reg=RegConfig(["ibp", "crown-ibp"])))
+    with pytest.raises(FieldError, match="replace the cross-entropy"):
+        check_fields(RunConfig(reg=RegConfig(["lipschitz-margin", "ibp"])))
 
 
 # ----------------------------------------------------------------------------- ids, labels, specs, overhead

@@ -27,6 +27,7 @@ import pandas as pd
 
 from ..certify.api import CLOSED_BALL, DETERMINISTIC, SOUNDNESS_TOLERANCE, best_radii, covers
 from ..certify.tight import BROKEN_STATUSES
+from ..evaluate.attack_config import RANDOM_ATTACKS
 
 TOLERANCE = 1e-9  # relative: grids written by two commands may differ in the last bit
 BRACKET_COLUMNS = ["norm", "strength", "example", "clean_correct", "certified", "attacked_broken", "falsified",
@@ -57,7 +58,7 @@ def adversarial(attacked: pd.DataFrame | None) -> pd.DataFrame:
     if attacked is None or attacked.empty:
         return pd.DataFrame(columns=["example", "attack", "norm", "strength", "loss", "clean_correct", "robust",
                                      "broken"])
-    adv = attacked[attacked["attack"] != "noise"]
+    adv = attacked[~attacked["attack"].isin(RANDOM_ATTACKS)]
     broken = adv["broken"] if "broken" in adv else adv["clean_correct"] * (1 - adv["robust"])
     return adv.assign(broken=broken.astype(float), strength=adv["strength"].astype(float),
                       loss=adv["loss"].fillna("none").astype(str) if "loss" in adv else "none")

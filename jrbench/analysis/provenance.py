@@ -46,7 +46,8 @@ def relevant_config(config: RunConfig) -> dict:
     d["train"].pop("seed")
     names = set(config.reg.names)
     unused = {"jacobian": ("lambda_jr", "n_proj", "jr_subsample"), "l2": ("weight_decay",),
-              "dropout": ("dropout",), "input-grad": ("lambda_ig",)}
+              "dropout": ("dropout",), "input-grad": ("lambda_ig",),
+              "lipschitz-margin": ("margin_eps", "margin_temperature")}
     for reg, keys in unused.items():
         if reg not in names:
             for key in keys:
@@ -86,6 +87,8 @@ def short_label(config: RunConfig) -> str:
         parts.append(f"p={r.dropout:g}")
     if "input-grad" in r.names:
         parts.append(f"λ_IG={r.lambda_ig:g}")
+    if "lipschitz-margin" in r.names:
+        parts.append(f"ε_margin={r.margin_eps:g} T={r.margin_temperature:g}")
     if set(r.names) & set(BOUND_TRAINING):
         parts.append(f"ε_train={r.ibp_eps:g} κ={r.ibp_kappa:g}")
     return " ".join(parts)
@@ -186,6 +189,8 @@ def train_command_line(config: RunConfig, out: str | Path | None = None) -> str:
         args += ["--lipschitz-bound", _num(r.lipschitz_bound)]
     if "noise" in r.names:
         args += ["--noise-sigma", _num(r.noise_sigma)]
+    if "lipschitz-margin" in r.names:
+        args += ["--margin-eps", _num(r.margin_eps), "--margin-temperature", _num(r.margin_temperature)]
     if set(r.names) & set(BOUND_TRAINING):
         args += ["--ibp-eps", _num(r.ibp_eps), "--ibp-warmup-epochs", _num(r.ibp_warmup_epochs),
                  "--ibp-ramp-epochs", _num(r.ibp_ramp_epochs), "--ibp-kappa", _num(r.ibp_kappa)]

@@ -22,7 +22,7 @@ there:
   with respect to the normalized input z (suffix ``_z``) and to pixels (``_pixel``);
   ``R_z`` = 1/2 ||J_z||_F^2, the quantity the regularizer penalizes (table ``jacobian``);
 - ``certify.csv`` / ``certify_examples.csv`` (``jrbench certify``; optional): certified accuracy, a
-  lower bound, per method (``lipschitz``, ``ibp``, ``crown``, ``alpha-crown``, ``complete``,
+  lower bound, per method (``lipschitz``, ``one-lipschitz``, ``ibp``, ``crown``, ``alpha-crown``, ``complete``,
   ``smoothing σ=...``: the smoothed classifier g, not the model), norm and strength (table
   ``certify``, quantity ``accuracy``), and ``certified``: the best deterministic certificate per
   example (every method but smoothing: they certify the model itself), the lower end of the bracket
@@ -66,6 +66,7 @@ import pandas as pd
 from ..training import rundir
 from ..certify.api import DETERMINISTIC, best_radii, covers, soundness_violations
 from ..errors import UserError
+from ..evaluate.attack_config import RANDOM_ATTACKS
 from .provenance import PROVENANCE, device_label, group_id, group_labels, model_provenance, provenance
 from .run_records import (ATTACK_EXAMPLES, ATTACKS, CERTIFY, CERTIFY_BOUNDS, CERTIFY_EXAMPLES, COUNTEREXAMPLES, JACOBIAN, MARGINS, Gap, RunRecord, find_result_dirs, read_model, read_run, run_ids)
 from ..stats import mean_ci, median_ci, wilson_interval
@@ -208,7 +209,7 @@ def certify_rows(record: RunRecord) -> list[dict]:
 def _attack_names(attacked: pd.DataFrame | None, norm: str) -> str:
     if attacked is None or attacked.empty:
         return "none"
-    sel = attacked[(attacked["attack"] != "noise") & (attacked["norm"] == norm)]
+    sel = attacked[~attacked["attack"].isin(RANDOM_ATTACKS) & (attacked["norm"] == norm)]
     return "+".join(sorted(sel["attack"].unique())) or "none"
 
 
@@ -444,13 +445,14 @@ def example_sets_gap(record: RunRecord) -> Gap | None:
     """A gap when the run's attacks.csv rows were measured on more than one example set
     (``example_seed``, ``n_examples``): accuracies of different sets sit side by side in the
     report but are not comparable, and the worst case per example covers one set only. White noise
-    runs on its own set (by default the whole test set) and is judged apart from the attacks."""
+    runs on its own set (by default the whole test set) and the common corruptions may run on theirs
+    (neither is in the worst case): each is judged apart from the attacks."""
     table = record.tables.get(ATTACKS)
     if table is None or not {"example_seed", "n_examples"} <= set(table.columns):
         return None
-    kinds = table["attack"].eq("noise")
+    noise, corrupted = table["attack"].eq("noise"), table["attack"].eq("corruption")
     if all(len(part[["example_seed", "n_examples"]].dropna().drop_duplicates()) < 2
-           for part in (table[kinds], table[~kinds])):
+           for part in (table[noise], table[corrupted], table[~(noise | corrupted)])):
         return None
     sets = table[["example_seed", "n_examples"]].dropna().drop_duplicates()
     by = table.groupby(["example_seed", "n_examples"])["attack"].apply(lambda a: "+".join(sorted(set(a))))

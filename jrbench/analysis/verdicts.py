@@ -13,7 +13,10 @@ and eps ("linf 0.1"); ``certified_acc`` at each norm and eps of the certificate 
 certificate per example, the best of every deterministic one that ran (Lipschitz, IBP, CROWN,
 alpha-CROWN, complete verification; :func:`jrbench.certify.api.best_radii`); ``R_z`` (test_R_z of
 metrics.csv, last epoch; smaller is better); the medians over examples of ``margin_random_median``
-and ``margin_adv_l2`` (margins.csv, pixel L2). ``diff`` is group minus baseline, in percentage
+and ``margin_adv_l2`` (margins.csv, pixel L2); ``corruption_acc``, the accuracy under the common
+corruptions averaged over the corruptions and severities 1-5 (strength ``mean``) and over each
+family's (``noise``, ``blur``, ``weather``, ``digital``), on the cells every run of the comparison
+has (:mod:`jrbench.analysis.corruptions`). ``diff`` is group minus baseline, in percentage
 points for accuracies.
 
 Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
@@ -21,7 +24,8 @@ Methods (:mod:`jrbench.stats`), chosen by the seeds the two groups share:
   per-seed differences (per-seed medians for margins): covers training noise;
 - one seed in common: tests over the test examples of that seed's two runs, paired by
   ``example`` (attack_examples.csv): exact McNemar for 0/1 outcomes (clean, attacks), an
-  exact sign test for the noise shares; for margins a bootstrap interval of the difference of
+  exact sign test for the noise shares and for each example's share of corrupted copies
+  classified correctly; for margins a bootstrap interval of the difference of
   medians with a permutation test (two independent samples). These cover the choice of test
   examples only, not training noise: the method text says so. R_z has no per-example values
   in metrics.csv: one seed gets no verdict (a gap).
@@ -62,6 +66,7 @@ from .. import stats
 from ..certify.api import DETERMINISTIC, best_radii, covers
 from ..errors import UserError
 from .provenance import group_id, relevant_config
+from .corruptions import METRIC as CORRUPTION_METRIC, STRENGTHS as CORRUPTION_STRENGTHS, example_corruption_values, run_corruption_values
 from .run_records import ATTACK_EXAMPLES, CERTIFY, CERTIFY_EXAMPLES, RunRecord
 from .worst_case import WORST_CASE, check_attack_examples, worst_case_examples
 
@@ -78,6 +83,7 @@ METRICS = {
     "autoattack_acc": ("AutoAttack", "points", True, 100.0),
     "certified_acc": ("certified (best deterministic certificate)", "points", True, 100.0),
     "certified_radius": ("median certified radius (best deterministic certificate)", "pixel", True, 1.0),
+    "corruption_acc": ("corruption accuracy", "points", True, 100.0),
     "R_z": ("R_z = ½ mean ‖J_z‖_F²", "", False, 1.0),
     "margin_random_median": ("median random-direction margin", "pixel L2", True, 1.0),
     "margin_adv_l2": ("median adversarial margin", "pixel L2", True, 1.0),
@@ -426,6 +432,8 @@ def _keys(values: pd.DataFrame) -> list[tuple[str, str]]:
 
     def key(p):
         metric, strength = p
+        if metric == CORRUPTION_METRIC:  # the mean first, then the families
+            return order[metric], f"{CORRUPTION_STRENGTHS.index(strength):03d}", 0.0
         norm, _, value = strength.partition(" ")
         return order.get(metric, len(order)), norm, float(value) if value else 0.0
 
@@ -482,6 +490,10 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
         except UserError as e:
             gaps.append(f"{group}: verdicts: {r.run_id}: {e}")
             break
+    if len(per_example) == 2:  # the corruptions: per example, the share of the cells both runs have
+        tables = [check_attack_examples(r.tables[ATTACK_EXAMPLES], str(r.path / ATTACK_EXAMPLES)) for r in (rg, rb)]
+        corrupted, _ = example_corruption_values(tables)
+        per_example = [pd.concat([p, c], ignore_index=True) if len(c) else p for p, c in zip(per_example, corrupted)]
     keys = _keys(pd.concat([wanted[["metric", "strength"]]] + [p[["metric", "strength"]] for p in per_example]))
     for metric, strength in keys:
         what = _what(metric, strength)
@@ -515,9 +527,10 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
             gaps.append(f"{group}: verdicts: {what}: no test example in the per-example records of both "
                         f"{rg.run_id} and {rb.run_id}")
             continue
-        if metric == "noise_acc":
+        if metric in ("noise_acc", CORRUPTION_METRIC):
             d = stats.sign_test(paired["value_g"], paired["value_b"])
-            method = (f"sign test exact on examples whose shares of correct noise draws differ ({d.note}); "
+            shares = "correct noise draws" if metric == "noise_acc" else "corrupted copies classified correctly"
+            method = (f"sign test exact on examples whose shares of {shares} differ ({d.note}); "
                       f"t interval over {d.n} examples ({ONE_SEED})")
         else:
             d = stats.mcnemar_exact(paired["value_g"], paired["value_b"])
@@ -549,7 +562,14 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
                         f"{sorted(c.runs)} against {sorted(c.baseline_runs)}); runs are paired by seed")
             continue
         if len(common) >= 2:
-            new, new_gaps = seed_verdicts(c, labels, values, common, cache)
+            run_ids = [c.runs[s].run_id for s in common] + [c.baseline_runs[s].run_id for s in common]
+            corrupted, cells, extra = run_corruption_values(collection.summary, run_ids)
+            if extra:
+                gaps.append(f"{labels[c.group]}: verdicts: corruption accuracy over the {len(cells)} corruption and "
+                            f"severity cells every run of the comparison with {labels[c.baseline]} has; {extra} "
+                            "other cells (in some runs only) left out")
+            new, new_gaps = seed_verdicts(c, labels, pd.concat([values, corrupted], ignore_index=True), common,
+                                          cache)
         else:
             new, new_gaps = example_verdicts(c, labels, values, collection.examples, common[0])
         rows += new
@@ -572,6 +592,9 @@ def _measure(metric: str, strength: str) -> str:
         return f"{sym} {value} certified"
     if metric == "certified_radius":
         return f"median certified {sym} radius"
+    if metric == CORRUPTION_METRIC:
+        return ("corruptions, mean over corruptions and severities" if strength == "mean"
+                else f"corruptions, {strength} family")
     return name
 
 
@@ -678,10 +701,13 @@ VERDICT_NOTES = (
     "per-seed differences (covers training noise). With 1 seed: tests over the test examples of the two runs "
     "(attack_examples.csv, paired by example): exact McNemar on the discordant examples, interval "
     "Clopper-Pearson on them, conditional on their number; for noise, an exact sign test on the examples whose "
-    "shares of correct draws differ, t interval over examples; for margins, a percentile bootstrap of the "
+    "shares of correct draws differ, t interval over examples (the same for the corruptions, on each example's share "
+    "of corrupted copies classified correctly); for margins, a percentile bootstrap of the "
     "difference of medians (two independent samples) and a permutation test. One-seed verdicts cover the choice "
     "of test examples only, not training noise. Worst case: an example counts as robust only if robust under "
-    "every adversarial attack run at that norm and strength. At strength 0 noise, attacks and certificates measure "
+    "every adversarial attack run at that norm and strength. Corruption accuracy: the mean over the common "
+    "corruptions and severities 1-5 that every run of the comparison has, and over each family's (noise, blur, "
+    "weather, digital). At strength 0 noise, attacks and certificates measure "
     "clean accuracy: a strength-0 row with the same data as the clean row or another strength-0 row of its "
     "comparison (per run over seeds, per example where both have records) is no verdict of its own; the row it "
     "repeats stands for it (stands_for in verdicts.csv). A strength-0 row that remains is the clean accuracy of "

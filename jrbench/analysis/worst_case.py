@@ -4,7 +4,7 @@ attack_examples.csv (written by ``jrbench attack``; columns :data:`EXAMPLE_COLUM
 per (example, attack, norm, strength, loss): ``clean_correct``, and ``robust``, 0 or 1 for an
 adversarial attack, a share in [0, 1] for white noise. At each norm and strength (pixel units)
 an example counts as robust only if it is robust under every adversarial attack run there (every
-attack but ``noise``: PGD, FGSM, AutoAttack and its components, every loss), over the examples
+attack but ``noise`` and the common corruptions (``corruption``): PGD, FGSM, AutoAttack and its components, every loss), over the examples
 every one of them covered.
 
 :func:`jrbench.analysis.results.collect` turns it into tidy rows (attack :data:`WORST_CASE`, ``settings``
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..evaluate.attack_config import RANDOM_ATTACKS  # noise and corruptions: not adversarial
 
 EXAMPLE_COLUMNS = ["example", "attack", "norm", "strength", "loss", "clean_correct", "robust", "broken",
                    "example_seed"]
@@ -32,7 +33,7 @@ def check_attack_examples(table: pd.DataFrame, source: str = "attack_examples.cs
         raise UserError(f"{source} lacks the columns {sorted(need - set(table.columns))}.")
     table = table.assign(loss=table["loss"].fillna("none").astype(str), strength=table["strength"].astype(float))
     robust = pd.to_numeric(table["robust"], errors="coerce")
-    adversarial = table["attack"] != "noise"
+    adversarial = ~table["attack"].isin(RANDOM_ATTACKS)
     if robust.isna().any() or not robust.between(0, 1).all() or not robust[adversarial].isin([0, 1]).all():
         raise UserError(f"{source}: 'robust' must be 0 or 1 for attacks and a share in [0, 1] for noise.")
     return table.assign(robust=robust)
@@ -45,14 +46,14 @@ def _attack_key(name: str) -> tuple:
 
 def worst_case_examples(table: pd.DataFrame) -> pd.DataFrame:
     """Per norm, strength and example: robust (0/1) only if robust under every adversarial
-    attack (every attack but 'noise', every loss) run at that norm and strength.
+    attack (every attack but 'noise' and 'corruption', every loss) run at that norm and strength.
 
     ``table``: attack_examples.csv (:func:`check_attack_examples`). Only the examples that
     every one of those attacks covered are kept. Columns: norm, strength, example,
     clean_correct, robust, attacks (the attacks that went into it, 'pgd/ce64+fgsm/ce64+...'),
     n_attacks, n_left_out (examples some attack at that strength did not cover)."""
     columns = ["norm", "strength", "example", "clean_correct", "robust", "attacks", "n_attacks", "n_left_out"]
-    adv = table[table["attack"] != "noise"]
+    adv = table[~table["attack"].isin(RANDOM_ATTACKS)]
     if adv.empty:
         return pd.DataFrame(columns=columns)
     adv = adv.assign(_name=np.where(adv["loss"] == "none", adv["attack"], adv["attack"] + "/" + adv["loss"]))

@@ -1,7 +1,7 @@
 """Certify a run directory or any model: lower bounds on robust accuracy -> certify.csv beside it.
 
 An attack's robust accuracy is an upper bound on the truth; a certificate is a lower bound
-that no attack can break. Six certificates, on the same fixed test examples as
+that no attack can break. Seven certificates, on the same fixed test examples as
 ``jrbench attack`` (:func:`jrbench.evaluate.api.fixed_examples`), in pixel units, with the model's
 normalization inside the map being bounded:
 
@@ -10,6 +10,12 @@ normalization inside the map being bounded:
   within L2 radius min_{j != y} (f_y - f_j) / L_yj, L_yj = ||W_y - W_j||_2 times the bound of
   the layers below the last. At L-inf eps through ||delta||_2 <= sqrt(d) ||delta||_inf: the
   L-inf radius is the L2 radius / sqrt(d) (d = C * H * W).
+- ``one-lipschitz``: for a network built from layers 1-Lipschitz by construction (aol-mlp,
+  aol-lenet; :func:`jrbench.models.lipschitz.construction_bound`), its constant L is that of its
+  normalization, max 1/std, with no norm computed; each f_y - f_j is then sqrt(2) L-Lipschitz and
+  the L2 radius is (f_y - max_{j != y} f_j) / (sqrt(2) L), in float64 rounded down (L-inf: / sqrt(d)).
+  ``lipschitz`` on such a network bounds each AOL layer by the exact norm of its rescaled weight
+  and the last layer by pairs, so its radius is at least this one up to the convolutions' 1e-6 slack.
 - ``ibp`` (Gowal et al. 2018): interval bound propagation of the L-inf box (clipped to [0, 1])
   at each eps of the grid (:mod:`jrbench.certify.ibp`); the radius of an example is the largest eps of
   the grid it certifies (boxes grow with eps, so certification is monotone).
@@ -19,7 +25,8 @@ normalization inside the map being bounded:
   L-inf eps as verified, falsified or unknown (:mod:`jrbench.certify.complete`). These skip what an
   attack broke or a cheaper certificate covers (:mod:`jrbench.certify.tight`, which also writes
   ``certify_bounds.csv``, per example and eps: status and the margin's lower bound, and
-  ``certify_counterexamples.pt``).
+  ``certify_counterexamples.pt``). A network with MaxMin activations is certified through its
+  ReLU form, the same function (:mod:`jrbench.certify.relu_form`).
 - ``smoothing`` (Cohen, Rosenfeld, Kolter 2019): the smoothed classifier g and its certified L2
   radius sigma Phi^-1(p_A) (:mod:`jrbench.certify.smoothing`). It certifies g, not the model f: its rows
   are never mixed into f's bracket.
@@ -53,13 +60,15 @@ from .config import CertifyConfig
 from .rows import NO_SIGMA, certify_row as _row
 from ..device import resolve_device
 from ..evaluate.api import Progress, prepare_model
+from ..evaluate.attack_config import RANDOM_ATTACKS
 from ..runtables.examples import default_examples, fixed_examples
 from ..runtables.provenance import load_test_data, run_provenance
 from ..runtables.tables import upsert_rows
 
 CERTIFY_CSV, CERTIFY_EXAMPLES_CSV = "certify.csv", "certify_examples.csv"
-METHODS = ("lipschitz", "ibp", "smoothing", "crown", "alpha-crown", "complete")
-DETERMINISTIC = ("lipschitz", "ibp", "crown", "alpha-crown", "complete")  # certify the model itself
+METHODS = ("lipschitz", "one-lipschitz", "ibp", "smoothing", "crown", "alpha-crown", "complete")
+DETERMINISTIC = ("lipschitz", "one-lipschitz", "ibp", "crown", "alpha-crown", "complete")  # certify the model itself
+OPEN_BALL = ("lipschitz", "one-lipschitz")  # radius r: every eps < r
 CLOSED_BALL = ("ibp", "crown", "alpha-crown", "complete")  # radius: the largest eps of a grid certified
 ROW_KEYS = ["method", "norm", "strength", "sigma"]
 EXAMPLE_KEYS = ["method", "norm", "sigma"]
@@ -83,9 +92,18 @@ def unsupported(model: nn.Module, config: CertifyConfig) -> str | None:
     else the message naming the first layer without one (smoothing takes any model)."""
     from . import crown, ibp
     from ..models import lipschitz
+    from .relu_form import model_for_crown
+
+    def tight_check(model):
+        try:
+            return crown.supports(model_for_crown(model))
+        except UserError as e:
+            return str(e)
 
     tight = config.crown or config.alpha_crown or config.complete
-    checks = [m.supports for m, on in ((lipschitz, config.lipschitz), (ibp, config.ibp), (crown, tight)) if on]
+    checks = [check for check, on in ((lipschitz.supports, config.lipschitz),
+                                      (lipschitz.construction_problem, config.one_lipschitz),
+                                      (ibp.supports, config.ibp), (tight_check, tight)) if on]
     return next((problem for problem in (check(model) for check in checks) if problem is not None), None)
 
 
@@ -95,7 +113,7 @@ def check_certify(run_dir: str | Path, config: CertifyConfig):
     the run's configuration."""
     run_dir = rundir.check_run_dir(Path(run_dir))
     run_config = rundir.load_config(run_dir)
-    if config.lipschitz or config.ibp:
+    if config.lipschitz or config.one_lipschitz or config.ibp:
         model, _ = rundir.load_run(run_dir, torch.device("cpu"))
         problem = unsupported(model, config)
         if problem is not None:
@@ -158,14 +176,24 @@ def _certify(model: nn.Module, data: Data, config: CertifyConfig, prov: dict, ou
             r, e = _lipschitz(model, x, y, clean_pred, config, tick)
             rows += r
             examples += e
+        if config.one_lipschitz:
+            r, e = _one_lipschitz(model, x, y, clean_pred, config, tick)
+            rows += r
+            examples += e
         if config.ibp:
             r, e = _ibp(model, x, y, clean_pred, config, tick)
             rows += r
             examples += e
+        tight_model = None
         for method, on in (("crown", config.crown), ("alpha-crown", config.alpha_crown),
                            ("complete", config.complete)):
             if on:
-                r, e, b, f = _tight(method, model, x, y, index, clean_pred, config, examples, out, example_seed, tick)
+                if tight_model is None:
+                    from .relu_form import model_for_crown
+
+                    tight_model = model_for_crown(model)  # MaxMin rewritten with ReLU: the same function
+                r, e, b, f = _tight(method, tight_model, x, y, index, clean_pred, config, examples, out,
+                                    example_seed, tick)
                 rows += r
                 examples += e
                 bounds += b
@@ -210,8 +238,8 @@ def _tight(method, model, x, y, index, clean_pred, config, examples, out, exampl
     or the folder's earlier rows) already covers."""
     from .tight import attacked_radius, run_tight
 
-    cheaper_methods = {"crown": ("lipschitz", "ibp"), "alpha-crown": ("lipschitz", "ibp", "crown"),
-                       "complete": ("lipschitz", "ibp", "crown", "alpha-crown")}[method]
+    cheaper_methods = {"crown": ("ibp",), "alpha-crown": ("ibp", "crown"),
+                       "complete": ("ibp", "crown", "alpha-crown")}[method]  # and OPEN_BALL's
     parts = [e.assign(example=index.numpy()[e["position"].to_numpy()]) for e in examples]
     earlier = out / CERTIFY_EXAMPLES_CSV if out is not None else None
     if earlier is not None and earlier.is_file():
@@ -220,7 +248,7 @@ def _tight(method, model, x, y, index, clean_pred, config, examples, out, exampl
     cheaper, attacked = {}, {}
     for norm in ("linf", "l2"):
         radii = {}
-        for kind, methods in (("closed", [m for m in cheaper_methods if m in CLOSED_BALL]), ("open", ["lipschitz"])):
+        for kind, methods in (("closed", [m for m in cheaper_methods if m in CLOSED_BALL]), ("open", list(OPEN_BALL))):
             radius = pd.Series(0.0, index=index.numpy())
             for part in parts:
                 sel = part[part["method"].isin(methods) & (part["norm"] == norm)]
@@ -303,7 +331,7 @@ def best_radii(examples: pd.DataFrame) -> pd.DataFrame:
 def _work_units(config: CertifyConfig, n: int) -> int:
     batches = max(1, math.ceil(n / config.batch_size))
     tight = n * (len(config.eps_linf) + len(config.eps_l2)) * (config.crown + config.alpha_crown)
-    return ((1 + batches) * config.lipschitz + batches * len(config.eps_linf) * config.ibp
+    return ((1 + batches) * (config.lipschitz + config.one_lipschitz) + batches * len(config.eps_linf) * config.ibp
             + n * len(config.sigmas) * config.smoothing + tight + n * len(config.eps_linf) * config.complete)
 
 
@@ -331,11 +359,11 @@ def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[li
     from ..models.lipschitz import certified_radius_l2, lipschitz_bound
 
     start = time.perf_counter()
-    bound = lipschitz_bound(model)
+    exact = copy.deepcopy(model).double()  # the logit gaps in float64: rounding cannot inflate a radius
+    bound = lipschitz_bound(exact)  # AOL layers: their rescaled weights in float64, as the logits use them
     bound_seconds = time.perf_counter() - start
     tick("Lipschitz bound")
     start = time.perf_counter()
-    exact = copy.deepcopy(model).double()  # the logit gaps in float64: rounding cannot inflate a radius
     radii = []
     for i in range(0, len(x), config.batch_size):
         with torch.no_grad():
@@ -353,6 +381,56 @@ def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[li
             for norm in ("linf", "l2") for eps in getattr(config, f"eps_{norm}")]
     examples = [_examples("lipschitz", norm, radius[norm], clean_pred, y, clean_pred) for norm in ("linf", "l2")]
     return rows, examples
+
+
+def one_lipschitz_radius_l2(bound: float, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) float64 CPU certified L2 radii (pixels) of a network whose constant ``bound`` L is known:
+    (f_y - max_{j != y} f_j) / (sqrt(2) L) rounded down, for correctly classified examples (strictly
+    largest logit), 0 for the others; +inf with one class."""
+    from ..models.lipschitz import strictly_correct
+    from .rounding import down, up
+
+    f, y = logits.detach().double().cpu(), labels.detach().long().cpu().view(-1)
+    if f.dim() != 2 or f.shape[0] != y.shape[0]:
+        raise UserError(f"one_lipschitz_radius_l2 needs logits (N, C) and N labels; got logits {tuple(f.shape)} "
+                        f"and {y.shape[0]} labels.")
+    own = f.gather(1, y[:, None])[:, 0]
+    others = f.scatter(1, y[:, None], -math.inf).amax(1)
+    slope = up(up(torch.tensor(math.sqrt(2), dtype=torch.float64)) * bound)  # sqrt(2) L, rounded up
+    radius = down(down(own - others) / slope)
+    return torch.where(strictly_correct(f, y), radius, torch.zeros_like(radius))
+
+
+def _one_lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[list[dict], list[pd.DataFrame]]:
+    """L2 radii from the construction's constant (no layer's norm computed); L-inf as L2 / sqrt(d)."""
+    from ..models.lipschitz import construction_bound
+
+    start = time.perf_counter()
+    bound = construction_bound(model)
+    tick("1-Lipschitz constant")
+    exact = copy.deepcopy(model).double()  # the logit gaps in float64
+    radii = []
+    for i in range(0, len(x), config.batch_size):
+        with torch.no_grad():
+            logits = exact(x[i:i + config.batch_size].double())
+        radii.append(one_lipschitz_radius_l2(bound, logits, y[i:i + config.batch_size]))
+        tick("1-Lipschitz radii")
+    radius_l2 = torch.cat(radii)
+    seconds = time.perf_counter() - start
+    radius = {"l2": radius_l2, "linf": _down_div(radius_l2, math.sqrt(x[0].numel()))}
+    correct = (clean_pred == y).cpu()
+    rows = [_row("one-lipschitz", norm, eps, covers(radius[norm], eps, correct), seconds,
+                 config.settings("one-lipschitz"), lipschitz_bound=bound)
+            for norm in ("linf", "l2") for eps in getattr(config, f"eps_{norm}")]
+    examples = [_examples("one-lipschitz", norm, radius[norm], clean_pred, y, clean_pred) for norm in ("linf", "l2")]
+    return rows, examples
+
+
+def _down_div(radius: torch.Tensor, divisor: float) -> torch.Tensor:
+    """radius / divisor rounded down (float64), the divisor rounded up first."""
+    from .rounding import down, up
+
+    return down(radius / up(torch.tensor(divisor, dtype=torch.float64)))
 
 
 def _ibp(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[list[dict], list[pd.DataFrame]]:
@@ -410,7 +488,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     """Examples that a deterministic certificate covers at eps but an attack breaks at eps or below.
 
     ``certified``: certify_examples.csv rows; ``attacked``: attack_examples.csv rows of the same
-    model and examples. An adversarial attack's row (noise is no attack here) with ``broken`` == 1
+    model and examples. An adversarial attack's row (noise and the corruptions are no attack here) with ``broken`` == 1
     at (norm, strength) contradicts every deterministic certificate (Lipschitz, IBP) whose radius
     at that norm covers the strength (IBP: radius >= strength, its closed box; Lipschitz: radius >
     strength, its open ball, with a relative tolerance for rounding): one of the two is wrong. Also contradicted: a certificate
@@ -421,7 +499,7 @@ def soundness_violations(certified: pd.DataFrame, attacked: pd.DataFrame) -> pd.
     cert = certified[certified["method"].isin(DETERMINISTIC) & (certified["radius"] > 0)]
     if cert.empty or attacked.empty:
         return pd.DataFrame(columns=columns)
-    adv = attacked[attacked["attack"] != "noise"]
+    adv = attacked[~attacked["attack"].isin(RANDOM_ATTACKS)]
     # older attack_examples.csv files have no broken column: it is clean_correct and not robust
     was_broken = adv["broken"] if "broken" in adv else adv["clean_correct"] * (1 - adv["robust"])
     broken = adv[(was_broken > 0) | (adv["clean_correct"] == 0)]

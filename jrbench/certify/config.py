@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..schema import check, field_error, option
 
-METHOD_FLAGS = ("lipschitz", "ibp", "crown", "alpha_crown", "complete", "smoothing")  # the certificates' fields
+METHOD_FLAGS = ("lipschitz", "one_lipschitz", "ibp", "crown", "alpha_crown", "complete",
+                "smoothing")  # the certificates' fields
 
 
 @dataclass
@@ -25,6 +26,9 @@ class CertifyConfig:
 
     lipschitz: bool = option(True, flag="--lipschitz", help="Certified L2 Lipschitz bound of the logits (layer "
                                                            "operator norms) -> L2 and L-inf radii.")
+    one_lipschitz: bool = option(False, flag="--one-lipschitz",
+                                 help="A 1-Lipschitz network's constant from its construction (aol-mlp, aol-lenet: "
+                                      "max 1/std): L2 radius = logit gap / (sqrt(2) L), and L-inf.")
     ibp: bool = option(True, flag="--ibp", help="Interval bound propagation at each L-inf eps.")
     smoothing: bool = option(False, flag="--smoothing", help="Randomized smoothing (Cohen et al. 2019): the "
                                                             "smoothed classifier's certified L2 radius.")
@@ -61,8 +65,8 @@ class CertifyConfig:
         """Raise :class:`UserError` (a :class:`~jrbench.schema.FieldError` where one field is
         wrong) naming the bad setting; every construction calls it."""
         if not any(getattr(self, name) for name in METHOD_FLAGS):
-            raise UserError("choose at least one certificate: --lipschitz, --ibp, --crown, --alpha-crown, "
-                            "--complete or --smoothing.")
+            raise UserError("choose at least one certificate: --lipschitz, --one-lipschitz, --ibp, --crown, "
+                            "--alpha-crown, --complete or --smoothing.")
         check(self)
         if self.smoothing and self.n0 > self.n:
             raise field_error(CertifyConfig, "n0", f"({self.n0}) must not exceed --n ({self.n}).")
@@ -79,6 +83,8 @@ class CertifyConfig:
             from .tight import PGD_RESTARTS, PGD_STEPS
 
             return f"milp timeout={self.timeout:g}s pgd={PGD_STEPS}x{PGD_RESTARTS} seed={self.seed}" + skip
+        if method == "one-lipschitz":
+            return "float64 construction"  # the constant from the layers' construction, no norm computed
         return "float64"  # bounds and logit gaps computed in float64
 
     def filled(self, dataset) -> "CertifyConfig":

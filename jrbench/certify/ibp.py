@@ -2,7 +2,8 @@
 
 The box [x - eps, x + eps] ∩ [0, 1] (pixel units) is pushed through the model's chain of layers
 (:func:`jrbench.models.lipschitz.layer_chain`: Normalize, Linear, Conv2d with any stride, padding, dilation
-and groups, ReLU and other monotone activations, MaxPool2d, AvgPool2d, eval BatchNorm, Flatten,
+and groups (AOL layers as the Linear / Conv2d they compute), ReLU and other monotone activations
+(MaxMin too: each output is monotone in each input), MaxPool2d, AvgPool2d, eval BatchNorm, Flatten,
 Identity, Dropout) by :mod:`jrbench.models.interval`, the code that ``--reg ibp`` trains against,
 here with ``sound=True``: float64 copies of the weights, on the input's device, with outward
 rounding (each affine layer widens its radius by 2 gamma_{n+2} (|W| (|mu| + r) + |b|); conversions

@@ -34,6 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..evaluate.attack_config import RANDOM_ATTACKS
+
 TIGHT_METHODS = ("crown", "alpha-crown", "complete")
 BOUNDS_CSV = "certify_bounds.csv"
 COUNTEREXAMPLES = "certify_counterexamples.pt"
@@ -62,7 +64,7 @@ def attacked_radius(out: Path | None, index: torch.Tensor, example_seed: int, no
     if path is None or not path.is_file():
         return result
     table = rundir.read_csv(path)
-    table = table[(table["attack"] != "noise") & (table["norm"] == norm)]
+    table = table[~table["attack"].isin(RANDOM_ATTACKS) & (table["norm"] == norm)]
     if "example_seed" in table:
         table = table[table["example_seed"] == example_seed]
     broken = table["broken"] if "broken" in table else table["clean_correct"] * (1 - table["robust"])

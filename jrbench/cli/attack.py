@@ -1,4 +1,4 @@
-"""jrbench attack: white noise, PGD, FGSM and AutoAttack on runs or outside models -> attacks.csv."""
+"""jrbench attack: white noise, PGD, FGSM, AutoAttack and the common corruptions on runs or outside models -> attacks.csv."""
 from __future__ import annotations
 
 from typing import Annotated, Optional
@@ -13,16 +13,37 @@ from .common import (Bars, DataDirOpt, DeviceOpt, InputNormalizedOpt, OutsideDat
 from .options import with_options
 
 
+def print_corruption_table(rows, title: str) -> None:
+    """The corruption rows as one grid: a row per corruption, a column per severity (accuracy)."""
+    from rich.table import Table
+
+    severities = sorted(rows["strength"].unique())
+    table = Table(title=title)
+    table.add_column("corruption")
+    for s in severities:
+        table.add_column(f"severity {s:g}" if s else "clean", justify="right")
+    table.add_column("seconds", justify="right")
+    for name, sel in rows.groupby("norm", sort=False):
+        acc = dict(zip(sel["strength"], sel["accuracy"]))
+        table.add_row(name, *(f"{acc[s]:.3f}" if s in acc else "" for s in severities), f"{sel['seconds'].sum():.1f}")
+    console.print(table)
+
+
 def print_attack_table(result, title: str) -> None:
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in ("attack", "norm", "strength", "accuracy", "95% CI", "n", "loss", "seconds"):
-        table.add_column(col, justify="right")
-    for r in result.table.itertuples():
-        table.add_row(r.attack, r.norm, f"{r.strength:g}", f"{r.accuracy:.4f}",
-                      f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n_examples), r.loss, f"{r.seconds:.1f}")
-    console.print(table)
+    corrupted = result.table["attack"] == "corruption"
+    if (~corrupted).any():
+        table = Table(title=title)
+        for col in ("attack", "norm", "strength", "accuracy", "95% CI", "n", "loss", "seconds"):
+            table.add_column(col, justify="right")
+        for r in result.table[~corrupted].itertuples():
+            table.add_row(r.attack, r.norm, f"{r.strength:g}", f"{r.accuracy:.4f}",
+                          f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", str(r.n_examples), r.loss, f"{r.seconds:.1f}")
+        console.print(table)
+    if corrupted.any():
+        print_corruption_table(result.table[corrupted], title.replace("accuracy under attack",
+                                                                      "accuracy under the common corruptions"))
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
     console.print(f"written: {result.path}" + (f", {result.examples_path}" if result.examples_path else ""))
@@ -47,10 +68,12 @@ def attack_command(
     out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack; write
-    attacks.csv and the per-example record attack_examples.csv into the run (or model) folder.
-    Naming selects: the attacks named (an --autoattack-eps-* grid names AutoAttack) run, and only
-    they; none named: noise, PGD and FGSM, less those given as --no-noise, --no-pgd, --no-fgsm."""
+    """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack, or corrupt
+    their fixed test examples with the common corruptions (--corruptions); write attacks.csv and the
+    per-example record attack_examples.csv into the run (or model) folder. Naming selects: the
+    attacks named (an --autoattack-eps-* grid names AutoAttack, --corruption or --severity the
+    corruptions) run, and only they; none named: noise, PGD and FGSM, less those given as --no-noise,
+    --no-pgd, --no-fgsm."""
     from ..errors import UserError
     from ..evaluate.api import attack_model, attack_run, check_attack
     from ..evaluate.attack_config import NORMS, build_attack_config

@@ -1,4 +1,5 @@
-"""jrbench certify: certified accuracy (Lipschitz, IBP, CROWN, alpha-CROWN, complete, smoothing) -> certify.csv."""
+"""jrbench certify: certified accuracy (Lipschitz, 1-Lipschitz, IBP, CROWN, alpha-CROWN, complete, smoothing)
+-> certify.csv."""
 from __future__ import annotations
 
 from rich.markup import escape
@@ -23,8 +24,11 @@ def print_certify_table(result, title: str) -> None:
     console.print(table)
     bounds = result.table.get("lipschitz_bound")
     if bounds is not None and bounds.notna().any():
-        console.print(f"certified L2 Lipschitz bound of x -> logits (pixels): {bounds.dropna().iloc[0]:.4g}",
-                      highlight=False)
+        for method, how in (("lipschitz", "product of layer norms"), ("one-lipschitz", "by construction")):
+            bound = bounds[result.table["method"] == method].dropna()
+            if len(bound):
+                console.print(f"certified L2 Lipschitz bound of x -> logits (pixels), {how}: {bound.iloc[0]:.6g}",
+                              highlight=False)
     if (result.table["method"] == "smoothing").any():
         console.print("smoothing certifies the smoothed classifier g (Cohen et al. 2019), not the model itself.",
                       highlight=False)
@@ -55,10 +59,11 @@ def certify_command(
     out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound, interval
-    bound propagation, CROWN, alpha-CROWN, complete verification, randomized smoothing; write
-    certify.csv and certify_examples.csv (and for the tight methods certify_bounds.csv) into the run
-    (or model) folder. No certificate flag: --lipschitz and --ibp."""
+    """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound (the product
+    of layer norms, or a 1-Lipschitz network's constant by construction), interval bound propagation,
+    CROWN, alpha-CROWN, complete verification, randomized smoothing; write certify.csv and
+    certify_examples.csv (and for the tight methods certify_bounds.csv) into the run (or model)
+    folder. No certificate flag: --lipschitz and --ibp."""
     from ..certify.api import certify_model, certify_run, check_certify, unsupported
     from ..certify.config import METHOD_FLAGS
     from ..errors import UserError

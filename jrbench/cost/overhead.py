@@ -11,9 +11,10 @@ implementation of the exact penalty (one ``autograd.grad`` of each logit row's s
 authors' code does for n = -1), the reference point for the exact mode. Optionally the other
 ways to buy robustness: ``lipschitz`` (the weights projected after each SGD step,
 :mod:`jrbench.penalty.lipschitz_constraint`; its power-iteration vectors kept per model across steps,
-the certified projection of each epoch's end not timed), ``noise`` (Gaussian augmentation), and
-certified training, ``ibp`` and ``crown-ibp`` (:mod:`jrbench.penalty.certified_training`), each at
-a step after the warm-up, at the full radius with the final kappa, CROWN-IBP with its backward
+the certified projection of each epoch's end not timed), ``noise`` (Gaussian augmentation),
+``lipschitz-margin`` (the margin loss of a 1-Lipschitz model, :func:`jrbench.penalty.regularizers.margin_loss`),
+and certified training, ``ibp`` and ``crown-ibp`` (:mod:`jrbench.penalty.certified_training`), each
+at a step after the warm-up, at the full radius with the final kappa, CROWN-IBP with its backward
 pass (beta 1, the cost of its ramp; after the ramp it costs what ``ibp`` costs).
 
 Memory per case (``peak_mb``, ``saved_mb``, ``cuda_peak_mb``) is measured by
@@ -38,7 +39,7 @@ from ..models.architectures import Classifier
 from .memory import memory_per_case
 from .overhead_config import OverheadConfig
 from ..penalty.certified_training import CertifiedTraining, bound_name
-from ..penalty.regularizers import BoundTerm, step_loss
+from ..penalty.regularizers import BoundTerm, check_model, step_loss
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,9 @@ class OverheadCase:
 def case_name(reg: RegConfig) -> str:
     """The overhead case that times a training step of ``reg``: 'plain', 'jacobian-n1',
     'jacobian-exact', 'jacobian-n1-sub16', 'jacobian-n1-every4', 'jacobian-jvp-n1', ... (the
-    knobs in that order when several are set); 'lipschitz', 'noise', 'ibp' and 'crown-ibp' joined
-    with '+' ('jacobian-n1+noise') when they are in ``reg`` too."""
-    others = [n for n in ("lipschitz", "noise", "ibp", "crown-ibp") if n in reg.names]
+    knobs in that order when several are set); 'lipschitz' and 'noise' joined with '+'
+    ('jacobian-n1+noise') when they are in ``reg`` too, as are 'lipschitz-margin', 'ibp' and 'crown-ibp'."""
+    others = [n for n in ("lipschitz", "noise", "lipschitz-margin", "ibp", "crown-ibp") if n in reg.names]
     if "jacobian" not in reg.names or reg.lambda_jr == 0:
         return "+".join(others) or "plain"
     name = "jacobian-" + ("jvp-" if reg.jr_estimator == "jvp" else "")
@@ -70,13 +71,13 @@ def case_name(reg: RegConfig) -> str:
 
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
-                  lipschitz: bool = False, noise: bool = False, ibp: bool = False, crown_ibp: bool = False,
-                  **reg_options) -> list[OverheadCase]:
+                  lipschitz: bool = False, noise: bool = False, lipschitz_margin: bool = False,
+                  ibp: bool = False, crown_ibp: bool = False, **reg_options) -> list[OverheadCase]:
     """plain, then n = ``n_projs`` (-1: exact), n=1 on ``subsamples`` rows, n=1 every k-th step
     for k in ``everys``, the forward-mode estimator n=1 (``jvp``), ``--reg lipschitz``
-    (``lipschitz``), ``--reg noise`` (``noise``), ``--reg ibp`` (``ibp``) and ``--reg crown-ibp``
-    (``crown_ibp``) at their default settings, and the per-row reference. ``reg_options`` (e.g.
-    ``jr_backend="autograd"``) go into every Jacobian case."""
+    (``lipschitz``), ``--reg noise`` (``noise``), ``--reg lipschitz-margin`` (``lipschitz_margin``),
+    ``--reg ibp`` (``ibp``) and ``--reg crown-ibp`` (``crown_ibp``) at their default settings, and
+    the per-row reference. ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
     def jr(**kw) -> RegConfig:
         return RegConfig(["jacobian"], **{**kw, **reg_options})
 
@@ -94,6 +95,8 @@ def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, 
         cases.append(OverheadCase("lipschitz", RegConfig(["lipschitz"])))
     if noise:
         cases.append(OverheadCase("noise", RegConfig(["noise"])))
+    if lipschitz_margin:
+        cases.append(OverheadCase("lipschitz-margin", RegConfig(["lipschitz-margin"])))
     if ibp:
         cases.append(OverheadCase("ibp", RegConfig(["ibp"])))
     if crown_ibp:
@@ -235,7 +238,8 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
 # ----------------------------------------------------------------------------- whole runs
 def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
     return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
-                         cfg.lipschitz, cfg.noise, cfg.ibp, cfg.crown_ibp, jr_backend=cfg.jr_backend)
+                         cfg.lipschitz, cfg.noise, cfg.lipschitz_margin, cfg.ibp, cfg.crown_ibp,
+                         jr_backend=cfg.jr_backend)
 
 
 def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
@@ -276,6 +280,8 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
     model = build_model(cfg.model, info.input_shape, info.num_classes, info.mean, info.std).to(device)
     if cfg.lipschitz:
         refuse_unsupported(model)
+    if cfg.lipschitz_margin:
+        check_model(model, RegConfig(["lipschitz-margin"]))
     cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup, on_progress=on_progress),
                         memory_per_case(model, x, y, cases, _step))

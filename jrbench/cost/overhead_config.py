@@ -1,8 +1,9 @@
 """What ``jrbench overhead`` times: :class:`OverheadConfig` (light: the command line builds its options from it).
 
 The cases (plain SGD, the Jacobian penalty at several projection counts, sub-sampling, every
-k-th step, the forward-mode estimator, the Lipschitz constraint, noise augmentation, IBP and
-CROWN-IBP training, the per-row reference) are timed interleaved by :func:`jrbench.cost.overhead.run_overhead`.
+k-th step, the forward-mode estimator, the Lipschitz constraint, noise augmentation, the margin loss
+of 1-Lipschitz models, IBP and CROWN-IBP training, the per-row reference) are timed interleaved by
+:func:`jrbench.cost.overhead.run_overhead`.
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class OverheadConfig:
     lipschitz: bool = option(False, flag="--lipschitz",
                              help="Also time --reg lipschitz (the weights projected after each step).")
     noise: bool = option(False, flag="--noise", help="Also time --reg noise (Gaussian data augmentation).")
+    lipschitz_margin: bool = option(False, flag="--lipschitz-margin",
+                                    help="Also time --reg lipschitz-margin (the margin loss; a 1-Lipschitz --model).")
     ibp: bool = option(False, flag="--ibp", help="Also time --reg ibp (certified training against interval "
                                                  "bounds, after the warm-up).")
     crown_ibp: bool = option(False, flag="--crown-ibp", help="Also time --reg crown-ibp during its ramp (the "

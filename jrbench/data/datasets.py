@@ -421,6 +421,19 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     return load_data(cfg).info
 
 
+def info_of(dataset: "str | DatasetInfo | DataConfig") -> DatasetInfo:
+    """The :class:`DatasetInfo` of a data set given by name (registered ones), info or config."""
+    if isinstance(dataset, DatasetInfo):
+        return dataset
+    if isinstance(dataset, DataConfig):
+        return dataset_info(dataset)
+    spec = DATASETS.get(dataset)
+    if spec.info is None:
+        raise UserError(f"the shape of a {dataset} data set depends on its images: give its run "
+                        "(its recorded data description), not only the name.")
+    return spec.info
+
+
 def defaults_of(dataset: "str | DatasetInfo | DataConfig") -> Defaults:
     """The :class:`Defaults` of a data set given by name (registered ones), info or config."""
     if isinstance(dataset, DatasetInfo):

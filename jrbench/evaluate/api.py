@@ -129,6 +129,7 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     (None: kept in memory, the warnings then read this call's rows only)."""
     from .attack_checks import sanity_warnings
     from .attacks import run_attacks
+    from .corruptions import corruption_units, run_corruptions
 
     dataset = data.info  # its defaults; a folder or npz data set's follow its images
     # the data set's default grids (noise sigmas, eps), only where a used grid is left None (a
@@ -141,10 +142,26 @@ def _attack(model: nn.Module, data: Data, config, prov: dict, out: Path | None, 
     if config.noise and n_noise != n_examples:
         noise_images, noise_labels, noise_index = fixed_examples(data, n_noise, example_seed)
         noise_set = (to_pixels(noise_images, device), noise_labels.to(device), noise_index)
+    n_corrupt, units = corruption_units(filled), {"attacks": 0, "done": 0}
+
+    def attack_progress(done: int, total: int, label: str) -> None:  # the corruptions come after the attacks
+        units.update(attacks=total, done=done)
+        if on_progress is not None:
+            on_progress(done, total + n_corrupt, label)
+
+    def corruption_step(label: str) -> None:
+        units["done"] += 1
+        if on_progress is not None:
+            on_progress(units["done"], units["attacks"] + n_corrupt, label)
+
     result = run_attacks(model, x, y, filled, num_classes=data.info.num_classes,
-                         example_index=index, example_seed=example_seed, on_progress=on_progress,
+                         example_index=index, example_seed=example_seed, on_progress=attack_progress,
                          noise_set=noise_set)
-    table, examples = result.table, result.examples
+    corrupted = run_corruptions(model, x, y, filled, example_index=index, example_seed=example_seed,
+                                on_step=corruption_step)
+    parts = [r for r in (result, corrupted) if len(r.table)] or [result]
+    table = pd.concat([r.table for r in parts], ignore_index=True)
+    examples = pd.concat([r.examples for r in parts], ignore_index=True)
     for key, value in prov.items():
         table[key] = value
     table["example_seed"] = example_seed

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from .attack_config import huge_eps_linf
+from .attack_config import CORRUPTION, huge_eps_linf
 from .attacks import GRAD_VANISH_THRESHOLD
 
 ATTACK_STRENGTH_ORDER = ("fgsm", "pgd", "autoattack")  # weaker to stronger, same norm
@@ -222,7 +222,14 @@ def sanity_warnings(df: pd.DataFrame, *, input_dim: int | None = None,
     - with ``examples`` (the per-example record, :data:`jrbench.evaluate.attacks.EXAMPLE_COLUMNS`, of
       the same examples): a weaker attack (FGSM < PGD < AutoAttack, same norm) breaks an
       example that a stronger one leaves robust at an equal or larger eps; it names both
-      attacks, the eps and the number of examples."""
+      attacks, the eps and the number of examples.
+
+    The common corruptions' rows (attack ``corruption``) are left out: a severity is no radius (the
+    library's severities need not hurt a model in order: snow's level 2 changes more pixels than its
+    level 3 on small images), and no attack is compared with them."""
+    df = df[df["attack"] != CORRUPTION] if "attack" in df else df
+    if examples is not None and "attack" in examples:
+        examples = examples[examples["attack"] != CORRUPTION]
     out = _rising(df) + _pgd_vs_fgsm(df)
     if input_dim is not None:
         out += _pgd_vs_noise(df, input_dim)

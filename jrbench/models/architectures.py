@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import Registry
+from .onelip import AOLConv2d, AOLLinear, MaxMin
 
 
 class Normalize(nn.Module):
@@ -154,6 +155,28 @@ def _resnet18(shape, num_classes, dropout):
     if dropout > 0:
         net.fc = nn.Sequential(nn.Dropout(dropout), net.fc)
     return net
+
+
+@_register("aol-mlp", 1, "1-Lipschitz MLP: AOL linear layers (Prach & Lampert 2022) 784-256-256-10, MaxMin; "
+                         "input flattened")
+def _aol_mlp(shape, num_classes, dropout):
+    d = shape[0] * shape[1] * shape[2]
+    return nn.Sequential(
+        nn.Flatten(), AOLLinear(d, 256), MaxMin(), _drop(dropout),
+        AOLLinear(256, 256), MaxMin(), _drop(dropout), AOLLinear(256, num_classes),
+    )
+
+
+@_register("aol-lenet", 4, "1-Lipschitz LeNet-size CNN: AOL conv3x3-16, conv2x2/2-32, conv3x3-32, conv2x2/2-64, "
+                           "fc128, fc; MaxMin")
+def _aol_lenet(shape, num_classes, dropout):
+    c, h, w = shape
+    h2, w2 = h // 2 // 2, w // 2 // 2  # two 2x2 convolutions of stride 2 (space to depth, then mixing)
+    return nn.Sequential(
+        AOLConv2d(c, 16, 3, padding=1), MaxMin(), AOLConv2d(16, 32, 2, stride=2), MaxMin(),
+        AOLConv2d(32, 32, 3, padding=1), MaxMin(), AOLConv2d(32, 64, 2, stride=2), MaxMin(), nn.Flatten(),
+        AOLLinear(64 * h2 * w2, 128), MaxMin(), _drop(dropout), AOLLinear(128, num_classes),
+    )
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int,

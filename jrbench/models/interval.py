@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lipschitz import Layer, final_linear
+from .onelip import MaxMin
 
 U = 2.0 ** -53  # unit roundoff of float64
 CHUNK_ELEMENTS = 1 << 22  # the elision's (N, classes, F) coefficients per chunk of classes
@@ -134,7 +135,10 @@ def step(kind: str, m: nn.Module, mu: torch.Tensor, r: torch.Tensor, sound: bool
 
 
 def _monotone(m: nn.Module, lo: torch.Tensor, hi: torch.Tensor, sound: bool):
-    """The bounds (lo, hi) through a monotone layer (activation, max pooling): its corners."""
+    """The bounds (lo, hi) through a monotone layer (activation, max pooling): its corners. MaxMin
+    is monotone in each input: its exact max and min of the corners bound it."""
+    if isinstance(m, MaxMin):
+        return MaxMin.exact(lo), MaxMin.exact(hi)
     lo, hi = m(lo), m(hi)
     if sound and not isinstance(m, (nn.MaxPool2d, nn.ReLU, nn.Hardtanh)):  # not exact in floating point
         lo, hi = down(lo - 4 * U * lo.abs()), up(hi + 4 * U * hi.abs())

@@ -23,7 +23,15 @@ running statistics; the model's modes are restored after):
   input, each window's max moving by at most the largest change inside it; 1 without overlap.
 - eval BatchNorm: max |gamma / sqrt(running_var + eps)|. ReLU, Hardtanh (ReLU6), Tanh: 1;
   LeakyReLU(a >= 0): max(1, a); Sigmoid: 1/4; Flatten, Unflatten, Identity, Dropout: 1.
+- The 1-Lipschitz layers of :mod:`jrbench.models.onelip`: an AOL layer enters the chain as the
+  ordinary nn.Linear / nn.Conv2d it computes (its ``plain()``), bounded by the rules above (at most
+  1 up to rounding); MaxMin: 1 (it sorts pairs).
 Anything else raises :class:`UserError` naming the layer's path and class.
+
+By construction (:func:`construction_bound`): a network of layers that are 1-Lipschitz whatever
+their weights (AOL, MaxMin, ReLU, non-overlapping max pooling, identity maps) has the constant of
+its normalization, max 1/std, with no layer's norm computed; its certified L2 radius is the logit
+gap over sqrt(2) times that constant (each f_y - f_j is sqrt(2) L-Lipschitz).
 
 Certified L2 radius (pixel units): f_y - f_j = (W_y - W_j) g(x) + (b_y - b_j), with g the chain below
 the final nn.Linear, so L_yj = ||W_y - W_j||_2 Lip(g) bounds its slope and no perturbation smaller
@@ -41,14 +49,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .architectures import Normalize, eval_mode
+from .architectures import Classifier, Normalize, PixelClassifier, eval_mode
+from .onelip import ONE_LIPSCHITZ, REPARAMETRIZED, MaxMin
 
 CONV_ROUNDING = 1e-6  # relative slack on the float64 FFT bound of a convolution
-SUPPORTED = ("Linear, Conv2d, ReLU, LeakyReLU, Hardtanh, Tanh, Sigmoid, MaxPool2d, AvgPool2d, "
-             "BatchNorm with running statistics, Flatten, Unflatten, Identity and Dropout")
+SUPPORTED = ("Linear, Conv2d, AOLLinear, AOLConv2d, ReLU, LeakyReLU, Hardtanh, Tanh, Sigmoid, MaxMin, MaxPool2d, "
+             "AvgPool2d, BatchNorm with running statistics, Flatten, Unflatten, Identity and Dropout")
 _IDENTITY = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
              nn.Dropout3d, nn.AlphaDropout)
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid)  # monotone
+_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Hardtanh, nn.Tanh, nn.Sigmoid, MaxMin)  # monotone (MaxMin: in each input)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -126,13 +135,16 @@ def _is_chain(module: nn.Module) -> bool:
     return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
 
 
-def _leaves(module: nn.Module, path: str):
+def _leaves(module: nn.Module, path: str, plain: bool = True):
     """(path, layer) in the order the chain runs them; a layer used twice comes twice (as
-    ``nn.Sequential.forward`` runs it twice), which ``named_children`` would hide."""
+    ``nn.Sequential.forward`` runs it twice), which ``named_children`` would hide. With ``plain``
+    an AOL layer comes as the ordinary layer it computes (a new module, not the model's)."""
     if _is_chain(module):
         for name, child in module._modules.items():
             if child is not None:
-                yield from _leaves(child, f"{path}.{name}" if path else name)
+                yield from _leaves(child, f"{path}.{name}" if path else name, plain)
+    elif plain and isinstance(module, REPARAMETRIZED):
+        yield path, module.plain()
     else:
         yield path, module
 
@@ -185,6 +197,66 @@ def supports(model: nn.Module) -> str | None:
     except UserError as e:
         return str(e)
     return None
+
+
+def _one_lipschitz_problem(path: str, m: nn.Module) -> str | None:
+    """Why layer ``m`` is not 1-Lipschitz in L2 by construction (None when it is)."""
+    if isinstance(m, ONE_LIPSCHITZ + _IDENTITY) or type(m) is nn.ReLU:
+        return None
+    if isinstance(m, nn.MaxPool2d):
+        ks, ss, ds = _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.dilation)
+        if ds == (1, 1) and all(s >= k for k, s in zip(ks, ss)) and not m.return_indices:
+            return None  # disjoint windows: each output moves by at most the largest change in its window
+        return f"{path} (MaxPool2d with overlapping windows)"
+    return f"{path or 'the model'} ({type(m).__name__})"
+
+
+ONE_LIPSCHITZ_LAYERS = ("AOLLinear, AOLConv2d, MaxMin, ReLU, MaxPool2d with disjoint windows, Flatten, Unflatten, "
+                        "Identity and Dropout")
+
+
+def construction_problem(model: nn.Module, flag: str = "--one-lipschitz") -> str | None:
+    """None when ``model`` is a jrbench classifier (a :class:`Classifier` or :class:`PixelClassifier`,
+    whose forward is its ``net`` after its normalization) whose ``net`` is a chain (nested
+    nn.Sequential) of layers 1-Lipschitz by construction; else the :class:`UserError` message. Checks
+    the layers' types only (no forward pass: cheap enough for every training step, and models on the
+    meta device pass)."""
+    if not isinstance(model, (Classifier, PixelClassifier)):
+        return (f"{flag} needs a jrbench model (a Classifier or PixelClassifier) built from 1-Lipschitz layers, "
+                f"not a {type(model).__name__}.")
+    for path, m in _leaves(model.net, "net", plain=False):
+        why = _one_lipschitz_problem(path, m)
+        if why is not None:
+            return (f"{flag} needs a network built from layers that are 1-Lipschitz by construction (models "
+                    f"aol-mlp, aol-lenet: chains of {ONE_LIPSCHITZ_LAYERS}); layer {why} of model "
+                    f"'{getattr(model, 'name', '?')}' is not one"
+                    + (" (--lipschitz bounds such a model by the product of its layers' norms)." if flag == "--one-lipschitz"
+                       else "."))
+    return None
+
+
+def construction_constant(model: nn.Module, flag: str = "--one-lipschitz") -> torch.Tensor:
+    """The L2 Lipschitz constant of pixels -> logits that ``model`` has by construction, as a 0-d
+    tensor on the model's device (no host read): the norm of its normalization, max over channels
+    of 1/std, or 1 without one (every other layer is 1-Lipschitz whatever its weights).
+    :class:`UserError` (:func:`construction_problem`) for a model that is not built so."""
+    problem = construction_problem(model, flag)
+    if problem is not None:
+        raise UserError(problem)
+    if isinstance(model, PixelClassifier):
+        ref = next(iter(model.parameters()), torch.zeros(()))
+        return torch.ones((), dtype=ref.dtype, device=ref.device)
+    return (1 / model.normalize.std.detach().abs()).max()
+
+
+def construction_bound(model: nn.Module, flag: str = "--one-lipschitz") -> float:
+    """:func:`construction_constant` for a certificate: computed in float64 from the stored std and
+    rounded up (one float), so it is at least the exact constant."""
+    construction_constant(model, flag)  # the checks
+    if isinstance(model, PixelClassifier):
+        return 1.0
+    inverse = 1 / model.normalize.std.detach().double().abs().cpu()
+    return float(torch.nextafter(inverse, torch.full_like(inverse, math.inf)).max())
 
 
 def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:

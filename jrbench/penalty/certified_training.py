@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RegConfig
-from ..data.datasets import DATASETS
 from ..errors import UserError
 from ..models import interval
-from ..models.architectures import Classifier, build_model
+from ..models.architectures import Classifier
 from ..models.lipschitz import Layer, layer_chain, strictly_correct
+from ..models.onelip import REPARAMETRIZED
 from . import crown_ibp
 
 NAMES = ("ibp", "crown-ibp")
@@ -85,7 +85,13 @@ class Schedule:
 
 
 def training_chain(model: Classifier, name: str) -> list[Layer]:
-    """The layer chain ``--reg name`` bounds, or :class:`UserError` naming the first layer it cannot."""
+    """The layer chain ``--reg name`` bounds, or :class:`UserError` naming the first layer it cannot
+    (the model may be on the meta device)."""
+    for path, m in model.named_modules():
+        if isinstance(m, REPARAMETRIZED):
+            raise UserError(f"--reg {name} has no rule for layer {path} ({type(m).__name__}): certify --ibp bounds "
+                            "the plain layer it computes, a copy of its weights that training would not update; "
+                            "use a model of plain layers (mlp, lenet, ddnet).")
     try:
         layers = layer_chain(model, "--ibp", ibp=True)
     except UserError as e:
@@ -102,19 +108,6 @@ def training_chain(model: Classifier, name: str) -> list[Layer]:
         if why is not None:
             raise UserError(f"--reg crown-ibp: {why}; --reg ibp covers more layers.")
     return layers
-
-
-def check_model(model_name: str, dataset: str, reg: RegConfig) -> None:
-    """:func:`training_chain` for registered ``model_name`` on ``dataset`` before any training (built
-    on the meta device); a folder or npz data set's shape is known from its data only: its check
-    waits for training."""
-    name = bound_name(reg)
-    info = DATASETS.get(dataset).info
-    if name is None or info is None:
-        return
-    with torch.device("meta"):
-        model = build_model(model_name, info.input_shape, info.num_classes, info.mean, info.std)
-    training_chain(model, name)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from ..config import RegConfig
 from ..data.datasets import DATASETS
 from ..errors import UserError
 from ..models.architectures import Classifier, build_model
+from ..models.onelip import REPARAMETRIZED
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 WARMUP_ITERS = 20   # power iterations from the random start vectors, before the first step
@@ -112,7 +113,15 @@ class LipschitzConstraint:
 
 
 def refuse_unsupported(model: Classifier) -> None:
-    """Raise :class:`UserError` when :mod:`jrbench.models.lipschitz` has no bound for ``model``."""
+    """Raise :class:`UserError` when :mod:`jrbench.models.lipschitz` has no bound for ``model``, or
+    when ``model`` has AOL layers (1-Lipschitz by construction: nothing to project, and the chain's
+    Linear / Conv2d for them are copies)."""
+    aol = next((name for name, m in model.named_modules() if isinstance(m, REPARAMETRIZED)), None)
+    if aol is not None:
+        raise UserError(f"--reg lipschitz projects the weights of Linear and Conv2d layers; model "
+                        f"'{getattr(model, 'name', '?')}' is 1-Lipschitz by construction (AOL layer {aol}), so there "
+                        "is nothing to project: train it without --reg lipschitz (--reg lipschitz-margin adds a "
+                        "margin).")
     message = lipschitz.supports(model)
     if message is not None:
         raise UserError(f"--reg lipschitz needs a model whose certified Lipschitz bound is a product of layer "

@@ -1,5 +1,5 @@
 """Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
-ibp, crown-ibp.
+lipschitz-margin, ibp, crown-ibp.
 
 Each acts in one place: ``l2`` through SGD weight decay, ``dropout`` through the model
 (p before each hidden fully connected layer), ``jacobian`` and ``input-grad`` through a
@@ -20,12 +20,21 @@ authors' code.
   x + sigma N(0, I), clipped to [0, 1], before normalization; the penalties see the noisy x.
 - lipschitz (Gouk, Frank, Pfahringer, Cridge 2021): every weight layer projected after each
   step so that the certified L2 Lipschitz bound of the model in pixel space is at most K.
+- lipschitz-margin (Tsuzuku, Sato, Sugiyama 2018, "Lipschitz-margin training"), for networks
+  1-Lipschitz by construction (aol-mlp, aol-lenet), whose constant L (pixels -> logits, max 1/std)
+  is known without computing anything (:func:`jrbench.models.lipschitz.construction_bound`): every
+  logit but the label's is raised by sqrt(2) L eps before the cross-entropy, which then asks for a
+  logit gap that certifies the L2 radius eps (the certificate of ``jrbench certify --one-lipschitz``).
+  With temperature T the loss is T CE(logits' / T) (Béthune et al. 2022, "Pay attention to your
+  loss": a 1-Lipschitz network's logits cannot grow to saturate the cross-entropy, so its scale
+  matters); it replaces the cross-entropy in the total, and ``ce`` stays the plain cross-entropy.
 - ibp, crown-ibp (Gowal et al. 2018; Zhang et al. 2020): certified training, the cross-entropy
   mixed with that of the worst-case logits of the L-inf ball, from interval bounds (or CROWN-IBP),
   on a warm-up and ramp schedule (:mod:`jrbench.penalty.certified_training`).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -35,10 +44,12 @@ import torch.nn.functional as F
 from ..config import RegConfig
 from ..errors import UserError
 from . import vjp_tape
-from .certified_training import BoundStep, CertifiedTraining, bound_name
+from .certified_training import BoundStep, CertifiedTraining, bound_name, training_chain
 from .jacobian import (autograd_vjp, batch_statistic_norms, frobenius_sq_from_vjp, frozen_batch_norm,
                        recorded_batch_stats)
-from ..models.architectures import Classifier
+from ..data.datasets import DATASETS
+from ..models.architectures import Classifier, build_model
+from ..models.lipschitz import construction_constant, construction_problem
 from ..registry import Registry
 
 
@@ -58,6 +69,8 @@ for _name, _desc in [
     ("lipschitz", "weights projected after each step so the certified L2 Lipschitz bound in pixels is "
                   "<= K (--lipschitz-bound; Gouk et al. 2021)"),
     ("noise", "Gaussian data augmentation: pixels x + sigma N(0, I) clipped to [0, 1] (--noise-sigma)"),
+    ("lipschitz-margin", "1-Lipschitz models: sqrt(2) L eps added to the other logits before T CE(./T) "
+                         "(--margin-eps, --margin-temperature; Tsuzuku et al. 2018)"),
     ("ibp", "certified training against interval bounds of the L-inf ball (--ibp-eps, --ibp-kappa, "
             "--ibp-warmup-epochs, --ibp-ramp-epochs; Gowal et al. 2018)"),
     ("crown-ibp", "certified training against beta CROWN-IBP + (1 - beta) IBP bounds, beta 1 -> 0 over the "
@@ -70,6 +83,51 @@ def add_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Pixels ``x`` (B, C, H, W) in [0, 1] plus Gaussian noise of std ``sigma`` (pixel units),
     clipped to [0, 1]; drawn on ``x``'s device and dtype from the global RNG (seeded per epoch)."""
     return (x + sigma * torch.randn_like(x)).clamp_(0.0, 1.0)
+
+
+MARGIN_FLAG = "--reg lipschitz-margin"
+
+
+def margin_loss(logits: torch.Tensor, y: torch.Tensor, offset, temperature: float) -> torch.Tensor:
+    """Lipschitz-margin cross-entropy: T CE((logits + offset (1 - e_y)) / T), the batch mean;
+    ``offset`` (logit units) = sqrt(2) L eps."""
+    shifted = logits + offset * (1 - F.one_hot(y, logits.shape[1]).to(logits.dtype))
+    return temperature * F.cross_entropy(shifted / temperature, y)
+
+
+def margin_offset(model: Classifier, reg: RegConfig) -> torch.Tensor:
+    """sqrt(2) L eps of ``--reg lipschitz-margin``, a 0-d tensor on the model's device (no host
+    read): L the model's constant by construction (:class:`UserError` for a model not built from
+    1-Lipschitz layers)."""
+    return math.sqrt(2) * reg.margin_eps * construction_constant(model, MARGIN_FLAG)
+
+
+def check_model(model: Classifier, reg: RegConfig) -> None:
+    """Raise :class:`UserError` when ``reg`` needs what ``model`` lacks (a margin: a network of
+    1-Lipschitz layers; ``--jr-backend tape``: a net the tape covers; ``ibp``, ``crown-ibp``: a chain
+    of layers their bound has rules for), before any training; the model may be on the meta device."""
+    if "jacobian" in reg.names:
+        jacobian_path(model, reg)
+    if "lipschitz-margin" in reg.names:
+        problem = construction_problem(model, MARGIN_FLAG)
+        if problem is not None:
+            raise UserError(problem)
+    if bound_name(reg) is not None:
+        training_chain(model, bound_name(reg))
+
+
+def check_model_name(name: str, dataset: str, reg: RegConfig) -> None:
+    """:func:`check_model` for ``--reg lipschitz-margin``, ``ibp`` and ``crown-ibp`` with registered
+    model ``name`` on registered ``dataset`` (built on the meta device: no memory, no data); a folder
+    or npz data set's shape is known from its data only, so its check waits for training."""
+    if "lipschitz-margin" not in reg.names and bound_name(reg) is None:
+        return
+    info = DATASETS.get(dataset).info
+    if info is None:
+        return
+    with torch.device("meta"):
+        model = build_model(name, info.input_shape, info.num_classes, info.mean, info.std)
+    check_model(model, reg)
 
 
 def model_dropout(reg: RegConfig) -> float:
@@ -229,6 +287,8 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
             vjp = lambda v: full(v)[:k]  # noqa: E731  (rows k: of the gradient are zero)
     ce = F.cross_entropy(logits, y)
     total = ce
+    if "lipschitz-margin" in reg.names:
+        total = margin_loss(logits, y, margin_offset(model, reg), reg.margin_temperature)
     out = StepLoss(total, ce.detach(), logits.detach())
     if bound is None and bound_name(reg) is not None:
         training = CertifiedTraining(model, reg)

@@ -348,7 +348,8 @@ def bracket_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataF
     """Certified accuracy (lower bound) beside attacked accuracy (upper bound) at every norm and
     strength where a run has a certificate: one row per group (or run), norm and eps; columns
     ``certified`` (the best deterministic certificate per example), ``lipschitz``, ``ibp`` (and
-    ``crown``, ``alpha-crown``, ``complete`` where some run has them), the ``worst case`` over attacks,
+    ``one-lipschitz``, ``crown``, ``alpha-crown``, ``complete`` where some run has them), the
+    ``worst case`` over attacks,
     ``unknown`` (the share of examples neither certified nor known broken, table ``bracket``), the
     ``gap`` (worst case minus certified, in points) and ``smoothing σ=...`` (the smoothed classifier g:
     another model). Percent strings, mean ± std across seeds; '–' where missing. Empty without
@@ -365,7 +366,8 @@ def bracket_table(summary: pd.DataFrame, by_seed_group: bool = True) -> pd.DataF
     rows = rows[rows["run_id"].isin(set(cert["run_id"]))]
     key = "group_id" if by_seed_group else "run_id"
     present = set(cert["attack"].unique())
-    columns = ([CERTIFIED, "lipschitz", "ibp"] + [m for m in TIGHT if m in present] + [WORST_CASE]
+    columns = ([CERTIFIED, "lipschitz"] + [m for m in ("one-lipschitz",) if m in present] + ["ibp"]
+               + [m for m in TIGHT if m in present] + [WORST_CASE]
                + [c for c in (UNKNOWN, GAP) if (bracket["attack"] == c).any()]
                + sorted(a for a in present if a.startswith("smoothing")))
     out = []

@@ -25,6 +25,7 @@ from ..errors import UserError
 from .plots import report_figures
 from .table import (BRACKET_NOTES, EXACT_NOTES, STRENGTH_NAMES, TABLE_NOTES, Strengths, bracket_table, exact_table, format_wide, group_table, markdown_table, run_table, table_gaps)
 from .options import ReportConfig
+from .corruptions import CAPTION as CORRUPTION_CAPTION, PNG as CORRUPTION_PNG, cells_csv, corruption_pairs, corruption_section, corruptions_figure
 from ..analysis.provenance import PROVENANCE
 from ..analysis.verdicts import VERDICT_NOTES, correction_note, verdict_lines, verdicts
 from ..analysis.worst_case import WORST_CASE  # attack name of the worst case per example over every attack
@@ -120,8 +121,18 @@ def _attack_sources(record, summary: pd.DataFrame, where: Where) -> list[str]:
     for file, sel_rows in (("attacks.csv", rows[rows["attack"] != WORST_CASE]),
                            ("attack_examples.csv", rows[rows["attack"] == WORST_CASE])):
         lines = []
+        if sel_rows.empty:
+            continue
         groups = sel_rows.assign(_s=settings).groupby(["attack", "norm", "loss", "_s"], dropna=False)
+        corrupted = sel_rows[sel_rows["attack"] == "corruption"]
+        if len(corrupted):  # one entry for all the corruptions
+            severities = ", ".join(f"{v:g}" for v in sorted(corrupted["strength"].unique()))
+            n = int(corrupted["n"].max()) if corrupted["n"].notna().any() else "?"
+            lines.append(f"corruption: {corrupted['norm'].nunique()} corruptions, severity ∈ {{{severities}}}, "
+                         f"{n} test examples")
         for (attack, norm, loss, s), sel in groups:
+            if attack == "corruption":
+                continue
             sym = "σ" if attack == "noise" else "ε"
             grid = ", ".join(f"{v:g}" for v in sorted(sel["strength"].unique()))
             n = int(sel["n"].max()) if sel["n"].notna().any() else "?"
@@ -265,7 +276,8 @@ def verdicts_section(lines: list[str], note: str = "") -> list[str]:
 
 def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cell_figs: list,
                     gaps: list[str], command: str, by_seed_group: bool, where: Where = str,
-                    verdict_lines: list[str] | None = None, verdict_note: str = "") -> str:
+                    verdict_lines: list[str] | None = None, verdict_note: str = "",
+                    corruption_lines: list[str] | None = None) -> str:
     unit = "group of runs that differ only by seed (mean ± std across seeds)" if by_seed_group else "run"
     lines = ["# jrbench report", "", "Made with:", "", "```bash", command, "```", "",
              f"{len(collection.runs)} runs. Tables: `summary.csv` (tidy: one measurement a row, "
@@ -274,7 +286,7 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
              "`verdicts.csv` "
              "(each regularized group against its plain group), `summary.md` (the table below and the verdicts).", "",
              "## Summary", "", f"One row per {unit}.", "", markdown_table(result_table), "", TABLE_NOTES, "",
-             *bracket_section(collection, by_seed_group),
+             *bracket_section(collection, by_seed_group), *(corruption_lines or []),
              *verdicts_section(verdict_lines or [], verdict_note), "## Figures", ""]
     titles = {"accuracy_noise.png": "Accuracy under white noise",
               "accuracy_linf.png": "Robust accuracy, L∞ (worst case over attacks)",
@@ -282,10 +294,12 @@ def report_markdown(collection, result_table: pd.DataFrame, pngs: list[str], cel
               "bracket_linf.png": "The bracket, L∞: attacked and certified accuracy, the gap shaded",
               "bracket_l2.png": "The bracket, L2: attacked and certified accuracy, the gap shaded",
               "margins_ecdf.png": "Margin distributions",
-              "spectra.png": "Jacobian singular-value spectra"}
+              "spectra.png": "Jacobian singular-value spectra",
+              CORRUPTION_PNG: "Common corruptions: heat maps and accuracy against severity"}
+    captions = {**CAPTIONS, CORRUPTION_PNG: CORRUPTION_CAPTION}
     for png in pngs:
         if png in titles:
-            lines += figure_section(titles[png], png, CAPTIONS[png])
+            lines += figure_section(titles[png], png, captions[png])
     for png, fig in cell_figs:
         kind = "random plane" if fig.section.plane.kind == "random" else "adversarial plane"
         lines += figure_section(f"Decision cells, {fig.dataset}, {kind}", png, cells_caption(fig))
@@ -376,6 +390,11 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     note = correction_note(verdict_table)
     gaps += verdict_gaps
     figures, figure_gaps = report_figures(collection, options.by_seed_group)
+    pairs = corruption_pairs(collection)
+    corruption_fig = corruptions_figure(collection.summary, pairs)
+    if corruption_fig is not None:  # only where some run has corruption rows: no gap otherwise
+        figures[CORRUPTION_PNG] = corruption_fig
+    corruption_lines = corruption_section(collection.summary, pairs, markdown_table)
     pngs = {name: png_bytes(fig) for name, fig in figures.items()}
     cells, cell_gaps = _cell_figures(collection, options, on_progress)
     gaps += figure_gaps + cell_gaps
@@ -386,7 +405,8 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
         return Path(os.path.relpath(Path(path).resolve(), here)).as_posix()
 
     markdown = report_markdown(collection, table, list(pngs), [(p, f) for p, f, _ in cells], gaps, command,
-                               options.by_seed_group, where, lines, verdict_note=note)
+                               options.by_seed_group, where, lines, verdict_note=note,
+                               corruption_lines=corruption_lines)
     summary, run_rows = summary_files(collection.summary, where)
     files = []
     for name, data in [*pngs.items(), *((p, b) for p, _, b in cells)]:
@@ -396,8 +416,12 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     atomic_write_csv(out / "runs.csv", run_rows)
     atomic_write_csv(out / "examples.csv", examples_wide(collection.examples))
     atomic_write_csv(out / "verdicts.csv", verdict_table)
+    if corruption_lines:
+        atomic_write_csv(out / "corruptions.csv", cells_csv(collection.summary))
+        files.append(out / "corruptions.csv")
     atomic_write_text(out / "summary.md", markdown_table(table) + "\n\n" + TABLE_NOTES + "\n\n"
-                      + "\n".join(bracket_section(collection, options.by_seed_group) + verdicts_section(lines, note)))
+                      + "\n".join(bracket_section(collection, options.by_seed_group) + corruption_lines
+                                  + verdicts_section(lines, note)))
     atomic_write_text(out / "report.md", markdown)
     files += [out / n for n in ("summary.csv", "runs.csv", "examples.csv", "verdicts.csv", "summary.md", "report.md")]
     return ReportResult(out, files, wide, table, gaps, verdict_table, lines, note, list(collection.errors))

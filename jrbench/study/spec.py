@@ -51,8 +51,8 @@ from ..config import DataConfig, ModelConfig, RegConfig, RunConfig, TrainConfig
 from ..errors import UserError
 from ..evaluate.attack_config import AttackConfig
 from ..evaluate.margins_config import MARGIN_EXAMPLES, MarginsConfig
-from ..penalty import certified_training
 from ..penalty.lipschitz_constraint import check_model
+from ..penalty.regularizers import check_model_name
 from ..report.options import ReportConfig
 from ..runtables.examples import ExampleSet
 from ..schema import FieldError, check_value, field_error, from_table, option, spec_keys
@@ -222,10 +222,10 @@ def _cells(f: SpecFile, base: dict[str, Any], grid: dict[str, list], blocks: Ove
             for _, key, value in settings:
                 _apply(config, key, value)
             validate(config)
-            try:  # a model the bound has no rule for fails here, not in training
+            try:  # a model the regularizers cannot train fails here, not in training
                 if "lipschitz" in config.reg.names:
                     check_model(config.model.name, config.data.dataset)
-                certified_training.check_model(config.model.name, config.data.dataset, config.reg)
+                check_model_name(config.model.name, config.data.dataset, config.reg)
             except UserError as e:
                 raise field_error(RegConfig, "names", str(e), whole=True) from e
         except FieldError as e:  # the last table that sets the field (later ones override)

@@ -27,9 +27,9 @@ def attack_done(run_dir: str | Path, config: AttackConfig | None = None, example
     """Whether a cell's attack step is finished: attacks.csv and the per-example record
     attack_examples.csv exist (attacks.csv is written last) and, given the study's ``[attack]``
     config (and its ``examples``), attacks.csv has, on the study's ``example_seed``, a row of every attack it asks for
-    (noise, pgd, fgsm, autoattack; chosen by :func:`jrbench.evaluate.attack_config.select_attacks`)
-    and of every strength of its noise and PGD/FGSM grids (the run's data set's defaults where the
-    table gives none). So a study that adds AutoAttack or a
+    (noise, pgd, fgsm, autoattack, corruptions; chosen by :func:`jrbench.evaluate.attack_config.select_attacks`)
+    and of every strength of its noise and PGD/FGSM grids and every corruption and severity (the run's
+    data set's defaults where the table gives none). So a study that adds AutoAttack or a
     strength attacks its finished cells again (``jrbench attack`` adds the missing rows), and so
     does one whose ``n_examples`` (the gradient attacks') or ``noise_examples`` (white noise's)
     differs from the rows' where the table gives it."""
@@ -65,6 +65,9 @@ def attack_done(run_dir: str | Path, config: AttackConfig | None = None, example
         if getattr(config, attack):
             for norm in config.norms if attack == "pgd" else ("linf",):  # FGSM: L-inf whatever norm says
                 wanted |= {(attack, norm, round(float(e), 9)) for e in getattr(config, f"eps_{norm}")}
+    if config.corruptions:  # every corruption at every severity (and its clean row, severity 0)
+        wanted |= {("corruption", name, round(float(s), 9)) for name in config.corruption_names
+                   for s in (0, *config.severities)}
     return all(w[0] in {d[0] for d in done} if len(w) == 1 else w in done for w in wanted)
 
 
@@ -112,11 +115,12 @@ def certify_done(run_dir: str | Path, spec: SweepSpec) -> bool:
     done = {(m, n, round(float(e), 9), round(float(s), 9))
             for m, n, e, s in zip(table["method"], table["norm"], table["strength"], table["sigma"])}
     wanted = set()
-    for method, on in (("lipschitz", config.lipschitz), ("ibp", config.ibp), ("smoothing", config.smoothing),
-                       ("crown", config.crown), ("alpha-crown", config.alpha_crown), ("complete", config.complete)):
+    for method, on in (("lipschitz", config.lipschitz), ("one-lipschitz", config.one_lipschitz), ("ibp", config.ibp),
+                       ("smoothing", config.smoothing), ("crown", config.crown), ("alpha-crown", config.alpha_crown),
+                       ("complete", config.complete)):
         if not on:
             continue
-        norms = ("linf", "l2") if method in ("lipschitz", "crown", "alpha-crown") \
+        norms = ("linf", "l2") if method in ("lipschitz", "one-lipschitz", "crown", "alpha-crown") \
             else ("linf",) if method in ("ibp", "complete") else ("l2",)
         sigmas = config.sigmas if method == "smoothing" else [NO_SIGMA]
         wanted |= {(method, norm, round(float(e), 9), round(float(sigma), 9))

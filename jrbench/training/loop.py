@@ -35,7 +35,7 @@ from ..penalty.jacobian import jacobian_frobenius
 from ..penalty.lipschitz_constraint import LipschitzConstraint, constraint_for
 from ..models.architectures import Classifier, build_model
 from ..penalty.certified_training import CertifiedTraining, bound_name, certified_count
-from ..penalty.regularizers import BoundTerm, model_dropout, step_loss, weight_decay
+from ..penalty.regularizers import BoundTerm, check_model, model_dropout, step_loss, weight_decay
 from .validation import validate
 
 
@@ -340,8 +340,9 @@ def _train(config: RunConfig, device: torch.device, run_dir: Path | None, resume
     model = build_model(config.model.name, info.input_shape, info.num_classes, info.mean,
                         info.std, model_dropout(config.reg)).to(device)
     constraint = constraint_for(model, config.reg, config.train.seed)  # refuses unsupported nets
+    check_model(model, config.reg)  # --reg lipschitz-margin: a network of 1-Lipschitz layers; ibp: a chain it bounds
     steps_per_epoch = -(-len(data.train) // config.train.batch_size)
-    certified = CertifiedTraining(model, config.reg, steps_per_epoch) if bound_name(config.reg) else None  # refuses too
+    certified = CertifiedTraining(model, config.reg, steps_per_epoch) if bound_name(config.reg) else None
     state = _prepare_run_dir(run_dir, config, resume, device) if run_dir is not None else None
     opt, sched = _make_optimizer(model, config)
     rows: list[dict] = []
