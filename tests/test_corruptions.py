@@ -192,18 +192,35 @@ def tiny_set(n: int = 12):
     return x, torch.randint(0, 10, (n,), generator=g)
 
 
-def test_rows_do_not_depend_on_the_batch_size():
-    model, (x, y) = tiny_model(), tiny_set()
+def test_rows_do_not_depend_on_the_batch_size_or_the_processes():
+    from jrbench.evaluate import corruption_batch
+
+    model, (x, y) = tiny_model(), tiny_set(24)
     index = torch.arange(len(x)) * 5 + 3
     out = []
-    for batch in (1, 5, 500):
-        record: list[pd.DataFrame] = []
-        rows = C.corruption_rows(model, x, y, ["gaussian_noise", "glass_blur", "fog"], [1, 4], batch_size=batch,
-                                 example_index=index, record=record)
-        out.append((pd.DataFrame(rows).drop(columns="seconds"), pd.concat(record, ignore_index=True)))
+    try:
+        for batch, workers in ((1, 1), (5, 1), (500, 1), (500, 2)):
+            record: list[pd.DataFrame] = []
+            rows = C.corruption_rows(model, x, y, ["gaussian_noise", "glass_blur", "fog"], [1, 4], batch_size=batch,
+                                     example_index=index, record=record, workers=workers)
+            out.append((pd.DataFrame(rows).drop(columns="seconds"), pd.concat(record, ignore_index=True)))
+    finally:
+        corruption_batch.shutdown_pool()
     for table, examples in out[1:]:
         pd.testing.assert_frame_equal(table, out[0][0])
         pd.testing.assert_frame_equal(examples, out[0][1])
+
+
+def test_the_batched_path_is_the_librarys_through_corrupt_batch():
+    """Every common corruption through corrupt_batch (batched) and corrupt_batch(reference=True)
+    (the library image by image) on a digit and a colour image at severities 1 and 5
+    (tests/test_corruption_batch.py compares every severity float for float)."""
+    for image in (ring_digit(), colour_image()):
+        images = np.stack([image, image[:, ::-1].copy()])
+        for name in COMMON_CORRUPTIONS:
+            for severity in (1, 5):
+                fast = C.corrupt_batch(images, name, severity, 0, [4, 11])
+                assert np.array_equal(fast, C.corrupt_batch(images, name, severity, 0, [4, 11], reference=True)), name
 
 
 # ----------------------------------------------------------------------------- rows

@@ -23,6 +23,11 @@ What jrbench adds (docs/corruptions.md says it in full):
   call and the caller's numpy state put back.
 - **uint8 like the benchmark's files**: the library's float output is clipped to [0, 255] and cast
   to uint8 as its ``corrupt()`` does (truncation), then divided by 255 (pixels in [0, 1]).
+- **batch-wise, on the command's cores**: the library corrupts one image per Python call; the 15
+  common corruptions are recomputed over whole batches by jrbench.evaluate.corruption_batch (each
+  example's random draws as the library makes them, the same float operations: the same pixels as
+  the library's, tested per corruption and severity), shared among torch's thread count of
+  processes. :func:`corrupt_image` and ``corrupt_batch(..., reference=True)`` call the library.
 
 Rows (:data:`jrbench.evaluate.attacks.ROW_COLUMNS`): attack ``corruption``, norm = the corruption's
 name, strength = the severity (0: the clean images, the identity, always written: the relative
@@ -34,8 +39,6 @@ corruption, not a robustness of the correct ones), broken = clean-correct and ma
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from typing import Callable, Sequence
 
@@ -47,14 +50,13 @@ from torch import nn
 from .attack_common import correct_mask, derive_seed, index_batches, model_device, model_dtype
 from .attack_config import CORRUPTION, CORRUPTIONS, GREY_REFUSED, AttackConfig
 from .attacks import EXAMPLE_COLUMNS, ROW_COLUMNS, AttackTables, _row, example_frame
+from .corruption_batch import (GREY_VIA_RGB, SEED_ARGUMENT, _CachedImread, corrupt_images_parallel,  # noqa: F401
+                               library_functions, library_image)
 from ..device import sync_device
 from ..errors import UserError
 from ..models.architectures import eval_mode
 from ..stats import wilson_interval
 
-# The library's greyscale path is broken for these (see the module's docstring): three equal channels
-GREY_VIA_RGB = ("motion_blur", "glass_blur", "gaussian_blur")
-SEED_ARGUMENT = ("glass_blur", "impulse_noise")  # the library takes their seed as an argument
 
 
 def corruption_seed(seed: int, corruption: str, example: int) -> int:
@@ -63,88 +65,66 @@ def corruption_seed(seed: int, corruption: str, example: int) -> int:
     return derive_seed(seed, CORRUPTION, corruption, int(example)) % 2**32
 
 
-class _CachedImread:
-    """``cv2`` as the library's module sees it, with ``imread`` memoized (a copy returned each
-    time): frost decodes one of its six texture files (up to 1.2 MB) on every call, two thirds of
-    its time; the textures and so the results are the same."""
-
-    def __init__(self, cv2):
-        self._cv2, self._cache = cv2, {}
-
-    def imread(self, path, *args):
-        key = (str(path), args)
-        if key not in self._cache:
-            self._cache[key] = self._cv2.imread(path, *args)
-        image = self._cache[key]
-        return None if image is None else image.copy()
-
-    def __getattr__(self, name):
-        return getattr(self._cv2, name)
-
-
 def _library():
-    """The library's corruption functions by name (imported on first use; frost's texture reads cached)."""
+    """The library's corruption functions by name; a clear error when it is not installed."""
     try:
-        from imagecorruptions import corruption_dict
-        from imagecorruptions import corruptions as module
+        return library_functions()
     except ImportError as e:  # a dependency of jrbench (pyproject.toml): a broken install
         raise UserError(f"--corruptions needs the imagecorruptions-imaug package ({e}); "
                         "pip install imagecorruptions-imaug") from e
-    if not isinstance(module.cv2, _CachedImread):
-        module.cv2 = _CachedImread(module.cv2)
-    return corruption_dict
+
+
+def _check(images: np.ndarray, corruption: str, severity: int, batch: bool) -> None:
+    if corruption not in CORRUPTIONS:
+        raise UserError(f"unknown corruption {corruption!r}: one of {', '.join(CORRUPTIONS)}.")
+    shape = "(N, C, H, W)" if batch else "(C, H, W)"
+    if images.dtype != np.uint8 or images.ndim != 3 + batch or images.shape[batch] not in (1, 3):
+        raise UserError(f"corruptions need uint8 images {shape} with 1 or 3 channels, got {images.dtype} "
+                        f"{tuple(images.shape)}.")
+    if int(severity) not in (1, 2, 3, 4, 5):
+        raise UserError(f"severity must be 1-5, got {severity!r}.")
+    if images.shape[batch] == 1 and corruption in GREY_REFUSED:
+        raise UserError(f"{corruption} cannot corrupt a greyscale image: {GREY_REFUSED[corruption]}.")
+    _library()
+
+
+def _library_layout(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) -> the library's layout: (N, H, W) grey, (N, H, W, 3) colour."""
+    if images.shape[1] == 1:
+        return np.ascontiguousarray(images[:, 0])
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
+
+def _channels_first(out: np.ndarray) -> np.ndarray:
+    return out[:, None] if out.ndim == 3 else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 def corrupt_image(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
-    """One image corrupted: ``image`` uint8 (C, H, W) with C 1 or 3, severity 1-5, ``seed`` (below
+    """One image corrupted by the library itself (the reference; :func:`corrupt_batch` computes the
+    same pixels batch-wise): ``image`` uint8 (C, H, W) with C 1 or 3, severity 1-5, ``seed`` (below
     2**32; :func:`corruption_seed`) -> uint8 (C, H, W). Seeds numpy's global RNG for the call and
     restores it; the library's prints (it prints on some fallbacks) are swallowed."""
-    from PIL import Image
-
-    if corruption not in CORRUPTIONS:
-        raise UserError(f"unknown corruption {corruption!r}: one of {', '.join(CORRUPTIONS)}.")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise UserError(f"corruptions need uint8 images (C, H, W) with 1 or 3 channels, got {image.dtype} "
-                        f"{tuple(image.shape)}.")
-    if int(severity) not in (1, 2, 3, 4, 5):
-        raise UserError(f"severity must be 1-5, got {severity!r}.")
-    grey = image.shape[0] == 1
-    if grey and corruption in GREY_REFUSED:
-        raise UserError(f"{corruption} cannot corrupt a greyscale image: {GREY_REFUSED[corruption]}.")
-    hwc = np.ascontiguousarray(image.transpose(1, 2, 0))
-    if grey and corruption in GREY_VIA_RGB:
-        pil = Image.fromarray(np.repeat(hwc, 3, axis=2), "RGB")
-    elif grey:
-        pil = Image.fromarray(hwc[:, :, 0], "L")
-    else:
-        pil = Image.fromarray(hwc, "RGB")
-    function = _library()[corruption]
-    extra = {"seed": int(seed)} if corruption in SEED_ARGUMENT else {}
-    state = np.random.get_state()
-    try:
-        np.random.seed(int(seed))
-        with contextlib.redirect_stdout(io.StringIO()):
-            out = np.asarray(function(pil, int(severity), **extra), dtype=np.float64)
-    finally:
-        np.random.set_state(state)
-    if grey and out.ndim == 3:
-        out = out[:, :, :1]  # three equal channels (GREY_VIA_RGB): one
-    out = out.reshape(hwc.shape)
-    if not np.isfinite(out).all():
-        raise RuntimeError(f"{corruption} severity {severity} returned non-finite pixels")
-    return np.clip(out, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    _check(image, corruption, severity, batch=False)
+    return _channels_first(library_image(_library_layout(image[None])[0], corruption, int(severity),
+                                         int(seed))[None])[0]
 
 
 def corrupt_batch(images: np.ndarray, corruption: str, severity: int, seed: int,
-                  example_index: Sequence[int]) -> np.ndarray:
+                  example_index: Sequence[int], *, workers: int = 1, reference: bool = False) -> np.ndarray:
     """uint8 (N, C, H, W) -> uint8 (N, C, H, W): image i corrupted with the seed of its
-    ``example_index[i]`` (:func:`corruption_seed`), whatever the batch it comes in."""
+    ``example_index[i]`` (:func:`corruption_seed`), whatever the batch it comes in. The 15 common
+    corruptions run batch-wise (jrbench.evaluate.corruption_batch: the library's pixels, tested),
+    the extras image by image through the library, as all do with ``reference``; ``workers`` > 1
+    shares the images among that many processes (the same pixels for any number)."""
     if len(example_index) != len(images):
         raise ValueError(f"{len(example_index)} example indices for {len(images)} images")
-    out = np.empty_like(images)
-    for i, (image, example) in enumerate(zip(images, example_index)):
-        out[i] = corrupt_image(image, corruption, severity, corruption_seed(seed, corruption, int(example)))
-    return out
+    _check(images, corruption, severity, batch=True)
+    if not len(images):
+        return images.copy()
+    seeds = [corruption_seed(seed, corruption, int(example)) for example in example_index]
+    out = corrupt_images_parallel(_library_layout(images), corruption, int(severity), seeds, workers=workers,
+                                  reference=reference)
+    return _channels_first(out)
 
 
 def check_corrupted(x: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> None:
@@ -177,13 +157,15 @@ def corruption_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, corrupti
                     severities: Sequence[int], *, seed: int = 0, batch_size: int = 500,
                     example_index: torch.Tensor | None = None, clean_correct: torch.Tensor | None = None,
                     record: list[pd.DataFrame] | None = None,
-                    on_step: Callable[[str], None] | None = None) -> list[dict]:
+                    on_step: Callable[[str], None] | None = None, workers: int | None = None) -> list[dict]:
     """One row per corruption and severity (and severity 0 per corruption, the clean images), see
     the module. x: (N, C, H, W) 8-bit pixels in [0, 1], y (N,), ``example_index`` (N,) the
     examples' positions in the test split (default 0..N-1) seeding their copies. The corruptions run
-    on the CPU, the model on its device in batches of ``batch_size``: no result depends on either.
+    on the CPU over ``workers`` processes (default: torch's thread count, the command's thread
+    setting), the model on its device in batches of ``batch_size``: no result depends on any of them.
     ``on_step(label)`` after each (corruption, severity)."""
     index = (torch.arange(len(x)) if example_index is None else example_index.detach().cpu()).tolist()
+    workers = torch.get_num_threads() if workers is None else int(workers)
     device, dtype = model_device(model, x.device), model_dtype(model)
     images = to_uint8(x)
     rows: list[dict] = []
@@ -202,7 +184,8 @@ def corruption_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, corrupti
                 start = time.perf_counter()
                 right = torch.empty(n, dtype=torch.float64, device=x.device)
                 for idx in index_batches(torch.arange(n), batch_size):
-                    part = corrupt_batch(images[idx.numpy()], name, int(severity), seed, [index[i] for i in idx])
+                    part = corrupt_batch(images[idx.numpy()], name, int(severity), seed, [index[i] for i in idx],
+                                         workers=workers)
                     xb = torch.from_numpy(part).to(device).to(dtype) / 255
                     check_corrupted(xb, (len(idx), *x.shape[1:]), dtype)
                     pred = model(xb).argmax(1)
