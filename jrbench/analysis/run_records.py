@@ -53,6 +53,23 @@ class RunRecord:
 
 
 # ----------------------------------------------------------------------------- finding runs
+def _files_under(folder: Path, name: str) -> list[Path]:
+    """Every file called ``name`` under ``folder``, following symbolic links to folders (a study
+    may link in the run directories of another, benchmarks/corruptions.toml), each real folder once."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        if name in files:
+            out.append(Path(root) / name)
+    return sorted(out)
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / rundir.CONFIG).is_file() and (path / rundir.MODEL).is_file()
 
@@ -79,14 +96,14 @@ def find_result_dirs(paths: list[str | Path], models: bool = True) -> tuple[list
         if not p.is_dir():
             raise UserError(f"{p} is not a folder: give run directories or folders of runs.")
         try:
-            configs = [p / rundir.CONFIG] if (p / rundir.CONFIG).is_file() else sorted(p.rglob(rundir.CONFIG))
+            configs = [p / rundir.CONFIG] if (p / rundir.CONFIG).is_file() else _files_under(p, rundir.CONFIG)
         except OSError as e:
             raise UserError(f"{p} cannot be read ({e}).") from e
         for config_path in configs:
             run = config_path.parent.resolve()
             (found if is_run_dir(run) else unfinished).add(run)
         if models:
-            model_jsons = [p / MODEL_JSON] if (p / MODEL_JSON).is_file() else sorted(p.rglob(MODEL_JSON))
+            model_jsons = [p / MODEL_JSON] if (p / MODEL_JSON).is_file() else _files_under(p, MODEL_JSON)
             outside.update(m.parent.resolve() for m in model_jsons if is_model_dir(m.parent))
     gaps = [Gap(run.name, rundir.MODEL, f"missing in {run}: the run has not finished an epoch; skipped "
                 "(resume it with 'jrbench train ... --resume')") for run in sorted(unfinished)]
