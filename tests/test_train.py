@@ -124,8 +124,8 @@ def test_progress_every_log_every_steps_and_the_first_bad_step_named_from_mid_in
 
     real = training.step_loss
 
-    def nan_at_step_5(model, x, y, reg, step=0):
-        loss = real(model, x, y, reg, step)
+    def nan_at_step_5(model, x, y, reg, step=0, *rest):  # rest: the certified-training bound
+        loss = real(model, x, y, reg, step, *rest)
         if step >= 4:  # steps 5, 6, ... (1-based)
             loss.total = loss.total * float("nan")
         return loss
