@@ -364,13 +364,8 @@ def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[li
     bound_seconds = time.perf_counter() - start
     tick("Lipschitz bound")
     start = time.perf_counter()
-    radii = []
-    for i in range(0, len(x), config.batch_size):
-        with torch.no_grad():
-            logits = exact(x[i:i + config.batch_size].double())
-        radii.append(certified_radius_l2(bound, logits, y[i:i + config.batch_size]))
-        tick("Lipschitz radii")
-    radius_l2 = torch.cat(radii).cpu().double()
+    radius_l2 = _radii_l2(exact, x, y, config.batch_size, lambda f, t: certified_radius_l2(bound, f, t),
+                          lambda: tick("Lipschitz radii"))
     seconds = time.perf_counter() - start
     sqrt_d = math.sqrt(x[0].numel())
     radius = {"l2": radius_l2, "linf": radius_l2 / sqrt_d}
@@ -409,13 +404,8 @@ def _one_lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tupl
     bound = construction_bound(model)
     tick("1-Lipschitz constant")
     exact = copy.deepcopy(model).double()  # the logit gaps in float64
-    radii = []
-    for i in range(0, len(x), config.batch_size):
-        with torch.no_grad():
-            logits = exact(x[i:i + config.batch_size].double())
-        radii.append(one_lipschitz_radius_l2(bound, logits, y[i:i + config.batch_size]))
-        tick("1-Lipschitz radii")
-    radius_l2 = torch.cat(radii)
+    radius_l2 = _radii_l2(exact, x, y, config.batch_size, lambda f, t: one_lipschitz_radius_l2(bound, f, t),
+                          lambda: tick("1-Lipschitz radii"))
     seconds = time.perf_counter() - start
     radius = {"l2": radius_l2, "linf": _down_div(radius_l2, math.sqrt(x[0].numel()))}
     correct = (clean_pred == y).cpu()
@@ -424,6 +414,18 @@ def _one_lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tupl
             for norm in ("linf", "l2") for eps in getattr(config, f"eps_{norm}")]
     examples = [_examples("one-lipschitz", norm, radius[norm], clean_pred, y, clean_pred) for norm in ("linf", "l2")]
     return rows, examples
+
+
+def _radii_l2(exact, x, y, batch: int, radius_fn, tick) -> torch.Tensor:
+    """(N,) float64 CPU L2 radii: ``radius_fn(logits, labels)`` on the float64 model ``exact``'s
+    logits, batch by batch (``tick`` after each)."""
+    radii = []
+    for i in range(0, len(x), batch):
+        with torch.no_grad():
+            logits = exact(x[i:i + batch].double())
+        radii.append(radius_fn(logits, y[i:i + batch]))
+        tick()
+    return torch.cat(radii).cpu().double()
 
 
 def _down_div(radius: torch.Tensor, divisor: float) -> torch.Tensor:
