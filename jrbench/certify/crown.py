@@ -41,13 +41,14 @@ from torch import nn
 from ..errors import UserError
 from ..models.architectures import eval_mode
 from ..models.lipschitz import Layer, layer_chain, strictly_correct
+from . import crown_sparse
 from .relaxations import (FLAG, InputSet, _affine_reach, _diag, _l1, _pool_windows, _relu_lines,
                           _relu_slope, _star_index)
 from .rounding import U, down, gamma, up
 
-SPEC_BUDGET = 1 << 24  # float64 elements of one chunk of coefficients (128 MB)
 PATCHES = True  # convolutional layers' bounds on cropped windows (jrbench.certify.crown_patches)
-PATCH_CHUNK = 1024  # unit specifications per window batch
+FUSE = True  # a max pool and the ReLU below it backwards at once (jrbench.certify.crown_sparse)
+GROUP_BUDGET = 1 << 21  # float64 elements of one group's specifications on the largest layer (16 MB)
 AFFINE = ("normalize", "linear", "conv2d", "batchnorm", "avgpool2d")
 
 
@@ -206,14 +207,32 @@ def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = No
     rounding slack so far) unless ``sound`` is False (the alpha optimizer's differentiable pass)."""
     const = lam.new_zeros(lam.shape[:2]) if const is None else const
     slack = lam.new_zeros(lam.shape[:2]) if slack is None else slack
-    for i in reversed(range(k)):
-        layer = bounds.layers[i]
+    layers, lower, upper = bounds.layers, bounds.lower, bounds.upper
+    i = k - 1
+    while i >= 0:
         alpha = alphas.get(i) if alphas else None
-        lam, c, s = _step_back(layer, lam, bounds.lower[i], bounds.upper[i], alpha, sound)
-        if c is not None:
-            const = down(const + c) if sound else const + c
-        if s is not None:
-            slack = up(slack + s)
+        if FUSE and crown_sparse.fusable(layers, i):  # max pool and the ReLU below at once
+            alpha = alphas.get(i - 1) if alphas else None
+            values, flat, keep, c, s = crown_sparse.pool_relu_back(layers[i], layers[i - 1], lam, lower[i], upper[i],
+                                                                   lower[i - 1], upper[i - 1], alpha, sound)
+            steps = [(c, s)]
+            i -= 2
+            if i >= 0 and layers[i].kind == "conv2d":
+                lam, c, s = crown_sparse.conv_back(layers[i], values, flat, keep, torch.maximum(-lower[i], upper[i]),
+                                                   sound)
+                steps.append((c, s))
+                i -= 1
+            else:
+                lam = crown_sparse.dense(values, flat, layers[i + 1].input_shape)
+        else:
+            lam, c, s = _step_back(layers[i], lam, lower[i], upper[i], alpha, sound)
+            steps = [(c, s)]
+            i -= 1
+        for c, s in steps:
+            if c is not None:
+                const = down(const + c) if sound else const + c
+            if s is not None:
+                slack = up(slack + s)
     if not sound:
         return const + _plain_concretize(lam, bounds.input_set)
     return down(down(const + bounds.input_set.lower(lam, dual_steps)) - slack)
@@ -361,17 +380,15 @@ def layer_output_shape(bounds: Bounds, j: int) -> tuple[int, ...]:
     return tuple(bounds.lower[j + 1].shape[1:])
 
 
-def _windowed(layers, i: int) -> bool:
-    from .crown_patches import eligible
-
-    return eligible(layers, i)
-
-
 def _refine(bounds: Bounds, i: int) -> None:
     """CROWN lower and upper bounds of the input of nonlinear layer ``i`` for the neurons where
-    they can matter (:func:`_needed`), example by example (each its own list of neurons); each
-    neuron keeps the tighter of its interval and CROWN bounds. The step through the affine layer
-    below is the same for every example and is taken once."""
+    they can matter (:func:`_needed`), each example its own list of neurons; each neuron keeps the
+    tighter of its interval and CROWN bounds. Convolutional layers go through the windowed pass
+    (:mod:`jrbench.certify.crown_patches`); otherwise the step through the affine layer below is
+    the same for every example and is taken once, and examples with about as many neurons run
+    together (their lists padded with zero specifications to the longest)."""
+    from . import crown_patches
+
     l, u = bounds.lower[i], bounds.upper[i]
     layer = bounds.layers[i]
     n, d = l.shape[0], l[0].numel()
@@ -379,51 +396,71 @@ def _refine(bounds: Bounds, i: int) -> None:
     union = need.any(0).nonzero().flatten()
     if len(union) == 0:
         return
-    first = None if PATCHES and _windowed(bounds.layers, i) else _first_step(bounds, i, union)
+    lf, uf = l.reshape(n, d).clone(), u.reshape(n, d).clone()
+    if PATCHES and crown_patches.eligible(bounds.layers, i):
+        ex, idx = need.nonzero(as_tuple=True)  # sorted by example
+        signs = torch.tensor([1.0, -1.0], dtype=torch.float64, device=l.device).repeat(len(idx))
+        out = crown_patches.lower_bounds(bounds, i, ex.repeat_interleave(2), idx.repeat_interleave(2), signs)
+        out = out.view(-1, 2)
+        lf[ex, idx] = torch.maximum(lf[ex, idx], out[:, 0])
+        uf[ex, idx] = torch.minimum(uf[ex, idx], -out[:, 1])
+        bounds.lower[i], bounds.upper[i] = lf.reshape(l.shape), uf.reshape(u.shape)
+        return
+    first = _first_step(bounds, i, union)
     position = torch.full((d,), -1, dtype=torch.long, device=l.device)
     position[union] = torch.arange(len(union), device=l.device)
     largest = max(math.prod(x.shape[1:]) for x in bounds.lower[:i + 1])
-    chunk = max(1, SPEC_BUDGET // max(1, 2 * largest))
-    lf, uf = l.reshape(n, d).clone(), u.reshape(n, d).clone()
-    from . import crown_patches
-
-    windows = PATCHES and crown_patches.eligible(bounds.layers, i)
-    for k in range(n):
-        one = Bounds(bounds.layers, [t[k:k + 1] for t in bounds.lower], [t[k:k + 1] for t in bounds.upper],
-                     bounds.input_set.select(k))
-        if windows:
-            for idx in need[k].nonzero().flatten().split(PATCH_CHUNK):
-                s = len(idx)
-                if s:
-                    signs = torch.cat([torch.ones(s, device=l.device), -torch.ones(s, device=l.device)])
-                    out = crown_patches.lower_bounds(one, i, torch.cat([idx, idx]), signs)
-                    lf[k, idx] = torch.maximum(lf[k, idx], out[:s])
-                    uf[k, idx] = torch.minimum(uf[k, idx], -out[s:])
-            continue
-        if first is not None:
-            j, rows, consts, norms, n_ops = first
-            m = bounds.layers[j]
-            mag = torch.maximum(-one.lower[j], one.upper[j])
-            reach = _affine_reach(m, mag)
-        for idx in need[k].nonzero().flatten().split(chunk):
-            s = len(idx)
-            if s == 0:
-                continue
+    counts = need.sum(1)
+    order = counts.argsort(stable=True)
+    for group in _groups(counts[order].tolist(), 2 * largest):
+        ex = order[group]
+        width = int(counts[ex].max())
+        order_ex = need[ex].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]  # needed first
+        one = _select(bounds, ex)
+        step = max(1, GROUP_BUDGET // (2 * largest * len(ex)))  # one example with many neurons: in chunks
+        for c0 in range(0, width, step):
+            idx = order_ex[:, c0:c0 + step]
+            valid = need[ex].gather(1, idx)
+            s = idx.shape[1]
             if first is None:
-                lam = l.new_zeros(1, 2 * s, d)
-                rows_s = torch.arange(s, device=l.device)
-                lam[0, rows_s, idx] = 1.0
-                lam[0, rows_s + s, idx] = -1.0
-                out = backward(one, i, lam.reshape(1, 2 * s, *layer.input_shape))[0]
+                lam = l.new_zeros(len(ex), 2 * s, d)
+                lam[:, :s].scatter_(2, idx[:, :, None], valid[:, :, None].to(l))
+                lam[:, s:] = -lam[:, :s]
+                out = backward(one, i, lam.reshape(len(ex), 2 * s, *layer.input_shape))
             else:
+                j, rows, consts, norms, n_ops = first
                 p = position[idx]
-                lam = torch.cat([rows[p], -rows[p]])[None]
-                const = torch.cat([consts[p], -consts[p]])[None]
-                slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]])[None] * reach)
-                out = backward(one, j, lam, const=const, slack=slack)[0]
-            lf[k, idx] = torch.maximum(lf[k, idx], out[:s])
-            uf[k, idx] = torch.minimum(uf[k, idx], -out[s:])
+                keep = valid.to(l)
+                sub = rows[p] * keep.view(*keep.shape, *([1] * (rows.dim() - 1)))
+                lam = torch.cat([sub, -sub], 1)
+                const = torch.cat([consts[p] * keep, -consts[p] * keep], 1)
+                reach = _affine_reach(bounds.layers[j], torch.maximum(-one.lower[j], one.upper[j]))
+                slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]], 1) * reach)
+                out = backward(one, j, lam, const=const, slack=slack)
+            rows_ex, cols = ex[:, None].expand(-1, s)[valid], idx[valid]
+            lf[rows_ex, cols] = torch.maximum(lf[rows_ex, cols], out[:, :s][valid])
+            uf[rows_ex, cols] = torch.minimum(uf[rows_ex, cols], -out[:, s:][valid])
     bounds.lower[i], bounds.upper[i] = lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+def _groups(sorted_counts: list[int], per_spec: int) -> list[slice]:
+    """Consecutive groups of examples (sorted by their number of specifications) whose padded
+    specifications (group size times 2 x the largest count, ``per_spec`` elements each) fit
+    GROUP_BUDGET."""
+    groups, start = [], 0
+    for k, c in enumerate(sorted_counts):
+        if k > start and (k + 1 - start) * c * per_spec > GROUP_BUDGET:
+            groups.append(slice(start, k))
+            start = k
+    groups.append(slice(start, len(sorted_counts)))
+    return groups
+
+
+def _select(bounds: Bounds, ex: torch.Tensor) -> Bounds:
+    """The bounds of the examples ``ex`` (an index tensor)."""
+    s = bounds.input_set
+    return Bounds(bounds.layers, [t[ex] for t in bounds.lower], [t[ex] for t in bounds.upper],
+                  InputSet(s.x0[ex], s.eps, s.norm, s.lo[ex], s.hi[ex]))
 
 
 # ----------------------------------------------------------------------------- margins
