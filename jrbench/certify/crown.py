@@ -90,7 +90,11 @@ def _affine_back(layer: Layer, lam: torch.Tensor, mag_in: torch.Tensor):
     slack = _l1(lam) * _affine_reach(layer, mag_in)
     if kind in ("normalize", "batchnorm"):
         scale, shift, _ = _diag(layer, lam)
-        return lam * scale.unsqueeze(1), (lam * shift.unsqueeze(1)).flatten(2).sum(-1), slack, 16
+        if lam.dim() > 3:  # per channel: the channel sums times the shifts
+            bias_term = (lam.flatten(3).sum(-1) * shift.flatten()).sum(-1)
+        else:
+            bias_term = (lam * shift.unsqueeze(1)).flatten(2).sum(-1)
+        return lam * scale.unsqueeze(1), bias_term, slack, 16
     if kind == "linear":
         w = m.weight.detach().to(lam)
         bias_term = (lam * m.bias.detach().to(lam)).flatten(2).sum(-1) if m.bias is not None else lam.new_zeros(n_, s_)
@@ -486,13 +490,21 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad():
             bounds = compute_bounds(model, s, layers)
             classes = bounds.lower[-1].shape[1]
-            spec = _margin_spec(y, classes, s.x0)
+            spec, others = _margin_spec(y, classes, s.x0), _others(y, classes)
+            spec = spec.gather(1, others[:, :, None].expand(-1, -1, classes))  # the label's own row is 0
             low = backward(bounds, len(layers), spec, dual_steps=dual_steps)
         if alpha_steps > 0:
             alphas = _optimize_alphas(bounds, spec, alpha_steps, alpha_lr)
             with torch.no_grad():
                 low = torch.maximum(low, backward(bounds, len(layers), spec, alphas, dual_steps=dual_steps))
-    return low.scatter(1, y[:, None], math.inf)
+    out = low.new_full((len(y), classes), math.inf)
+    return out.scatter(1, others, low)
+
+
+def _others(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, C - 1): the classes other than each label, in order."""
+    grid = torch.arange(classes - 1, device=labels.device).expand(len(labels), -1)
+    return grid + (grid >= labels[:, None]).long()
 
 
 def _optimize_alphas(bounds: Bounds, spec: torch.Tensor, steps: int, lr: float) -> dict:

@@ -21,9 +21,10 @@ import math
 
 import torch
 
-from .relaxations import _affine_reach, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
+from .relaxations import _affine_reach, _dot, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
 from .rounding import gamma, up
 
+BUILD_COST = 100  # building the bands' matrices costs about as much as this many specifications' products
 DENSE_COST = 3.0  # a convolution's multiply-adds (float64, CPU) cost about this many of a matrix product's
 
 
@@ -89,11 +90,6 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
     return values, flat, keep, const, slack
 
 
-def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(N, S): each row of a (N, S, D) times v (N, D), as a matrix product."""
-    return torch.matmul(a, v.unsqueeze(-1)).squeeze(-1)
-
-
 def dense(values: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
     """The coefficients on the whole map (N, S, *shape) from their values at the chosen inputs."""
     n_, s_, c, _ = values.shape
@@ -112,7 +108,7 @@ def conv_back(layer, values, flat, keep, mag_in, sound: bool):
     w = m.weight.detach().to(values)
     c_out, h_out, w_out = _out_shape(layer)
     plan = None if isinstance(m.padding, str) or m.groups != 1 else _bands(layer, flat, keep, h_out)
-    if plan is None or plan[0] > DENSE_COST * c_out * h_out * w_out * w[0].numel():
+    if plan is None or plan[0] * (s_ + BUILD_COST) > DENSE_COST * s_ * c_out * h_out * w_out * w[0].numel():
         lam = dense(values, flat, (c_out, h_out, w_out)).reshape(n_ * s_, c_out, h_out, w_out)
         if isinstance(m.padding, str):
             from .crown import _adjoint  # noqa: PLC0415  (a rare layer: the generic adjoint)
