@@ -64,10 +64,12 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
         # the upper slope through a decided window (else it goes to the constant at the window's
         # largest upper bound), and adds the ReLU's intercept
         lower_slope, upper_slope, intercept, _ = _relu_lines(ls, us, a, None)
-        slope = torch.where(lam_w >= 0, lower_slope.unsqueeze(1), (decided * upper_slope).unsqueeze(1))
+        positive = lam_w >= 0
+        slope = torch.where(positive, lower_slope.unsqueeze(1), (decided * upper_slope).unsqueeze(1))
         values = lam_w * slope
         const = _dot(lam_w.clamp(max=0).flatten(2), torch.where(decided, intercept, top).flatten(1))
-        l1_relu = l1 = _l1(lam_w)  # ||coefficients at the ReLU||_1 <= ||lam||_1
+        if sound:  # ||coefficients at the ReLU||_1: each |lam| >= 0 or through a decided window
+            l1, l1_relu = _l1(lam_w), (lam_w * torch.where(positive, 1.0, -decided.to(lam).unsqueeze(1))).flatten(2).sum(-1)
     else:
         pos, neg = lam_w.clamp(min=0), lam_w.clamp(max=0)
         coef = pos + neg * decided.unsqueeze(1)
@@ -83,7 +85,8 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
     if not sound:
         return values, flat, keep, const, None
     pool_reach = (_pool_windows(m, torch.maximum(-lp, upp), 0.0).amax(2) + top.abs()).flatten(1).amax(-1, keepdim=True)
-    relu_reach = (torch.maximum(-ls, us) + intercept).flatten(1).amax(-1, keepdim=True)
+    intercept_all = _relu_lines(lr, ur, a, None)[2]  # the reach over the whole layer, as the unfused step
+    relu_reach = (torch.maximum(-lr, ur) + intercept_all).flatten(1).amax(-1, keepdim=True)
     numel = c * h * w
     slack = up(up(gamma(lw.shape[2] + lw.shape[3] + lam_w[0, 0].numel()) * l1 * pool_reach)
                + up(gamma(8 + numel) * l1_relu * relu_reach))
@@ -125,13 +128,14 @@ def conv_back(layer, values, flat, keep, mag_in, sound: bool):
     if not sound:
         return new, const, None
     reach = _affine_reach(layer, mag_in)
-    extra = plan[4] if plan is not None else 0  # the bands' products add up in another order
-    return new, const, up(gamma(w[0].numel() + c_out * h_out * w_out + extra) * _l1(values) * reach)
+    # each input coefficient sums at most c_out kh kw nonzero products, in any order (the empty
+    # slots of a band add exact zeros): the slack of the whole convolution's step holds
+    return new, const, up(gamma(w[0].numel() + c_out * h_out * w_out) * _l1(values) * reach)
 
 
 def _bands(layer, flat, keep, h_out):
     """The cheapest cut into bands of ``rows`` output rows: (multiply-adds per specification, rows,
-    entries per band (padded), band height on the input, summands per input coefficient)."""
+    entries per band (padded), band height on the input)."""
     m = layer.module
     c_in, _, w_in = layer.input_shape
     (sy, sx), (py, px), (dy, dx) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
@@ -152,14 +156,14 @@ def _bands(layer, flat, keep, h_out):
         per_band = int(counts[:, 1:].max()) if nb else 0
         cost = nb * per_band * c_in * height * width
         if best is None or cost < best[0]:
-            best = (cost, rows, per_band, height, per_band * (height // step))
+            best = (cost, rows, per_band, height)
     return best
 
 
 def _banded(layer, values, flat, keep, w, plan):
     """lam on the conv's input from the values at output positions ``flat``, band by band."""
     m = layer.module
-    _, rows, per_band, height, _ = plan
+    _, rows, per_band, height = plan
     n_, s_, c, length = values.shape
     c_in, h_in, w_in = layer.input_shape
     (sy, sx), (py, px), (dy, dx) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
