@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .relaxations import _affine_reach, _dot, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
+from .relaxations import _affine_reach, _dots, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
 from .rounding import gamma, up
 
 BUILD_COST = 100  # building the bands' matrices costs about as much as this many specifications' products
@@ -64,12 +64,16 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
         # the upper slope through a decided window (else it goes to the constant at the window's
         # largest upper bound), and adds the ReLU's intercept
         lower_slope, upper_slope, intercept, _ = _relu_lines(ls, us, a, None)
-        positive = lam_w >= 0
-        slope = torch.where(positive, lower_slope.unsqueeze(1), (decided * upper_slope).unsqueeze(1))
-        values = lam_w * slope
-        const = _dot(lam_w.clamp(max=0).flatten(2), torch.where(decided, intercept, top).flatten(1))
-        if sound:  # ||coefficients at the ReLU||_1: each |lam| >= 0 or through a decided window
-            l1, l1_relu = _l1(lam_w), (lam_w * torch.where(positive, 1.0, -decided.to(lam).unsqueeze(1))).flatten(2).sum(-1)
+        neg = lam_w.clamp(max=0)
+        pos = lam_w - neg  # exactly
+        values = pos * lower_slope.unsqueeze(1) + neg * (decided * upper_slope).unsqueeze(1)
+        # the constant, and the sums of |neg| through decided windows and of all |neg| (for the slack)
+        per_unit = torch.stack([torch.where(decided, intercept, top), decided.to(lam), torch.ones_like(top)], -1)
+        sums = _dots(neg.flatten(2), per_unit.flatten(1, 2))
+        const = sums[..., 0]
+        if sound:  # ||lam||_1, and ||coefficients at the ReLU||_1 (|lam| >= 0, or through a decided window)
+            positive = pos.flatten(2).sum(-1)
+            l1, l1_relu = positive - sums[..., 2], positive - sums[..., 1]
     else:
         pos, neg = lam_w.clamp(min=0), lam_w.clamp(max=0)
         coef = pos + neg * decided.unsqueeze(1)

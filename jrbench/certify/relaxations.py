@@ -112,6 +112,13 @@ class InputSet:
         return down(total - up(up(mu[..., 0] * eps2) * (1 + 4 * U)))
 
 
+def _dots(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(N, S, K): the rows of a (N, S, D) times the K columns of v (N, D, K)."""
+    if a.shape[0] <= 32:
+        return torch.stack([a[k] @ v[k] for k in range(a.shape[0])])
+    return torch.matmul(a, v)
+
+
 def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(N, S): the rows of a (N, S, D) times v (N, D): a matrix-vector product per example when
     there are few examples and many rows (faster on CPUs than a batched product or mul and sum)."""
