@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..models.architectures import eval_mode
 from ..models.lipschitz import Layer, layer_chain, strictly_correct
 from . import crown_sparse
-from .relaxations import (FLAG, InputSet, _affine_reach, _diag, _l1, _pool_windows, _relu_lines,
+from .relaxations import (FLAG, InputSet, _adjoint, _affine_reach, _diag, _l1, _pool_windows, _relu_lines,
                           _relu_slope, _star_index)
 from .rounding import U, down, gamma, up
 
@@ -114,14 +114,6 @@ def _affine_back(layer: Layer, lam: torch.Tensor, mag_in: torch.Tensor):
         k = m.kernel_size if isinstance(m.kernel_size, int) else math.prod(m.kernel_size)
         return _adjoint(m, in_shape, out).reshape(n_, s_, *in_shape), lam.new_zeros(n_, s_), slack, k * k + 4
     raise AssertionError(kind)
-
-
-def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
-    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
-    with torch.enable_grad():
-        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
-        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
-    return grad
 
 
 def _relu_back(layer: Layer, lam, l, u, mag_in, alpha):

@@ -196,8 +196,8 @@ def _pool_tables(layer, l, u, mag, win: _Windows, relu=None):
     lower_slope, upper_slope, intercept, _ = crown._relu_lines(lr, ur, crown._relu_slope(layer_r.module), None)
     relu_reach = torch.maximum(-lr, ur).flatten(1).amax(1) + intercept.flatten(1).amax(1)
     lower_s, upper_s, intercept_s = (t.flatten(2).gather(2, flat) for t in (lower_slope, upper_slope, intercept))
-    tables = [win.table(t.view(shape).to(l)) for t in (lower_s, decided * upper_s, torch.where(decided, intercept_s, top),
-                                                        decided)]
+    per_entry = (lower_s, decided * upper_s, torch.where(decided, intercept_s, top), decided)
+    tables = [win.table(t.view(shape).to(l)) for t in per_entry]
     return reach, target, *tables, (inner.h, inner.w), relu_reach
 
 

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from .relaxations import _affine_reach, _dots, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
+from .relaxations import _adjoint, _affine_reach, _dots, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
 from .rounding import gamma, up
 
 BUILD_COST = 100  # building the bands' matrices costs about as much as this many specifications' products
@@ -83,7 +83,6 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
         neg_c = coef.clamp(max=0)
         values = coef * lower_slope + neg_c * (upper_slope - lower_slope)
         const = const + (neg_c * intercept).flatten(2).sum(-1)
-        intercept = intercept[:, 0]
         if sound:
             l1, l1_relu = _l1(lam_w), _l1(coef)
     if not sound:
@@ -118,8 +117,6 @@ def conv_back(layer, values, flat, keep, mag_in, sound: bool):
     if plan is None or plan[0] * (s_ + BUILD_COST) > DENSE_COST * s_ * c_out * h_out * w_out * w[0].numel():
         lam = dense(values, flat, (c_out, h_out, w_out)).reshape(n_ * s_, c_out, h_out, w_out)
         if isinstance(m.padding, str):
-            from .crown import _adjoint  # noqa: PLC0415  (a rare layer: the generic adjoint)
-
             new = _adjoint(lambda t: torch.nn.functional.conv2d(t, w, None, m.stride, m.padding, m.dilation,
                                                                   m.groups), layer.input_shape, lam)
         else:
@@ -142,7 +139,7 @@ def _bands(layer, flat, keep, h_out):
     entries per band (padded), band height on the input)."""
     m = layer.module
     c_in, _, w_in = layer.input_shape
-    (sy, sx), (py, px), (dy, dx) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
+    (sy, sx), (_, px), (dy, dx) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
     kh, kw = m.weight.shape[-2:]
     w_out = _out_shape(layer)[2]
     width = max((w_out - 1) * sx + (kw - 1) * dx + 1, px + w_in)
@@ -193,7 +190,7 @@ def _banded(layer, values, flat, keep, w, plan):
     entry, filled = entry[:, :-1], filled[:, :-1]  # (N, nb * per_band)
     # the rows of the convolution's matrix at each slot, on its band's input rows (zero for empty slots)
     ey, ex = y.gather(1, entry), x.gather(1, entry)
-    local_y = (ey - (ey // rows) * rows) * sy  # the row within the band's first input row
+    local_y = ey % rows * sy  # the row within the band's first input row
     ry = local_y[:, :, None, None] + dy * torch.arange(kh, device=dev)[:, None]  # (N, slots, kh, 1)
     rx = (ex * sx)[:, :, None, None] + dx * torch.arange(kw, device=dev)  # (N, slots, 1, kw), padded width
     cols = (ry * width + rx)[:, :, None] + torch.arange(c_in, device=dev)[:, None, None] * (height * width)

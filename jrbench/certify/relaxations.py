@@ -161,6 +161,14 @@ def _affine_reach(layer: Layer, mag_in: torch.Tensor) -> torch.Tensor:
     return reach.flatten(1).amax(-1, keepdim=True)
 
 
+def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
+    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
+    with torch.enable_grad():
+        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
+    return grad
+
+
 def _relu_lines(l: torch.Tensor, u: torch.Tensor, a: float, alpha: torch.Tensor | None):
     """(lower slope, upper slope, upper intercept, unstable) of ReLU/LeakyReLU(a) on [l, u] (any
     shapes that broadcast with ``alpha``), sound under
