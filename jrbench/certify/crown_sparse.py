@@ -201,12 +201,14 @@ def _banded(layer, values, flat, keep, w, plan):
     rows_t = values.flatten(2).transpose(1, 2).reshape(n_ * c * length, s_)
     base = torch.arange(n_, device=dev)[:, None] * (c * length)
     vals = rows_t.index_select(0, (entry + base).flatten()).view(n_, nb, per_band, s_)
-    prod = torch.matmul(mat.view(n_, nb, per_band, -1).transpose(2, 3), vals)  # (N, nb, C_in*height*width, S)
+    prod = torch.matmul(vals.transpose(2, 3), mat.view(n_, nb, per_band, -1))  # (N, nb, S, C_in*height*width)
     blocks = max(nb * step + height - step, py + h_in)
-    total = values.new_zeros(n_, c_in, blocks, width, s_)
+    total = values.new_zeros(n_, s_, c_in, blocks, width)
     for b in range(nb):  # the bands overlap on the input
-        total[:, :, b * step:b * step + height] += prod[:, b].view(n_, c_in, height, width, s_)
-    return total[:, :, py:py + h_in, px:px + w_in].permute(0, 4, 1, 2, 3).contiguous()
+        total[:, :, :, b * step:b * step + height] += prod[:, b].view(n_, s_, c_in, height, width)
+    if (blocks, width) == (h_in, w_in):
+        return total
+    return total[:, :, :, py:py + h_in, px:px + w_in].contiguous()
 
 
 def _out_shape(layer) -> tuple[int, int, int]:
