@@ -22,6 +22,13 @@ ones, and for a ReLU feeding a max pool every neuron that can be positive), and 
 the tighter of its two bounds. The input of the first nonlinearity is an affine map of a box: exact
 for L-inf; for L2 its ball bound (row norms) is intersected with the box's.
 
+Cost (the passes give the same bounds, up to the order of floating-point sums): a convolutional
+layer's neurons run on cropped windows, many examples together
+(:mod:`jrbench.certify.crown_patches`); other layers' neurons run with examples of about as many
+neurons together, the step through the affine layer below taken once for all; a max pool whose
+windows do not overlap and the ReLU below it are one step, and the convolution below them a
+product with the rows of its matrix at the windows' chosen inputs (:mod:`jrbench.certify.crown_sparse`).
+
 Arithmetic: float64 on the input's device. Every step adds the rounding slack of its products and
 sums (:func:`jrbench.certify.rounding.gamma` times the sum of |Lambda| times the magnitudes its layer's
 input can reach, from the sound bounds) and rounds the constant downward; the relaxation's slopes and
@@ -414,6 +421,9 @@ def _refine(bounds: Bounds, i: int) -> None:
         order_ex = need[ex].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]  # needed first
         one = _select(bounds, ex)
         step = max(1, GROUP_BUDGET // (2 * largest * len(ex)))  # one example with many neurons: in chunks
+        if first is not None:
+            j, rows, consts, norms, n_ops = first
+            reach = _affine_reach(bounds.layers[j], torch.maximum(-one.lower[j], one.upper[j]))
         for c0 in range(0, width, step):
             idx = order_ex[:, c0:c0 + step]
             valid = need[ex].gather(1, idx)
@@ -424,13 +434,11 @@ def _refine(bounds: Bounds, i: int) -> None:
                 lam[:, s:] = -lam[:, :s]
                 out = backward(one, i, lam.reshape(len(ex), 2 * s, *layer.input_shape))
             else:
-                j, rows, consts, norms, n_ops = first
                 p = position[idx]
                 keep = valid.to(l)
                 sub = rows[p] * keep.view(*keep.shape, *([1] * (rows.dim() - 1)))
                 lam = torch.cat([sub, -sub], 1)
                 const = torch.cat([consts[p] * keep, -consts[p] * keep], 1)
-                reach = _affine_reach(bounds.layers[j], torch.maximum(-one.lower[j], one.upper[j]))
                 slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]], 1) * reach)
                 out = backward(one, j, lam, const=const, slack=slack)
             rows_ex, cols = ex[:, None].expand(-1, s)[valid], idx[valid]
@@ -482,6 +490,8 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad():
             bounds = compute_bounds(model, s, layers)
             classes = bounds.lower[-1].shape[1]
+            if classes < 2:  # no other class: no margin to bound
+                return torch.full((len(y), classes), math.inf, dtype=torch.float64, device=s.x0.device)
             spec, others = _margin_spec(y, classes, s.x0), _others(y, classes)
             spec = spec.gather(1, others[:, :, None].expand(-1, -1, classes))  # the label's own row is 0
             low = backward(bounds, len(layers), spec, dual_steps=dual_steps)
