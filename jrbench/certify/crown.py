@@ -494,13 +494,29 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
                 return torch.full((len(y), classes), math.inf, dtype=torch.float64, device=s.x0.device)
             spec, others = _margin_spec(y, classes, s.x0), _others(y, classes)
             spec = spec.gather(1, others[:, :, None].expand(-1, -1, classes))  # the label's own row is 0
-            low = backward(bounds, len(layers), spec, dual_steps=dual_steps)
+            low = _backward_in_groups(bounds, spec, None, dual_steps)
         if alpha_steps > 0:
             alphas = _optimize_alphas(bounds, spec, alpha_steps, alpha_lr)
             with torch.no_grad():
-                low = torch.maximum(low, backward(bounds, len(layers), spec, alphas, dual_steps=dual_steps))
+                low = torch.maximum(low, _backward_in_groups(bounds, spec, alphas, dual_steps))
     out = low.new_full((len(y), classes), math.inf)
     return out.scatter(1, others, low)
+
+
+def _backward_in_groups(bounds: Bounds, spec: torch.Tensor, alphas: dict | None, dual_steps: int) -> torch.Tensor:
+    """:func:`backward` from the logits, examples in groups whose coefficients on the largest layer
+    fit GROUP_BUDGET (smaller tensors run faster on a CPU)."""
+    largest = max(math.prod(t.shape[1:]) for t in bounds.lower)
+    size = max(1, GROUP_BUDGET // max(1, spec.shape[1] * largest))
+    n = spec.shape[0]
+    if size >= n:
+        return backward(bounds, len(bounds.layers), spec, alphas, dual_steps=dual_steps)
+    out = []
+    for e0 in range(0, n, size):
+        ex = torch.arange(e0, min(n, e0 + size), device=spec.device)
+        part = {i: a[ex] for i, a in alphas.items()} if alphas else None
+        out.append(backward(_select(bounds, ex), len(bounds.layers), spec[ex], part, dual_steps=dual_steps))
+    return torch.cat(out)
 
 
 def _others(labels: torch.Tensor, classes: int) -> torch.Tensor:
