@@ -39,7 +39,7 @@ refused with a message naming the layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -195,12 +195,31 @@ def _step_back(layer: Layer, lam, l, u, alpha, sound: bool):
 @dataclass
 class Bounds:
     """Sound float64 bounds of every layer's input: ``lower[i]``, ``upper[i]`` (N, *input_shape of
-    layer i); index len(layers) is the output (logits)."""
+    layer i); index len(layers) is the output (logits). ``parent``: (the bounds of all examples,
+    the indices of these) for a selection (:func:`_select`); ``cache``: what backward passes share
+    (:func:`_per_example`)."""
 
     layers: list[Layer]
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
     input_set: InputSet
+    parent: tuple | None = None
+    cache: dict = field(default_factory=dict)
+
+
+def _per_example(bounds: Bounds, key, layers: tuple[int, ...], make):
+    """``make(root)`` for the bounds of all examples (computed once while the bounds of ``layers``
+    stay the same tensors), at this selection's examples: tensors (or a tuple of them) with the
+    examples first."""
+    root, ex = bounds.parent if bounds.parent is not None else (bounds, None)
+    deps = tuple(t for i in layers for t in (root.lower[i], root.upper[i]))
+    hit = root.cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], deps)):
+        hit = root.cache[key] = (deps, make(root))
+    value = hit[1]
+    if ex is None:
+        return value
+    return value.rows(ex) if hasattr(value, "rows") else value[ex]
 
 
 def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = None, sound: bool = True,
@@ -216,17 +235,19 @@ def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = No
         alpha = alphas.get(i) if alphas else None
         if FUSE and crown_sparse.fusable(layers, i):  # max pool and the ReLU below at once
             alpha = alphas.get(i - 1) if alphas else None
-            values, flat, keep, c, s = crown_sparse.pool_relu_back(layers[i], layers[i - 1], lam, lower[i], upper[i],
-                                                                   lower[i - 1], upper[i - 1], alpha, sound)
+            prep = _per_example(bounds, ("pool_relu", i), (i, i - 1), lambda b, i=i: crown_sparse.prepare(
+                b.layers[i], b.layers[i - 1], b.lower[i], b.upper[i], b.lower[i - 1], b.upper[i - 1]))
+            values, c, s = crown_sparse.pool_relu_back(layers[i], layers[i - 1], lam, prep, alpha, sound)
             steps = [(c, s)]
             i -= 2
             if i >= 0 and layers[i].kind == "conv2d":
-                lam, c, s = crown_sparse.conv_back(layers[i], values, flat, keep, torch.maximum(-lower[i], upper[i]),
-                                                   sound)
+                reach = _per_example(bounds, ("reach", i), (i,), lambda b, i=i: _affine_reach(
+                    b.layers[i], torch.maximum(-b.lower[i], b.upper[i])))
+                lam, c, s = crown_sparse.conv_back(layers[i], values, prep.flat, prep.keep, reach, sound)
                 steps.append((c, s))
                 i -= 1
             else:
-                lam = crown_sparse.dense(values, flat, layers[i + 1].input_shape)
+                lam = crown_sparse.dense(values, prep.flat, layers[i + 1].input_shape)
         else:
             lam, c, s = _step_back(layers[i], lam, lower[i], upper[i], alpha, sound)
             steps = [(c, s)]
@@ -463,8 +484,10 @@ def _groups(sorted_counts: list[int], per_spec: int) -> list[slice]:
 def _select(bounds: Bounds, ex: torch.Tensor) -> Bounds:
     """The bounds of the examples ``ex`` (an index tensor)."""
     s = bounds.input_set
+    root = bounds if bounds.parent is None else bounds.parent[0]
+    rows = ex if bounds.parent is None else bounds.parent[1][ex]
     return Bounds(bounds.layers, [t[ex] for t in bounds.lower], [t[ex] for t in bounds.upper],
-                  InputSet(s.x0[ex], s.eps, s.norm, s.lo[ex], s.hi[ex]))
+                  InputSet(s.x0[ex], s.eps, s.norm, s.lo[ex], s.hi[ex]), parent=(root, rows))
 
 
 # ----------------------------------------------------------------------------- margins

@@ -18,10 +18,11 @@ order of floating-point sums.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-from .relaxations import _adjoint, _affine_reach, _dots, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
+from .relaxations import _adjoint, _dots, _l1, _pool_windows, _relu_lines, _relu_slope, _star_index
 from .rounding import gamma, up
 
 BUILD_COST = 100  # building the bands' matrices costs about as much as this many specifications' products
@@ -41,13 +42,34 @@ def fusable(layers, i: int) -> bool:
     return sy >= kh and sx >= kw and (dy, dx) == (1, 1) and not m.ceil_mode
 
 
-def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
-    """Max pool ``pool`` (input bounds lp, upp) and ReLU ``relu`` (input bounds lr, ur) backwards
-    for lam (N, S, *pool output): (values (N, S, C, L) at the windows' chosen inputs, their flat
-    positions (N, C, L), which of them can be nonzero (N, C, L), constant (N, S), rounding slack
-    (N, S) or None unless ``sound``). ``alpha``: the ReLU's lower slopes (alpha-CROWN) or None."""
+class Prepared(NamedTuple):
+    """Per example, what the fused step needs of the pool's and the ReLU's bounds (N, C, L) at the
+    pool's windows: each window's chosen input (flat position), whether its max is decided, its
+    largest upper bound, the ReLU's bounds and CROWN lines there, which chosen inputs can pass a
+    coefficient, the constant per unit of a negative coefficient with the two unit sums for the
+    slack (N, C L, 3); and the reaches of both steps (N, 1)."""
+
+    flat: torch.Tensor
+    decided: torch.Tensor
+    top: torch.Tensor
+    ls: torch.Tensor
+    us: torch.Tensor
+    lower_slope: torch.Tensor
+    upper_slope: torch.Tensor
+    keep: torch.Tensor
+    per_unit: torch.Tensor
+    pool_reach: torch.Tensor
+    relu_reach: torch.Tensor
+
+    def rows(self, ex: torch.Tensor) -> "Prepared":
+        return Prepared(*(t[ex] for t in self))
+
+
+def prepare(pool, relu, lp, upp, lr, ur) -> Prepared:
+    """:class:`Prepared` for max pool ``pool`` (input bounds lp, upp) over ReLU ``relu`` (input
+    bounds lr, ur): it depends on the bounds only, not on the coefficients, so the backward passes
+    of several layers' bounds and of the margins share it."""
     m = pool.module
-    n_, s_ = lam.shape[:2]
     c, h, w = pool.input_shape
     lw, uw = _pool_windows(m, lp, -math.inf), _pool_windows(m, upp, -math.inf)
     best, star = lw.max(2)  # (N, C, L)
@@ -55,21 +77,38 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
     top = uw.amax(2)
     index = _pool_windows(m, torch.arange(h * w, dtype=lp.dtype, device=lp.device).view(1, 1, h, w), -1.0)
     flat = _star_index(index, star)  # (N, C, L)
-    lam_w = lam.reshape(n_, s_, c, star.shape[-1])
     a = _relu_slope(relu.module)
     ls, us = lr.flatten(2).gather(2, flat), ur.flatten(2).gather(2, flat)  # the ReLU at the chosen inputs
+    lower_slope, upper_slope, intercept, _ = _relu_lines(ls, us, a, None)
     keep = (us > 0) | (a != 0)  # a ReLU that is always off passes nothing
+    # per unit of a negative coefficient: the constant (the ReLU's intercept through a decided
+    # window, else the window's largest upper bound), passing a decided window, and 1
+    per_unit = torch.stack([torch.where(decided, intercept, top), decided.to(lp), torch.ones_like(top)], -1)
+    pool_reach = (_pool_windows(m, torch.maximum(-lp, upp), 0.0).amax(2) + top.abs()).flatten(1).amax(-1, keepdim=True)
+    intercept_all = _relu_lines(lr, ur, a, None)[2]  # the reach over the whole layer, as the unfused step
+    relu_reach = (torch.maximum(-lr, ur) + intercept_all).flatten(1).amax(-1, keepdim=True)
+    return Prepared(flat, decided, top, ls, us, lower_slope, upper_slope, keep, per_unit.flatten(1, 2), pool_reach,
+                    relu_reach)
+
+
+def pool_relu_back(pool, relu, lam, prep: Prepared, alpha, sound: bool):
+    """Max pool ``pool`` and ReLU ``relu`` backwards for lam (N, S, *pool output), from
+    :func:`prepare`: (values (N, S, C, L) at the windows' chosen inputs, constant (N, S), rounding
+    slack (N, S) or None unless ``sound``). ``alpha``: the ReLU's lower slopes (alpha-CROWN) or None."""
+    m = pool.module
+    n_, s_ = lam.shape[:2]
+    c, h, w = pool.input_shape
+    decided, top = prep.decided, prep.top
+    lam_w = lam.reshape(n_, s_, c, decided.shape[-1])
+    a = _relu_slope(relu.module)
     if alpha is None:
         # both at once: a coefficient >= 0 reaches the ReLU and takes its lower slope; one < 0 takes
         # the upper slope through a decided window (else it goes to the constant at the window's
         # largest upper bound), and adds the ReLU's intercept
-        lower_slope, upper_slope, intercept, _ = _relu_lines(ls, us, a, None)
         neg = lam_w.clamp(max=0)
         pos = lam_w - neg  # exactly
-        values = pos * lower_slope.unsqueeze(1) + neg * (decided * upper_slope).unsqueeze(1)
-        # the constant, and the sums of |neg| through decided windows and of all |neg| (for the slack)
-        per_unit = torch.stack([torch.where(decided, intercept, top), decided.to(lam), torch.ones_like(top)], -1)
-        sums = _dots(neg.flatten(2), per_unit.flatten(1, 2))
+        values = pos * prep.lower_slope.unsqueeze(1) + neg * (decided * prep.upper_slope).unsqueeze(1)
+        sums = _dots(neg.flatten(2), prep.per_unit)  # the constant, sum of neg through decided windows, of all neg
         const = sums[..., 0]
         if sound:  # ||lam||_1, and ||coefficients at the ReLU||_1 (|lam| >= 0, or through a decided window)
             positive = pos.flatten(2).sum(-1)
@@ -78,22 +117,19 @@ def pool_relu_back(pool, relu, lam, lp, upp, lr, ur, alpha, sound: bool):
         pos, neg = lam_w.clamp(min=0), lam_w.clamp(max=0)
         coef = pos + neg * decided.unsqueeze(1)
         const = (neg * (~decided * top).unsqueeze(1)).flatten(2).sum(-1)
-        alpha_s = alpha.flatten(3).gather(3, flat.unsqueeze(1).expand(n_, s_, *flat.shape[1:]))
-        lower_slope, upper_slope, intercept, _ = _relu_lines(ls.unsqueeze(1), us.unsqueeze(1), a, alpha_s)
+        alpha_s = alpha.flatten(3).gather(3, prep.flat.unsqueeze(1).expand(n_, s_, *prep.flat.shape[1:]))
+        lower_slope, upper_slope, intercept, _ = _relu_lines(prep.ls.unsqueeze(1), prep.us.unsqueeze(1), a, alpha_s)
         neg_c = coef.clamp(max=0)
         values = coef * lower_slope + neg_c * (upper_slope - lower_slope)
         const = const + (neg_c * intercept).flatten(2).sum(-1)
         if sound:
             l1, l1_relu = _l1(lam_w), _l1(coef)
     if not sound:
-        return values, flat, keep, const, None
-    pool_reach = (_pool_windows(m, torch.maximum(-lp, upp), 0.0).amax(2) + top.abs()).flatten(1).amax(-1, keepdim=True)
-    intercept_all = _relu_lines(lr, ur, a, None)[2]  # the reach over the whole layer, as the unfused step
-    relu_reach = (torch.maximum(-lr, ur) + intercept_all).flatten(1).amax(-1, keepdim=True)
-    numel = c * h * w
-    slack = up(up(gamma(lw.shape[2] + lw.shape[3] + lam_w[0, 0].numel()) * l1 * pool_reach)
-               + up(gamma(8 + numel) * l1_relu * relu_reach))
-    return values, flat, keep, const, slack
+        return values, const, None
+    kh, kw = _pair(m.kernel_size)
+    slack = up(up(gamma(kh * kw + decided.shape[-1] + lam_w[0, 0].numel()) * l1 * prep.pool_reach)
+               + up(gamma(8 + c * h * w) * l1_relu * prep.relu_reach))
+    return values, const, slack
 
 
 def dense(values: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
@@ -103,9 +139,10 @@ def dense(values: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
     return zeros.scatter(3, flat.unsqueeze(1).expand_as(values), values).reshape(n_, s_, *shape)
 
 
-def conv_back(layer, values, flat, keep, mag_in, sound: bool):
-    """Conv2d ``layer`` backwards from coefficients at the chosen inputs of the pool above (its
-    outputs): (lam on its input, constant, slack or None). The entries that can be nonzero are cut
+def conv_back(layer, values, flat, keep, reach, sound: bool):
+    """Conv2d ``layer`` backwards from coefficients at the chosen inputs ``flat`` of the pool above
+    (its outputs; ``keep``: those that can be nonzero; ``reach`` (N, 1): the largest |A| |h| + |b|
+    over its outputs): (lam on its input, constant, slack or None). The entries that can be nonzero are cut
     into bands of output rows; each band is a product with the rows of the convolution's matrix
     at its entries, restricted to the input rows the band reaches, and the bands' products are
     added up where they overlap. When the whole convolution costs less, it runs on the map."""
@@ -128,7 +165,6 @@ def conv_back(layer, values, flat, keep, mag_in, sound: bool):
     const = (values.sum(-1) * m.bias.detach().to(values)).sum(-1) if m.bias is not None else values.new_zeros(n_, s_)
     if not sound:
         return new, const, None
-    reach = _affine_reach(layer, mag_in)
     # each input coefficient sums at most c_out kh kw nonzero products, in any order (the empty
     # slots of a band add exact zeros): the slack of the whole convolution's step holds
     return new, const, up(gamma(w[0].numel() + c_out * h_out * w_out) * _l1(values) * reach)
