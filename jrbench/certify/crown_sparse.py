@@ -6,14 +6,16 @@ with the largest lower bound; DeepPoly's relaxation, :func:`jrbench.certify.crow
 When the windows do not overlap, each input receives at most one coefficient, so the ReLU below
 can be applied at the chosen inputs before the coefficients are spread over the map: a 2 x 2 pool
 leaves a quarter of the entries. The convolution below then needs only the chosen inputs whose
-ReLU can pass a coefficient (not those always off, for a ReLU): when those are few, its backward
-step is a product with the rows of the convolution's matrix at them (gathered per example), which
-costs less than the convolution over the whole, mostly zero, map.
+ReLU can pass a coefficient (not those always off, for a ReLU): cut into bands of rows, its
+backward step is a product per band with the rows of the convolution's matrix at those entries
+(built per example), which on a LeNet costs less than the convolution over the whole, mostly zero,
+map; when it does not (few specifications), the convolution runs on the map.
 
 The relaxations, the constants and the rounding slack are those of the unfused steps (the slack of
 each step's products and sums: gamma(n) times ||Lambda||_1 times the largest magnitude its terms
-reach, taken over the entries where Lambda can be nonzero), so the bounds are the same up to the
-order of floating-point sums.
+reach), so the bounds are the same up to the order of floating-point sums. What the step needs of
+the bounds (:func:`prepare`) does not depend on the coefficients: the backward passes of several
+layers and of the margins share it.
 """
 from __future__ import annotations
 
@@ -140,12 +142,13 @@ def dense(values: torch.Tensor, flat: torch.Tensor, shape) -> torch.Tensor:
 
 
 def conv_back(layer, values, flat, keep, reach, sound: bool):
-    """Conv2d ``layer`` backwards from coefficients at the chosen inputs ``flat`` of the pool above
-    (its outputs; ``keep``: those that can be nonzero; ``reach`` (N, 1): the largest |A| |h| + |b|
-    over its outputs): (lam on its input, constant, slack or None). The entries that can be nonzero are cut
-    into bands of output rows; each band is a product with the rows of the convolution's matrix
-    at its entries, restricted to the input rows the band reaches, and the bands' products are
-    added up where they overlap. When the whole convolution costs less, it runs on the map."""
+    """Conv2d ``layer`` backwards from coefficients ``values`` (N, S, C, L) at the chosen inputs
+    ``flat`` of the pool above (its outputs; ``keep``: those that can be nonzero; ``reach`` (N, 1):
+    the largest |A| |h| + |b| over its outputs): (lam on its input, constant, slack or None). The
+    entries that can be nonzero are cut into bands of output rows; each band is a product with the
+    rows of the convolution's matrix at its entries, restricted to the input rows the band
+    reaches, and the bands' products are added up where they overlap. When the whole convolution
+    costs less (DENSE_COST, BUILD_COST), it runs on the map."""
     m = layer.module
     n_, s_, c, length = values.shape
     w = m.weight.detach().to(values)
