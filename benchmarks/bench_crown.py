@@ -2,8 +2,10 @@
 
 What it measures (the targets of the bracket issue, on this machine's CPU, one thread by default):
 - CROWN (jrbench.certify.crown.certified) on ``--examples`` (1,000) real test digits at one L-inf
-  eps (0.01) and one L2 eps (0.05): seconds and certified share; target under 60 s each; and the
-  process's peak resident memory (ru_maxrss, torch and the training included): target under 2 GB;
+  eps (0.01) and one L2 eps (0.05): seconds and certified share; target under 60 s each (the
+  process's CPU time and the load average are printed too: on a shared machine the wall clock
+  stretches); and the process's peak resident memory (ru_maxrss, torch and the training
+  included): target under 2 GB;
 - complete verification (jrbench.certify.complete.verify, the MILP) of ``--complete-examples``
   digits at L-inf ``--complete-eps`` that CROWN leaves undecided and a PGD does not break:
   median and 90th-percentile seconds per example, and the verified / falsified / unknown counts.
@@ -19,6 +21,7 @@ images, and says so (the timings then mean little: nearly every ReLU is unstable
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
 import statistics
@@ -35,6 +38,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_certify import data_and_model  # noqa: E402
 from jrbench.certify import crown  # noqa: E402
 from jrbench.training.envinfo import cpu_model  # noqa: E402
+
+
+def load() -> str:
+    """The 1-minute load average: other processes on the cores stretch the wall-clock times."""
+    return f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores" if hasattr(os, "getloadavg") else "unknown"
 
 
 def peak_mb() -> float:
@@ -59,11 +67,12 @@ def main() -> int:
           f"LeNet {what}; {len(x)} examples", flush=True)
     over = []
     for norm, eps in (("linf", args.eps_linf), ("l2", args.eps_l2)):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         ok, _ = crown.certified(model, x, y, eps, norm, batch_size=100)
-        seconds = time.perf_counter() - start
-        print(f"CROWN {norm} eps {eps:g}: {seconds:.1f} s for {len(x)} examples (target < 60 s), certified "
-              f"{float(ok.double().mean()):.3f}; peak memory so far {peak_mb():.0f} MB (target < 2048)", flush=True)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(f"CROWN {norm} eps {eps:g}: {seconds:.1f} s for {len(x)} examples (target < 60 s; CPU time {cpu:.1f} s, "
+              f"load average {load()}), certified {float(ok.double().mean()):.3f}; peak memory so far "
+              f"{peak_mb():.0f} MB (target < 2048)", flush=True)
         if seconds > 60:
             over.append(f"crown {norm}")
     if peak_mb() > 2048:

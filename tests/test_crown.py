@@ -290,6 +290,42 @@ def test_l2_first_layer_bounds_follow_flatten_and_a_linear_over_the_last_axis():
         assert bool((low[finite] <= worst[finite]).all())
 
 
+def pooled_model():
+    """A LeakyReLU under a padded max pool without overlap, a strided convolution, ReLU and pool."""
+    torch.manual_seed(11)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2, padding=1),
+                        nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten(), nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, 5))
+    return PixelClassifier(net, (1, 13, 13), 5, "pooled").eval()
+
+
+@pytest.mark.parametrize("name", ["pooled", "lenet"])
+def test_the_fused_and_banded_steps_give_the_plain_steps_bounds(name):
+    """A max pool and the ReLU below it taken at once (crown_sparse.pool_relu_back), and the
+    convolution below them as band products (crown_sparse._banded) or on the whole map, give the
+    bounds of the separate steps (crown.FUSE off) up to the order of sums; alpha-CROWN too."""
+    from jrbench.certify import crown_sparse
+
+    model = pooled_model() if name == "pooled" else models()["lenet"]
+    torch.manual_seed(12)
+    x = torch.rand(3, *model.input_shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    runs = {}
+    try:
+        for label, fuse, cost in (("plain", False, 3.0), ("banded", True, math.inf), ("whole", True, 0.0)):
+            crown.FUSE, crown_sparse.DENSE_COST = fuse, cost
+            runs[label] = [crown.margin_lower_bounds(model, x, y, eps, norm, alpha_steps=steps)
+                           for norm, eps, steps in (("linf", 0.02, 0), ("l2", 0.3, 0), ("linf", 0.02, 3))]
+    finally:
+        crown.FUSE, crown_sparse.DENSE_COST = True, 3.0
+    for label in ("banded", "whole"):
+        for got, want in zip(runs[label], runs["plain"]):
+            finite = torch.isfinite(want)
+            assert torch.allclose(got[finite], want[finite], rtol=1e-9, atol=1e-9), (label, (got - want)[finite])
+            assert torch.isinf(got[~finite]).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bounds_equal_the_cpu_bounds():
     """Every tensor of the bound computation lives on the input's device (benchmarks/cuda_check.sh)."""

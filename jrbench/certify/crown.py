@@ -22,6 +22,13 @@ ones, and for a ReLU feeding a max pool every neuron that can be positive), and 
 the tighter of its two bounds. The input of the first nonlinearity is an affine map of a box: exact
 for L-inf; for L2 its ball bound (row norms) is intersected with the box's.
 
+Cost (the passes give the same bounds, up to the order of floating-point sums): a convolutional
+layer's neurons run on cropped windows, many examples together
+(:mod:`jrbench.certify.crown_patches`); other layers' neurons run with examples of about as many
+neurons together, the step through the affine layer below taken once for all; a max pool whose
+windows do not overlap and the ReLU below it are one step, and the convolution below them a
+product with the rows of its matrix at the windows' chosen inputs (:mod:`jrbench.certify.crown_sparse`).
+
 Arithmetic: float64 on the input's device. Every step adds the rounding slack of its products and
 sums (:func:`jrbench.certify.rounding.gamma` times the sum of |Lambda| times the magnitudes its layer's
 input can reach, from the sound bounds) and rounds the constant downward; the relaxation's slopes and
@@ -32,7 +39,7 @@ refused with a message naming the layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +48,14 @@ from torch import nn
 from ..errors import UserError
 from ..models.architectures import eval_mode
 from ..models.lipschitz import Layer, layer_chain, strictly_correct
-from .relaxations import (FLAG, InputSet, _affine_reach, _diag, _l1, _pool_windows, _relu_lines,
+from . import crown_sparse
+from .relaxations import (FLAG, InputSet, _adjoint, _affine_reach, _diag, _l1, _pool_windows, _relu_lines,
                           _relu_slope, _star_index)
 from .rounding import U, down, gamma, up
 
-SPEC_BUDGET = 1 << 24  # float64 elements of one chunk of coefficients (128 MB)
 PATCHES = True  # convolutional layers' bounds on cropped windows (jrbench.certify.crown_patches)
-PATCH_CHUNK = 1024  # unit specifications per window batch
+FUSE = True  # a max pool and the ReLU below it backwards at once (jrbench.certify.crown_sparse)
+GROUP_BUDGET = 1 << 21  # float64 elements of one group's specifications on the largest layer (16 MB)
 AFFINE = ("normalize", "linear", "conv2d", "batchnorm", "avgpool2d")
 
 
@@ -89,7 +97,11 @@ def _affine_back(layer: Layer, lam: torch.Tensor, mag_in: torch.Tensor):
     slack = _l1(lam) * _affine_reach(layer, mag_in)
     if kind in ("normalize", "batchnorm"):
         scale, shift, _ = _diag(layer, lam)
-        return lam * scale.unsqueeze(1), (lam * shift.unsqueeze(1)).flatten(2).sum(-1), slack, 16
+        if lam.dim() > 3:  # per channel: the channel sums times the shifts
+            bias_term = (lam.flatten(3).sum(-1) * shift.flatten()).sum(-1)
+        else:
+            bias_term = (lam * shift.unsqueeze(1)).flatten(2).sum(-1)
+        return lam * scale.unsqueeze(1), bias_term, slack, 16
     if kind == "linear":
         w = m.weight.detach().to(lam)
         bias_term = (lam * m.bias.detach().to(lam)).flatten(2).sum(-1) if m.bias is not None else lam.new_zeros(n_, s_)
@@ -109,14 +121,6 @@ def _affine_back(layer: Layer, lam: torch.Tensor, mag_in: torch.Tensor):
         k = m.kernel_size if isinstance(m.kernel_size, int) else math.prod(m.kernel_size)
         return _adjoint(m, in_shape, out).reshape(n_, s_, *in_shape), lam.new_zeros(n_, s_), slack, k * k + 4
     raise AssertionError(kind)
-
-
-def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
-    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
-    with torch.enable_grad():
-        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
-        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
-    return grad
 
 
 def _relu_back(layer: Layer, lam, l, u, mag_in, alpha):
@@ -191,12 +195,31 @@ def _step_back(layer: Layer, lam, l, u, alpha, sound: bool):
 @dataclass
 class Bounds:
     """Sound float64 bounds of every layer's input: ``lower[i]``, ``upper[i]`` (N, *input_shape of
-    layer i); index len(layers) is the output (logits)."""
+    layer i); index len(layers) is the output (logits). ``parent``: (the bounds of all examples,
+    the indices of these) for a selection (:func:`_select`); ``cache``: what backward passes share
+    (:func:`_per_example`)."""
 
     layers: list[Layer]
     lower: list[torch.Tensor]
     upper: list[torch.Tensor]
     input_set: InputSet
+    parent: tuple | None = None
+    cache: dict = field(default_factory=dict)
+
+
+def _per_example(bounds: Bounds, key, layers: tuple[int, ...], make):
+    """``make(root)`` for the bounds of all examples (computed once while the bounds of ``layers``
+    stay the same tensors), at this selection's examples: tensors (or a tuple of them) with the
+    examples first."""
+    root, ex = bounds.parent if bounds.parent is not None else (bounds, None)
+    deps = tuple(t for i in layers for t in (root.lower[i], root.upper[i]))
+    hit = root.cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], deps)):
+        hit = root.cache[key] = (deps, make(root))
+    value = hit[1]
+    if ex is None:
+        return value
+    return value.rows(ex) if hasattr(value, "rows") else value[ex]
 
 
 def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = None, sound: bool = True,
@@ -206,14 +229,34 @@ def backward(bounds: Bounds, k: int, lam: torch.Tensor, alphas: dict | None = No
     rounding slack so far) unless ``sound`` is False (the alpha optimizer's differentiable pass)."""
     const = lam.new_zeros(lam.shape[:2]) if const is None else const
     slack = lam.new_zeros(lam.shape[:2]) if slack is None else slack
-    for i in reversed(range(k)):
-        layer = bounds.layers[i]
+    layers, lower, upper = bounds.layers, bounds.lower, bounds.upper
+    i = k - 1
+    while i >= 0:
         alpha = alphas.get(i) if alphas else None
-        lam, c, s = _step_back(layer, lam, bounds.lower[i], bounds.upper[i], alpha, sound)
-        if c is not None:
-            const = down(const + c) if sound else const + c
-        if s is not None:
-            slack = up(slack + s)
+        if FUSE and crown_sparse.fusable(layers, i):  # max pool and the ReLU below at once
+            alpha = alphas.get(i - 1) if alphas else None
+            prep = _per_example(bounds, ("pool_relu", i), (i, i - 1), lambda b, i=i: crown_sparse.prepare(
+                b.layers[i], b.layers[i - 1], b.lower[i], b.upper[i], b.lower[i - 1], b.upper[i - 1]))
+            values, c, s = crown_sparse.pool_relu_back(layers[i], layers[i - 1], lam, prep, alpha, sound)
+            steps = [(c, s)]
+            i -= 2
+            if i >= 0 and layers[i].kind == "conv2d":
+                reach = _per_example(bounds, ("reach", i), (i,), lambda b, i=i: _affine_reach(
+                    b.layers[i], torch.maximum(-b.lower[i], b.upper[i])))
+                lam, c, s = crown_sparse.conv_back(layers[i], values, prep.flat, prep.keep, reach, sound)
+                steps.append((c, s))
+                i -= 1
+            else:
+                lam = crown_sparse.dense(values, prep.flat, layers[i + 1].input_shape)
+        else:
+            lam, c, s = _step_back(layers[i], lam, lower[i], upper[i], alpha, sound)
+            steps = [(c, s)]
+            i -= 1
+        for c, s in steps:
+            if c is not None:
+                const = down(const + c) if sound else const + c
+            if s is not None:
+                slack = up(slack + s)
     if not sound:
         return const + _plain_concretize(lam, bounds.input_set)
     return down(down(const + bounds.input_set.lower(lam, dual_steps)) - slack)
@@ -361,17 +404,15 @@ def layer_output_shape(bounds: Bounds, j: int) -> tuple[int, ...]:
     return tuple(bounds.lower[j + 1].shape[1:])
 
 
-def _windowed(layers, i: int) -> bool:
-    from .crown_patches import eligible
-
-    return eligible(layers, i)
-
-
 def _refine(bounds: Bounds, i: int) -> None:
     """CROWN lower and upper bounds of the input of nonlinear layer ``i`` for the neurons where
-    they can matter (:func:`_needed`), example by example (each its own list of neurons); each
-    neuron keeps the tighter of its interval and CROWN bounds. The step through the affine layer
-    below is the same for every example and is taken once."""
+    they can matter (:func:`_needed`), each example its own list of neurons; each neuron keeps the
+    tighter of its interval and CROWN bounds. Convolutional layers go through the windowed pass
+    (:mod:`jrbench.certify.crown_patches`); otherwise the step through the affine layer below is
+    the same for every example and is taken once, and examples with about as many neurons run
+    together (their lists padded with zero specifications to the longest)."""
+    from . import crown_patches
+
     l, u = bounds.lower[i], bounds.upper[i]
     layer = bounds.layers[i]
     n, d = l.shape[0], l[0].numel()
@@ -379,51 +420,74 @@ def _refine(bounds: Bounds, i: int) -> None:
     union = need.any(0).nonzero().flatten()
     if len(union) == 0:
         return
-    first = None if PATCHES and _windowed(bounds.layers, i) else _first_step(bounds, i, union)
+    lf, uf = l.reshape(n, d).clone(), u.reshape(n, d).clone()
+    if PATCHES and crown_patches.eligible(bounds.layers, i):
+        ex, idx = need.nonzero(as_tuple=True)  # sorted by example
+        signs = torch.tensor([1.0, -1.0], dtype=torch.float64, device=l.device).repeat(len(idx))
+        out = crown_patches.lower_bounds(bounds, i, ex.repeat_interleave(2), idx.repeat_interleave(2), signs)
+        out = out.view(-1, 2)
+        lf[ex, idx] = torch.maximum(lf[ex, idx], out[:, 0])
+        uf[ex, idx] = torch.minimum(uf[ex, idx], -out[:, 1])
+        bounds.lower[i], bounds.upper[i] = lf.reshape(l.shape), uf.reshape(u.shape)
+        return
+    first = _first_step(bounds, i, union)
     position = torch.full((d,), -1, dtype=torch.long, device=l.device)
     position[union] = torch.arange(len(union), device=l.device)
     largest = max(math.prod(x.shape[1:]) for x in bounds.lower[:i + 1])
-    chunk = max(1, SPEC_BUDGET // max(1, 2 * largest))
-    lf, uf = l.reshape(n, d).clone(), u.reshape(n, d).clone()
-    from . import crown_patches
-
-    windows = PATCHES and crown_patches.eligible(bounds.layers, i)
-    for k in range(n):
-        one = Bounds(bounds.layers, [t[k:k + 1] for t in bounds.lower], [t[k:k + 1] for t in bounds.upper],
-                     bounds.input_set.select(k))
-        if windows:
-            for idx in need[k].nonzero().flatten().split(PATCH_CHUNK):
-                s = len(idx)
-                if s:
-                    signs = torch.cat([torch.ones(s, device=l.device), -torch.ones(s, device=l.device)])
-                    out = crown_patches.lower_bounds(one, i, torch.cat([idx, idx]), signs)
-                    lf[k, idx] = torch.maximum(lf[k, idx], out[:s])
-                    uf[k, idx] = torch.minimum(uf[k, idx], -out[s:])
-            continue
+    counts = need.sum(1)
+    order = counts.argsort(stable=True)
+    for group in _groups(counts[order].tolist(), 2 * largest):
+        ex = order[group]
+        width = int(counts[ex].max())
+        order_ex = need[ex].to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]  # needed first
+        one = _select(bounds, ex)
+        step = max(1, GROUP_BUDGET // (2 * largest * len(ex)))  # one example with many neurons: in chunks
         if first is not None:
             j, rows, consts, norms, n_ops = first
-            m = bounds.layers[j]
-            mag = torch.maximum(-one.lower[j], one.upper[j])
-            reach = _affine_reach(m, mag)
-        for idx in need[k].nonzero().flatten().split(chunk):
-            s = len(idx)
-            if s == 0:
-                continue
+            reach = _affine_reach(bounds.layers[j], torch.maximum(-one.lower[j], one.upper[j]))
+        for c0 in range(0, width, step):
+            idx = order_ex[:, c0:c0 + step]
+            valid = need[ex].gather(1, idx)
+            s = idx.shape[1]
             if first is None:
-                lam = l.new_zeros(1, 2 * s, d)
-                rows_s = torch.arange(s, device=l.device)
-                lam[0, rows_s, idx] = 1.0
-                lam[0, rows_s + s, idx] = -1.0
-                out = backward(one, i, lam.reshape(1, 2 * s, *layer.input_shape))[0]
+                lam = l.new_zeros(len(ex), 2 * s, d)
+                lam[:, :s].scatter_(2, idx[:, :, None], valid[:, :, None].to(l))
+                lam[:, s:] = -lam[:, :s]
+                out = backward(one, i, lam.reshape(len(ex), 2 * s, *layer.input_shape))
             else:
                 p = position[idx]
-                lam = torch.cat([rows[p], -rows[p]])[None]
-                const = torch.cat([consts[p], -consts[p]])[None]
-                slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]])[None] * reach)
-                out = backward(one, j, lam, const=const, slack=slack)[0]
-            lf[k, idx] = torch.maximum(lf[k, idx], out[:s])
-            uf[k, idx] = torch.minimum(uf[k, idx], -out[s:])
+                keep = valid.to(l)
+                sub = rows[p] * keep.view(*keep.shape, *([1] * (rows.dim() - 1)))
+                lam = torch.cat([sub, -sub], 1)
+                const = torch.cat([consts[p] * keep, -consts[p] * keep], 1)
+                slack = up(gamma(n_ops) * torch.cat([norms[p], norms[p]], 1) * reach)
+                out = backward(one, j, lam, const=const, slack=slack)
+            rows_ex, cols = ex[:, None].expand(-1, s)[valid], idx[valid]
+            lf[rows_ex, cols] = torch.maximum(lf[rows_ex, cols], out[:, :s][valid])
+            uf[rows_ex, cols] = torch.minimum(uf[rows_ex, cols], -out[:, s:][valid])
     bounds.lower[i], bounds.upper[i] = lf.reshape(l.shape), uf.reshape(u.shape)
+
+
+def _groups(sorted_counts: list[int], per_spec: int) -> list[slice]:
+    """Consecutive groups of examples (sorted by their number of specifications) whose padded
+    specifications (group size times 2 x the largest count, ``per_spec`` elements each) fit
+    GROUP_BUDGET."""
+    groups, start = [], 0
+    for k, c in enumerate(sorted_counts):
+        if k > start and (k + 1 - start) * c * per_spec > GROUP_BUDGET:
+            groups.append(slice(start, k))
+            start = k
+    groups.append(slice(start, len(sorted_counts)))
+    return groups
+
+
+def _select(bounds: Bounds, ex: torch.Tensor) -> Bounds:
+    """The bounds of the examples ``ex`` (an index tensor)."""
+    s = bounds.input_set
+    root = bounds if bounds.parent is None else bounds.parent[0]
+    rows = ex if bounds.parent is None else bounds.parent[1][ex]
+    return Bounds(bounds.layers, [t[ex] for t in bounds.lower], [t[ex] for t in bounds.upper],
+                  InputSet(s.x0[ex], s.eps, s.norm, s.lo[ex], s.hi[ex]), parent=(root, rows))
 
 
 # ----------------------------------------------------------------------------- margins
@@ -449,13 +513,39 @@ def margin_lower_bounds(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
         with torch.no_grad():
             bounds = compute_bounds(model, s, layers)
             classes = bounds.lower[-1].shape[1]
-            spec = _margin_spec(y, classes, s.x0)
-            low = backward(bounds, len(layers), spec, dual_steps=dual_steps)
+            if classes < 2:  # no other class: no margin to bound
+                return torch.full((len(y), classes), math.inf, dtype=torch.float64, device=s.x0.device)
+            spec, others = _margin_spec(y, classes, s.x0), _others(y, classes)
+            spec = spec.gather(1, others[:, :, None].expand(-1, -1, classes))  # the label's own row is 0
+            low = _backward_in_groups(bounds, spec, None, dual_steps)
         if alpha_steps > 0:
             alphas = _optimize_alphas(bounds, spec, alpha_steps, alpha_lr)
             with torch.no_grad():
-                low = torch.maximum(low, backward(bounds, len(layers), spec, alphas, dual_steps=dual_steps))
-    return low.scatter(1, y[:, None], math.inf)
+                low = torch.maximum(low, _backward_in_groups(bounds, spec, alphas, dual_steps))
+    out = low.new_full((len(y), classes), math.inf)
+    return out.scatter(1, others, low)
+
+
+def _backward_in_groups(bounds: Bounds, spec: torch.Tensor, alphas: dict | None, dual_steps: int) -> torch.Tensor:
+    """:func:`backward` from the logits, examples in groups whose coefficients on the largest layer
+    fit GROUP_BUDGET (smaller tensors run faster on a CPU)."""
+    largest = max(math.prod(t.shape[1:]) for t in bounds.lower)
+    size = max(1, GROUP_BUDGET // max(1, spec.shape[1] * largest))
+    n = spec.shape[0]
+    if size >= n:
+        return backward(bounds, len(bounds.layers), spec, alphas, dual_steps=dual_steps)
+    out = []
+    for e0 in range(0, n, size):
+        ex = torch.arange(e0, min(n, e0 + size), device=spec.device)
+        part = {i: a[ex] for i, a in alphas.items()} if alphas else None
+        out.append(backward(_select(bounds, ex), len(bounds.layers), spec[ex], part, dual_steps=dual_steps))
+    return torch.cat(out)
+
+
+def _others(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """(N, C - 1): the classes other than each label, in order."""
+    grid = torch.arange(classes - 1, device=labels.device).expand(len(labels), -1)
+    return grid + (grid >= labels[:, None]).long()
 
 
 def _optimize_alphas(bounds: Bounds, spec: torch.Tensor, steps: int, lr: float) -> dict:

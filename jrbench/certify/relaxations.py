@@ -61,17 +61,19 @@ class InputSet:
         """(N, S) sound lower bounds of min over the set of lam . x, lam (N, S, C, H, W) float64."""
         a = lam.flatten(2)
         d = a.shape[-1]
-        lo, hi = self.lo.flatten(1)[:, None], self.hi.flatten(1)[:, None]
-        box = (a.clamp(min=0) * lo + a.clamp(max=0) * hi).sum(-1)
-        best = down(box - up(gamma(d) * (a.abs() * hi).sum(-1)))  # |x| <= hi on [0, 1]
+        lo, hi = self.lo.flatten(1), self.hi.flatten(1)
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        size = pos - neg  # |a|, exactly
+        box = _dot(pos, lo) + _dot(neg, hi)
+        best = down(box - up(gamma(d) * _dot(size, hi)))  # |x| <= hi on [0, 1]
         if self.norm == "linf" or self.eps == 0:
             return best
-        x0 = self.x0.flatten(1)[:, None]
-        center = (a * x0).sum(-1) - up(gamma(d) * (a.abs() * x0).sum(-1))
-        norm_a = up(torch.sqrt(up((a * a).sum(-1) * (1 + gamma(d)))))
+        x0 = self.x0.flatten(1)
+        center = _dot(a, x0) - up(gamma(d) * _dot(size, x0))
+        norm_a = up(torch.sqrt(up(torch.linalg.vector_norm(a, 2, dim=-1).square() * (1 + gamma(d)))))
         best = torch.maximum(best, down(down(center) - up(self.eps * norm_a)))
         if dual_steps > 0:
-            best = torch.maximum(best, self._dual(a, x0, lo, hi, norm_a, dual_steps))
+            best = torch.maximum(best, self._dual(a, x0[:, None], lo[:, None], hi[:, None], norm_a, dual_steps))
         return best
 
     def _dual(self, a, x0, lo, hi, norm_a, steps: int) -> torch.Tensor:
@@ -80,22 +82,26 @@ class InputSet:
         search on log mu around the ball's optimum ||a|| / (2 eps); the value at the best mu is
         evaluated soundly (the tangent of each convex term at the computed minimizer, rounded)."""
         eps2 = self.eps * self.eps
+        step_lo, step_hi, base = lo - x0, hi - x0, _dot(a, x0[:, 0])
 
-        def value(mu):  # (N, S) g(mu) at the computed minimizers (for the search only)
-            t = (x0 - a / (2 * mu[..., None])).clamp(min=lo, max=hi)
-            return (a * t + mu[..., None] * (t - x0) ** 2).sum(-1) - mu * eps2
+        def value(log_mu):  # (N, S) g(mu) at the computed minimizers (for the search only)
+            mu = log_mu.exp()
+            step = (a * (-0.5 / mu)[..., None]).clamp(min=step_lo, max=step_hi)  # t - x0
+            return base + (step * (a + mu[..., None] * step)).sum(-1) - mu * eps2
 
         center = torch.log(norm_a.clamp_min(1e-300) / (2 * self.eps))
         left, right = center - 9.0, center + 5.0
         ratio = (math.sqrt(5) - 1) / 2
         m1, m2 = right - ratio * (right - left), left + ratio * (right - left)
-        v1, v2 = value(m1.exp()), value(m2.exp())
-        for _ in range(steps):
+        v1, v2 = value(m1), value(m2)
+        for _ in range(steps):  # golden sections: one of the two inner points carries over
             go_right = v2 > v1
             left = torch.where(go_right, m1, left)
             right = torch.where(go_right, right, m2)
-            m1, m2 = right - ratio * (right - left), left + ratio * (right - left)
-            v1, v2 = value(m1.exp()), value(m2.exp())
+            new = torch.where(go_right, left + ratio * (right - left), right - ratio * (right - left))
+            v_new = value(new)
+            m1, m2 = torch.where(go_right, m2, new), torch.where(go_right, new, m1)
+            v1, v2 = torch.where(go_right, v2, v_new), torch.where(go_right, v_new, v1)
         mu = torch.where(v1 > v2, m1, m2).exp()[..., None]
         t = (x0 - a / (2 * mu)).clamp(min=lo, max=hi)
         slope = a + 2 * mu * (t - x0)  # the derivative of a t + mu (t - x0)^2 at t
@@ -104,6 +110,21 @@ class InputSet:
         slack = gamma(8 * d) * (3 * a.abs() + 4 * mu).sum(-1)  # |t|, |t - x0|, |lo - t| <= 1
         total = down(terms.sum(-1) - up(slack))
         return down(total - up(up(mu[..., 0] * eps2) * (1 + 4 * U)))
+
+
+def _dots(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(N, S, K): the rows of a (N, S, D) times the K columns of v (N, D, K)."""
+    if a.shape[0] <= 32:
+        return torch.stack([a[k] @ v[k] for k in range(a.shape[0])])
+    return torch.matmul(a, v)
+
+
+def _dot(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(N, S): the rows of a (N, S, D) times v (N, D): a matrix-vector product per example when
+    there are few examples and many rows (faster on CPUs than a batched product or mul and sum)."""
+    if a.shape[1] > 1 and a.shape[0] <= 32:
+        return torch.stack([a[k] @ v[k] for k in range(a.shape[0])])
+    return (a * v.unsqueeze(1)).sum(-1)
 
 
 def _diag(layer: Layer, like: torch.Tensor):
@@ -138,6 +159,14 @@ def _affine_reach(layer: Layer, mag_in: torch.Tensor) -> torch.Tensor:
     else:  # average pooling: non-negative weights
         reach = m(mag_in)
     return reach.flatten(1).amax(-1, keepdim=True)
+
+
+def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
+    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
+    with torch.enable_grad():
+        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
+    return grad
 
 
 def _relu_lines(l: torch.Tensor, u: torch.Tensor, a: float, alpha: torch.Tensor | None):
