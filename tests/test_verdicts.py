@@ -547,3 +547,51 @@ def test_one_seed_repeats_are_found_per_example(tmp_path):
         write_run(tmp_path / "b", name, regs, 0, examples=ex, attacks=[("pgd", "linf", 0.1, 0.0)])
     table, _ = verdicts(collect([tmp_path / "b"]))
     assert row(table, "noise_acc", "sigma 0")["stands_for"] == "" and row(table, "clean_acc")["stands_for"] == ""
+
+
+# ----------------------------------------------------------------------------- --versus
+def test_versus_compares_across_recipes_with_each_named_baseline_in_turn(tmp_path):
+    """--versus none --versus jacobian: a group of another recipe (here another learning rate,
+    as an IBP model trained longer) is compared with the plain and with the Jacobian group; the
+    Jacobian group with the plain one only; the plain one with nothing. Without --versus the
+    other-recipe group has no partner (a gap)."""
+    plain, jr, ibp = [0.75, 0.77, 0.81], [0.80, 0.84, 0.85], [0.90, 0.91, 0.95]
+    for seed in range(3):
+        write_run(tmp_path, f"plain-s{seed}", ("none",), seed, acc=plain[seed])
+        write_run(tmp_path, f"jr-s{seed}", ("jacobian",), seed, acc=jr[seed])
+        write_run(tmp_path, f"ibp-s{seed}", ("ibp",), seed, acc=ibp[seed], lr=0.01)
+    collection = collect([tmp_path])
+    table, gaps = verdicts(collection, versus=["none", "jacobian"])
+    clean = table[table["metric"] == "clean_acc"]
+    pairs = {(g.split()[1], b.split()[1]): d for g, b, d in zip(clean["group"], clean["baseline"], clean["diff"])}
+    assert set(pairs) == {("jacobian", "none"), ("ibp", "none"), ("ibp", "jacobian")}, pairs
+    assert pairs[("ibp", "jacobian")] == pytest.approx(np.mean(np.subtract(ibp, jr)) * 100)
+    assert pairs[("ibp", "none")] == pytest.approx(np.mean(np.subtract(ibp, plain)) * 100)
+    assert not [g for g in gaps if "versus" in g], gaps
+    plain_only, gaps = verdicts(collection)
+    assert set(plain_only["group"]) == {"lenet jacobian λ_JR=0.01 n_proj=1"}
+    assert any(g.startswith("lenet ibp") and "no plain" in g for g in gaps), gaps
+    model, _ = verdicts(collection, versus=["lenet:none"])  # MODEL:REG names the same group
+    assert len(model) == len(table[table["baseline"] == "lenet none"])
+
+
+def test_versus_that_names_no_group_is_a_clear_error(tmp_path):
+    for seed in range(2):
+        write_run(tmp_path, f"plain-s{seed}", ("none",), seed)
+    with pytest.raises(UserError, match=r"--versus 'jacobain' names no group.*lenet:none"):
+        verdicts(collect([tmp_path]), versus=["jacobain"])
+    with pytest.raises(UserError, match=r"--versus 'mlp:none' names no group"):
+        verdicts(collect([tmp_path]), versus=["mlp:none"])
+    result = CliRunner().invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "out"), "--no-cells",
+                                          "--versus", "jacobain"])
+    assert result.exit_code == 2 and "names no group" in result.output and "Traceback" not in result.output
+
+
+def test_a_spec_names_the_baselines(tmp_path):
+    from jrbench.report.writer import report_command_line
+    from jrbench.study.spec import parse_spec
+
+    spec = parse_spec('name = "s"\n[grid]\nseed = [0]\n[report]\nversus = ["none", "jacobian"]\n', "s.toml")
+    assert spec.report.versus == ["none", "jacobian"]
+    options = ReportOptions.from_config(spec.report)
+    assert "--versus none --versus jacobian" in report_command_line([tmp_path], tmp_path / "out", options)

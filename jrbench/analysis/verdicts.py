@@ -3,7 +3,10 @@
 For every group of runs (runs differing only by seed, :func:`jrbench.analysis.provenance.group_id`) with
 regularizers, the baseline is the plain group (``--reg none``) with the same data set, model
 and recipe: the same training settings other than the regularizers and their options and
-the seed (:func:`recipe_key`). A group without one gets no verdict, and a gap says so.
+the seed (:func:`recipe_key`). A group without one gets no verdict, and a gap says so. With
+``--versus`` (:func:`versus_comparisons`) the baselines are named instead (``none``, ``jacobian``,
+``lenet:none``) and compared with every other group on the same data, whatever its model and
+recipe: a certified-training model against the plain and the Jacobian LeNet.
 
 Metrics (``metric``, ``strength``): ``clean_acc``; ``noise_acc`` at each sigma
 ("sigma 0.5"); ``worst_case_acc`` (the worst case per example over every adversarial attack,
@@ -164,6 +167,62 @@ def comparisons(records: list[RunRecord], labels: dict[str, str],
                         "and recipe (training settings other than the regularizers and the seed); no verdict")
             continue
         found.append(Comparison(gid, base, by_seed(gid), by_seed(base)))
+    return found, gaps
+
+
+def _data_key(config) -> str:
+    """The data a run was trained and tested on (its data settings without the folder)."""
+    return json.dumps(relevant_config(config)["data"], sort_keys=True)
+
+
+def _selects(selector: str, config) -> bool:
+    """Whether ``selector`` (``REG[+REG...]`` or ``MODEL:REG[+REG...]``, as ``--versus`` takes
+    it) names the group of ``config``: its regularizers in order, and its model where given."""
+    model, _, regs = selector.rpartition(":")
+    return "+".join(config.reg.names) == regs and (not model or config.model.name == model)
+
+
+def versus_comparisons(records: list[RunRecord], labels: dict[str, str],
+                       versus: list[str]) -> tuple[list[Comparison], list[str]]:
+    """Every group against each chosen baseline on the same data, whatever its model and recipe
+    (``--versus``): for the i-th selector, every group on the same data set that no selector up
+    to the i-th names is compared with the group it names. Where a selector names several
+    groups on one data set, the one with the compared group's recipe is used, else the one with
+    most runs (a gap names the choice). A selector that names no group is a :class:`UserError`."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in sorted(records, key=lambda r: r.run_id):
+        groups.setdefault(group_id(r.config), []).append(r)
+    first = {gid: rs[0].config for gid, rs in groups.items()}
+    for selector in versus:
+        if not any(_selects(selector, c) for c in first.values()):
+            names = sorted({f"{c.model.name}:{'+'.join(c.reg.names)}" for c in first.values()})
+            raise UserError(f"--versus {selector!r} names no group of these runs (MODEL:REG or REG, several "
+                            f"regularizers joined by '+'); they have: {', '.join(names)}")
+    gaps: list[str] = []
+
+    def by_seed(gid: str) -> dict[int, RunRecord]:
+        out: dict[int, RunRecord] = {}
+        for r in groups[gid]:
+            out.setdefault(int(r.config.train.seed), r)
+        return out
+
+    found: list[Comparison] = []
+    for i, selector in enumerate(versus):
+        earlier = versus[:i + 1]
+        for gid, config in first.items():
+            if any(_selects(s, config) for s in earlier):
+                continue
+            bases = [b for b, c in first.items() if _selects(selector, c) and _data_key(c) == _data_key(config)]
+            if not bases:
+                gaps.append(f"{labels[gid]}: verdicts: no {selector!r} group on the same data set (--versus); "
+                            "no verdict against it")
+                continue
+            same = [b for b in bases if recipe_key(first[b]) == recipe_key(config)]
+            base = same[0] if same else max(bases, key=lambda b: len(groups[b]))
+            if len(bases) > 1 and not same:
+                gaps.append(f"{labels[gid]}: verdicts: {len(bases)} {selector!r} groups on its data set (--versus); "
+                            f"compared with {labels[base]}, the one with most runs")
+            found.append(Comparison(gid, base, by_seed(gid), by_seed(base)))
     return found, gaps
 
 
@@ -540,10 +599,12 @@ def example_verdicts(c: Comparison, labels: dict[str, str], values: pd.DataFrame
 
 
 def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
-             correction: str = "bh") -> tuple[pd.DataFrame, list[str]]:
+             correction: str = "bh", versus: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The verdicts of a :class:`jrbench.analysis.results.Collection` (columns :data:`VERDICT_COLUMNS`)
     and the gaps: comparisons or metrics that could not be decided, and why. ``is_baseline``
-    picks the baseline group of each recipe (default: the plain one); ``correction``: the
+    picks the baseline group of each recipe (default: the plain one); ``versus``: instead, the
+    groups named to compare every other group with on the same data (:func:`versus_comparisons`);
+    ``correction``: the
     multiplicity correction over all the verdicts, the report's distinct comparisons (strength-0
     repeats dropped: :func:`drop_repeats`; :func:`apply_correction`)."""
     if correction not in stats.CORRECTIONS:
@@ -551,7 +612,8 @@ def verdicts(collection, is_baseline: Callable[[object], bool] | None = None,
     labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
     for r in collection.runs:
         labels.setdefault(group_id(r.config), r.run_id)
-    found, gaps = comparisons(collection.runs, labels, is_baseline)
+    found, gaps = (versus_comparisons(collection.runs, labels, versus) if versus
+                   else comparisons(collection.runs, labels, is_baseline))
     values = run_values(collection.summary) if len(collection.summary) else pd.DataFrame(
         columns=["run_id", "metric", "strength", "value"])
     rows, cache = [], {}

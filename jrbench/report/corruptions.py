@@ -19,7 +19,7 @@ import pandas as pd
 from .figures import new_figure
 from .plots import ordered_runs
 from ..analysis.corruptions import (MCE_COLUMNS, accuracy_grid, cell_means, corruption_cells, mce_table)
-from ..analysis.verdicts import comparisons
+from ..analysis.verdicts import comparisons, versus_comparisons
 from ..evaluate.attack_config import CORRUPTIONS, FAMILIES
 
 PNG = "corruptions.png"
@@ -38,10 +38,12 @@ NOTES = ("Common corruptions (imagecorruptions, the ImageNet-C set; docs/corrupt
          "The verdicts (above) test the mean and the family means over seeds.")
 
 
-def corruption_pairs(collection) -> list[tuple[str, str]]:
-    """(group id, its plain group's id) for every group with one (:func:`jrbench.analysis.verdicts.comparisons`)."""
+def corruption_pairs(collection, versus: list[str] | None = None) -> list[tuple[str, str]]:
+    """(group id, its plain group's id) for every group with one (:func:`jrbench.analysis.verdicts.comparisons`);
+    with ``versus``, every (group, named baseline) pair (:func:`jrbench.analysis.verdicts.versus_comparisons`)."""
     labels = dict(zip(collection.summary["group_id"], collection.summary["group_label"]))
-    found, _ = comparisons(collection.runs, labels)
+    found, _ = (versus_comparisons(collection.runs, labels, versus) if versus
+                else comparisons(collection.runs, labels))
     return [(c.group, c.baseline) for c in found]
 
 

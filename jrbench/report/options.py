@@ -43,5 +43,11 @@ class ReportConfig:
                                   "(Benjamini-Hochberg, the false discovery rate), holm (the family-wise error) or "
                                   "none.")
 
+    versus: list[str] | None = option(
+        None, repeat=True,
+        help="Compare every group with this one on the same data, whatever its model and recipe: REG or "
+             "MODEL:REG, regularizers joined by '+' (none, jacobian, lenet:none); repeat for several, each "
+             "compared with the groups after it (default: each group against the plain group of its recipe).")
+
     def __post_init__(self) -> None:
         check(self)

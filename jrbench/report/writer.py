@@ -49,6 +49,7 @@ class ReportOptions:
     device: str = "auto"
     data_dir: str | None = None
     correction: str = "bh"  # multiplicity correction over the report's verdicts: bh, holm or none
+    versus: tuple[str, ...] = ()  # baselines named (--versus); empty: the plain group of each recipe
 
     def validate(self) -> "ReportOptions":
         """Itself if every option is one its :class:`~jrbench.report.options.ReportConfig` field
@@ -57,7 +58,7 @@ class ReportOptions:
 
         values = [(name, list(getattr(self.strengths, name)) if getattr(self.strengths, name) else None)
                   for name in STRENGTH_NAMES]
-        values += [("correction", self.correction), ("cell_radius", self.cell_radius), ("cell_grid", self.cell_grid),
+        values += [("versus", list(self.versus) or None), ("correction", self.correction), ("cell_radius", self.cell_radius), ("cell_grid", self.cell_grid),
                    ("cell_index", self.cell_index), ("cell_panels", self.max_cell_panels)]
         for name, value in values:
             check_value(field_of(ReportConfig, name), value)
@@ -68,7 +69,7 @@ class ReportOptions:
         """The writer's options of the user's :class:`~jrbench.report.options.ReportConfig`."""
         return cls(Strengths(config.sigma, config.eps_linf, config.eps_l2), not config.per_run, config.cells,
                    config.cell_radius, config.cell_grid, config.cell_seed, config.cell_index, config.cell_panels,
-                   device, data_dir, correction=config.correction).validate()
+                   device, data_dir, correction=config.correction, versus=tuple(config.versus or ())).validate()
 
 
 @dataclass
@@ -93,6 +94,8 @@ def report_command_line(paths: list, out: Path, options: ReportOptions) -> str:
         for value in options.strengths.given(name):
             args += [f"--{name.replace('_', '-')}", f"{value:g}"]
     defaults = ReportOptions()
+    for selector in options.versus:
+        args += ["--versus", selector]
     if not options.by_seed_group:
         args.append("--per-run")
     if not options.cells:
@@ -385,12 +388,12 @@ def write_report(collection, out: str | Path, options: ReportOptions | None = No
     wide = group_table(runs, options.by_seed_group)
     table = format_wide(wide)
     gaps = [str(g) for g in collection.gaps] + table_gaps(runs, collection)
-    verdict_table, verdict_gaps = verdicts(collection, correction=options.correction)
+    verdict_table, verdict_gaps = verdicts(collection, correction=options.correction, versus=list(options.versus))
     lines = verdict_lines(verdict_table)
     note = correction_note(verdict_table)
     gaps += verdict_gaps
     figures, figure_gaps = report_figures(collection, options.by_seed_group)
-    pairs = corruption_pairs(collection)
+    pairs = corruption_pairs(collection, list(options.versus))
     corruption_fig = corruptions_figure(collection.summary, pairs)
     if corruption_fig is not None:  # only where some run has corruption rows: no gap otherwise
         figures[CORRUPTION_PNG] = corruption_fig
