@@ -85,6 +85,7 @@ def test_certified_accuracy_starts_at_clean_accuracy_and_falls_with_eps(certifie
     assert (ex.loc[(ex["clean_correct"] == 0) & (ex["method"] != "smoothing"), "radius"] == 0).all()
     lip = ex[ex["method"] == "lipschitz"].pivot(index="example", columns="norm", values="radius")
     assert torch.allclose(torch.tensor(lip["linf"].to_numpy()), torch.tensor(lip["l2"].to_numpy()) / 28.0)
+    assert (lip["linf"] <= lip["l2"] / 28.0).all()  # rounded down: never above the exact quotient
     # every correctly classified example has a positive Lipschitz radius (its logit gap is positive)
     lip_l2 = ex[(ex["method"] == "lipschitz") & (ex["norm"] == "l2")]
     assert ((lip_l2["radius"] > 0) == (lip_l2["clean_correct"] == 1)).all()

@@ -355,7 +355,7 @@ def _examples(method: str, norm: str, radius: torch.Tensor, predicted: torch.Ten
 
 
 def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[list[dict], list[pd.DataFrame]]:
-    """L2 radii from the certified Lipschitz bound; L-inf radii as L2 / sqrt(d)."""
+    """L2 radii from the certified Lipschitz bound; L-inf radii as L2 / sqrt(d), rounded down."""
     from ..models.lipschitz import certified_radius_l2, lipschitz_bound
 
     start = time.perf_counter()
@@ -367,8 +367,7 @@ def _lipschitz(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[li
     radius_l2 = _radii_l2(exact, x, y, config.batch_size, lambda f, t: certified_radius_l2(bound, f, t),
                           lambda: tick("Lipschitz radii"))
     seconds = time.perf_counter() - start
-    sqrt_d = math.sqrt(x[0].numel())
-    radius = {"l2": radius_l2, "linf": radius_l2 / sqrt_d}
+    radius = {"l2": radius_l2, "linf": _down_div(radius_l2, math.sqrt(x[0].numel()))}
     extra = {"lipschitz_bound": bound.total, "bound_seconds": bound_seconds}
     correct = (clean_pred == y).cpu()
     rows = [_row("lipschitz", norm, eps, covers(radius[norm], eps, correct), seconds,
@@ -429,10 +428,11 @@ def _radii_l2(exact, x, y, batch: int, radius_fn, tick) -> torch.Tensor:
 
 
 def _down_div(radius: torch.Tensor, divisor: float) -> torch.Tensor:
-    """radius / divisor rounded down (float64), the divisor rounded up first."""
+    """radius / divisor rounded down (float64), the divisor rounded up first; never below 0 (a radius
+    of 0 stays 0: rounding down must not make it negative)."""
     from .rounding import down, up
 
-    return down(radius / up(torch.tensor(divisor, dtype=torch.float64)))
+    return down(radius / up(torch.tensor(divisor, dtype=torch.float64))).clamp_min(0)
 
 
 def _ibp(model, x, y, clean_pred, config: CertifyConfig, tick) -> tuple[list[dict], list[pd.DataFrame]]:
