@@ -7,34 +7,36 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from ..study.frontier_options import FrontierConfig
 from .common import app, console, friendly
+from .options import with_options
 
 
 @app.command("frontier")
 @friendly
+@with_options(frontier=FrontierConfig)
 def frontier_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders of the study's runs (e.g. results/frontier).")],
+    frontier: dict,
     overhead: Annotated[Path, typer.Option(help="A table of 'jrbench overhead --out' timing the study's settings.")],
     out: Annotated[Optional[Path], typer.Option(help="Folder of frontier.csv, frontier_verdicts.csv and frontier.png (default: the first PATH, the study's folder).")] = None,
-    eps_linf: Annotated[float, typer.Option(help="L-inf radius of the robustness column (pixel units).")] = 0.1,
-    sigma: Annotated[float, typer.Option(help="Noise sigma of the noise column (pixel units).")] = 0.5,
-    goal_ratio: Annotated[float, typer.Option(help="The overhead goal (x plain).")] = 1.3,
-    margin: Annotated[float, typer.Option(help="Non-inferiority margin delta (accuracy points): 'not worse' when the one-sided 95% lower bound of (setting - full n=1) lies above -delta.")] = 3.0,
 ) -> None:
     """Overhead against robustness of each cheap-penalty setting, with verdicts against full n=1."""
     from rich.table import Table
 
     from ..errors import UserError
-    from ..study.frontier import frontier, write_frontier
+    from ..study.frontier import frontier as weigh, write_frontier
     from ..analysis.results import collect
     from ..training.rundir import read_csv
 
+    cfg = FrontierConfig(**frontier)  # a bad value exits 2 naming its flag, before any table is read
+    eps_linf, sigma, goal_ratio, margin = cfg.eps_linf, cfg.sigma, cfg.goal_ratio, cfg.margin
     if not overhead.is_file():
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
     out = out if out is not None else paths[0]
     timing = read_csv(overhead)
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
-    result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
+    result = weigh(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
     files = write_frontier(result, out, cpu, eps_linf, sigma)
     table = Table(title=f"training overhead ({cpu}) against robustness; accuracies: mean [95% interval over "
                         f"seeds]; non-inferiority to full-batch n=1, margin {margin:g} points")
