@@ -14,10 +14,10 @@ from .options import with_options
 
 @app.command("frontier")
 @friendly
-@with_options(frontier=FrontierConfig)
+@with_options(options=FrontierConfig)
 def frontier_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders of the study's runs (e.g. results/frontier).")],
-    frontier: dict,
+    options: dict,
     overhead: Annotated[Path, typer.Option(help="A table of 'jrbench overhead --out' timing the study's settings.")],
     out: Annotated[Optional[Path], typer.Option(help="Folder of frontier.csv, frontier_verdicts.csv and frontier.png (default: the first PATH, the study's folder).")] = None,
 ) -> None:
@@ -25,18 +25,18 @@ def frontier_command(
     from rich.table import Table
 
     from ..errors import UserError
-    from ..study.frontier import frontier as weigh, write_frontier
+    from ..study.frontier import frontier, write_frontier
     from ..analysis.results import collect
     from ..training.rundir import read_csv
 
-    cfg = FrontierConfig(**frontier)  # a bad value exits 2 naming its flag, before any table is read
+    cfg = FrontierConfig(**options)  # a bad value exits 2 naming its flag, before any table is read
     eps_linf, sigma, goal_ratio, margin = cfg.eps_linf, cfg.sigma, cfg.goal_ratio, cfg.margin
     if not overhead.is_file():
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
     out = out if out is not None else paths[0]
     timing = read_csv(overhead)
     cpu = str(timing["device_name"].iloc[0]) if "device_name" in timing else "CPU not named"
-    result = weigh(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
+    result = frontier(collect(paths), timing, eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)
     files = write_frontier(result, out, cpu, eps_linf, sigma)
     table = Table(title=f"training overhead ({cpu}) against robustness; accuracies: mean [95% interval over "
                         f"seeds]; non-inferiority to full-batch n=1, margin {margin:g} points")

@@ -66,5 +66,4 @@ def gate_command(
 ) -> None:
     """The overhead regression gate: time this checkout against a baseline commit, interleaved in one
     process; exit 1 naming each case whose overhead ratio regressed (CI: make overhead-check)."""
-    cfg = GateConfig(**gate)
-    run_gate_command(spec, cfg.baseline, cfg.jr_backend, device, out, quiet)
+    run_gate_command(spec, **gate, device=device, out=out, quiet=quiet)  # gate: GateConfig's baseline, jr_backend
