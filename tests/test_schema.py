@@ -48,6 +48,87 @@ def test_the_declared_exceptions_are_used_and_say_why():
     assert device.opt.cli and not device.opt.spec and device.opt.note
 
 
+# Options a command declares itself (a Typer parameter) instead of on a config class, with the
+# reason; every other option of every command is a config field added by with_options. The
+# where-and-how-loud options are shared; the rest are per command. An option added inline again
+# fails test_every_command_option_comes_from_a_config_or_is_a_declared_inline_one.
+SHARED_INLINE = {
+    "device": "where a command runs (DeviceOpt of jrbench/cli/common.py), not what it measures",
+    "quiet": "how much a command prints (QuietOpt), not what it computes",
+    "data_dir": "where a run's data lie (DataDirOpt); a run records its own",
+    "out": "where a command writes (its help says which file or folder); no option of the computation",
+}
+INLINE = {
+    "train": {"resume": "continue the run in --out: how the command runs, not what it trains"},
+    "sweep": {"report": "whether the command writes the report at the end; the spec's [report] holds its options"},
+    "overhead": {"check": "a budget file read beside the timing (cost/budgets.py)",
+                 "gate": "the old spelling of jrbench gate SPEC, kept as an alias",
+                 "baseline": "the old spelling's --baseline (jrbench gate takes it from GateConfig)"},
+    "attack": {"eps": "the single-norm shorthand for --eps-linf / --eps-l2 (COMMAND_ONLY)"},
+    "frontier": {"overhead": "the input table beside the PATH arguments, like a run directory"},
+}
+
+
+def schema_options(name: str) -> set[str]:
+    """The options of ``jrbench NAME`` that with_options added from its config classes."""
+    callback = next(c.callback for c in app.registered_commands
+                    if (c.name or c.callback.__name__.removesuffix("_command")) == name)
+    groups = getattr(callback, "schema_groups", {})
+    return {f.key for cls in groups.values() for f in fields(cls) if f.opt.cli}
+
+
+def all_commands() -> list[str]:
+    return sorted(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("command", all_commands())
+def test_every_command_option_comes_from_a_config_or_is_a_declared_inline_one(command):
+    inline = command_options(command) - schema_options(command)
+    allowed = set(SHARED_INLINE) | set(INLINE.get(command, {}))
+    assert inline <= allowed, (f"jrbench {command} declares {inline - allowed} inline: make it a field of a config "
+                               "class (jrbench.schema.option) and add the class with with_options")
+
+
+def test_the_declared_inline_options_are_used():
+    for command, names in INLINE.items():
+        assert set(names) <= command_options(command) - schema_options(command), command
+    used = set().union(*(command_options(c) - schema_options(c) for c in all_commands()))
+    assert set(SHARED_INLINE) <= used
+
+
+@pytest.mark.parametrize("command, options", [
+    ("frontier", {"eps_linf", "sigma", "goal_ratio", "margin"}),
+    ("gate", {"baseline", "jr_backend"}),
+    ("attack", {"dataset", "weights", "input_normalized", "out"}),
+    ("margins", {"dataset", "weights", "input_normalized", "out"}),
+    ("certify", {"dataset", "weights", "input_normalized", "out"}),
+])
+def test_tunable_and_outside_model_options_come_from_configs(command, options):
+    assert options <= schema_options(command)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["frontier", ".", "--overhead", "o.csv", "--margin", "0"], "--margin must be in (0, 100) (accuracy points), got 0.0"),
+    (["frontier", ".", "--overhead", "o.csv", "--margin", "100"], "--margin must be in (0, 100)"),
+    (["frontier", ".", "--overhead", "o.csv", "--goal-ratio", "0"], "--goal-ratio must be a positive finite number"),
+    (["frontier", ".", "--overhead", "o.csv", "--eps-linf", "1.5"], "--eps-linf must be in [0, 1] (pixel units)"),
+    (["frontier", ".", "--overhead", "o.csv", "--sigma", "-0.1"], "--sigma must be zero or positive"),
+])
+def test_a_bad_frontier_value_exits_2_naming_its_flag(args, message):
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+
+
+def test_a_bad_gate_option_names_its_flag():
+    from jrbench.cost.gate_options import GateConfig
+
+    with pytest.raises(FieldError, match="--jr-backend must be one of auto, tape, autograd, got 'autogard'"):
+        GateConfig(jr_backend="autogard")
+    result = CliRunner().invoke(app, ["gate", str(ROOT / "benchmarks" / "overhead_gate.toml"), "--jr-backend", "tap"])
+    assert result.exit_code == 2 and "tape" in result.output
+
+
 def test_a_fields_help_and_flag_reach_the_command_line():
     runner = CliRunner()
     out = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output

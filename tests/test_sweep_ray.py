@@ -278,21 +278,58 @@ def test_ray_gives_the_local_engines_numbers(ray_local, tmp_path):
 
 @pytest.mark.ray
 def test_a_killed_worker_is_retried_and_the_sweep_finishes(ray_local, tmp_path):
-    spec = tiny_spec(tmp_path, train=8000, epochs=2, measure=False)  # epochs outlast the event relay (0.2 s polls)
+    """Deterministic however slowly the machine runs or relays events: the cell to kill reads its
+    data from a folder of its own (its data_dir, which its run id leaves out) where the data cache
+    is a named pipe, so its training blocks at the data until the test lets it; the SIGKILL sent
+    when the cell's "train" event arrives always lands in the middle of that cell (blocked at the
+    pipe, or on its way there), never on a worker that has finished it or moved on. Then the pipe
+    goes: the retry makes the data and trains the cell from the start (without --shared-dir the
+    killed attempt keeps nothing)."""
+    import threading
+
+    from jrbench.data.datasets import synth_digits_cache
+
+    spec = tiny_spec(tmp_path, epochs=2, measure=False)
+    target = spec.cells[0]  # event index 1
+    run_id = target.run_id()
+    held = tmp_path / "held-data"
+    held.mkdir()
+    target.data.data_dir = str(held)
+    assert target.run_id() == run_id  # where the data lie is no part of the run
+    pipe = synth_digits_cache(held)
+    os.mkfifo(pipe)
+
+    def let_go():  # only if no kill came (a failing test): the blocked reader reads nothing and goes on
+        try:
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    watchdog = threading.Timer(300, let_go)
+    watchdog.start()
     events, killed = [], []
 
-    def kill_first_training(event):
+    def kill_in_the_held_cell(event):
         events.append(event)
-        if event.state == "train" and not killed:
-            killed.append(event.index)
-            os.kill(event.pid, signal.SIGKILL)  # the worker process dies in the middle of the cell
+        if event.index == 1 and event.state == "train" and not killed:
+            killed.append(event.pid)
+            os.kill(event.pid, signal.SIGKILL)  # the worker dies in the middle of the cell
+            pipe.unlink()  # the retry may read (and make) the data
 
     from jrbench.study.ray_engine import run_sweep_ray
 
-    statuses = run_sweep_ray(spec, device="cpu", retries=2, on_event=kill_first_training)
+    try:
+        statuses = run_sweep_ray(spec, device="cpu", retries=2, on_event=kill_in_the_held_cell)
+    finally:
+        watchdog.cancel()
     assert killed and all(s.trained and s.error is None for s in statuses)
-    attempts = {e.attempt for e in events if e.index == killed[0] and e.state == "running"}
-    assert attempts == {1, 2}
+    assert {e.attempt for e in events if e.index == 1 and e.state == "running"} == {1, 2}
+    assert {e.attempt for e in events if e.index == 2 and e.state == "running"} == {1}
+    first = [(e.state, e.detail) for e in events if e.index == 1 and e.attempt == 1]
+    retry = [(e.state, e.detail) for e in events if e.index == 1 and e.attempt == 2]
+    assert first[:2] == [("running", ""), ("train", "")] and len(first) == 2, first  # killed before an epoch ended
+    assert [s for s, _ in retry] == ["running", "train", "train", "train", "done"], retry
+    assert [d for s, d in retry if s == "train" and d] == ["epoch 1/2", "epoch 2/2"]
     for config in spec.cells:
         assert list(pd.read_csv(spec.folder / config.run_id() / "metrics.csv")["epoch"]) == [1, 2]
 

@@ -8,8 +8,8 @@ from rich.markup import escape
 
 from ..evaluate.attack_config import AttackConfig
 from ..runtables.examples import ExampleSet
-from .common import (Bars, DataDirOpt, DeviceOpt, InputNormalizedOpt, OutsideDatasetOpt, OutsideOutOpt, QuietOpt,
-                     RunDirsArg, WeightsOpt, app, console, for_each_source, friendly)
+from ..evaluate.outside_options import OutsideModelConfig
+from .common import Bars, DataDirOpt, DeviceOpt, QuietOpt, RunDirsArg, app, console, for_each_source, friendly
 from .options import with_options
 
 
@@ -53,19 +53,15 @@ def print_attack_table(result, title: str) -> None:
 
 @app.command("attack")
 @friendly
-@with_options(attack=AttackConfig, examples=ExampleSet)
+@with_options(attack=AttackConfig, examples=ExampleSet, outside=OutsideModelConfig)
 def attack_command(
     run_dirs: RunDirsArg,
-    attack: dict, examples: dict,
+    attack: dict, examples: dict, outside: dict,
     eps: Annotated[Optional[list[float]], typer.Option(
         help="PGD/FGSM radius (pixel units) for a single --norm; repeat for a grid (command line only: a spec "
              "names eps_linf and eps_l2).")] = None,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
-    dataset: OutsideDatasetOpt = None,
-    weights: WeightsOpt = None,
-    input_normalized: InputNormalizedOpt = None,
-    out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Attack trained runs or outside models with white noise, PGD, FGSM and AutoAttack, or corrupt
@@ -93,8 +89,7 @@ def attack_command(
         data_set = model.dataset if model is not None else check_attack(run_dir, config).data
         configs[run_dir] = config.filled(data_set)  # grids not given: the data set's defaults
 
-    for run_dir, model in for_each_source(run_dirs, dataset=dataset, weights=weights,
-                                          input_normalized=input_normalized, out=out, check=check):
+    for run_dir, model in for_each_source(run_dirs, outside, check=check):
         filled, data = configs[run_dir], str(data_dir) if data_dir else None
         with Bars(quiet) as bars:
             on_progress = bars.callback(f"{run_dir.name}: attacks")

@@ -6,8 +6,8 @@ from rich.markup import escape
 
 from ..certify.config import CertifyConfig
 from ..runtables.examples import ExampleSet
-from .common import (Bars, DataDirOpt, DeviceOpt, InputNormalizedOpt, OutsideDatasetOpt, OutsideOutOpt, QuietOpt,
-                     RunDirsArg, WeightsOpt, app, console, for_each_source, friendly)
+from ..evaluate.outside_options import OutsideModelConfig
+from .common import Bars, DataDirOpt, DeviceOpt, QuietOpt, RunDirsArg, app, console, for_each_source, friendly
 from .options import with_options
 
 
@@ -47,16 +47,12 @@ def print_certify_table(result, title: str) -> None:
 
 @app.command("certify")
 @friendly
-@with_options(certify=CertifyConfig, examples=ExampleSet)
+@with_options(certify=CertifyConfig, examples=ExampleSet, outside=OutsideModelConfig)
 def certify_command(
     run_dirs: RunDirsArg,
-    certify: dict, examples: dict,
+    certify: dict, examples: dict, outside: dict,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
-    dataset: OutsideDatasetOpt = None,
-    weights: WeightsOpt = None,
-    input_normalized: InputNormalizedOpt = None,
-    out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Certified accuracy, a lower bound beside every attack's upper bound: Lipschitz bound (the product
@@ -78,8 +74,7 @@ def certify_command(
         elif unsupported(model.model, config) is not None:
             raise UserError(unsupported(model.model, config))
 
-    for run_dir, model in for_each_source(run_dirs, dataset=dataset, weights=weights,
-                                          input_normalized=input_normalized, out=out, check=check):
+    for run_dir, model in for_each_source(run_dirs, outside, check=check):
         data = str(data_dir) if data_dir else None
         with Bars(quiet) as bars:
             on_progress = bars.callback(f"{run_dir.name}: certify")

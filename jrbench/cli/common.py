@@ -16,8 +16,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import JR_BACKENDS
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Robustness benchmarks for PyTorch image classifiers and Jacobian regularization.")
 console = Console()
@@ -52,21 +50,7 @@ DeviceOpt = Annotated[str, typer.Option(metavar="<auto|cpu|cuda|cuda:N>", callba
                                         help="auto (a GPU if there is one), cpu, cuda or cuda:N.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     help="Data folder (default: the one the run was trained with, else $JRBENCH_DATA, else ~/.cache/jrbench).")]
-JrBackend = choice_enum("jr_backend", JR_BACKENDS)
-JrBackendOpt = Annotated[JrBackend, typer.Option(help="Penalty path: auto (tape where the net allows), tape or autograd.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
-
-# Outside models (attack, margins): a .pt2 program or a module:function factory.
-OutsideDatasetOpt = Annotated[Optional[str], typer.Option(
-    "--dataset", help="Data set of an outside model (.pt2 or module:function); required for one.")]
-WeightsOpt = Annotated[Optional[Path], typer.Option(
-    help="State dict for a 'module:function' factory (loaded strictly).")]
-InputNormalizedOpt = Annotated[Optional[str], typer.Option(
-    help="The outside model expects z = (x - MEAN) / STD: 'MEAN,STD' or per channel 'M1,M2,M3,S1,S2,S3'; "
-         "jrbench normalizes in front, radii stay in pixels.")]
-OutsideOutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", help="Result folder of an outside model (default results/models/NAME).")]
-
 
 class Bars:
     """Rich progress bars with the time left, on stderr, fed by the library's callbacks
@@ -161,14 +145,18 @@ RunDirsArg = Annotated[list[Path], typer.Argument(
          "'module:function' factory.")]
 
 
-def for_each_source(run_dirs: list[Path], *, dataset: str | None, weights: Path | None, input_normalized: str | None,
-                    out: Path | None, check: Callable[[Path, object], None]) -> Iterator[tuple[Path, object]]:
-    """Resolve ``run_dirs`` (run directories and outside models), ``check(run_dir, model)`` every
-    one of them before any work (a bad last one fails before the first is measured), then yield
-    each (run_dir, model) in turn; ``model`` is None for a run directory."""
+def for_each_source(run_dirs: list[Path], outside: dict, *,
+                    check: Callable[[Path, object], None]) -> Iterator[tuple[Path, object]]:
+    """Resolve ``run_dirs`` (run directories and outside models, the latter with the options
+    ``outside`` of :class:`~jrbench.evaluate.outside_options.OutsideModelConfig`),
+    ``check(run_dir, model)`` every one of them before any work (a bad last one fails before the
+    first is measured), then yield each (run_dir, model) in turn; ``model`` is None for a run directory."""
     from ..evaluate.outside import resolve_sources
+    from ..evaluate.outside_options import OutsideModelConfig
 
-    sources = resolve_sources(run_dirs, dataset=dataset, weights=weights, input_normalized=input_normalized, out=out)
+    cfg = OutsideModelConfig(**outside)
+    sources = resolve_sources(run_dirs, dataset=cfg.dataset, weights=cfg.weights,
+                              input_normalized=cfg.input_normalized, out=cfg.out)
     for run_dir, model in sources:
         check(run_dir, model)
     yield from sources

@@ -7,19 +7,19 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
+from ..study.frontier_options import FrontierConfig
 from .common import app, console, friendly
+from .options import with_options
 
 
 @app.command("frontier")
 @friendly
+@with_options(options=FrontierConfig)
 def frontier_command(
     paths: Annotated[list[Path], typer.Argument(help="Folders of the study's runs (e.g. results/frontier).")],
+    options: dict,
     overhead: Annotated[Path, typer.Option(help="A table of 'jrbench overhead --out' timing the study's settings.")],
     out: Annotated[Optional[Path], typer.Option(help="Folder of frontier.csv, frontier_verdicts.csv and frontier.png (default: the first PATH, the study's folder).")] = None,
-    eps_linf: Annotated[float, typer.Option(help="L-inf radius of the robustness column (pixel units).")] = 0.1,
-    sigma: Annotated[float, typer.Option(help="Noise sigma of the noise column (pixel units).")] = 0.5,
-    goal_ratio: Annotated[float, typer.Option(help="The overhead goal (x plain).")] = 1.3,
-    margin: Annotated[float, typer.Option(help="Non-inferiority margin delta (accuracy points): 'not worse' when the one-sided 95% lower bound of (setting - full n=1) lies above -delta.")] = 3.0,
 ) -> None:
     """Overhead against robustness of each cheap-penalty setting, with verdicts against full n=1."""
     from rich.table import Table
@@ -29,6 +29,8 @@ def frontier_command(
     from ..analysis.results import collect
     from ..training.rundir import read_csv
 
+    cfg = FrontierConfig(**options)  # a bad value exits 2 naming its flag, before any table is read
+    eps_linf, sigma, goal_ratio, margin = cfg.eps_linf, cfg.sigma, cfg.goal_ratio, cfg.margin
     if not overhead.is_file():
         raise UserError(f"no overhead table at {overhead}: make one with jrbench overhead ... --out {overhead}.")
     out = out if out is not None else paths[0]

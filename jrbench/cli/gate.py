@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .common import DeviceOpt, JrBackend, JrBackendOpt, QuietOpt, app, console, err_console, friendly
+from ..cost.gate_options import GateConfig
+from .common import DeviceOpt, QuietOpt, app, console, err_console, friendly
+from .options import with_options
 
 
 def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, device: str, out: Path | None,
@@ -17,20 +19,17 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
 
     from rich.table import Table
 
-    from ..config import JR_BACKENDS
     from ..cost.gate import load_gate_spec, run_gate
-    from ..registry import unknown_name
     from ..training.rundir import atomic_write_csv
 
-    if jr_backend not in JR_BACKENDS:
-        raise unknown_name("--jr-backend", jr_backend, list(JR_BACKENDS))
+    cfg = GateConfig(baseline=baseline, jr_backend=jr_backend)  # a bad value exits 2 naming its flag
     spec = load_gate_spec(spec_path)
-    options = {} if jr_backend == "auto" else {"jr_backend": jr_backend}
     spinner = nullcontext() if quiet else err_console.status("timing this checkout against the baseline, interleaved")
     with spinner as status:
         on_round = None if quiet else (lambda r, s: status.update(f"round {r}, {s:.0f} s of at most "
                                                                  f"{spec.max_seconds:.0f} s"))
-        result = run_gate(spec, baseline=baseline, reg_options=options, device=device, on_round=on_round)
+        result = run_gate(spec, baseline=cfg.baseline, reg_options=cfg.reg_options, device=device,
+                          on_round=on_round)
     t = result.table
     row0 = t.iloc[0]
     table = Table(title=f"overhead ratios (x plain), {spec.model}, batch {spec.batch_size}, {row0['device_name']}, "
@@ -57,14 +56,14 @@ def run_gate_command(spec_path: Path, baseline: str | None, jr_backend: str, dev
 
 @app.command("gate")
 @friendly
+@with_options(gate=GateConfig)
 def gate_command(
     spec: Annotated[Path, typer.Argument(help="Gate spec (benchmarks/overhead_gate.toml).")],
-    baseline: Annotated[Optional[str], typer.Option(help="The baseline commit (default: the spec's).")] = None,
-    jr_backend: JrBackendOpt = JrBackend("auto"),
+    gate: dict,
     device: DeviceOpt = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Write the gate's table here.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """The overhead regression gate: time this checkout against a baseline commit, interleaved in one
     process; exit 1 naming each case whose overhead ratio regressed (CI: make overhead-check)."""
-    run_gate_command(spec, baseline, jr_backend.value, device, out, quiet)
+    run_gate_command(spec, **gate, device=device, out=out, quiet=quiet)  # gate: GateConfig's baseline, jr_backend

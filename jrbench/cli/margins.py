@@ -7,8 +7,8 @@ from rich.markup import escape
 
 from ..evaluate.margins_config import MARGIN_EXAMPLES, MarginsConfig
 from ..runtables.examples import ExampleSet
-from .common import (Bars, DataDirOpt, DeviceOpt, InputNormalizedOpt, OutsideDatasetOpt, OutsideOutOpt, QuietOpt,
-                     RunDirsArg, WeightsOpt, app, console, for_each_source, friendly)
+from ..evaluate.outside_options import OutsideModelConfig
+from .common import Bars, DataDirOpt, DeviceOpt, QuietOpt, RunDirsArg, app, console, for_each_source, friendly
 from .options import with_options
 
 
@@ -35,16 +35,13 @@ def print_margins_summary(result, title: str, run_dir: Path) -> None:
 
 @app.command("margins")
 @friendly
-@with_options(defaults={"n_examples": MARGIN_EXAMPLES}, examples=ExampleSet, margins=MarginsConfig)
+@with_options(defaults={"n_examples": MARGIN_EXAMPLES}, examples=ExampleSet, margins=MarginsConfig,
+              outside=OutsideModelConfig)
 def margins_command(
     run_dirs: RunDirsArg,
-    examples: dict, margins: dict,
+    examples: dict, margins: dict, outside: dict,
     device: DeviceOpt = "auto",
     data_dir: DataDirOpt = None,
-    dataset: OutsideDatasetOpt = None,
-    weights: WeightsOpt = None,
-    input_normalized: InputNormalizedOpt = None,
-    out: OutsideOutOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Random-direction, adversarial and first-order margins, and Jacobian spectra, per example,
@@ -58,8 +55,7 @@ def margins_command(
         if model is None:
             check_run_dir(run_dir)
 
-    for run_dir, model in for_each_source(run_dirs, dataset=dataset, weights=weights,
-                                          input_normalized=input_normalized, out=out, check=check):
+    for run_dir, model in for_each_source(run_dirs, outside, check=check):
         data = str(data_dir) if data_dir else None
         common = dict(n_examples=example_set.n_examples, n_directions=config.directions, seed=config.seed,
                       example_seed=example_set.example_seed, device=device, data_dir=data,

@@ -342,12 +342,17 @@ def synth_digits_cache_key() -> str:
     return f"v{synth_digits.RENDER_VERSION}-{source}"
 
 
+def synth_digits_cache(data_dir: str | Path | None) -> Path:
+    """The file synth-digits is cached in, in ``data_dir`` (None: :func:`default_data_dir`)."""
+    return (Path(data_dir) if data_dir else default_data_dir()) / (
+        f"synth-digits-{synth_digits_cache_key()}-{SYNTH_TRAIN_SIZE}-{SYNTH_TEST_SIZE}.pt")
+
+
 def _synth_digits(data_dir: Path | None) -> tuple[Split, Split]:
     """Generated once (seconds) and cached in the data folder; a bad cache is made again."""
     from .synth_digits import make_synth_digits
 
-    cache = (Path(data_dir) if data_dir else default_data_dir()) / (
-        f"synth-digits-{synth_digits_cache_key()}-{SYNTH_TRAIN_SIZE}-{SYNTH_TEST_SIZE}.pt")
+    cache = synth_digits_cache(data_dir)
     try:
         saved = torch.load(cache, weights_only=True)
         return Split(*saved["train"]), Split(*saved["test"])

@@ -43,13 +43,13 @@ import pandas as pd
 
 from .. import stats
 from ..errors import UserError
+from .frontier_options import MARGIN_POINTS, FrontierConfig
 
 FRONTIER_COLUMNS = ["setting", "train_args", "overhead_ratio", "R", "pgd_linf_acc", "pgd_linf_low", "pgd_linf_high",
                     "noise_acc", "noise_low", "noise_high", "n_seeds", "verdict_vs_full"]
 FRONTIER_VERDICT_COLUMNS = ["setting", "metric", "strength", "n_seeds", "diff", "lower", "upper", "margin", "p_value",
                             "sd", "verdict", "seeds_needed", "assumed_diff"]
 FULL_CASE = "jacobian-n1"
-MARGIN_POINTS = 3.0  # default non-inferiority margin delta for accuracies, percentage points
 
 
 def is_full_n1(config) -> bool:
@@ -166,8 +166,7 @@ def frontier(collection, overhead: pd.DataFrame, *, eps_linf: float = 0.1, sigma
 
     if "case" not in overhead or "ratio_median" not in overhead:
         raise UserError("the overhead table needs the columns case and ratio_median (from jrbench overhead --out).")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 100:
-        raise UserError(f"--margin must be a number of accuracy points between 0 and 100, got {margin!r}.")
+    FrontierConfig(eps_linf=eps_linf, sigma=sigma, goal_ratio=goal_ratio, margin=margin)  # a FieldError names the bad one
     ratios = dict(zip(overhead["case"], overhead["ratio_median"]))
     values = run_values(collection.summary)
     linf, noise = strength_label("linf", eps_linf), strength_label("gaussian", sigma)
