@@ -326,6 +326,33 @@ def test_the_fused_and_banded_steps_give_the_plain_steps_bounds(name):
             assert torch.isinf(got[~finite]).all()
 
 
+@pytest.mark.parametrize("dead", [0, 3])
+def test_a_layer_whose_every_relu_is_dead_gives_the_constant_margins(dead):
+    """A LeNet whose first (or second) convolution's ReLUs are all off over the ball computes a
+    constant there: CROWN's bounds are its margins exactly, whatever the fused and banded steps
+    keep (nothing: a collapsed IBP-trained model crashed the banded step before)."""
+    model = copy.deepcopy(models()["lenet"])
+    with torch.no_grad():
+        model.net[dead].bias.fill_(-1e3)
+    torch.manual_seed(13)
+    x = torch.rand(3, *model.input_shape)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+        want = margins(copy.deepcopy(model).double()(x.double()), y)
+    from jrbench.certify import crown_sparse
+
+    try:
+        for cost in (3.0, math.inf, 0.0):  # the default, always banded, always on the whole map
+            crown_sparse.DENSE_COST = cost
+            for norm, eps, steps in (("linf", 0.05, 0), ("l2", 0.5, 0), ("linf", 0.05, 2)):
+                low = crown.margin_lower_bounds(model, x, y, eps, norm, alpha_steps=steps)
+                finite = torch.isfinite(want)
+                assert torch.allclose(low[finite], want[finite], rtol=1e-9, atol=1e-9), (cost, norm, low - want)
+                assert bool((low[finite] <= want[finite]).all())
+    finally:
+        crown_sparse.DENSE_COST = 3.0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_bounds_equal_the_cpu_bounds():
     """Every tensor of the bound computation lives on the input's device (benchmarks/cuda_check.sh)."""

@@ -206,6 +206,8 @@ def _banded(layer, values, flat, keep, w, plan):
     _, rows, per_band, height = plan
     n_, s_, c, length = values.shape
     c_in, h_in, w_in = layer.input_shape
+    if per_band == 0:  # no entry kept (every ReLU above is off over the ball): nothing reaches the input
+        return values.new_zeros(n_, s_, c_in, h_in, w_in)
     (sy, sx), (py, px), (dy, dx) = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
     kh, kw = w.shape[-2:]
     _, h_out, w_out = _out_shape(layer)
