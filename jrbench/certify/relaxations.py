@@ -11,23 +11,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import UserError
 from ..models.lipschitz import Layer
+from ..models.relaxation_parts import adjoint, pool_windows, relu_slope
 from .rounding import U, down, gamma, up
 
 FLAG = "--crown"
 NORMS = ("linf", "l2")
 
 
-def _relu_slope(m: nn.Module) -> float | None:
-    """The negative-side slope a of a ReLU (0) or LeakyReLU (0 <= a <= 1); None otherwise."""
-    if type(m) is nn.ReLU:
-        return 0.0
-    if isinstance(m, nn.LeakyReLU) and 0 <= m.negative_slope <= 1:
-        return float(m.negative_slope)
-    return None
+_relu_slope = relu_slope  # the rules shared with CROWN-IBP training (jrbench.models.relaxation_parts)
+_pool_windows = pool_windows
 
 
 @dataclass
@@ -162,11 +157,9 @@ def _affine_reach(layer: Layer, mag_in: torch.Tensor) -> torch.Tensor:
 
 
 def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
-    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape)."""
-    with torch.enable_grad():
-        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
-        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=out.requires_grad)
-    return grad
+    """A^T out for a linear map ``fn`` (no bias) on inputs of shape (B, *in_shape) (detached unless
+    ``out`` requires grad)."""
+    return adjoint(fn, in_shape, out, differentiable=False)
 
 
 def _relu_lines(l: torch.Tensor, u: torch.Tensor, a: float, alpha: torch.Tensor | None):
@@ -194,13 +187,6 @@ def _l1(lam: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(lam.flatten(2), 1, dim=-1)
 
 
-def _pool_windows(m: nn.MaxPool2d, t: torch.Tensor, fill: float) -> torch.Tensor:
-    """(N, C, K, L): the K inputs of each of the L windows of max pool ``m`` over t (N, C, H, W)."""
-    kh, kw = (m.kernel_size,) * 2 if isinstance(m.kernel_size, int) else m.kernel_size
-    ph, pw = (m.padding,) * 2 if isinstance(m.padding, int) else m.padding
-    padded = F.pad(t, (pw, pw, ph, ph), value=fill)
-    cols = F.unfold(padded, (kh, kw), dilation=m.dilation, stride=m.stride or m.kernel_size)
-    return cols.reshape(t.shape[0], t.shape[1], kh * kw, -1)
 
 
 def _star_index(index: torch.Tensor, star: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ pre-activation bounds:
 This is the relaxation of :mod:`jrbench.certify.crown` (whose float64, outward-rounded, detached
 code certifies), written again here because training needs gradients with respect to the weights
 in float32, and because the flow's order puts the regularizers above the certificates (a module
-here cannot import ``jrbench.certify``). In exact arithmetic, for a network whose interval bounds
+here cannot import ``jrbench.certify``); the layer rules both use (which activations, the max-pool
+windows, the adjoint) live below both, in :mod:`jrbench.models.relaxation_parts`. In exact arithmetic, for a network whose interval bounds
 are the ones CROWN uses (one hidden ReLU layer, or a convolution, ReLU and max pool before the
 final Linear), both give the same bound (tests/test_ibp_train.py compares them in float64).
 """
@@ -38,18 +39,10 @@ from torch import nn
 from ..errors import UserError
 from ..models import interval
 from ..models.lipschitz import Layer
+from ..models.relaxation_parts import adjoint, pool_windows as _pool_windows, relu_slope
 
 AFFINE = ("normalize", "linear", "conv2d", "avgpool2d")
 RULES = "Normalize, Linear, Conv2d, ReLU, LeakyReLU (slope in [0, 1]), MaxPool2d, AvgPool2d, Flatten, Identity, Dropout"
-
-
-def relu_slope(m: nn.Module) -> float | None:
-    """The negative-side slope a of a ReLU (0) or LeakyReLU (0 <= a <= 1); None for other activations."""
-    if type(m) is nn.ReLU:
-        return 0.0
-    if isinstance(m, nn.LeakyReLU) and 0 <= m.negative_slope <= 1:
-        return float(m.negative_slope)
-    return None
 
 
 def unsupported(layers: list[Layer]) -> str | None:
@@ -73,15 +66,6 @@ def unsupported(layers: list[Layer]) -> str | None:
     return None
 
 
-def _pool_windows(m: nn.MaxPool2d, t: torch.Tensor, fill: float) -> torch.Tensor:
-    """(N, C, K, L): the K inputs of each of the L windows of max pool ``m`` over t (N, C, H, W)."""
-    kh, kw = (m.kernel_size,) * 2 if isinstance(m.kernel_size, int) else m.kernel_size
-    ph, pw = (m.padding,) * 2 if isinstance(m.padding, int) else m.padding
-    padded = F.pad(t, (pw, pw, ph, ph), value=fill)
-    cols = F.unfold(padded, (kh, kw), dilation=m.dilation, stride=m.stride or m.kernel_size)
-    return cols.reshape(t.shape[0], t.shape[1], kh * kw, -1)
-
-
 def _conv_transpose(m: nn.Conv2d, lam: torch.Tensor, in_shape) -> torch.Tensor:
     """W^T lam for convolution ``m`` (no bias); lam (B, C_out, H', W') -> (B, *in_shape)."""
     w = m.weight.to(lam)
@@ -95,10 +79,7 @@ def _conv_transpose(m: nn.Conv2d, lam: torch.Tensor, in_shape) -> torch.Tensor:
 
 def _adjoint(fn, in_shape, out: torch.Tensor) -> torch.Tensor:
     """A^T out for a linear map ``fn`` on inputs (B, *in_shape), differentiable in ``out`` and ``fn``'s weights."""
-    with torch.enable_grad():
-        probe = out.new_zeros((out.shape[0], *in_shape), requires_grad=True)
-        (grad,) = torch.autograd.grad(fn(probe), probe, out, create_graph=True)
-    return grad
+    return adjoint(fn, in_shape, out, differentiable=True)
 
 
 def _affine_back(layer: Layer, lam: torch.Tensor):
