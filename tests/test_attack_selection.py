@@ -141,6 +141,7 @@ def test_cli_refuses_contradictions_with_exit_2(monkeypatch, tmp_path):
 COMMITTED = {
     "benchmarks/bracket.toml": {"pgd", "fgsm", "autoattack"},  # noise = false
     "benchmarks/certified-training.toml": {"pgd", "fgsm"},  # noise = false, no AutoAttack
+    "benchmarks/certified-training-fashion.toml": {"pgd", "fgsm"},  # noise = false, no AutoAttack
     "benchmarks/certified.toml": ALL,  # noise and AutoAttack-L2 named since (the study ran them by command)
     "benchmarks/corruptions.toml": {"corruptions"},
     "benchmarks/corruptions-fashion.toml": {"corruptions"},
