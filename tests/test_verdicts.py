@@ -575,6 +575,23 @@ def test_versus_compares_across_recipes_with_each_named_baseline_in_turn(tmp_pat
     assert len(model) == len(table[table["baseline"] == "lenet none"])
 
 
+def test_versus_and_plain_comparisons_name_two_runs_of_one_seed_once(tmp_path):
+    """Two baseline runs with seed 0: both ways of pairing use the first by run id and say so in
+    one gap, however many groups are compared with that baseline."""
+    for seed in range(3):
+        write_run(tmp_path, f"plain-s{seed}", ("none",), seed, acc=0.7 + 0.01 * seed)
+        write_run(tmp_path, f"jr-s{seed}", ("jacobian",), seed, acc=0.8 + 0.01 * seed)
+        write_run(tmp_path, f"ibp-s{seed}", ("ibp",), seed, acc=0.9 + 0.01 * seed)
+    write_run(tmp_path, "plain-s0-again", ("none",), 0, acc=0.1)
+    collection = collect([tmp_path])
+    for versus in (None, ["none"]):
+        table, gaps = verdicts(collection, versus=versus)
+        shared = [g for g in gaps if "share seed 0" in g]
+        assert len(shared) == 1 and "plain-s0 is used" in shared[0], gaps
+        clean = table[(table["metric"] == "clean_acc") & table["group"].str.startswith("lenet jacobian")]
+        assert clean["diff"].iloc[0] == pytest.approx(10.0)  # 0.8 - 0.7 at every seed: the 0.1 run is unused
+
+
 def test_versus_that_names_no_group_is_a_clear_error(tmp_path):
     for seed in range(2):
         write_run(tmp_path, f"plain-s{seed}", ("none",), seed)

@@ -122,27 +122,44 @@ class Comparison:
     baseline_runs: dict[int, RunRecord] = field(default_factory=dict)
 
 
+def _groups(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """The runs of each group (:func:`group_id`), by run id."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in sorted(records, key=lambda r: r.run_id):
+        groups.setdefault(group_id(r.config), []).append(r)
+    return groups
+
+
+def _seed_index(groups: dict[str, list[RunRecord]], labels: dict[str, str],
+                gaps: list[str]) -> Callable[[str], dict[int, RunRecord]]:
+    """``by_seed(gid)``: seed -> run of a group, the first run by id where two share a seed;
+    a gap names such a pair (once, however often the group is compared)."""
+    cache: dict[str, dict[int, RunRecord]] = {}
+
+    def by_seed(gid: str) -> dict[int, RunRecord]:
+        if gid not in cache:
+            out: dict[int, RunRecord] = {}
+            for r in groups[gid]:
+                seed = int(r.config.train.seed)
+                if seed in out:
+                    gaps.append(f"{labels[gid]}: verdicts: runs {out[seed].run_id} and {r.run_id} share seed "
+                                f"{seed}; {out[seed].run_id} is used")
+                else:
+                    out[seed] = r
+            cache[gid] = out
+        return dict(cache[gid])
+    return by_seed
+
+
 def comparisons(records: list[RunRecord], labels: dict[str, str],
                 is_baseline: Callable[[object], bool] | None = None) -> tuple[list[Comparison], list[str]]:
     """Every other group against the baseline group of its recipe (``is_baseline(config)``; by
     default the plain group); gaps for groups without one and for seeds that occur twice in a
     group (the first run by id is used)."""
     is_base = is_baseline or is_plain
-    groups: dict[str, list[RunRecord]] = {}
-    for r in sorted(records, key=lambda r: r.run_id):
-        groups.setdefault(group_id(r.config), []).append(r)
+    groups = _groups(records)
     gaps: list[str] = []
-
-    def by_seed(gid: str) -> dict[int, RunRecord]:
-        out: dict[int, RunRecord] = {}
-        for r in groups[gid]:
-            seed = int(r.config.train.seed)
-            if seed in out:
-                gaps.append(f"{labels[gid]}: verdicts: runs {out[seed].run_id} and {r.run_id} share seed {seed}; "
-                            f"{out[seed].run_id} is used")
-            else:
-                out[seed] = r
-        return out
+    by_seed = _seed_index(groups, labels, gaps)
 
     bases: dict[str, list[str]] = {}
     for gid, rs in groups.items():
@@ -189,9 +206,7 @@ def versus_comparisons(records: list[RunRecord], labels: dict[str, str],
     to the i-th names is compared with the group it names. Where a selector names several
     groups on one data set, the one with the compared group's recipe is used, else the one with
     most runs (a gap names the choice). A selector that names no group is a :class:`UserError`."""
-    groups: dict[str, list[RunRecord]] = {}
-    for r in sorted(records, key=lambda r: r.run_id):
-        groups.setdefault(group_id(r.config), []).append(r)
+    groups = _groups(records)
     first = {gid: rs[0].config for gid, rs in groups.items()}
     for selector in versus:
         if not any(_selects(selector, c) for c in first.values()):
@@ -199,13 +214,7 @@ def versus_comparisons(records: list[RunRecord], labels: dict[str, str],
             raise UserError(f"--versus {selector!r} names no group of these runs (MODEL:REG or REG, several "
                             f"regularizers joined by '+'); they have: {', '.join(names)}")
     gaps: list[str] = []
-
-    def by_seed(gid: str) -> dict[int, RunRecord]:
-        out: dict[int, RunRecord] = {}
-        for r in groups[gid]:
-            out.setdefault(int(r.config.train.seed), r)
-        return out
-
+    by_seed = _seed_index(groups, labels, gaps)
     found: list[Comparison] = []
     for i, selector in enumerate(versus):
         earlier = versus[:i + 1]
