@@ -418,3 +418,38 @@ def test_crown_takes_the_relu_form_and_refuses_what_it_cannot_rewrite():
     odd = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), MaxMin()), [0.5], [0.5], (1, 2, 2), 3, "odd")
     with pytest.raises(UserError):
         model_for_crown(odd)
+
+
+@pytest.mark.slow
+def test_autoattack_on_a_one_lipschitz_model_breaks_nothing_the_construction_certifies(margin_trained,
+                                                                                        monkeypatch):
+    """AutoAttack (standard composition, small budgets) at L2 on the margin-trained AOL MLP: every
+    adversarial example in the ball and in [0, 1], no example the construction certifies broken,
+    and at least as strong as PGD on the same examples (AutoAttack runs APGD-CE, a PGD, first)."""
+    from jrbench.evaluate import attacks as A
+    from jrbench.evaluate import autoattack as AA
+
+    monkeypatch.setattr(AA, "APGD_STEPS", 40)
+    monkeypatch.setattr(AA, "FAB_STEPS", 20)
+    monkeypatch.setattr(AA, "SQUARE_QUERIES", 200)
+    model, x, y = margin_trained
+    x, y = x[:32], y[:32]
+    radius, _ = one_lipschitz_radii(model, x, y)
+    eps = float(radius[radius > 0].median())
+    cfg = A.AttackConfig(noise=False, pgd=True, fgsm=False, autoattack=True, norms=("l2",), eps_l2=[eps],
+                         steps=20, seed=0)
+    out = A.run_attacks(model, x, y, cfg, num_classes=10)
+    ex = out.examples[(out.examples.strength == eps)]
+    aa = ex[ex.attack == "autoattack"].set_index("example").robust.sort_index().to_numpy().astype(bool)
+    pgd = ex[ex.attack == "pgd"].set_index("example").robust.sort_index().to_numpy().astype(bool)
+    certified = (radius > eps * (1 + 1e-6)).numpy()
+    assert certified.sum() >= 8 and (~aa).sum() >= 5  # both sides are populated
+    assert not (certified & ~aa).any()                  # sound: nothing certified is broken
+    assert aa.sum() <= pgd.sum()
+    for name in AA.COMPONENTS:  # each component's adversarial examples stay in the ball and [0, 1]
+        atk = AA.make_component(model, name, "l2", eps, n_targets=9, num_classes=10)
+        atk.seed = 0
+        with AA.frozen(model):
+            adv = atk(x[:8], y[:8]).detach()
+        assert float((adv - x[:8]).flatten(1).double().norm(dim=1).max()) <= eps * (1 + 1e-5)
+        assert adv.min() >= 0 and adv.max() <= 1
