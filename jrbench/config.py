@@ -53,11 +53,11 @@ class ModelConfig:
 @dataclass
 class RegConfig:
     """Regularizers, combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
-    lipschitz-margin, ibp, crown-ibp."""
+    lipschitz-margin, gloro, ibp, crown-ibp."""
 
     names: list[str] = option(default_factory=lambda: ["none"], key="reg", flag="--reg", repeat=True,
                               help="Regularizer, repeat to combine: none, l2, dropout, jacobian, input-grad, "
-                                   "lipschitz, noise, lipschitz-margin, ibp, crown-ibp.")
+                                   "lipschitz, noise, lipschitz-margin, gloro, ibp, crown-ibp.")
     lambda_jr: float = option(0.01, low=0, owner="jacobian", help="Weight of R = 1/2 ||J_z||_F^2.")
     n_proj: int = option(1, owner="jacobian",
                          help="Random projections per sample of the Jacobian penalty; -1 for the exact value.")
@@ -81,9 +81,10 @@ class RegConfig:
                                          "pixel space.")
     noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
                                 help="noise: std of the Gaussian added to training pixels in [0, 1].")
-    margin_eps: float = option(MARGIN_EPS, low=0, owner="lipschitz-margin", unit="pixel units",
-                               help="lipschitz-margin: the L2 radius eps whose margin sqrt(2) L eps is added to every "
-                                    "logit but the label's before the cross-entropy (L: the model's constant).")
+    margin_eps: float = option(MARGIN_EPS, low=0, owner=("lipschitz-margin", "gloro"), unit="pixel units",
+                               help="lipschitz-margin, gloro: the L2 radius eps whose margin sqrt(2) L eps is added "
+                                    "to every logit but the label's before the cross-entropy (gloro: to the others "
+                                    "of GloRo's bottom class; L: the model's constant).")
     margin_temperature: float = option(MARGIN_TEMPERATURE, low=0, open_low=True, owner="lipschitz-margin",
                                        help="lipschitz-margin: the loss is T CE(logits' / T), T in logit units; a "
                                             "small T approaches the multi-class hinge loss.")
@@ -205,8 +206,9 @@ def check_fields(cfg: RunConfig) -> None:
         raise bad("names", "none cannot be combined with other regularizers.")
     if all(n in r.names for n in BOUND_TRAINING):
         raise bad("names", "ibp and crown-ibp both train against a bound: choose one.")
-    if "lipschitz-margin" in r.names and set(r.names) & set(BOUND_TRAINING):
-        raise bad("names", "lipschitz-margin and ibp / crown-ibp each replace the cross-entropy: choose one.")
+    replacing = [n for n in ("lipschitz-margin", "gloro", *BOUND_TRAINING) if n in r.names]
+    if len(replacing) > 1:
+        raise bad("names", f"{' and '.join(replacing)} each replace the cross-entropy: choose one.")
     if r.n_proj == 0 or r.n_proj < -1:
         raise bad("n_proj", f"must be a positive number of projections or -1 (exact), got {r.n_proj}.")
     if r.jr_estimator == "jvp" and r.n_proj == -1:

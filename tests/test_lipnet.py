@@ -28,7 +28,7 @@ from jrbench.models.architectures import Classifier, build_model
 from jrbench.models.lipschitz import (certified_radius_l2, construction_bound, construction_problem, lipschitz_bound,
                                       power_iteration)
 from jrbench.models.onelip import AOLConv2d, AOLLinear, MaxMin
-from jrbench.penalty.regularizers import jacobian_path, margin_loss, step_loss
+from jrbench.penalty.regularizers import gloro_loss, jacobian_path, margin_loss, step_loss
 
 MEAN, STD = [0.1307], [0.3081]
 AOL_CONVS = [  # c_in, c_out, kernel, stride, padding, (H, W); stride = kernel without padding: the patch rule
@@ -283,6 +283,54 @@ def test_margin_loss_raises_the_certified_fraction(margin_trained):
     assert margin >= plain + 0.15, fractions
 
 
+def test_gloro_loss_is_the_cross_entropy_with_a_bottom_class():
+    """By hand: bottom = max over j != predicted of logit_j + offset; CE over [logits, bottom]."""
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 0.5], [1.0, 0.2, 0.9]], dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])  # the second and third are mispredicted (predicted 1 and 0)
+    bottom = torch.tensor([[1.0 + 0.7], [0.5 + 0.7], [0.9 + 0.7]], dtype=torch.float64)
+    expected = F.cross_entropy(torch.cat([logits, bottom], 1), y)
+    assert float(gloro_loss(logits, y, 0.7)) == pytest.approx(float(expected), rel=1e-14)
+    logits.requires_grad_(True)
+    gloro_loss(logits, y, 0.7).backward()
+    assert torch.isfinite(logits.grad).all() and (logits.grad.abs().sum(1) > 0).all()
+
+
+def test_gloro_bottom_class_wins_exactly_where_the_construction_does_not_certify():
+    """The bottom logit is below the predicted one iff the construction's radius exceeds eps."""
+    torch.manual_seed(0)
+    model = build_model("aol-mlp", (1, 28, 28), 10, MEAN, STD).eval()
+    x = torch.rand(64, 1, 28, 28)
+    radius, logits = one_lipschitz_radii(model, x, logits_of(model, x).argmax(1))
+    r = radius.sort().values
+    eps = float(r[31] + r[32]) / 2  # between two radii: no example sits on the boundary
+    assert r[32] - r[31] > 1e-6
+    offset = math.sqrt(2) * eps * float(construction_bound(model))
+    others = (logits + offset).scatter(1, logits.argmax(1, keepdim=True), -math.inf)
+    certified_by_gloro = logits.amax(1) > others.amax(1)
+    assert int(certified_by_gloro.sum()) == 32
+    assert torch.equal(certified_by_gloro, radius > eps)
+
+
+def logits_of(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_gloro_raises_the_certified_fraction():
+    """40 steps of --reg gloro (eps 2) from the same start on the same batches as plain CE: the
+    certified share at L2 1.0 is far above plain's (measured 0.29 against 0.08; seeds 1 and 2:
+    0.33 against 0.10, 0.36 against 0.16; under ATEN_CPU_CAPABILITY=default 0.36/0.07, 0.31/0.10,
+    0.38/0.16). Clean accuracy drops (0.71-0.80 against 0.90-0.93): the price of the margin."""
+    fractions = []
+    for reg, accuracy in ((RegConfig(["none"]), 0.85), (RegConfig(["gloro"], margin_eps=2.0), 0.6)):
+        model, x, y = trained_small_mlp(reg)
+        radius, logits = one_lipschitz_radii(model, x, y)
+        assert float((logits.argmax(1) == y).double().mean()) > accuracy
+        fractions.append(float((radius >= 1.0).double().mean()))
+    plain, gloro = fractions
+    assert gloro >= plain + 0.12, fractions
+
+
 # ----------------------------------------------------------------------------- everything else
 def test_the_tape_does_not_cover_aol_and_auto_falls_back_to_autograd():
     model = build_model("aol-mlp", (1, 28, 28), 10, MEAN, STD)
@@ -309,6 +357,11 @@ def test_refusals_are_clear():
     assert construction_problem(aol) is None
     with pytest.raises(UserError, match="MaxMin needs an even number"):
         build_model("aol-mlp", (1, 28, 28), 10, MEAN, STD).net[2](torch.zeros(1, 3))
+    with pytest.raises(UserError, match="--reg gloro needs a network built from layers that are 1-Lipschitz"):
+        step_loss(lenet, torch.rand(2, 1, 28, 28), torch.tensor([0, 1]), RegConfig(["gloro"]))
+    for names in (["gloro", "lipschitz-margin"], ["ibp", "gloro"]):
+        with pytest.raises(UserError, match="each replace the cross-entropy: choose one"):
+            check_fields(RunConfig(reg=RegConfig(names)))
     for field, value, needle in (("margin_eps", -1.0, "--margin-eps must be zero or positive \\(pixel units\\)"),
                                  ("margin_temperature", 0.0, "--margin-temperature must be a positive finite number")):
         with pytest.raises(UserError, match=needle):
@@ -365,8 +418,8 @@ def test_sweep_spec_takes_the_models_and_the_margin():
 def test_overhead_times_the_margin_on_a_one_lipschitz_model():
     from jrbench.cost.overhead import case_name, default_cases, time_steps
 
-    cases = default_cases((1,), (), False, lipschitz_margin=True)
-    assert [c.name for c in cases] == ["plain", "jacobian-n1", "lipschitz-margin"]
+    cases = default_cases((1,), (), False, lipschitz_margin=True, gloro=True)
+    assert [c.name for c in cases] == ["plain", "jacobian-n1", "lipschitz-margin", "gloro"]
     assert all(case_name(c.reg) == c.name for c in cases)
     torch.manual_seed(0)
     model = build_model("aol-mlp", (1, 28, 28), 10, MEAN, STD)

@@ -56,8 +56,9 @@ def case_name(reg: RegConfig) -> str:
     """The overhead case that times a training step of ``reg``: 'plain', 'jacobian-n1',
     'jacobian-exact', 'jacobian-n1-sub16', 'jacobian-n1-every4', 'jacobian-jvp-n1', ... (the
     knobs in that order when several are set); 'lipschitz' and 'noise' joined with '+'
-    ('jacobian-n1+noise') when they are in ``reg`` too, as are 'lipschitz-margin', 'ibp' and 'crown-ibp'."""
-    others = [n for n in ("lipschitz", "noise", "lipschitz-margin", "ibp", "crown-ibp") if n in reg.names]
+    ('jacobian-n1+noise') when they are in ``reg`` too, as are 'lipschitz-margin', 'gloro', 'ibp' and
+    'crown-ibp'."""
+    others = [n for n in ("lipschitz", "noise", "lipschitz-margin", "gloro", "ibp", "crown-ibp") if n in reg.names]
     if "jacobian" not in reg.names or reg.lambda_jr == 0:
         return "+".join(others) or "plain"
     name = "jacobian-" + ("jvp-" if reg.jr_estimator == "jvp" else "")
@@ -72,11 +73,12 @@ def case_name(reg: RegConfig) -> str:
 def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, ...] = (16, 32),
                   reference: bool = True, everys: tuple[int, ...] = (), jvp: bool = False,
                   lipschitz: bool = False, noise: bool = False, lipschitz_margin: bool = False,
-                  ibp: bool = False, crown_ibp: bool = False, **reg_options) -> list[OverheadCase]:
+                  ibp: bool = False, crown_ibp: bool = False, gloro: bool = False,
+                  **reg_options) -> list[OverheadCase]:
     """plain, then n = ``n_projs`` (-1: exact), n=1 on ``subsamples`` rows, n=1 every k-th step
     for k in ``everys``, the forward-mode estimator n=1 (``jvp``), ``--reg lipschitz``
     (``lipschitz``), ``--reg noise`` (``noise``), ``--reg lipschitz-margin`` (``lipschitz_margin``),
-    ``--reg ibp`` (``ibp``) and ``--reg crown-ibp`` (``crown_ibp``) at their default settings, and
+    ``--reg gloro`` (``gloro``), ``--reg ibp`` (``ibp``) and ``--reg crown-ibp`` (``crown_ibp``) at their default settings, and
     the per-row reference. ``reg_options`` (e.g. ``jr_backend="autograd"``) go into every Jacobian case."""
     def jr(**kw) -> RegConfig:
         return RegConfig(["jacobian"], **{**kw, **reg_options})
@@ -97,6 +99,8 @@ def default_cases(n_projs: tuple[int, ...] = (1, 3, -1), subsamples: tuple[int, 
         cases.append(OverheadCase("noise", RegConfig(["noise"])))
     if lipschitz_margin:
         cases.append(OverheadCase("lipschitz-margin", RegConfig(["lipschitz-margin"])))
+    if gloro:
+        cases.append(OverheadCase("gloro", RegConfig(["gloro"])))
     if ibp:
         cases.append(OverheadCase("ibp", RegConfig(["ibp"])))
     if crown_ibp:
@@ -238,7 +242,7 @@ def summarize(times: pd.DataFrame, memory: pd.DataFrame | None = None) -> pd.Dat
 # ----------------------------------------------------------------------------- whole runs
 def cases_of(cfg: OverheadConfig) -> list[OverheadCase]:
     return default_cases(cfg.n_projs, cfg.subsamples, cfg.reference, cfg.everys, cfg.jvp,
-                         cfg.lipschitz, cfg.noise, cfg.lipschitz_margin, cfg.ibp, cfg.crown_ibp,
+                         cfg.lipschitz, cfg.noise, cfg.lipschitz_margin, cfg.ibp, cfg.crown_ibp, cfg.gloro,
                          jr_backend=cfg.jr_backend)
 
 
@@ -282,6 +286,8 @@ def run_overhead(cfg: OverheadConfig, on_progress=None) -> pd.DataFrame:
         refuse_unsupported(model)
     if cfg.lipschitz_margin:
         check_model(model, RegConfig(["lipschitz-margin"]))
+    if cfg.gloro:
+        check_model(model, RegConfig(["gloro"]))
     cases = cases_of(cfg)
     summary = summarize(time_steps(model, x, y, cases, cfg.pairs, cfg.warmup, on_progress=on_progress),
                         memory_per_case(model, x, y, cases, _step))

@@ -45,6 +45,8 @@ class OverheadConfig:
     noise: bool = option(False, flag="--noise", help="Also time --reg noise (Gaussian data augmentation).")
     lipschitz_margin: bool = option(False, flag="--lipschitz-margin",
                                     help="Also time --reg lipschitz-margin (the margin loss; a 1-Lipschitz --model).")
+    gloro: bool = option(False, flag="--gloro", help="Also time --reg gloro (GloRo's bottom-class loss; a "
+                                                     "1-Lipschitz --model).")
     ibp: bool = option(False, flag="--ibp", help="Also time --reg ibp (certified training against interval "
                                                  "bounds, after the warm-up).")
     crown_ibp: bool = option(False, flag="--crown-ibp", help="Also time --reg crown-ibp during its ramp (the "

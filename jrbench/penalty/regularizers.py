@@ -1,5 +1,5 @@
 """Regularizers, in a registry and combinable: none, l2, dropout, jacobian, input-grad, lipschitz, noise,
-lipschitz-margin, ibp, crown-ibp.
+lipschitz-margin, gloro, ibp, crown-ibp.
 
 Each acts in one place: ``l2`` through SGD weight decay, ``dropout`` through the model
 (p before each hidden fully connected layer), ``jacobian`` and ``input-grad`` through a
@@ -28,6 +28,14 @@ authors' code.
   With temperature T the loss is T CE(logits' / T) (Béthune et al. 2022, "Pay attention to your
   loss": a 1-Lipschitz network's logits cannot grow to saturate the cross-entropy, so its scale
   matters); it replaces the cross-entropy in the total, and ``ce`` stays the plain cross-entropy.
+- gloro (Leino, Wang, Fredrikson 2021, "Globally-robust neural networks"), for the same networks:
+  the logits get an extra class, "bottom", whose logit is max over j != c of (logit_j + sqrt(2) L eps)
+  with c the predicted class, and the cross-entropy over the C + 1 logits is taken with the true
+  label. The bottom logit is below the predicted one exactly when the construction's certificate
+  holds at eps (logit gap > sqrt(2) L eps), so the loss rewards certified correct predictions and
+  charges every uncertified one, as the GloRo net's own prediction does (the bound K_ij is the
+  global sqrt(2) L of every logit pair, the certificate of ``jrbench certify --one-lipschitz``). It
+  replaces the cross-entropy in the total, as lipschitz-margin does.
 - ibp, crown-ibp (Gowal et al. 2018; Zhang et al. 2020): certified training, the cross-entropy
   mixed with that of the worst-case logits of the L-inf ball, from interval bounds (or CROWN-IBP),
   on a warm-up and ramp schedule (:mod:`jrbench.penalty.certified_training`).
@@ -71,6 +79,8 @@ for _name, _desc in [
     ("noise", "Gaussian data augmentation: pixels x + sigma N(0, I) clipped to [0, 1] (--noise-sigma)"),
     ("lipschitz-margin", "1-Lipschitz models: sqrt(2) L eps added to the other logits before T CE(./T) "
                          "(--margin-eps, --margin-temperature; Tsuzuku et al. 2018)"),
+    ("gloro", "1-Lipschitz models: GloRo's bottom class, max over j != predicted of logit_j + sqrt(2) L eps, "
+              "in the cross-entropy (--margin-eps; Leino et al. 2021)"),
     ("ibp", "certified training against interval bounds of the L-inf ball (--ibp-eps, --ibp-kappa, "
             "--ibp-warmup-epochs, --ibp-ramp-epochs; Gowal et al. 2018)"),
     ("crown-ibp", "certified training against beta CROWN-IBP + (1 - beta) IBP bounds, beta 1 -> 0 over the "
@@ -86,6 +96,7 @@ def add_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 MARGIN_FLAG = "--reg lipschitz-margin"
+MARGIN_LOSSES = ("lipschitz-margin", "gloro")  # losses for 1-Lipschitz networks, from the construction's L
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, offset, temperature: float) -> torch.Tensor:
@@ -95,11 +106,27 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor, offset, temperature: floa
     return temperature * F.cross_entropy(shifted / temperature, y)
 
 
+def gloro_loss(logits: torch.Tensor, y: torch.Tensor, offset) -> torch.Tensor:
+    """GloRo cross-entropy (Leino et al. 2021): CE over the C + 1 logits [logits, bottom] with the
+    true labels y, bottom = max over j != c of (logits_j + offset), c = argmax logits (the
+    prediction, not differentiated), the batch mean; ``offset`` (logit units) = sqrt(2) L eps.
+    logits (N, C), y (N,)."""
+    predicted = logits.detach().argmax(1, keepdim=True)
+    others = (logits + offset).scatter(1, predicted, -math.inf)
+    bottom = others.amax(1, keepdim=True)
+    return F.cross_entropy(torch.cat([logits, bottom], 1), y)
+
+
 def margin_offset(model: Classifier, reg: RegConfig) -> torch.Tensor:
-    """sqrt(2) L eps of ``--reg lipschitz-margin``, a 0-d tensor on the model's device (no host
-    read): L the model's constant by construction (:class:`UserError` for a model not built from
-    1-Lipschitz layers)."""
-    return math.sqrt(2) * reg.margin_eps * construction_constant(model, MARGIN_FLAG)
+    """sqrt(2) L eps of ``--reg lipschitz-margin`` and ``--reg gloro``, a 0-d tensor on the model's
+    device (no host read): L the model's constant by construction (:class:`UserError` for a model
+    not built from 1-Lipschitz layers)."""
+    return math.sqrt(2) * reg.margin_eps * construction_constant(model, _margin_flag(reg))
+
+
+def _margin_flag(reg: RegConfig) -> str:
+    """'--reg lipschitz-margin' or '--reg gloro', whichever ``reg`` names (messages name it)."""
+    return next((f"--reg {n}" for n in MARGIN_LOSSES if n in reg.names), MARGIN_FLAG)
 
 
 def check_model(model: Classifier, reg: RegConfig) -> None:
@@ -108,8 +135,8 @@ def check_model(model: Classifier, reg: RegConfig) -> None:
     of layers their bound has rules for), before any training; the model may be on the meta device."""
     if "jacobian" in reg.names:
         jacobian_path(model, reg)
-    if "lipschitz-margin" in reg.names:
-        problem = construction_problem(model, MARGIN_FLAG)
+    if set(MARGIN_LOSSES) & set(reg.names):
+        problem = construction_problem(model, _margin_flag(reg))
         if problem is not None:
             raise UserError(problem)
     if bound_name(reg) is not None:
@@ -117,10 +144,10 @@ def check_model(model: Classifier, reg: RegConfig) -> None:
 
 
 def check_model_name(name: str, dataset: str, reg: RegConfig) -> None:
-    """:func:`check_model` for ``--reg lipschitz-margin``, ``ibp`` and ``crown-ibp`` with registered
+    """:func:`check_model` for ``--reg lipschitz-margin``, ``gloro``, ``ibp`` and ``crown-ibp`` with registered
     model ``name`` on registered ``dataset`` (built on the meta device: no memory, no data); a folder
     or npz data set's shape is known from its data only, so its check waits for training."""
-    if "lipschitz-margin" not in reg.names and bound_name(reg) is None:
+    if not set(MARGIN_LOSSES) & set(reg.names) and bound_name(reg) is None:
         return
     info = DATASETS.get(dataset).info
     if info is None:
@@ -289,6 +316,8 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     total = ce
     if "lipschitz-margin" in reg.names:
         total = margin_loss(logits, y, margin_offset(model, reg), reg.margin_temperature)
+    elif "gloro" in reg.names:
+        total = gloro_loss(logits, y, margin_offset(model, reg))
     out = StepLoss(total, ce.detach(), logits.detach())
     if bound is None and bound_name(reg) is not None:
         training = CertifiedTraining(model, reg)
