@@ -85,6 +85,10 @@ class RegConfig:
                                help="lipschitz-margin, gloro: the L2 radius eps whose margin sqrt(2) L eps is added "
                                     "to every logit but the label's before the cross-entropy (gloro: to the others "
                                     "of GloRo's bottom class; L: the model's constant).")
+    margin_ramp_epochs: float = option(0.0, low=0, owner=("lipschitz-margin", "gloro"), id_default=0.0,
+                                       help="lipschitz-margin, gloro: epochs over which the margin's eps grows "
+                                            "linearly from 0 to --margin-eps, per step (GloRo's 'linear' epsilon "
+                                            "schedule); 0: the full eps from the first step.")
     margin_temperature: float = option(MARGIN_TEMPERATURE, low=0, open_low=True, owner="lipschitz-margin",
                                        help="lipschitz-margin: the loss is T CE(logits' / T), T in logit units; a "
                                             "small T approaches the multi-class hinge loss.")

@@ -28,7 +28,7 @@ from jrbench.models.architectures import Classifier, build_model
 from jrbench.models.lipschitz import (certified_radius_l2, construction_bound, construction_problem, lipschitz_bound,
                                       power_iteration)
 from jrbench.models.onelip import AOLConv2d, AOLLinear, MaxMin
-from jrbench.penalty.regularizers import gloro_loss, jacobian_path, margin_loss, step_loss
+from jrbench.penalty.regularizers import gloro_loss, jacobian_path, margin_loss, margin_scale, step_loss
 
 MEAN, STD = [0.1307], [0.3081]
 AOL_CONVS = [  # c_in, c_out, kernel, stride, padding, (H, W); stride = kernel without padding: the patch rule
@@ -311,6 +311,25 @@ def test_gloro_bottom_class_wins_exactly_where_the_construction_does_not_certify
     assert torch.equal(certified_by_gloro, radius > eps)
 
 
+def test_the_margin_ramp_grows_eps_linearly_per_step():
+    """--margin-ramp-epochs R: the share of eps is (step + 1) / (R x steps per epoch), then 1; the
+    loss at share 0 is the plain cross-entropy (lipschitz-margin, T 1) and at share s uses s eps."""
+    ramp = RegConfig(["gloro"], margin_eps=2.0, margin_ramp_epochs=2.5)
+    assert [margin_scale(ramp, t, 10) for t in (0, 4, 24, 25, 100)] == [1 / 25, 5 / 25, 1.0, 1.0, 1.0]
+    assert margin_scale(RegConfig(["gloro"]), 0, 10) == 1.0
+    torch.manual_seed(0)
+    model = build_model("aol-mlp", (1, 28, 28), 10, MEAN, STD)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    with torch.no_grad():
+        logits = model(x)
+        offset = math.sqrt(2) * 2.0 * float(construction_bound(model))
+        margin = RegConfig(["lipschitz-margin"], margin_eps=2.0, margin_ramp_epochs=1.0)
+        assert float(step_loss(model, x, y, margin, margin_share=0.0).total) == pytest.approx(
+            float(F.cross_entropy(logits, y)), rel=1e-6)
+        assert float(step_loss(model, x, y, ramp, margin_share=0.25).total) == pytest.approx(
+            float(gloro_loss(logits, y, 0.25 * offset)), rel=1e-6)
+
+
 def logits_of(model, x):
     with torch.no_grad():
         return model(x)
@@ -394,10 +413,16 @@ def test_run_ids_and_group_ids_of_other_runs_are_unchanged():
 
     assert RunConfig().run_id() == "synth-digits-lenet-none-s0-3fcf0fbe"
     assert RunConfig(reg=RegConfig(["none"], margin_eps=3.0, margin_temperature=2.0)).run_id() == RunConfig().run_id()
+    assert RunConfig(reg=RegConfig(["none"], margin_ramp_epochs=3.0)).run_id() == RunConfig().run_id()
+    assert (group_id(RunConfig(reg=RegConfig(["lipschitz-margin"], margin_ramp_epochs=0.0)))
+            != group_id(RunConfig(reg=RegConfig(["lipschitz-margin"], margin_ramp_epochs=1.0))))
     margin = RunConfig(reg=RegConfig(["lipschitz-margin"]))
     assert margin.run_id() != RunConfig(reg=RegConfig(["lipschitz-margin"], margin_eps=2.0)).run_id()
     assert group_id(tiny_config(("none",))) == "mnist-lenet-none-8a1847"
     assert "ε_margin=1 T=1" in short_label(margin)
+    studied = RunConfig(reg=RegConfig(["lipschitz-margin"], margin_eps=2.0))  # ids from before the margin ramp
+    assert (group_id(studied), studied.run_id()) == ("synth-digits-lenet-lipschitz-margin-490dec",
+                                                     "synth-digits-lenet-lipschitz-margin-s0-0f60dd07")
 
 
 def test_sweep_spec_takes_the_models_and_the_margin():

@@ -390,7 +390,7 @@ def test_library_never_prints(collection, tmp_path, capsys):
     tiny_config(("ibp", "noise"), ibp_eps=0.15, ibp_warmup_epochs=0.5, ibp_ramp_epochs=3, ibp_kappa=0.25,
                 noise_sigma=0.1),
     tiny_config(("crown-ibp", "lipschitz"), ibp_eps=0.3, lipschitz_bound=20.0),
-    RunConfig(DataConfig("synth-digits"), ModelConfig("aol-mlp"), RegConfig(["gloro", "noise"], margin_eps=1.5),
+    RunConfig(DataConfig("synth-digits"), ModelConfig("aol-mlp"), RegConfig(["gloro", "noise"], margin_eps=1.5, margin_ramp_epochs=1.5),
               TrainConfig(epochs=2, device="cpu")),
     RunConfig(DataConfig("synth-digits", "/data here", 500, 100), ModelConfig("mlp"),
               RegConfig(["l2", "dropout", "input-grad"], weight_decay=1e-3, dropout=0.25, lambda_ig=0.1),

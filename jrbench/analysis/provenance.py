@@ -47,13 +47,16 @@ def relevant_config(config: RunConfig) -> dict:
     names = set(config.reg.names)
     unused = {"jacobian": ("lambda_jr", "n_proj", "jr_subsample"), "l2": ("weight_decay",),
               "dropout": ("dropout",), "input-grad": ("lambda_ig",),
-              "lipschitz-margin": ("margin_eps", "margin_temperature"), "gloro": ("margin_eps",)}
+              "lipschitz-margin": ("margin_eps", "margin_temperature", "margin_ramp_epochs"),
+              "gloro": ("margin_eps", "margin_ramp_epochs")}
     used_keys = {key for reg, keys in unused.items() if reg in names for key in keys}
     for reg, keys in unused.items():
         if reg not in names:
             for key in keys:
                 if key not in used_keys:
                     d["reg"].pop(key, None)
+    if d["reg"].get("margin_ramp_epochs") == 0:  # dropped at 0: the group ids of earlier runs stay
+        d["reg"].pop("margin_ramp_epochs")
     if not names & set(BOUND_TRAINING):  # dropped: the group ids of earlier runs stay as they were
         for key in IBP_OPTIONS:
             d["reg"].pop(key)
@@ -93,6 +96,8 @@ def short_label(config: RunConfig) -> str:
         parts.append(f"ε_margin={r.margin_eps:g} T={r.margin_temperature:g}")
     if "gloro" in r.names:
         parts.append(f"ε_gloro={r.margin_eps:g}")
+    if set(r.names) & {"lipschitz-margin", "gloro"} and r.margin_ramp_epochs > 0:
+        parts.append(f"ramp={r.margin_ramp_epochs:g}")
     if set(r.names) & set(BOUND_TRAINING):
         parts.append(f"ε_train={r.ibp_eps:g} κ={r.ibp_kappa:g}")
     return " ".join(parts)
@@ -197,6 +202,8 @@ def train_command_line(config: RunConfig, out: str | Path | None = None) -> str:
         args += ["--margin-eps", _num(r.margin_eps), "--margin-temperature", _num(r.margin_temperature)]
     if "gloro" in r.names:
         args += ["--margin-eps", _num(r.margin_eps)]
+    if set(r.names) & {"lipschitz-margin", "gloro"} and r.margin_ramp_epochs > 0:
+        args += ["--margin-ramp-epochs", _num(r.margin_ramp_epochs)]
     if set(r.names) & set(BOUND_TRAINING):
         args += ["--ibp-eps", _num(r.ibp_eps), "--ibp-warmup-epochs", _num(r.ibp_warmup_epochs),
                  "--ibp-ramp-epochs", _num(r.ibp_ramp_epochs), "--ibp-kappa", _num(r.ibp_kappa)]

@@ -235,8 +235,15 @@ def jvp_frobenius_sq(net, z: torch.Tensor, n_proj: int) -> tuple[torch.Tensor, t
     return logits, total / n_proj
 
 
+def margin_scale(reg: RegConfig, step: int, steps_per_epoch: int) -> float:
+    """The share of ``--margin-eps`` at SGD step ``step`` (0-based over the whole run):
+    min(1, (step + 1) / R) with R = ``margin_ramp_epochs`` x ``steps_per_epoch`` steps; 1 without a ramp."""
+    ramp = round(reg.margin_ramp_epochs * steps_per_epoch)
+    return 1.0 if ramp <= 0 else min(1.0, (step + 1) / ramp)
+
+
 def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfig, step: int = 0,
-              bound: BoundTerm | None = None) -> StepLoss:
+              bound: BoundTerm | None = None, margin_share: float = 1.0) -> StepLoss:
     """Cross-entropy plus the penalties of ``reg`` for pixels ``x`` (B, C, H, W), labels ``y`` (B,).
 
     The Jacobian penalty takes the path of :func:`jacobian_path`: the explicit-VJP route of
@@ -315,9 +322,9 @@ def step_loss(model: Classifier, x: torch.Tensor, y: torch.Tensor, reg: RegConfi
     ce = F.cross_entropy(logits, y)
     total = ce
     if "lipschitz-margin" in reg.names:
-        total = margin_loss(logits, y, margin_offset(model, reg), reg.margin_temperature)
+        total = margin_loss(logits, y, margin_share * margin_offset(model, reg), reg.margin_temperature)
     elif "gloro" in reg.names:
-        total = gloro_loss(logits, y, margin_offset(model, reg))
+        total = gloro_loss(logits, y, margin_share * margin_offset(model, reg))
     out = StepLoss(total, ce.detach(), logits.detach())
     if bound is None and bound_name(reg) is not None:
         training = CertifiedTraining(model, reg)

@@ -35,7 +35,7 @@ from ..penalty.jacobian import jacobian_frobenius
 from ..penalty.lipschitz_constraint import LipschitzConstraint, constraint_for
 from ..models.architectures import Classifier, build_model
 from ..penalty.certified_training import CertifiedTraining, bound_name, certified_count
-from ..penalty.regularizers import BoundTerm, check_model, model_dropout, step_loss, weight_decay
+from ..penalty.regularizers import BoundTerm, check_model, margin_scale, model_dropout, step_loss, weight_decay
 from .validation import validate
 
 
@@ -216,7 +216,8 @@ def train_epoch(model: Classifier, data: Data, config: RunConfig, epoch: int, op
         if certified is not None:
             at = certified.schedule.at((epoch - 1) * steps + step)
             bound = BoundTerm(certified, at)
-        loss = step_loss(model, x, y, config.reg, step, bound)
+        share = margin_scale(config.reg, (epoch - 1) * steps + step, steps)
+        loss = step_loss(model, x, y, config.reg, step, bound, share)
         total = loss.total.detach()
         fresh = ~torch.isfinite(total) & (first_bad == 0)
         first_bad = torch.where(fresh, step_ids[step], first_bad)
