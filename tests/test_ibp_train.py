@@ -180,9 +180,9 @@ def test_training_steps_follow_the_schedule_across_epochs_and_resume(tmp_path, m
     seen = []
     real = loop.step_loss
 
-    def spy(model, x, y, reg, step=0, bound=None):
+    def spy(model, x, y, reg, step=0, bound=None, *rest):  # rest: the margin ramp's share
         seen.append(bound.at)
-        return real(model, x, y, reg, step, bound)
+        return real(model, x, y, reg, step, bound, *rest)
 
     monkeypatch.setattr(loop, "step_loss", spy)
     data = tiny_data(96, 32)  # 3 steps an epoch at batch 32
