@@ -22,6 +22,7 @@ SCHEDULES = ("none", "step", "cosine")
 JR_BACKENDS = ("auto", "tape", "autograd")  # auto: the explicit-VJP tape where the net allows it
 JR_ESTIMATORS = ("vjp", "jvp")  # vjp: output-side projections (the paper's); jvp: input-side, forward mode
 DEVICES = ("auto", "cpu", "cuda")
+MARGIN_LOSSES = ("lipschitz-margin", "gloro")  # losses of 1-Lipschitz models from the construction's L; they share margin_*
 BOUND_TRAINING = ("ibp", "crown-ibp")  # regularizers that train against a certified bound; they share the ibp_* options
 CUSTOM_DATASETS = ("folder", "npz")  # described by their data (--data-dir), not by the registry
 MARGIN_EPS, MARGIN_TEMPERATURE = 1.0, 1.0  # --reg lipschitz-margin's defaults (docs/conventions.md)
@@ -81,11 +82,11 @@ class RegConfig:
                                          "pixel space.")
     noise_sigma: float = option(0.25, low=0, open_low=True, owner="noise",
                                 help="noise: std of the Gaussian added to training pixels in [0, 1].")
-    margin_eps: float = option(MARGIN_EPS, low=0, owner=("lipschitz-margin", "gloro"), unit="pixel units",
+    margin_eps: float = option(MARGIN_EPS, low=0, owner=MARGIN_LOSSES, unit="pixel units",
                                help="lipschitz-margin, gloro: the L2 radius eps whose margin sqrt(2) L eps is added "
                                     "to every logit but the label's before the cross-entropy (gloro: to the others "
                                     "of GloRo's bottom class; L: the model's constant).")
-    margin_ramp_epochs: float = option(0.0, low=0, owner=("lipschitz-margin", "gloro"), id_default=0.0,
+    margin_ramp_epochs: float = option(0.0, low=0, owner=MARGIN_LOSSES, id_default=0.0,
                                        help="lipschitz-margin, gloro: epochs over which the margin's eps grows "
                                             "linearly from 0 to --margin-eps, per step (GloRo's 'linear' epsilon "
                                             "schedule); 0: the full eps from the first step.")
@@ -210,7 +211,7 @@ def check_fields(cfg: RunConfig) -> None:
         raise bad("names", "none cannot be combined with other regularizers.")
     if all(n in r.names for n in BOUND_TRAINING):
         raise bad("names", "ibp and crown-ibp both train against a bound: choose one.")
-    replacing = [n for n in ("lipschitz-margin", "gloro", *BOUND_TRAINING) if n in r.names]
+    replacing = [n for n in (*MARGIN_LOSSES, *BOUND_TRAINING) if n in r.names]
     if len(replacing) > 1:
         raise bad("names", f"{' and '.join(replacing)} each replace the cross-entropy: choose one.")
     if r.n_proj == 0 or r.n_proj < -1:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import BOUND_TRAINING, CUSTOM_DATASETS, DataConfig, RegConfig, RunConfig, TrainConfig
+from ..config import BOUND_TRAINING, CUSTOM_DATASETS, MARGIN_LOSSES, DataConfig, RegConfig, RunConfig, TrainConfig
 
 PROVENANCE = ["run_id", "group_id", "group_label", "dataset", "model", "regularizers", "lambda_jr",
               "n_proj", "jr_subsample", "seed", "batch_size", "epochs", "device", "torch_version",
@@ -96,7 +96,7 @@ def short_label(config: RunConfig) -> str:
         parts.append(f"ε_margin={r.margin_eps:g} T={r.margin_temperature:g}")
     if "gloro" in r.names:
         parts.append(f"ε_gloro={r.margin_eps:g}")
-    if set(r.names) & {"lipschitz-margin", "gloro"} and r.margin_ramp_epochs > 0:
+    if set(r.names) & set(MARGIN_LOSSES) and r.margin_ramp_epochs > 0:
         parts.append(f"ramp={r.margin_ramp_epochs:g}")
     if set(r.names) & set(BOUND_TRAINING):
         parts.append(f"ε_train={r.ibp_eps:g} κ={r.ibp_kappa:g}")
@@ -202,7 +202,7 @@ def train_command_line(config: RunConfig, out: str | Path | None = None) -> str:
         args += ["--margin-eps", _num(r.margin_eps), "--margin-temperature", _num(r.margin_temperature)]
     if "gloro" in r.names:
         args += ["--margin-eps", _num(r.margin_eps)]
-    if set(r.names) & {"lipschitz-margin", "gloro"} and r.margin_ramp_epochs > 0:
+    if set(r.names) & set(MARGIN_LOSSES) and r.margin_ramp_epochs > 0:
         args += ["--margin-ramp-epochs", _num(r.margin_ramp_epochs)]
     if set(r.names) & set(BOUND_TRAINING):
         args += ["--ibp-eps", _num(r.ibp_eps), "--ibp-warmup-epochs", _num(r.ibp_warmup_epochs),

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..config import RegConfig
+from ..config import MARGIN_LOSSES, RegConfig
 from ..errors import UserError
 from . import vjp_tape
 from .certified_training import BoundStep, CertifiedTraining, bound_name, training_chain
@@ -96,7 +96,6 @@ def add_noise(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 MARGIN_FLAG = "--reg lipschitz-margin"
-MARGIN_LOSSES = ("lipschitz-margin", "gloro")  # losses for 1-Lipschitz networks, from the construction's L
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor, offset, temperature: float) -> torch.Tensor:
